@@ -1,0 +1,70 @@
+"""Architecture hyper-parameters of a Rimer model, validated and (de)serialisable as JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+POS_EMBEDDINGS = ("sinusoidal", "none")
+NORMALISATIONS = ("window", "causal")
+
+
+@dataclass(frozen=True)
+class RimerConfig:
+    """Everything needed to build the network; the original Rimer is the default.
+
+    pos_emb: "sinusoidal" (the original: a fixed sin/cos table of `max_positions` patches) or
+      "none" (the recurrence already knows order, and a stream never runs out of positions).
+    norm: "window" (the original: mean and std over the whole input) or "causal" (running
+      statistics of past points only, see model/normalisation.py).
+    """
+
+    patch_len: int = 32
+    d_model: int = 512
+    n_layers: int = 1
+    head_size: int = 64
+    w_rank: int = 64  # decay LoRA
+    a_rank: int = 64  # in-context learning-rate LoRA
+    v_rank: int = 32  # value-residual LoRA (layers after the first)
+    g_rank: int = 128  # output gate LoRA
+    pos_emb: str = "sinusoidal"
+    max_positions: int = 5000
+    norm: str = "window"
+    norm_window: int = 64  # causal norm: statistics average over about this many recent patches
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
+                     "v_rank", "g_rank", "max_positions", "norm_window"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.head_size:
+            raise ValueError(f"config.d_model ({self.d_model}) must be a multiple of "
+                             f"config.head_size ({self.head_size})")
+        if self.pos_emb not in POS_EMBEDDINGS:
+            raise ValueError(f"config.pos_emb must be one of {POS_EMBEDDINGS}, got {self.pos_emb!r}")
+        if self.norm not in NORMALISATIONS:
+            raise ValueError(f"config.norm must be one of {NORMALISATIONS}, got {self.norm!r}")
+        if self.pos_emb == "sinusoidal" and self.d_model % 2:
+            raise ValueError("config.d_model must be even for the sinusoidal position embedding")
+
+    @property
+    def n_heads(self) -> int:
+        return self.d_model // self.head_size
+
+    @property
+    def streamable(self) -> bool:
+        """A stream can only be normalised by what it has seen so far."""
+        return self.norm == "causal"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RimerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        return cls(**data)

@@ -1,0 +1,64 @@
+"""Instance normalisation of series, in the two schemes a Rimer config can name.
+
+window (the original's): one mean and one population std over the whole input window, eps 1e-5.
+  It needs the whole window in advance, so it cannot be streamed.
+
+causal (ours): per patch n, an exponentially weighted mean and variance of all points up to the
+  end of patch n, updated once per complete patch:
+
+      alpha_n = max(1 / (n + 1), 1 / norm_window)          # running average first, then EMA
+      mean_n  = mean_{n-1} + alpha_n (m_n - mean_{n-1})
+      var_n   = (1 - alpha_n) var_{n-1} + alpha_n v_n + alpha_n (1 - alpha_n) (m_n - mean_{n-1})^2
+
+  where m_n and v_n are patch n's own mean and population variance (the exact variance of the
+  weighted mixture, so no E[x^2] - E[x]^2 cancellation). Patch n is normalised with
+  (mean_n, sqrt(var_n + eps)), and the model's output at patch n (the forecast of patch n + 1)
+  is de-normalised with the same pair. Everything depends only on points up to the end of
+  patch n, so a stream and the same series sent whole get the same numbers; statistics are
+  float64 and updated patch by patch in the same order on both paths.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def window_stats(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean and population variance of the first `lengths[b]` points of each row -> [B, 2] f64."""
+    x = values.double()
+    mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
+    n = lengths.clamp(min=1).double()
+    mean = (x * mask).sum(1) / n
+    var = (((x - mean[:, None]) * mask) ** 2).sum(1) / n
+    return torch.stack([mean, var], dim=1)
+
+
+def causal_update(stats: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
+                  valid: torch.Tensor, norm_window: int) -> torch.Tensor:
+    """Statistics after each patch of a chunk.
+
+    stats [B, 2] f64 before the chunk; patches [B, T, P]; n_before [B] patches seen before the
+    chunk; valid [B, T] which patches are real. Returns [B, T, 2]: the statistics to normalise
+    patch t with (for invalid patches, the last valid statistics, unchanged).
+    """
+    x = patches.double()
+    m = x.mean(-1)
+    v = x.var(-1, unbiased=False)
+    floor = 1.0 / norm_window
+    out = torch.empty(*m.shape, 2, dtype=torch.float64, device=m.device)
+    mean, var = stats[:, 0], stats[:, 1]
+    for t in range(m.shape[1]):
+        alpha = (1.0 / (n_before + t + 1).double()).clamp(min=floor)
+        diff = m[:, t] - mean
+        new_mean = mean + alpha * diff
+        new_var = (1 - alpha) * var + alpha * v[:, t] + alpha * (1 - alpha) * diff * diff
+        keep = valid[:, t]
+        mean = torch.where(keep, new_mean, mean)
+        var = torch.where(keep, new_var, var)
+        out[:, t, 0] = mean
+        out[:, t, 1] = var
+    return out
+
+
+def scale(var: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.sqrt(var + eps)
