@@ -1,0 +1,188 @@
+"""Train a Rimer on the benchmark CSVs: channel-independent, next-patch objective.
+
+    python -m model.train --datasets ETTh1 ETTh2 ETTm1 weather --steps 1500 --out weights/rimer-small
+
+Windows of varied length (a streamed series grows without bound) are drawn from the train split
+of each dataset, each variable its own series; the loss is the MSE of every patch's forecast of
+the next patch in normalised units. The validation split picks the best step. Fixed seeds; a
+resumable checkpoint is written every `--save-every` steps to `<out>/train_state/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import checkpoint, data
+from model.config import RimerConfig
+from model.rimer import Rimer
+
+TARGET_CLIP = 10.0
+
+
+def init_weights(model: Rimer, seed: int) -> None:
+    """RWKV-style starting point: mixed token shift, decays spread from slow to fast."""
+    torch.manual_seed(seed)
+    for block in model.blocks:
+        attn = block.attn
+        with torch.no_grad():
+            attn.x_x.uniform_(0.2, 0.8)
+            bias = attn.w_lora.lora[2].bias
+            bias.copy_(torch.linspace(-6.0, 2.0, bias.numel()))
+            attn.w_lora.lora[2].weight.mul_(0.1)
+            attn.o_proj.weight.mul_(0.5)
+
+
+class WindowSampler:
+    """Random windows [batch, length] of the scaled train rows of several datasets."""
+
+    def __init__(self, splits: list[np.ndarray], rng: np.random.Generator):
+        self.series = [s[:, j].astype(np.float32) for s in splits for j in range(s.shape[1])]
+        self.rng = rng
+
+    def batch(self, size: int, length: int) -> torch.Tensor:
+        out = np.empty((size, length), dtype=np.float32)
+        usable = [s for s in self.series if len(s) >= length]
+        for i in range(size):
+            s = usable[self.rng.integers(len(usable))]
+            start = self.rng.integers(len(s) - length + 1)
+            out[i] = s[start: start + length]
+        return torch.from_numpy(out)
+
+
+def next_patch_loss(model: Rimer, x: torch.Tensor) -> torch.Tensor:
+    """MSE of each patch's output against the next patch, both in that patch's normalised units.
+
+    Targets are clipped to +-TARGET_CLIP: after a flat stretch the causal scale is tiny and the
+    next patch can sit thousands of "standard deviations" away, which would swamp the loss.
+    """
+    p = model.cfg.patch_len
+    adv = model.whole_normalised(x)
+    stats = adv.stats[:, :-1]
+    sd = torch.sqrt(stats[..., 1:2] + model.cfg.norm_eps)
+    target = ((x.view(x.shape[0], -1, p)[:, 1:].double() - stats[..., 0:1]) / sd).float()
+    return torch.mean((adv.preds[:, :-1] - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2)
+
+
+def learning_rate(step: int, total: int, peak: float) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 5% of the peak."""
+    warm = max(1, total // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    frac = (step - warm) / max(1, total - warm)
+    return float(peak * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac))))
+
+
+def progress(step: int, total: int, start: float, text: str) -> None:
+    done = int(30 * step / total)
+    elapsed = time.time() - start
+    eta = elapsed / max(step, 1) * (total - step)
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (30 - done)}] {step}/{total} "
+                     f"{elapsed:6.0f}s eta {eta:5.0f}s {text}")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS))
+    ap.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--min-patches", type=int, default=4)
+    ap.add_argument("--max-patches", type=int, default=48)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--patch-len", type=int, default=32)
+    ap.add_argument("--val-every", type=int, default=100)
+    ap.add_argument("--save-every", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    out = Path(args.out)
+    resume_dir = out / "train_state"
+    cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
+                      head_size=64, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
+                      pos_emb="none", norm="causal")
+    model = Rimer(cfg)
+    init_weights(model, args.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    sets = [data.load(n, args.data_dir) for n in args.datasets]
+    rng = np.random.default_rng(args.seed)
+    train = WindowSampler([d.split("train") for d in sets], rng)
+    val = WindowSampler([d.split("val") for d in sets], np.random.default_rng(args.seed + 1))
+    val_batches = [val.batch(64, args.patch_len * n) for n in (8, 24, 48)]
+    step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
+    if (resume_dir / "progress.json").exists():
+        info = json.loads((resume_dir / "progress.json").read_text())
+        tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
+        model.load_state_dict(tensors["model"])
+        opt.load_state_dict(tensors["optimizer"])
+        rng.bit_generator.state = info["rng"]
+        step, best, best_step, wall0 = info["step"], info["best"], info["best_step"], info["wall"]
+        torch.manual_seed(args.seed + step)
+        print(f"resuming at step {step}", file=sys.stderr)
+    start = time.time() - wall0
+    model.train()
+    loss_ema = None
+    while step < args.steps:
+        n = int(rng.integers(args.min_patches, args.max_patches + 1))
+        x = train.batch(args.batch, n * args.patch_len)
+        loss = next_patch_loss(model, x)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(step, args.steps, args.lr)
+        opt.step()
+        step += 1
+        loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+        progress(step, args.steps, start, f"loss {loss_ema:.4f} best val {best:.4f}")
+        if step % args.val_every == 0 or step == args.steps:
+            model.eval()
+            with torch.no_grad():
+                v = float(np.mean([next_patch_loss(model, b).item() for b in val_batches]))
+            model.train()
+            if v < best:
+                best, best_step = v, step
+                checkpoint.save(model, out / "best", {})
+        if step % args.save_every == 0 or step == args.steps:
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()},
+                       resume_dir / "train_state.pt")
+            (resume_dir / "progress.json").write_text(json.dumps(
+                {"step": step, "best": best, "best_step": best_step, "wall": time.time() - start,
+                 "rng": rng.bit_generator.state}))
+    sys.stderr.write("\n")
+    best_model, _ = checkpoint.load(out / "best")
+    manifest = {
+        "name": args.name or out.name,
+        "format": "rimer-safetensors-v1",
+        "trained_on": {"datasets": args.datasets, "split": "train rows of the standard protocol, "
+                       "StandardScaler fitted on train", "validation": "val split, next-patch MSE"},
+        "training": {"command": "python -m model.train " + " ".join(argv or sys.argv[1:]),
+                     "seed": args.seed, "steps": args.steps, "best_step": best_step,
+                     "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+                     "wall_seconds": round(time.time() - start, 1),
+                     "torch": torch.__version__},
+        "metrics": {"val_next_patch_mse_normalised": round(best, 5)},
+        "note": "Briefly trained starter model; the benchmark-quality weights are issue 3's work.",
+    }
+    checkpoint.save(best_model, out, manifest)
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()
