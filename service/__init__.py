@@ -1,0 +1,1 @@
+"""The forecasting HTTP service: stateless forecasts and streaming series with recurrent state."""

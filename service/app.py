@@ -1,0 +1,122 @@
+"""HTTP layer: validate requests, shape JSON, map engine errors to 4xx. No model code here."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from service import schemas
+from service.engine import Engine, EngineError
+from service.limits import BodySizeLimit
+from service.settings import Settings
+
+SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
+
+
+def _field_path(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "path", "query")]
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
+    return out
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    """The app; `engine` may be given (tests), else it is loaded from `settings` at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.engine = engine or Engine.load(settings.weights, settings.device,
+                                                 settings.max_series)
+        yield
+
+    app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.exception_handler(EngineError)
+    async def engine_error(_: Request, exc: EngineError):
+        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        field = _field_path(tuple(first.get("loc", ())))
+        detail = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+        clean = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")}
+                 for e in errors[:20]]
+        return JSONResponse({"detail": detail, "field": field or None, "errors": clean},
+                            status_code=422)
+
+    def engine_of(request: Request) -> Engine:
+        return request.app.state.engine
+
+    def check_horizon(horizon: int | None, field: str = "horizon") -> None:
+        if horizon is not None and horizon > settings.max_horizon:
+            raise EngineError(422, f"horizon {horizon} is above the limit of "
+                                   f"{settings.max_horizon}", field)
+
+    def check_points(count: int, field: str) -> None:
+        if count > settings.max_points_per_request:
+            raise EngineError(413, f"{count} values in one request; the limit is "
+                                   f"{settings.max_points_per_request}", field)
+
+    @app.get("/healthz", response_model=schemas.Health)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/models", response_model=schemas.ModelsResponse)
+    async def models(request: Request):
+        e = engine_of(request)
+        return {"models": [{"name": e.name, "config": e.model.cfg.to_dict(),
+                            "manifest": e.manifest, "streamable": e.model.cfg.streamable,
+                            "device": str(e.device)}]}
+
+    @app.post("/forecast", response_model=schemas.ForecastResponse)
+    async def forecast(body: schemas.ForecastRequest, request: Request):
+        check_horizon(body.horizon)
+        if len(body.series) > settings.max_series_per_request:
+            raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
+                                   f"{settings.max_series_per_request}", "series")
+        check_points(sum(len(s.values) for s in body.series), "series")
+        e = engine_of(request)
+        means = await run_in_threadpool(e.forecast_histories, [s.values for s in body.series],
+                                        body.horizon)
+        return {"model": e.name, "horizon": body.horizon,
+                "forecasts": [{"id": s.id, "mean": m} for s, m in zip(body.series, means)]}
+
+    @app.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
+              response_model_exclude_none=True)
+    async def append(body: schemas.AppendRequest, request: Request,
+                     series_id: str = SeriesId):
+        check_horizon(body.horizon)
+        check_points(len(body.values), "values")
+        length, mean = await run_in_threadpool(engine_of(request).append, series_id,
+                                               body.values, body.horizon)
+        out = {"id": series_id, "length": length}
+        if mean is not None:
+            out["forecast"] = {"mean": mean}
+        return out
+
+    @app.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse)
+    async def series_forecast(request: Request, series_id: str = SeriesId,
+                              horizon: int = Query(96, ge=1)):
+        check_horizon(horizon)
+        length, mean = await run_in_threadpool(engine_of(request).forecast_series, series_id,
+                                               horizon)
+        return {"id": series_id, "length": length, "horizon": horizon, "mean": mean}
+
+    @app.get("/series/{series_id}", response_model=schemas.SeriesInfo)
+    async def series_info(request: Request, series_id: str = SeriesId):
+        return engine_of(request).describe(series_id)
+
+    @app.delete("/series/{series_id}", status_code=204)
+    async def series_delete(request: Request, series_id: str = SeriesId):
+        engine_of(request).delete(series_id)
+        return Response(status_code=204)
+
+    return app
