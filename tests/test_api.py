@@ -1,0 +1,149 @@
+"""The HTTP contract: shapes of answers, and 4xx errors that name the field for bad input."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.engine import Engine
+from service.settings import Settings
+from tests.conftest import DEFAULT_WEIGHTS, ORIGINAL_PTH
+
+LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=5000,
+                  max_body_bytes=200_000, max_series=3)
+
+
+@pytest.fixture()
+def client():
+    engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", max_series=LIMITS.max_series)
+    with TestClient(create_app(LIMITS, engine)) as c:
+        yield c
+
+
+def ramp(n: int) -> list[float]:
+    return [float(i % 24) + 0.01 * i for i in range(n)]
+
+
+def assert_error(r, status: int, field: str | None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert isinstance(body["detail"], str) and body["detail"]
+    if field is not None:
+        assert body["field"] == field, body
+
+
+def test_forecast_shape(client):
+    r = client.post("/forecast", json={"series": [{"id": "a", "values": ramp(100)},
+                                                  {"id": "b", "values": ramp(64)}], "horizon": 7})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["model"] == "rimer-small" and body["horizon"] == 7
+    assert [f["id"] for f in body["forecasts"]] == ["a", "b"]
+    assert all(len(f["mean"]) == 7 for f in body["forecasts"])
+
+
+def test_series_lifecycle(client):
+    r = client.post("/series/plant-1.temp/append", json={"values": ramp(40)})
+    assert r.json() == {"id": "plant-1.temp", "length": 40}
+    r = client.post("/series/plant-1.temp/append", json={"values": ramp(3), "horizon": 5})
+    assert r.json()["length"] == 43 and len(r.json()["forecast"]["mean"]) == 5
+    info = client.get("/series/plant-1.temp").json()
+    assert info["length"] == 43 and info["patches"] == 1 and info["tail_points"] == 11
+    assert info["model"] == "rimer-small" and info["state_bytes"] > 0
+    assert client.delete("/series/plant-1.temp").status_code == 204
+    assert_error(client.get("/series/plant-1.temp"), 404, "id")
+
+
+def test_models_and_health(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    m = client.get("/models").json()["models"][0]
+    assert m["name"] == "rimer-small" and m["streamable"] is True
+    assert m["config"]["norm"] == "causal" and m["config"]["pos_emb"] == "none"
+    assert "sha256" in m["manifest"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"series": [{"id": "a", "values": []}]}, "series[0].values"),
+    ({"series": []}, "series"),
+    ({"series": [{"id": "a", "values": ramp(40)}], "horizon": 0}, "horizon"),
+    ({"series": [{"id": "a", "values": ramp(40)}], "horizon": 501}, "horizon"),
+    ({"series": [{"id": "a", "values": ramp(10)}], "horizon": 5}, "series[0].values"),
+    ({"series": [{"id": "a", "values": [1.0, "x"]}]}, "series[0].values[1]"),
+    ({"series": [{"id": "../etc", "values": ramp(40)}]}, "series[0].id"),
+    ({"series": [{"id": "a", "values": ramp(40), "extra": 1}]}, "series[0].extra"),
+])
+def test_forecast_rejects_bad_input(client, body, field):
+    assert_error(client.post("/forecast", json=body), 422, field)
+
+
+def test_non_finite_values_are_rejected(client):
+    for token in ("NaN", "Infinity", "-Infinity"):
+        raw = '{"series": [{"id": "a", "values": [1.0, %s]}]}' % token
+        r = client.post("/forecast", content=raw, headers={"content-type": "application/json"})
+        assert_error(r, 422, "series[0].values[1]")
+        r = client.post("/series/a/append", content='{"values": [%s]}' % token,
+                        headers={"content-type": "application/json"})
+        assert_error(r, 422, "values[0]")
+    assert_error(client.get("/series/a"), 404, "id")
+
+
+def test_oversized_requests_are_refused(client):
+    many = {"series": [{"id": f"s{i}", "values": ramp(40)} for i in range(5)]}
+    assert_error(client.post("/forecast", json=many), 413, "series")
+    points = {"series": [{"id": "a", "values": ramp(2600)}, {"id": "b", "values": ramp(2600)}]}
+    assert_error(client.post("/forecast", json=points), 413, "series")
+    big = '{"values": [' + ",".join(["1.5"] * 60_000) + "]}"
+    r = client.post("/series/a/append", content=big, headers={"content-type": "application/json"})
+    assert_error(r, 413, "body")
+
+
+def test_invalid_series_ids(client):
+    for bad in ("-lead", "a" * 129, "sp ace", ".hidden"):
+        assert_error(client.post(f"/series/{bad}/append", json={"values": [1.0]}), 422,
+                     "series_id")
+
+
+def test_rejected_append_changes_nothing(client):
+    client.post("/series/k/append", json={"values": ramp(50)})
+    before = client.get("/series/k/forecast", params={"horizon": 12}).json()
+    assert_error(client.post("/series/k/append", json={"values": [1.0, None]}), 422, "values[1]")
+    assert_error(client.post("/series/k/append", json={"values": [1.0], "horizon": 501}), 422,
+                 "horizon")
+    assert_error(client.post("/series/k/append", json={"values": [], "horizon": 3}), 422,
+                 "values")
+    assert client.get("/series/k/forecast", params={"horizon": 12}).json() == before
+    # A first append that cannot be honoured does not create the series.
+    assert_error(client.post("/series/new/append", json={"values": ramp(5), "horizon": 3}), 422,
+                 "horizon")
+    assert_error(client.get("/series/new"), 404, "id")
+
+
+def test_forecast_of_unknown_or_short_series(client):
+    assert_error(client.get("/series/nope/forecast"), 404, "id")
+    client.post("/series/short/append", json={"values": ramp(10)})
+    assert_error(client.get("/series/short/forecast", params={"horizon": 4}), 422, "horizon")
+    assert_error(client.get("/series/short/forecast", params={"horizon": 0}), 422, "horizon")
+
+
+def test_series_count_is_bounded(client):
+    for i in range(3):
+        assert client.post(f"/series/c{i}/append", json={"values": [1.0]}).status_code == 200
+    assert_error(client.post("/series/c3/append", json={"values": [1.0]}), 409, "id")
+
+
+def test_window_normalised_model_refuses_streaming_and_long_inputs():
+    engine = Engine.load(str(ORIGINAL_PTH), "cpu", max_series=10)
+    roomy = Settings(max_points_per_request=200_000, max_body_bytes=10_000_000,
+                     max_horizon=10_000)
+    with TestClient(create_app(roomy, engine)) as c:
+        assert_error(c.post("/series/a/append", json={"values": ramp(64)}), 409, None)
+        r = c.post("/forecast", json={"series": [{"id": "a", "values": ramp(64)}], "horizon": 8})
+        assert r.status_code == 200
+        # 5000 patches is the whole sinusoidal table: exactly full is fine, one more is not.
+        full = {"series": [{"id": "a", "values": ramp(5000 * 32)}], "horizon": 32}
+        assert c.post("/forecast", json=full).status_code == 200
+        over = {"series": [{"id": "a", "values": ramp(5000 * 32 + 1)}], "horizon": 32}
+        assert_error(c.post("/forecast", json=over), 422, "series[0].values")
+        rollout_over = {"series": [{"id": "a", "values": ramp(4990 * 32)}], "horizon": 12 * 32}
+        assert_error(c.post("/forecast", json=rollout_over), 422, "series[0].values")

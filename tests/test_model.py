@@ -1,0 +1,147 @@
+"""The three forms agree, the state is constant-size, and causal statistics are as documented."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from model.config import RimerConfig
+from model.rimer import Rimer
+from model.state import RimerState
+from tests.conftest import rel_err
+
+TINY = RimerConfig(patch_len=8, d_model=32, n_layers=2, head_size=16, w_rank=8, a_rank=8,
+                   v_rank=4, g_rank=8, pos_emb="none", norm="causal", norm_window=4)
+
+
+def tiny_model(seed: int = 0, **overrides) -> Rimer:
+    torch.manual_seed(seed)
+    cfg = RimerConfig(**{**TINY.to_dict(), **overrides})
+    model = Rimer(cfg).eval()
+    with torch.no_grad():  # randomise every term so none is trivially zero
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def walk(n: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.tensor(np.cumsum(rng.normal(size=n)) + 5.0, dtype=torch.float32)
+
+
+def test_causal_whole_outputs_equal_stepwise_next_patch():
+    model = tiny_model()
+    x = walk(8 * 12, 1)
+    with torch.no_grad():
+        whole = model.whole(x[None])[0].view(12, 8)
+    state = model.init_state([x])
+    for n in range(12):
+        state = model.append(state, [x[n * 8:(n + 1) * 8]])
+        assert rel_err(state.next_patch[0], whole[n]) <= 1e-5
+
+
+def test_state_size_does_not_depend_on_history():
+    model = tiny_model()
+    sizes = set()
+    for n in (8, 80, 8000):
+        state = model.append(model.init_state([walk(n, 2)]), [walk(n, 2)])
+        sizes.add(state.nbytes_per_series())
+    assert len(sizes) == 1
+    assert sizes.pop() == RimerState.zeros(TINY, 1).nbytes_per_series()
+
+
+def test_forecast_leaves_state_unchanged_and_is_repeatable():
+    model = tiny_model()
+    x = walk(45, 3)
+    state = model.append(model.init_state([x]), [x])
+    before = {k: v.clone() for k, v in state.tensors().items()}
+    first = model.forecast(state, 30)
+    second = model.forecast(state, 30)
+    for k, v in state.tensors().items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(first, second) and first.shape == (1, 30)
+
+
+def test_forecast_uses_model_prediction_for_the_rest_of_the_open_patch():
+    """With r points of the open patch known, the forecast starts at next_patch[r:]."""
+    model = tiny_model()
+    x = walk(8 * 5 + 3, 4)
+    state = model.append(model.init_state([x]), [x])
+    out = model.forecast(state, 5)
+    torch.testing.assert_close(out[0], state.next_patch[0, 3:8])
+    longer = model.forecast(state, 13)
+    torch.testing.assert_close(longer[0, :5], out[0])
+
+
+def test_batch_with_different_lengths_equals_single_series():
+    model = tiny_model()
+    xs = [walk(n, 10 + n) for n in (8, 37, 64, 130)]
+    batch = model.append(model.init_state(xs), xs)
+    together = model.forecast(batch, 20)
+    for i, x in enumerate(xs):
+        alone = model.forecast(model.append(model.init_state([x]), [x]), 20)
+        assert rel_err(together[i], alone[0]) <= 1e-5
+        assert int(batch.length[i]) == len(x)
+
+
+def test_append_of_nothing_changes_nothing():
+    model = tiny_model()
+    x = walk(20, 5)
+    state = model.append(model.init_state([x]), [x])
+    again = model.append(state, [torch.zeros(0)])
+    for k, v in state.tensors().items():
+        assert torch.equal(v, getattr(again, k)), k
+
+
+def test_long_history_is_consumed_in_chunks_identically(monkeypatch):
+    from model import rimer
+    model = tiny_model()
+    x = walk(8 * 50, 6)
+    reference = model.append(model.init_state([x]), [x])
+    monkeypatch.setattr(rimer, "MAX_CHUNK_PATCHES", 7)
+    chunked = model.append(model.init_state([x]), [x])
+    assert rel_err(chunked.wkv, reference.wkv) <= 1e-5
+    assert rel_err(chunked.next_patch, reference.next_patch) <= 1e-5
+
+
+def naive_causal_stats(x: np.ndarray, p: int, window: int) -> list[tuple[float, float]]:
+    """The documented scheme written out as weights over all past points (float64)."""
+    out = []
+    n = len(x) // p
+    for last in range(n):
+        weights = np.zeros(n)
+        w = 1.0
+        for j in range(last, -1, -1):  # patch j's weight, newest first
+            alpha = max(1.0 / (j + 1), 1.0 / window)
+            weights[j] = w * alpha
+            w *= 1 - alpha
+        pts = np.repeat(weights[: last + 1] / p, p)
+        seg = x[: (last + 1) * p]
+        mean = float(np.sum(pts * seg))
+        var = float(np.sum(pts * (seg - mean) ** 2))
+        out.append((mean, var))
+    return out
+
+
+def test_causal_statistics_are_exponentially_weighted_moments_of_the_past():
+    from model import normalisation
+    x = walk(8 * 20, 7).double().numpy()
+    patches = torch.tensor(x).view(1, 20, 8)
+    stats = normalisation.causal_update(torch.zeros(1, 2, dtype=torch.float64), patches,
+                                        torch.zeros(1, dtype=torch.int64),
+                                        torch.ones(1, 20, dtype=torch.bool), 4)
+    for n, (mean, var) in enumerate(naive_causal_stats(x, 8, 4)):
+        assert math.isclose(stats[0, n, 0].item(), mean, rel_tol=1e-9, abs_tol=1e-9)
+        assert math.isclose(stats[0, n, 1].item(), var, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_sinusoidal_model_refuses_positions_beyond_its_table():
+    import pytest
+
+    from model.rimer import PositionLimitError
+    model = tiny_model(pos_emb="sinusoidal", max_positions=6, norm="window")
+    x = walk(8 * 7, 8)
+    with pytest.raises(PositionLimitError, match="covers 6 patches"):
+        model.append(model.init_state([x]), [x])

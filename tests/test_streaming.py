@@ -1,0 +1,77 @@
+"""Streaming equals whole: any split of a series into appends gives POST /forecast's answer."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.app import create_app
+from service.engine import Engine
+from service.settings import Settings
+from tests.conftest import DEFAULT_WEIGHTS, rel_err
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def client():
+    engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", max_series=100_000)
+    with TestClient(create_app(Settings(), engine)) as c:
+        yield c
+
+
+def series(n: int, seed: int) -> list[float]:
+    """A seasonal random walk with an offset, like the data the model was trained on."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return (100 + 3 * np.sin(2 * np.pi * t / 24) + np.cumsum(rng.normal(0, 0.5, n))).tolist()
+
+
+def stream_then_compare(client, values: list[float], cuts: list[int], horizon: int) -> None:
+    sid = f"s{next(_ids)}"
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(values)), len(values)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        if hi > lo:
+            r = client.post(f"/series/{sid}/append", json={"values": values[lo:hi]})
+            assert r.status_code == 200, r.text
+            assert r.json()["length"] == hi
+    streamed = client.get(f"/series/{sid}/forecast", params={"horizon": horizon})
+    whole = client.post("/forecast", json={"series": [{"id": sid, "values": values}],
+                                           "horizon": horizon})
+    assert streamed.status_code == 200 and whole.status_code == 200, (streamed.text, whole.text)
+    got = torch.tensor(streamed.json()["mean"])
+    want = torch.tensor(whole.json()["forecasts"][0]["mean"])
+    assert got.shape == (horizon,)
+    assert rel_err(got, want) <= 1e-4
+    client.delete(f"/series/{sid}")
+
+
+@pytest.mark.parametrize("cuts", [
+    [],                                   # one append
+    list(range(1, 200)),                  # single points
+    [31, 32, 33, 63, 65, 97],             # around patch boundaries
+    [7, 50, 51, 130, 190],                # straddling several patches
+])
+def test_fixed_splits(client, cuts):
+    stream_then_compare(client, series(200, 1), cuts, horizon=40)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(length=st.integers(32, 400), cuts=st.lists(st.integers(1, 399), max_size=12),
+       horizon=st.integers(1, 100), seed=st.integers(0, 2**16))
+def test_any_split(client, length, cuts, horizon, seed):
+    stream_then_compare(client, series(length, seed), cuts, horizon)
+
+
+def test_append_with_forecast_matches_get_forecast(client):
+    values = series(150, 3)
+    r = client.post("/series/x1/append", json={"values": values, "horizon": 24})
+    assert r.status_code == 200
+    g = client.get("/series/x1/forecast", params={"horizon": 24})
+    assert r.json()["forecast"]["mean"] == g.json()["mean"]
