@@ -253,7 +253,7 @@ class Rimer(nn.Module):
         Cost is O(new points) and memory is bounded by MAX_CHUNK_PATCHES per call, whatever
         the history. The input state is not modified.
         """
-        cfg, p = self.cfg, self.cfg.patch_len
+        p = self.cfg.patch_len
         device = state.tail.device
         if len(values) != state.batch:
             raise ValueError(f"{len(values)} value lists for a batch of {state.batch} series")

@@ -79,10 +79,10 @@ def test_forecast_rejects_bad_input(client, body, field):
 
 def test_non_finite_values_are_rejected(client):
     for token in ("NaN", "Infinity", "-Infinity"):
-        raw = '{"series": [{"id": "a", "values": [1.0, %s]}]}' % token
+        raw = f'{{"series": [{{"id": "a", "values": [1.0, {token}]}}]}}'
         r = client.post("/forecast", content=raw, headers={"content-type": "application/json"})
         assert_error(r, 422, "series[0].values[1]")
-        r = client.post("/series/a/append", content='{"values": [%s]}' % token,
+        r = client.post("/series/a/append", content=f'{{"values": [{token}]}}',
                         headers={"content-type": "application/json"})
         assert_error(r, 422, "values[0]")
     assert_error(client.get("/series/a"), 404, "id")
