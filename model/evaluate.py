@@ -1,0 +1,236 @@
+"""The standard long-term forecasting protocol, our model next to simple baselines.
+
+    python -m model.evaluate --weights weights/rimer-small --datasets ETTh1 --out weights/rimer-small
+
+Test windows slide by one step (`--stride` > 1 only for quick looks; the report says which);
+horizons 96, 192, 336, 720; MSE and MAE on train-scaled values, averaged over windows, steps and
+variables. Side by side in the same run: repeat-last-value, seasonal naive (one day), and a
+linear model fitted on the train split (NLinear-style ridge: last value subtracted, one L -> H
+map shared by the variables). Each window's H = 720 rollout also gives its shorter horizons (the
+rollout is autoregressive, so a shorter forecast is a prefix of a longer one).
+
+`--lookback N` gives every method N points; `--lookback full` gives our model every point
+before the window (it is recurrent: its state summarises any history) and the baselines 512.
+Writes report.md (a table; published figures are quoted, marked as such), metrics.json and
+forecast.png (sample forecasts against actuals).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model import checkpoint, data
+from model.rimer import Rimer
+from model.state import RimerState
+
+HORIZONS = (96, 192, 336, 720)
+SEASON = {"ETTh1": 24, "ETTh2": 24, "ETTm1": 96, "weather": 144}
+QUOTED_ETTH1 = [  # (method, H=96 MSE, average MSE over the four H), ../shared/data/README.md
+    ("PatchTST/64, L=512 (quoted)", 0.370, 0.413),
+    ("DLinear, L=336 (quoted)", 0.375, 0.423),
+    ("Timer-XL trained on ETTh1 (quoted)", None, 0.409),
+    ("Time-MoE-base zero-shot (quoted)", 0.357, 0.400),
+    ("TimesFM zero-shot (quoted)", 0.414, 0.473),
+    ("Chronos-large zero-shot (quoted)", None, 0.588),
+]
+
+
+def window_ends(ds: data.Dataset, h_min: int, stride: int) -> np.ndarray:
+    """Absolute row index where each test window's forecast starts."""
+    lo, hi = ds.borders["test"]
+    return np.arange(lo, hi - h_min + 1, stride)
+
+
+def scaled(ds: data.Dataset) -> np.ndarray:
+    return (ds.values - ds.mean) / ds.std
+
+
+def model_forecasts(model: Rimer, series: np.ndarray, ends: np.ndarray, lookback: int | None,
+                    horizon: int, batch: int, progress) -> np.ndarray:
+    """[len(ends), horizon] forecasts of one variable; lookback None streams the full history."""
+    out = np.empty((len(ends), horizon), dtype=np.float32)
+    x = torch.tensor(series, dtype=torch.float32)
+    if lookback is not None:
+        for i in range(0, len(ends), batch):
+            hist = [x[e - lookback: e] for e in ends[i: i + batch]]
+            state = model.append(model.init_state(hist), hist)
+            out[i: i + len(hist)] = model.forecast(state, horizon).numpy()
+            progress(len(hist))
+        return out
+    state = model.append(model.init_state([x[: ends[0]]]), [x[: ends[0]]])
+    pending, done, prev = [], 0, int(ends[0])
+    for e in ends:
+        state = model.append(state, [x[prev: e]])
+        prev = int(e)
+        pending.append(state)
+        if len(pending) == batch or e == ends[-1]:
+            out[done: done + len(pending)] = model.forecast(RimerState.cat(pending), horizon).numpy()
+            done += len(pending)
+            progress(len(pending))
+            pending = []
+    return out
+
+
+def fit_linear(train: np.ndarray, lookback: int, horizon: int, ridge: float = 1.0,
+               max_windows: int = 50_000, seed: int = 0) -> np.ndarray:
+    """Ridge least squares of (next H - last value) on (last L - last value), all variables pooled."""
+    rng = np.random.default_rng(seed)
+    starts = [(v, s) for v in range(train.shape[1]) for s in range(len(train) - lookback - horizon + 1)]
+    pick = rng.choice(len(starts), size=min(max_windows, len(starts)), replace=False)
+    xs = np.stack([train[s: s + lookback, v] for v, s in (starts[i] for i in pick)])
+    ys = np.stack([train[s + lookback: s + lookback + horizon, v] for v, s in (starts[i] for i in pick)])
+    last = xs[:, -1:]
+    xs, ys = xs - last, ys - last
+    gram = xs.T @ xs + ridge * np.eye(lookback)
+    return np.linalg.solve(gram, xs.T @ ys)
+
+
+def metrics(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    err = pred - true
+    return float(np.mean(err ** 2)), float(np.mean(np.abs(err)))
+
+
+class Progress:
+    def __init__(self, total: int, label: str):
+        self.total, self.done, self.label, self.start = total, 0, label, time.time()
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        frac = self.done / max(self.total, 1)
+        el = time.time() - self.start
+        sys.stderr.write(f"\r{self.label}: [{'#' * int(30 * frac):<30}] {self.done}/{self.total} "
+                         f"{el:5.0f}s eta {el / max(frac, 1e-9) - el:5.0f}s")
+        if self.done >= self.total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def evaluate_dataset(model: Rimer, ds: data.Dataset, lookback: int | None, base_lookback: int,
+                     stride: int, batch: int) -> tuple[dict, dict]:
+    x = scaled(ds)
+    ends = window_ends(ds, min(HORIZONS), stride)
+    h_max = max(HORIZONS)
+    train = x[ds.borders["train"][0]: ds.borders["train"][1]]
+    n_vars = x.shape[1]
+    prog = Progress(len(ends) * n_vars, f"{ds.name} rimer")
+    ours = np.stack([model_forecasts(model, x[:, v], ends, lookback, h_max, batch, prog)
+                     for v in range(n_vars)], axis=-1)  # [windows, H, vars]
+    results, sample = {}, {}
+    for h in HORIZONS:
+        keep = ends + h <= ds.borders["test"][1]
+        e = ends[keep]
+        true = np.stack([x[i: i + h] for i in e])  # [windows, h, vars]
+        hist = np.stack([x[i - base_lookback: i] for i in e])  # [windows, L, vars]
+        last = hist[:, -1:, :]
+        season = SEASON[ds.name]
+        idx = base_lookback - season + (np.arange(h) % season)
+        w = fit_linear(train, base_lookback, h)
+        linear = np.einsum("wlv,lh->whv", hist - last, w) + last
+        row = {"windows": int(keep.sum()),
+               "rimer": metrics(ours[keep, :h], true),
+               "repeat_last": metrics(np.repeat(last, h, axis=1), true),
+               "seasonal_naive": metrics(hist[:, idx, :], true),
+               "linear": metrics(linear, true)}
+        results[h] = row
+        if h == 336:
+            j = len(e) // 2
+            sample = {"history": hist[j, -2 * season:, -1], "true": true[j, :, -1],
+                      "rimer": ours[keep][j, :h, -1], "linear": linear[j, :, -1]}
+    return results, sample
+
+
+def write_report(out: Path, name: str, all_results: dict, args, lookback_desc: str) -> None:
+    methods = ["rimer", "repeat_last", "seasonal_naive", "linear"]
+    lines = [f"# Evaluation of `{name}`", "",
+             f"Standard protocol: test windows sliding by {args.stride} step(s), train-scaled "
+             f"values, MSE / MAE averaged over windows, steps and variables. Rimer lookback: "
+             f"{lookback_desc}; baselines: {args.base_lookback} points. Command: "
+             f"`python -m model.evaluate {' '.join(args.argv)}`.", "",
+             "| dataset | H | windows | " + " | ".join(f"{m} MSE | {m} MAE" for m in methods) + " |",
+             "| --- | --- | --- | " + " | ".join("--- | ---" for _ in methods) + " |"]
+    for ds_name, res in all_results.items():
+        for h in HORIZONS:
+            r = res[h]
+            cells = " | ".join(f"{r[m][0]:.3f} | {r[m][1]:.3f}" for m in methods)
+            lines.append(f"| {ds_name} | {h} | {r['windows']} | {cells} |")
+        avg = {m: np.mean([res[h][m] for h in HORIZONS], axis=0) for m in methods}
+        cells = " | ".join(f"**{avg[m][0]:.3f}** | {avg[m][1]:.3f}" for m in methods)
+        lines.append(f"| {ds_name} | avg | | {cells} |")
+    lines += ["", "Published ETTh1 figures, quoted from ../shared/data/README.md (not ours; "
+              "many second-hand, approximate):", "", "| method | H=96 MSE | avg MSE |",
+              "| --- | --- | --- |"]
+    for method, h96, avg in QUOTED_ETTH1:
+        lines.append(f"| {method} | {h96 if h96 is not None else '-'} | {avg} |")
+    lines += ["", "![sample forecasts](forecast.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+
+
+def plot(out: Path, samples: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(samples), 1, figsize=(8, 2.2 * len(samples)), squeeze=False)
+    for ax, (name, s) in zip(axes[:, 0], samples.items()):
+        n = len(s["history"])
+        ax.plot(range(n), s["history"], color="black", lw=1, label="history")
+        t = range(n, n + len(s["true"]))
+        ax.plot(t, s["true"], color="black", lw=1, ls="--", label="actual")
+        ax.plot(t, s["rimer"], color="tab:red", lw=1.2, label="rimer")
+        ax.plot(t, s["linear"], color="tab:blue", lw=1, alpha=0.7, label="linear")
+        ax.set_title(f"{name}: OT, H = 336 (scaled)", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(out / "forecast.png", dpi=80)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS))
+    ap.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR))
+    ap.add_argument("--lookback", default="512", help="points of history, or 'full'")
+    ap.add_argument("--base-lookback", type=int, default=512)
+    ap.add_argument("--stride", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--out", default=None, help="directory for report.md, metrics.json, forecast.png")
+    args = ap.parse_args(argv)
+    args.argv = argv
+    model, manifest = checkpoint.load(args.weights)
+    lookback = None if args.lookback == "full" else int(args.lookback)
+    if lookback is None and not model.cfg.streamable:
+        ap.error("--lookback full needs a causally normalised model")
+    all_results, samples = {}, {}
+    t0 = time.time()
+    for name in args.datasets:
+        ds = data.load(name, args.data_dir)
+        all_results[name], samples[name] = evaluate_dataset(
+            model, ds, lookback, args.base_lookback, args.stride, args.batch)
+    desc = "all points before each window" if lookback is None else f"{lookback} points"
+    result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,
+              "stride": args.stride, "seconds": round(time.time() - t0, 1),
+              "results": {d: {str(h): r for h, r in res.items()} for d, res in all_results.items()}}
+    for d, res in all_results.items():
+        for h in HORIZONS:
+            r = res[h]
+            print(f"{d:8} H={h:3}  rimer {r['rimer'][0]:.3f}  last {r['repeat_last'][0]:.3f}  "
+                  f"seasonal {r['seasonal_naive'][0]:.3f}  linear {r['linear'][0]:.3f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        write_report(out, str(manifest.get("name")), all_results, args, desc)
+        plot(out, samples)
+    return result
+
+
+if __name__ == "__main__":
+    main()
