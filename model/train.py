@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, data
+from model import checkpoint, data, normalisation
 from model.config import RimerConfig
 from model.rimer import Rimer
+from model.state import RimerState
 
 TARGET_CLIP = 10.0
 
@@ -57,18 +58,34 @@ class WindowSampler:
         return torch.from_numpy(out)
 
 
-def next_patch_loss(model: Rimer, x: torch.Tensor) -> torch.Tensor:
+def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0) -> torch.Tensor:
     """MSE of each patch's output against the next patch, both in that patch's normalised units.
 
     Targets are clipped to +-TARGET_CLIP: after a flat stretch the causal scale is tiny and the
     next patch can sit thousands of "standard deviations" away, which would swamp the loss.
+    With `bptt` > 0 the window is consumed `bptt` patches at a time, the recurrent state carried
+    over (detached) between chunks: long histories at the memory cost of short ones, so the
+    model learns from states that have seen far more than one chunk.
     """
     p = model.cfg.patch_len
-    adv = model.whole_normalised(x)
-    stats = adv.stats[:, :-1]
-    sd = torch.sqrt(stats[..., 1:2] + model.cfg.norm_eps)
-    target = ((x.view(x.shape[0], -1, p)[:, 1:].double() - stats[..., 0:1]) / sd).float()
-    return torch.mean((adv.preds[:, :-1] - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2)
+    bsz, length = x.shape
+    patches = x.view(bsz, length // p, p)
+    n = patches.shape[1]
+    step = bptt if bptt > 0 else n
+    state = RimerState.zeros(model.cfg, bsz, x.device)
+    if model.cfg.norm == "window":
+        state.norm = normalisation.window_stats(x, torch.full((bsz,), length, device=x.device))
+    total, count = x.new_zeros(()), 0
+    for lo in range(0, n - 1, step):
+        hi = min(lo + step, n - 1)  # the last patch has no target
+        adv = model._advance(state, patches[:, lo:hi])
+        sd = torch.sqrt(adv.stats[..., 1:2] + model.cfg.norm_eps)
+        target = ((patches[:, lo + 1: hi + 1].double() - adv.stats[..., 0:1]) / sd).float()
+        err = (adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2
+        total = total + err.sum() if bptt > 0 else err.mean()
+        count += err.numel()
+        state = RimerState(**{k: v.detach() for k, v in adv.state.tensors().items()})
+    return total / count if bptt > 0 else total
 
 
 def learning_rate(step: int, total: int, peak: float) -> float:
@@ -100,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--min-patches", type=int, default=4)
     ap.add_argument("--max-patches", type=int, default=48)
+    ap.add_argument("--long-every", type=int, default=0,
+                    help="every Nth step trains on a long window (--long-patches) with truncated BPTT")
+    ap.add_argument("--long-patches", type=int, default=512)
+    ap.add_argument("--bptt", type=int, default=32, help="patches per chunk on long windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
@@ -138,9 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     loss_ema = None
     while step < args.steps:
-        n = int(rng.integers(args.min_patches, args.max_patches + 1))
-        x = train.batch(args.batch, n * args.patch_len)
-        loss = next_patch_loss(model, x)
+        if args.long_every and step % args.long_every == args.long_every - 1:
+            x = train.batch(max(4, args.batch // 4), args.long_patches * args.patch_len)
+            loss = next_patch_loss(model, x, bptt=args.bptt)
+        else:
+            n = int(rng.integers(args.min_patches, args.max_patches + 1))
+            x = train.batch(args.batch, n * args.patch_len)
+            loss = next_patch_loss(model, x)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
