@@ -1,0 +1,238 @@
+"""Speed of the Triton RWKV-7 pool kernel, next to the copy bandwidth and PyTorch eager.
+
+    python -m bench.kernels [--out bench/out/kernels.json] [--sweep] [--smoke]
+
+On a GPU: decode (T = 1) at H = 8, N = 64 for B = 1, 256, 4096, 32768 series, each in a pool of B
+slots named in a random permutation, and prefill of 64 series x 1024 steps. Per case: the kernel's
+time (triton.testing.do_bench, median), the state bandwidth it achieves (bytes of state read and
+written / time; the per-step vectors are reported apart), the device-to-device copy bandwidth
+measured in the same run for scale, PyTorch eager (model.wkv.wkv7_recurrent with a gather of
+pool[slots] and a scatter back) and, if `fla` imports, fla's fused recurrent RWKV-7 (same gather and
+scatter). Correctness: the kernel against a float64 run of wkv7_recurrent (on up to 256 series).
+--sweep also times other launch configurations (the kernel's own default stays pinned).
+
+Without CUDA only a tiny smoke configuration runs, under Triton's interpreter: it checks that the
+benchmark and the kernel run and agree; its times are meaningless and say nothing of the GPU.
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
+from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
+from model.wkv import wkv7_recurrent
+
+CHECK_SERIES = 256
+
+
+def try_fla():
+    """fla-core's fused recurrent RWKV-7, if installed; else None and why."""
+    try:
+        from fla.ops.rwkv7 import fused_recurrent_rwkv7
+        return fused_recurrent_rwkv7, None
+    except Exception as e:  # noqa: BLE001 - any import failure just means "not available"
+        return None, f"{type(e).__name__}: {e}"
+
+
+def timer(device: str):
+    import triton.testing
+
+    if device == "cuda":
+        def run(fn):
+            return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+    else:
+        def run(fn, reps=3):
+            fn()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+    return run
+
+
+def copy_bandwidth(device: str, measure) -> float:
+    """Bytes read + written per second by a plain device-to-device copy of a large fp32 buffer."""
+    n = (1 << 28) if device == "cuda" else (1 << 22)  # 1 GiB on the GPU, 16 MiB on the CPU
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n * 4 / measure(lambda: dst.copy_(src))
+
+
+def make_case(bsz: int, t: int, h: int, n: int, device: str, seed: int = 0):
+    g = torch.Generator(device=device).manual_seed(seed)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g, device=device)
+
+    kk = F.normalize(rnd(bsz, t, h, n), dim=-1)
+    alpha = torch.rand(bsz, t, h, n, generator=g, device=device)
+    x = [rnd(bsz, t, h, n), -0.6 * torch.sigmoid(rnd(bsz, t, h, n)), rnd(bsz, t, h, n),
+         rnd(bsz, t, h, n), -kk, kk * alpha]
+    del kk, alpha
+    pool = 0.3 * rnd(bsz, 1, h, n, n)
+    slots = torch.randperm(bsz, generator=g, device=device)
+    lengths = torch.full((bsz,), t, dtype=torch.int32, device=device)
+    return x, pool, slots, lengths
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    diff = actual - expected
+    return float(max(diff.norm() / expected.norm(), diff.abs().max() / expected.abs().max()))
+
+
+def check(x, pool, slots, lengths) -> dict:
+    """The kernel on a copy of the pool against float64 wkv7_recurrent on the first series."""
+    m = min(CHECK_SERIES, slots.shape[0])
+    sub = [z[:m] for z in x]
+    work = pool.clone()
+    o = wkv7_pool_step(*sub, work, slots[:m], 0, lengths[:m])
+    o_ref, s_ref = wkv7_recurrent(*(z.double() for z in sub), pool[slots[:m], 0].double())
+    out = {"series_checked": m, "max_rel_err_o": rel_err(o, o_ref),
+           "max_rel_err_state": rel_err(work[slots[:m], 0], s_ref)}
+    return out
+
+
+def run_case(name: str, bsz: int, t: int, h: int, n: int, device: str, measure, copy_bw: float,
+             fla_fn) -> dict:
+    x, pool, slots, lengths = make_case(bsz, t, h, n, device)
+    row = {"case": name, "B": bsz, "T": t, "H": h, "N": n, **check(x, pool, slots, lengths)}
+    state_bytes = bsz * h * n * n * 4 * 2          # the state read once and written once
+    io_bytes = bsz * t * h * n * 4 * 7             # r w k v a b read, o written
+    row["state_bytes"], row["io_bytes"] = state_bytes, io_bytes
+
+    sec = measure(lambda: wkv7_pool_step(*x, pool, slots, 0, lengths))
+    row["kernel_us"] = sec * 1e6
+    row["kernel_state_gbps"] = state_bytes / sec / 1e9
+    row["kernel_total_gbps"] = (state_bytes + io_bytes) / sec / 1e9
+    row["kernel_state_frac_of_copy"] = state_bytes / sec / copy_bw
+
+    def eager():
+        o, s = wkv7_recurrent(*x, pool[slots, 0])
+        pool[slots, 0] = s
+        return o
+
+    sec = measure(eager)
+    row["eager_us"] = sec * 1e6
+    row["speedup_vs_eager"] = row["eager_us"] / row["kernel_us"]
+
+    if fla_fn is not None:
+        def fla():
+            # fla keeps the state as [K, V]; ours is [V, K].
+            s0 = pool[slots, 0].transpose(-1, -2).contiguous()
+            o, s = fla_fn(*x, scale=1.0, initial_state=s0, output_final_state=True)
+            pool[slots, 0] = s.transpose(-1, -2)
+            return o
+        try:
+            row["fla_us"] = measure(fla) * 1e6
+        except Exception as e:  # noqa: BLE001 - a version mismatch should not sink the benchmark
+            row["fla_error"] = f"{type(e).__name__}: {e}"[:300]
+    return row
+
+
+def sweep_case(name: str, bsz: int, t: int, device: str, measure, copy_bw: float) -> list[dict]:
+    x, pool, slots, lengths = make_case(bsz, t, 8, 64, device)
+    state_bytes = bsz * 8 * 64 * 64 * 4 * 2
+    rows = []
+    for pf in ((True,) if t == 1 else (True, False)):
+        for bv in (8, 16, 32, 64):
+            for nw in (1, 2, 4, 8):
+                sec = measure(lambda bv=bv, nw=nw, pf=pf: wkv7_pool_step(
+                    *x, pool, slots, 0, lengths, block_v=bv, num_warps=nw, prefetch=pf))
+                rows.append({"case": name, "B": bsz, "T": t, "block_v": bv, "num_warps": nw,
+                             "prefetch": pf, "us": sec * 1e6,
+                             "state_frac_of_copy": state_bytes / sec / copy_bw,
+                             "pinned": (bv, nw, pf) == (BLOCK_V, NUM_WARPS, True)})
+    return rows
+
+
+SWEEP_CASES = (("decode", 4096, 1), ("prefill", 64, 1024), ("prefill", 4, 1024))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench/out/kernels.json")
+    ap.add_argument("--smoke", action="store_true", help="tiny configuration even on a GPU")
+    ap.add_argument("--sweep", action="store_true", help="also time other launch configurations (GPU)")
+    args = ap.parse_args(argv)
+    import triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    smoke = args.smoke or device == "cpu"
+    measure = timer(device)
+    fla_fn, fla_why = try_fla()
+    if device == "cpu":
+        fla_fn = None  # fla needs a GPU
+
+    result = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "mode": ("cpu-interpreter-smoke" if device == "cpu" else "gpu-smoke" if smoke else "gpu"),
+        "torch": torch.__version__, "triton": triton.__version__,
+        "pinned_config": {"block_v": BLOCK_V, "num_warps": NUM_WARPS},
+        "fla": "available" if fla_fn is not None else f"not used ({fla_why or 'no GPU'})",
+    }
+    if device == "cpu":
+        print("NOTE: no CUDA: tiny smoke configuration under TRITON_INTERPRET=1; "
+              "CPU times below are meaningless (numpy interpreter), only the errors mean anything.")
+    copy_bw = copy_bandwidth(device, measure)
+    result["copy_gbps"] = copy_bw / 1e9
+
+    if smoke:
+        h, n = (2, 16) if device == "cpu" else (8, 64)
+        cases = [("decode", 1, 1), ("decode", 4, 1), ("prefill", 2, 16)]
+    else:
+        h, n = 8, 64
+        cases = [("decode", 1, 1), ("decode", 256, 1), ("decode", 4096, 1), ("decode", 32768, 1),
+                 ("prefill", 64, 1024)]
+    rows = []
+    for name, bsz, t in cases:
+        row = run_case(name, bsz, t, h, n, device, measure, copy_bw, fla_fn)
+        rows.append(row)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}),
+              flush=True)
+    result["cases"] = rows
+    if args.sweep and device == "cuda":
+        result["sweep"] = [r for name, bsz, t in SWEEP_CASES
+                           for r in sweep_case(name, bsz, t, device, measure, copy_bw)]
+
+    print(f"\ndevice: {result['device']}  mode: {result['mode']}  triton {result['triton']}  "
+          f"torch {result['torch']}  fla: {result['fla']}")
+    print(f"device-to-device copy: {copy_bw / 1e9:.1f} GB/s (read + write)")
+    head = (f"{'case':8} {'B':>6} {'T':>5} {'kernel us':>11} {'state GB/s':>10} {'of copy':>8} "
+            f"{'eager us':>11} {'speedup':>8} {'fla us':>9} {'err o':>9} {'err S':>9}")
+    print(head)
+    for r in rows:
+        fla = f"{r['fla_us']:9.1f}" if "fla_us" in r else f"{'-':>9}"
+        print(f"{r['case']:8} {r['B']:6d} {r['T']:5d} {r['kernel_us']:11.1f} {r['kernel_state_gbps']:10.1f} "
+              f"{r['kernel_state_frac_of_copy']:8.1%} {r['eager_us']:11.1f} {r['speedup_vs_eager']:8.2f} "
+              f"{fla} {r['max_rel_err_o']:9.2e} {r['max_rel_err_state']:9.2e}")
+    if result.get("sweep"):
+        print("\nlaunch configurations (pinned one marked *):")
+        for s in result["sweep"]:
+            mark = "*" if s["pinned"] else " "
+            print(f"{mark} {s['case']:8} B={s['B']:5d} T={s['T']:5d} block_v={s['block_v']:3d} "
+                  f"warps={s['num_warps']} prefetch={s['prefetch']:d}  {s['us']:10.1f} us  "
+                  f"{s['state_frac_of_copy']:7.1%} of copy")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
