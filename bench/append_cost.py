@@ -2,10 +2,11 @@
 
     python -m bench.append_cost [--lengths 1000 10000 100000 1000000] [--out bench/out/append_cost.json]
 
-For each history length a streaming series is built in the engine, then timed: appends of one
-point (the common case: the point joins the open patch) and of one whole patch (runs the
-network once), the median of many; and, side by side, recomputing the whole history from
-scratch (what a stateless API must do per new point). Prints a table and writes JSON.
+For each history length a streaming series is built in the engine, then timed, round-robin over the
+lengths so that load on the machine hits each alike: appends of one point (the common case: it
+joins the open patch) and of one whole patch (runs the network once), the median of many;
+then recomputing the whole history from scratch (what a stateless API must do per new point).
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ import torch
 
 from service.engine import Engine
 from service.settings import DEFAULT_WEIGHTS
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def median_time(fn, reps: int) -> float:
@@ -45,36 +56,54 @@ def main(argv: list[str] | None = None) -> dict:
     engine = Engine.load(args.weights, "cpu", max_series=len(args.lengths) + 1)
     p = engine.patch_len
     rng = np.random.default_rng(0)
+    histories, build = {}, {}
+    for n in args.lengths:  # build every series first ...
+        histories[n] = (np.cumsum(rng.normal(size=n)) + 50).tolist()
+        t0 = time.perf_counter()
+        engine.append(f"h{n}", histories[n], None)
+        build[n] = time.perf_counter() - t0
+        # top the open patch up so that each timed patch-sized append completes one patch
+        engine.append(f"h{n}", [1.0] * (p - int(engine.describe(f"h{n}")["tail_points"])), None)
+    # ... then time them round-robin, so that load changes on the machine hit every length alike.
+    times = {n: {"point": [], "patch": [], "forecast": []} for n in args.lengths}
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for rep in range(args.reps):
+        for n in args.lengths:
+            sid = f"h{n}"
+            t0 = time.perf_counter()
+            engine.append(sid, [1.0] * p, None)  # completes one patch: runs the network
+            t1 = time.perf_counter()
+            times[n]["patch"].append(t1 - t0)
+            if rep % 2 == 0:
+                t0 = time.perf_counter()
+                engine.append(sid, [1.0], None)  # joins the open patch
+                engine_time = time.perf_counter() - t0
+                engine.append(sid, [1.0] * (p - 1), None)  # close that patch again, untimed
+                times[n]["point"].append(engine_time)
+            if rep % 10 == 0:
+                t0 = time.perf_counter()
+                engine.forecast_series(sid, 96)
+                times[n]["forecast"].append(time.perf_counter() - t0)
+    rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
     rows = []
     for n in args.lengths:
-        history = (np.cumsum(rng.normal(size=n)) + 50).tolist()
-        sid = f"h{n}"
-        t0 = time.perf_counter()
-        engine.append(sid, history, None)
-        build = time.perf_counter() - t0
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        one_point = median_time(lambda s=sid: engine.append(s, [1.0], None), args.reps)
-        # Top the open patch up so that each timed patch-sized append completes one patch.
-        engine.append(sid, [1.0] * (p - int(engine.describe(sid)["tail_points"])), None)
-        one_patch = median_time(lambda s=sid: engine.append(s, [1.0] * p, None), args.reps)
-        forecast = median_time(lambda s=sid: engine.forecast_series(s, 96),
-                               max(10, args.reps // 10))
-        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
-        recompute = median_time(lambda h=history: engine.forecast_histories([h], 96),
+        recompute = median_time(lambda h=histories[n]: engine.forecast_histories([h], 96),
                                 1 if n >= 100_000 else 3)
-        info = engine.describe(sid)
-        rows.append({"history": n, "append_1_point_us": one_point * 1e6,
-                     "append_1_patch_us": one_patch * 1e6, "forecast_96_us": forecast * 1e6,
-                     "recompute_whole_ms": recompute * 1e3, "build_s": build,
-                     "state_bytes": info["state_bytes"], "rss_growth_kib_during_appends": rss_growth})
-        engine.delete(sid)
+        info = engine.describe(f"h{n}")
+        rows.append({"history": n,
+                     "append_1_point_us": statistics.median(times[n]["point"]) * 1e6,
+                     "append_1_patch_us": statistics.median(times[n]["patch"]) * 1e6,
+                     "forecast_96_us": statistics.median(times[n]["forecast"]) * 1e6,
+                     "recompute_whole_ms": recompute * 1e3, "build_s": build[n],
+                     "state_bytes": info["state_bytes"],
+                     "rss_growth_kib_during_timed_appends": rss_growth})
     base = rows[0]
     for r in rows:
         r["append_1_patch_ratio_to_first"] = r["append_1_patch_us"] / base["append_1_patch_us"]
         r["append_1_point_ratio_to_first"] = r["append_1_point_us"] / base["append_1_point_us"]
         r["recompute_over_append_patch"] = r["recompute_whole_ms"] * 1e3 / r["append_1_patch_us"]
     result = {"benchmark": "append_cost", "model": engine.name, "config": engine.model.cfg.to_dict(),
-              "machine": f"{platform.machine()} CPU, {platform.processor() or 'unknown'}, "
+              "machine": f"{platform.machine()} CPU ({cpu_name()}), "
                          f"torch threads 1", "torch": torch.__version__, "rows": rows}
     print(f"{'history':>9} {'1 point us':>11} {'1 patch us':>11} {'ratio':>6} {'fcst96 us':>10} "
           f"{'recompute ms':>13} {'state B':>8}")
