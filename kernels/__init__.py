@@ -14,6 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from kernels.linear import linear  # noqa: E402
 from kernels.wkv7_pool import BLOCK_V, NUM_WARPS, wkv7_pool_step  # noqa: E402
 
-__all__ = ["BLOCK_V", "NUM_WARPS", "wkv7_pool_step"]
+__all__ = ["BLOCK_V", "NUM_WARPS", "linear", "wkv7_pool_step"]

@@ -42,8 +42,9 @@ def causal_update(stats: torch.Tensor, patches: torch.Tensor, n_before: torch.Te
     patch t with (for invalid patches, the last valid statistics, unchanged).
     """
     x = patches.double()
-    m = x.mean(-1)
-    v = x.var(-1, unbiased=False)
+    p = x.shape[-1]
+    m = _tree_sum(x) / p
+    v = _tree_sum((x - m[..., None]) ** 2) / p
     floor = 1.0 / norm_window
     out = torch.empty(*m.shape, 2, dtype=torch.float64, device=m.device)
     mean, var = stats[:, 0], stats[:, 1]
@@ -58,6 +59,17 @@ def causal_update(stats: torch.Tensor, patches: torch.Tensor, n_before: torch.Te
         out[:, t, 0] = mean
         out[:, t, 1] = var
     return out
+
+
+def _tree_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis by pairwise elementwise adds: the same order for every row whatever
+    the batch (library reductions pick their order by shape, so a series' statistics could change
+    in the last bit with its batch's size, and the triton backend promises bit-identical results)."""
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        pair = x[..., :half] + x[..., half: 2 * half]
+        x = torch.cat([pair, x[..., 2 * half:]], dim=-1) if x.shape[-1] % 2 else pair
+    return x[..., 0]
 
 
 def scale(var: torch.Tensor, eps: float) -> torch.Tensor:

@@ -7,6 +7,15 @@ One module, three forms of the same function:
   * `forecast(state, horizon)`: roll the next `horizon` points out patch by patch from a copy,
     never changing the stored state.
 All three run `_advance`, so they cannot drift apart.
+
+Two backends run the same `_advance`; they differ only in a `Step` (how the linear maps and the
+RWKV-7 recurrence are computed):
+  * `TorchStep`: PyTorch; functional (states in, new states out). The reference.
+  * `PoolStep`: Triton; the states live in a preallocated pool (a `RimerState` of `slots` rows) and
+    the kernel updates `pool.wkv[slots]` in place; linear maps are batch-invariant kernels, so a
+    series' result is bit-identical whether it is stepped alone or with others, in any slot. Entry
+    points: `append_slots`, `step_slots` (one patch, no host sync: CUDA-graph capturable) and
+    `forecast_slots`.
 """
 
 from __future__ import annotations
@@ -40,8 +49,49 @@ class LoRA(nn.Module):
                                   activation or nn.Identity(),
                                   nn.Linear(rank, dim, bias=bias))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lora(x)
+    def forward(self, x: torch.Tensor, linear=None) -> torch.Tensor:
+        linear = linear or TorchStep.linear
+        down, act, up = self.lora
+        activation = {nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}.get(type(act))
+        return linear(linear(x, down.weight, activation=activation), up.weight, up.bias)
+
+
+def _torch_linear(x, weight, bias=None, activation: str | None = None):
+    y = F.linear(x, weight, bias)
+    if activation == "tanh":
+        return torch.tanh(y)
+    if activation == "sigmoid":
+        return torch.sigmoid(y)
+    return y
+
+
+class TorchStep:
+    """The reference step: PyTorch linear maps and recurrence; functional (new states returned).
+
+    `linear(x, weight, bias=None, activation=None)`: activation None, "tanh" or "sigmoid" (the
+    LoRAs'; fused into the kernel by the Triton step)."""
+
+    linear = staticmethod(_torch_linear)
+
+    @staticmethod
+    def recurrence(layer: int, r, w, k, v, a, b, wkv: torch.Tensor, valid: torch.Tensor | None):
+        return wkv7_recurrent(r, w, k, v, a, b, wkv, valid)
+
+
+class PoolStep:
+    """The Triton step: batch-invariant linear maps; the recurrence updates the states
+    `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
+
+    def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
+        import kernels  # Triton is a dependency of this backend only
+
+        self.linear = kernels.linear
+        self._kernel = kernels.wkv7_pool_step
+        self.pool_wkv, self.slots = pool_wkv, slots
+
+    def recurrence(self, layer: int, r, w, k, v, a, b, wkv: None, valid: torch.Tensor | None):
+        lengths = valid.sum(1) if valid is not None else None
+        return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
 
 class TimeMix(nn.Module):
@@ -66,38 +116,41 @@ class TimeMix(nn.Module):
         self.g_lora = LoRA(d, cfg.g_rank, nn.Sigmoid(), bias=False)
         self.g_norm = nn.GroupNorm(h, d, eps=n * 1e-5)
 
-    def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor,
-                v_first: torch.Tensor | None, valid: torch.Tensor | None):
-        """x [B, T, D] (after LayerNorm 1); shift [B, D]; wkv [B, H, N, N].
+    def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor | None,
+                v_first: torch.Tensor | None, valid: torch.Tensor | None,
+                step: TorchStep | PoolStep = TorchStep):
+        """x [B, T, D] (after LayerNorm 1); shift [B, D]; wkv [B, H, N, N] (None with a PoolStep,
+        whose states are in its pool). Linear maps and the recurrence come from `step`.
 
-        Returns output [B, T, D], v_first, and the new wkv state.
+        Returns output [B, T, D], v_first, and the new wkv state (None with a PoolStep).
         """
+        lin = step.linear
         bsz, t, d = x.shape
         h, n = self.n_heads, self.head_size
         x_prev = torch.cat([shift[:, None], x[:, :-1]], dim=1)
         xr, xw, xk, xv, xa, xg = (x + (x_prev - x) * self.x_x[:, None, None]).unbind(0)
-        r = self.r_proj(xr)
-        w = -math.exp(-0.5) * torch.sigmoid(self.w_lora(xw))
-        k = self.k_proj(xk)
-        v = self.v_proj(xv)
+        r = lin(xr, self.r_proj.weight)
+        w = -math.exp(-0.5) * torch.sigmoid(self.w_lora(xw, lin))
+        k = lin(xk, self.k_proj.weight)
+        v = lin(xv, self.v_proj.weight)
         if self.layer == 0:
             v_first = v
         else:
-            v = v + (v_first - v) * torch.sigmoid(self.v_lora(xv))
-        a = torch.sigmoid(self.a_lora(xa))
-        g = self.g_lora(xg)
+            v = v + (v_first - v) * torch.sigmoid(self.v_lora(xv, lin))
+        a = torch.sigmoid(self.a_lora(xa, lin))
+        g = self.g_lora(xg, lin)
         kk = F.normalize((k * self.k_k).view(bsz, t, h, n), dim=-1, p=2.0)
         k = k * (1 + (a - 1) * self.k_a)
 
         def heads(z):
             return z.view(bsz, t, h, n)
 
-        o, wkv = wkv7_recurrent(heads(r), heads(w), heads(k), heads(v), -kk, kk * heads(a),
-                                wkv, valid)
+        o, wkv = step.recurrence(self.layer, heads(r), heads(w), heads(k), heads(v), -kk,
+                                 kk * heads(a), wkv, valid)
         o = self.g_norm(o.reshape(bsz * t, d)).view(bsz, t, d)
         bonus = (heads(r) * heads(k) * self.r_k).sum(-1, keepdim=True) * heads(v)
         o = o + bonus.reshape(bsz, t, d)
-        return self.o_proj(o * g), v_first, wkv
+        return lin(o * g, self.o_proj.weight), v_first, wkv
 
 
 class Block(nn.Module):
@@ -110,11 +163,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.ffn = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, h, shift, wkv, v_first, valid):
+    def forward(self, h, shift, wkv, v_first, valid, step=TorchStep):
         x = self.norm1(h)
-        out, v_first, wkv = self.attn(x, shift, wkv, v_first, valid)
+        out, v_first, wkv = self.attn(x, shift, wkv, v_first, valid, step)
         h = h + out
-        h = h + self.ffn(self.norm2(h))
+        h = h + step.linear(self.norm2(h), self.ffn.weight, self.ffn.bias)
         return h, x, wkv, v_first
 
 
@@ -150,13 +203,17 @@ class Rimer(nn.Module):
 
     # ---- the network on normalised patches -------------------------------------------------
 
-    def _network(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None):
-        """xn [B, T, P] normalised patches -> (outputs [B, T, P], new wkv, new shift)."""
+    def _network(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
+                 step: TorchStep | PoolStep, check_positions: bool = True):
+        """xn [B, T, P] normalised patches -> (outputs [B, T, P], new wkv or None, new shift).
+
+        check_positions=False skips the (host-synchronising) position-table check: the caller's job.
+        """
         cfg = self.cfg
         bsz, t, _ = xn.shape
-        h = self.embed(xn)
+        h = step.linear(xn, self.embed.weight)
         if cfg.pos_emb == "sinusoidal":
-            last = int(state.n_patches.max()) + t if bsz else 0
+            last = int(state.n_patches.max()) + t if bsz and check_positions else 0
             if last > cfg.max_positions:
                 raise PositionLimitError(
                     f"this model's sinusoidal position embedding covers {cfg.max_positions} "
@@ -169,18 +226,24 @@ class Rimer(nn.Module):
         wkv_out, shift_out = [], []
         v_first = None
         for i, block in enumerate(self.blocks):
-            h, x_in, wkv, v_first = block(h, state.shift[i], state.wkv[i], v_first, valid)
+            wkv = state.wkv[:, i] if state.wkv is not None else None
+            h, x_in, wkv, v_first = block(h, state.shift[:, i], wkv, v_first, valid, step)
             last_in = x_in[torch.arange(bsz, device=xn.device), last_idx]
-            shift_out.append(torch.where((counts > 0)[:, None], last_in, state.shift[i]))
+            shift_out.append(torch.where((counts > 0)[:, None], last_in, state.shift[:, i]))
             wkv_out.append(wkv)
-        return self.head(h), torch.stack(wkv_out), torch.stack(shift_out)
+        new_wkv = torch.stack(wkv_out, dim=1) if state.wkv is not None else None
+        return step.linear(h, self.head.weight, self.head.bias), new_wkv, torch.stack(shift_out, dim=1)
 
     def _advance(self, state: RimerState, patches: torch.Tensor,
-                 valid: torch.Tensor | None = None) -> Advance:
+                 valid: torch.Tensor | None = None, step: TorchStep | PoolStep = TorchStep,
+                 check_positions: bool = True) -> Advance:
         """Consume complete patches [B, T, P] (data units); valid [B, T] marks real ones, a prefix.
 
         Normalises (causal statistics are updated patch by patch), runs the network, and returns
         the new state with `next_patch` de-normalised; `tail` is left for the caller to set.
+        With a `PoolStep` the matrices are updated in place in its pool (`state.wkv` is None, and
+        so is the new state's); by default (`TorchStep`) they are read from `state.wkv` and
+        returned anew.
         """
         cfg = self.cfg
         bsz, t, _ = patches.shape
@@ -194,7 +257,7 @@ class Rimer(nn.Module):
         mean = stats[..., 0:1]
         sd = normalisation.scale(stats[..., 1:2], cfg.norm_eps)
         xn = ((patches.double() - mean) / sd).to(patches.dtype)
-        preds, wkv, shift = self._network(xn, state, valid)
+        preds, wkv, shift = self._network(xn, state, valid, step, check_positions)
         counts = mask.sum(1)
         last_idx = (counts - 1).clamp(min=0)
         rows = torch.arange(bsz, device=patches.device)
@@ -253,33 +316,59 @@ class Rimer(nn.Module):
         Cost is O(new points) and memory is bounded by MAX_CHUNK_PATCHES per call, whatever
         the history. The input state is not modified.
         """
-        p = self.cfg.patch_len
-        device = state.tail.device
         if len(values) != state.batch:
             raise ValueError(f"{len(values)} value lists for a batch of {state.batch} series")
-        joined = [torch.cat([state.tail[b, : int(state.tail_len[b])],
-                             values[b].to(device=device, dtype=state.tail.dtype)])
-                  for b in range(state.batch)]
-        n_complete = torch.tensor([len(j) // p for j in joined], device=device)
-        new_tail = torch.zeros_like(state.tail)
-        tail_len = torch.tensor([len(j) % p for j in joined], device=device)
-        for b, j in enumerate(joined):
-            r = int(tail_len[b])
-            new_tail[b, :r] = j[len(j) - r:]
-        total = int(n_complete.max()) if state.batch else 0
-        for start in range(0, total, MAX_CHUNK_PATCHES):
-            t = min(MAX_CHUNK_PATCHES, total - start)
-            patches = torch.zeros(state.batch, t, p, device=device, dtype=state.tail.dtype)
-            for b, j in enumerate(joined):
-                lo, hi = start, min(start + t, int(n_complete[b]))
-                if hi > lo:
-                    patches[b, : hi - lo] = j[lo * p: hi * p].view(-1, p)
-            counts = (n_complete - start).clamp(min=0, max=t)
-            valid = torch.arange(t, device=device)[None] < counts[:, None]
-            state = self._advance(state, patches, None if bool(valid.all()) else valid).state
+        split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
+        for patches, valid in split.chunks(state.tail.device):
+            state = self._advance(state, patches, valid).state
         return RimerState(wkv=state.wkv, shift=state.shift, n_patches=state.n_patches,
-                          tail=new_tail, tail_len=tail_len, norm=state.norm,
+                          tail=split.tail.to(state.tail.device),
+                          tail_len=split.tail_len.to(state.tail.device), norm=state.norm,
                           next_patch=state.next_patch)
+
+    # ---- form 2 on a pool of states (triton backend), in place ----------------------------
+
+    @torch.no_grad()
+    def append_slots(self, pool: RimerState, slots: torch.Tensor, values: list[torch.Tensor]) -> None:
+        """`append` for the states in rows `slots` (distinct) of `pool`, written back in place.
+
+        The small fields are gathered and scattered; the matrices are updated in place by the kernel.
+        """
+        if len(values) != len(slots):
+            raise ValueError(f"{len(values)} value lists for {len(slots)} slots")
+        state = pool.select(slots, wkv=False)
+        split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
+        step = PoolStep(pool.wkv, slots)
+        for patches, valid in split.chunks(pool.tail.device):
+            state = self._advance(state, patches, valid, step).state
+        state.tail = split.tail.to(pool.tail.device)
+        state.tail_len = split.tail_len.to(pool.tail.device)
+        pool.write_(slots, state)
+
+    @torch.no_grad()
+    def step_slots(self, pool: RimerState, slots: torch.Tensor, values: torch.Tensor,
+                   counts: torch.Tensor) -> None:
+        """Append at most one patch per series, in place, with no host synchronisation (so a CUDA
+        graph can capture it; the caller checks position limits).
+
+        values [B, 2P]: the new points of each series, the first counts[b] real, with
+        tail_len[b] + counts[b] < 2P. A series whose tail reaches P points completes a patch and
+        steps the network; the others only extend their tail. Equal, bit for bit, to `append_slots`.
+        Rows with counts 0 and a non-full tail change nothing (padding may repeat one spare slot).
+        """
+        p = self.cfg.patch_len
+        state = pool.select(slots, wkv=False)
+        total = state.tail_len + counts
+        j = torch.arange(2 * p, device=values.device)[None]
+        rel = (j - state.tail_len[:, None]).clamp(min=0)
+        joined = torch.where(j < state.tail_len[:, None], F.pad(state.tail, (0, p)), values.gather(1, rel))
+        joined = torch.where(j < total[:, None], joined, torch.zeros_like(joined))
+        done = total >= p
+        state = self._advance(state, joined[:, None, :p], done[:, None], PoolStep(pool.wkv, slots),
+                              check_positions=False).state
+        state.tail = torch.where(done[:, None], joined[:, p:], joined[:, :p])
+        state.tail_len = total - p * done
+        pool.write_(slots, state)
 
     # ---- form 3: forecast rollout ----------------------------------------------------------
 
@@ -290,6 +379,24 @@ class Rimer(nn.Module):
         The model's forecast of the current patch is used for its points not yet seen; the
         completed patch is fed back, and so on. Works on copies: `state` is unchanged.
         """
+        return self._rollout(state, horizon, lambda s, patch: self._advance(s, patch).state)
+
+    @torch.no_grad()
+    def forecast_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
+                       scratch: torch.Tensor) -> torch.Tensor:
+        """`forecast` for the states in rows `slots` of `pool` [len(slots), horizon].
+
+        The matrices are copied into the rows `scratch` (as many, distinct, none of `slots`) and the
+        rollout runs there, so the stored states never change. `scratch` may be `slots` itself when
+        those states are temporaries (they are then consumed).
+        """
+        if scratch is not slots:
+            pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
+        step = PoolStep(pool.wkv, scratch)
+        return self._rollout(pool.select(slots, wkv=False), horizon,
+                             lambda s, patch: self._advance(s, patch, None, step).state)
+
+    def _rollout(self, state: RimerState, horizon: int, advance) -> torch.Tensor:
         p = self.cfg.patch_len
         if horizon < 1:
             raise ValueError("horizon must be at least 1")
@@ -301,12 +408,44 @@ class Rimer(nn.Module):
         cols = torch.arange(p, device=r.device)[None]
         patch = torch.where(cols < r[:, None], state.tail, state.next_patch)
         for _ in range(steps - 1):
-            state = self._advance(state, patch[:, None]).state
+            state = advance(state, patch[:, None])
             patch = state.next_patch
             pieces.append(patch)
         flat = torch.cat(pieces, dim=1)
         idx = r[:, None] + torch.arange(horizon, device=r.device)[None]
         return flat.gather(1, idx)
+
+
+class _Split:
+    """New points joined to each series' tail and cut into complete patches (in chunks of at most
+    MAX_CHUNK_PATCHES) and a new tail; built on the host, whatever the state's device."""
+
+    def __init__(self, tail: torch.Tensor, tail_len: torch.Tensor, values: list[torch.Tensor], p: int):
+        tail, lens = tail.cpu(), tail_len.cpu().tolist()
+        self.p = p
+        self.joined = [torch.cat([tail[b, : lens[b]], values[b].to("cpu", tail.dtype)])
+                       for b in range(len(values))]
+        self.n_complete = torch.tensor([len(j) // p for j in self.joined], dtype=torch.int64)
+        self.tail_len = torch.tensor([len(j) % p for j in self.joined], dtype=torch.int64)
+        self.tail = torch.zeros_like(tail)
+        for b, j in enumerate(self.joined):
+            r = int(self.tail_len[b])
+            self.tail[b, :r] = j[len(j) - r:]
+
+    def chunks(self, device):
+        """(patches [B, t, P], valid [B, t] or None when all are real) per chunk, on `device`."""
+        p, bsz = self.p, len(self.joined)
+        total = int(self.n_complete.max()) if bsz else 0
+        for start in range(0, total, MAX_CHUNK_PATCHES):
+            t = min(MAX_CHUNK_PATCHES, total - start)
+            patches = torch.zeros(bsz, t, p, dtype=self.tail.dtype)
+            for b, j in enumerate(self.joined):
+                lo, hi = start, min(start + t, int(self.n_complete[b]))
+                if hi > lo:
+                    patches[b, : hi - lo] = j[lo * p: hi * p].view(-1, p)
+            counts = (self.n_complete - start).clamp(min=0, max=t)
+            valid = torch.arange(t)[None] < counts[:, None]
+            yield patches.to(device), None if bool(valid.all()) else valid.to(device)
 
 
 def _pad(values: list[torch.Tensor], device) -> torch.Tensor:

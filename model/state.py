@@ -1,11 +1,13 @@
 """The recurrent state of a batch of series: constant size whatever the history length.
 
-One layout is shared by the model, the service's cache and (later) the kernels and snapshots:
+One layout, batch first in every field, is shared by the model, the service's cache and the
+kernels: a pool of preallocated states on the GPU *is* a `RimerState` with B = slots, and the
+Triton kernel (kernels/wkv7_pool.py) updates `pool.wkv[slots]` in place.
 
 | field        | shape                     | dtype   | what it holds                                        |
 | ------------ | ------------------------- | ------- | ---------------------------------------------------- |
-| `wkv`        | [layers, B, H, hs, hs]    | float32 | RWKV-7 matrix per head, layout [value, key]          |
-| `shift`      | [layers, B, D]            | float32 | token shift: last LayerNorm-1 output per layer       |
+| `wkv`        | [B, layers, H, hs, hs]    | float32 | RWKV-7 matrix per head, layout [value, key]          |
+| `shift`      | [B, layers, D]            | float32 | token shift: last LayerNorm-1 output per layer       |
 | `n_patches`  | [B]                       | int64   | complete patches consumed (position, norm warm-up)   |
 | `tail`       | [B, P]                    | float32 | points of the incomplete last patch (first tail_len) |
 | `tail_len`   | [B]                       | int64   | how many points of `tail` are real, 0 <= . < P       |
@@ -14,6 +16,9 @@ One layout is shared by the model, the service's cache and (later) the kernels a
 
 `next_patch` is kept because the forecast of patch n+1 is the output at patch n, which cannot
 be recomputed from the recurrent matrices alone without re-reading patch n.
+
+A state gathered from a pool for an in-place step (`select(..., wkv=False)`) has `wkv = None`:
+its matrices stay in the pool, where the kernel reads and writes them.
 """
 
 from __future__ import annotations
@@ -24,12 +29,12 @@ import torch
 
 from model.config import RimerConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: batch-first wkv and shift (1 had the layer dimension first)
 
 
 @dataclass
 class RimerState:
-    wkv: torch.Tensor
+    wkv: torch.Tensor | None
     shift: torch.Tensor
     n_patches: torch.Tensor
     tail: torch.Tensor
@@ -37,15 +42,12 @@ class RimerState:
     norm: torch.Tensor
     next_patch: torch.Tensor
 
-    # Fields whose batch dimension is not the first.
-    _LAYERED = ("wkv", "shift")
-
     @classmethod
     def zeros(cls, cfg: RimerConfig, batch: int, device: torch.device | str = "cpu") -> RimerState:
         hs, nh, d, p, nl = cfg.head_size, cfg.n_heads, cfg.d_model, cfg.patch_len, cfg.n_layers
         return cls(
-            wkv=torch.zeros(nl, batch, nh, hs, hs, device=device),
-            shift=torch.zeros(nl, batch, d, device=device),
+            wkv=torch.zeros(batch, nl, nh, hs, hs, device=device),
+            shift=torch.zeros(batch, nl, d, device=device),
             n_patches=torch.zeros(batch, dtype=torch.int64, device=device),
             tail=torch.zeros(batch, p, device=device),
             tail_len=torch.zeros(batch, dtype=torch.int64, device=device),
@@ -54,7 +56,8 @@ class RimerState:
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields that are held here (all but `wkv` when it stays in a pool)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
     @property
     def batch(self) -> int:
@@ -66,28 +69,39 @@ class RimerState:
         return self.n_patches * self.tail.shape[1] + self.tail_len
 
     def clone(self) -> RimerState:
-        return RimerState(**{k: v.clone() for k, v in self.tensors().items()})
+        return RimerState(**{**self._nones(), **{k: v.clone() for k, v in self.tensors().items()}})
 
     def to(self, device: torch.device | str) -> RimerState:
-        return RimerState(**{k: v.to(device) for k, v in self.tensors().items()})
+        return RimerState(**{**self._nones(), **{k: v.to(device) for k, v in self.tensors().items()}})
 
-    def select(self, index: torch.Tensor | list[int]) -> RimerState:
-        """The states of some series of the batch, as a new batch (copies)."""
+    def select(self, index: torch.Tensor | list[int], wkv: bool = True) -> RimerState:
+        """The states of some series (rows) of the batch, as a new batch (copies).
+
+        wkv=False leaves the matrices out (`wkv = None`): for steps that update them in place.
+        """
         index = torch.as_tensor(index, dtype=torch.int64, device=self.n_patches.device)
-        out = {}
-        for name, t in self.tensors().items():
-            out[name] = t.index_select(1 if name in self._LAYERED else 0, index)
-        return RimerState(**out)
+        out = {name: t.index_select(0, index) for name, t in self.tensors().items()
+               if wkv or name != "wkv"}
+        return RimerState(**{**self._nones(), **out})
+
+    def write_(self, index: torch.Tensor, other: RimerState) -> None:
+        """In place: rows `index` of this batch take `other`'s values (fields other holds)."""
+        for name, t in other.tensors().items():
+            getattr(self, name).index_copy_(0, index, t)
+
+    def copy_rows_(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """In place: rows `dst` become copies of rows `src` (distinct rows, src and dst disjoint)."""
+        for t in self.tensors().values():
+            t.index_copy_(0, dst, t.index_select(0, src))
 
     @classmethod
     def cat(cls, states: list[RimerState]) -> RimerState:
-        out = {}
-        for f in fields(cls):
-            dim = 1 if f.name in cls._LAYERED else 0
-            out[f.name] = torch.cat([getattr(s, f.name) for s in states], dim=dim)
-        return cls(**out)
+        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
 
     def nbytes_per_series(self) -> int:
         """Bytes one series' state occupies; independent of its history length."""
         total = sum(t.numel() * t.element_size() for t in self.tensors().values())
         return total // self.batch
+
+    def _nones(self) -> dict[str, None]:
+        return {f.name: None for f in fields(self)}

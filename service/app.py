@@ -31,7 +31,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.engine = engine or Engine.load(settings.weights, settings.device,
-                                                 settings.max_series)
+                                                 settings.max_series, settings.backend)
         yield
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)

@@ -14,6 +14,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-sm
 class Settings:
     weights: str = str(DEFAULT_WEIGHTS)
     device: str = "auto"  # cpu | cuda | auto
+    backend: str = "auto"  # torch | triton | auto (triton on CUDA, else torch)
     host: str = "127.0.0.1"
     port: int = 8000
     max_horizon: int = 2048
@@ -30,6 +31,8 @@ class Settings:
 HELP = {
     "weights": "checkpoint to serve: a directory of ours or an original Rimer .pth",
     "device": "cpu, cuda, or auto (cuda when available)",
+    "backend": "torch, triton (state pool on the device, Triton kernels, CUDA graphs on a GPU), "
+               "or auto (triton on CUDA, else torch)",
     "host": "address to listen on",
     "port": "port to listen on",
     "max_horizon": "largest forecast horizon accepted",
@@ -54,4 +57,6 @@ def parse(argv: list[str] | None = None) -> Settings:
         values[f.name] = type(f.default)(getattr(args, f.name))
     if values["device"] not in ("cpu", "cuda", "auto"):
         ap.error("--device must be cpu, cuda or auto")
+    if values["backend"] not in ("torch", "triton", "auto"):
+        ap.error("--backend must be torch, triton or auto")
     return Settings(**values)

@@ -1,0 +1,259 @@
+"""A whole model step (all layers) for B series with one new patch each: triton vs torch backend.
+
+    python -m bench.model_step [--weights weights/rimer-small] [--out bench/out/model_step.json] [--smoke]
+
+On a GPU, for B = 1, 256, 4096, 32768 series (a pool of B + 1 slots, the series in a random
+permutation of them, each with a random state and exactly one new patch):
+  * triton, CUDA graph: `Rimer.step_slots` captured for a bucket of exactly B rows and replayed
+    (kernels.graphs.StepGraphs); time = triton.testing.do_bench median (L2 flushed between runs);
+  * triton, eager: the same step without the graph (Python and launch overhead included);
+  * torch backend: `Rimer._advance` on a batch RimerState (functional; no gather or scatter counted);
+  * the state-traffic bound: every byte of a series' state read and written once per step
+    (2 x state bytes per series) at the device-to-device copy bandwidth measured in the same run,
+    and the fraction of that bound the graph step reaches (bound time / step time);
+  * correctness: next_patch and the matrices after the step against a float64 torch run (on up to
+    64 series), and bit-identity of a series stepped alone (bucket 1) and inside the batch.
+Single-series append: GPU time of one replay of the B = 1 graph, from CUDA events around 1000
+back-to-back replays (L2 warm), and do_bench's median (L2 flushed).
+
+Without CUDA a tiny model runs under Triton's interpreter (B = 1, 4): a smoke test of this script;
+its times are meaningless. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
+from model import checkpoint
+from model.config import RimerConfig
+from model.rimer import Rimer
+from model.state import RimerState
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-small"
+CHECK_SERIES = 64
+
+
+def timer(device: str):
+    if device == "cuda":
+        import triton.testing
+
+        def run(fn):
+            return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") * 1e-3
+    else:
+        def run(fn, reps=2):
+            fn()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+            return statistics.median(times)
+    return run
+
+
+def copy_bandwidth(device: str, measure) -> float:
+    n = (1 << 28) if device == "cuda" else (1 << 20)
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n * 4 / measure(lambda: dst.copy_(src))
+
+
+def random_pool(cfg: RimerConfig, slots: int, device: str, seed: int) -> RimerState:
+    """States as after some history: small random matrices and shifts, at least one patch seen."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    pool = RimerState.zeros(cfg, slots, device)
+    pool.wkv.normal_(0, 0.05, generator=g)
+    pool.shift.normal_(0, 1, generator=g)
+    pool.n_patches.fill_(10)
+    pool.norm[:, 0].normal_(0, 1, generator=g)
+    pool.norm[:, 1].uniform_(0.5, 2.0, generator=g)
+    pool.next_patch.normal_(0, 1, generator=g)
+    return pool
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double(), expected.double()
+    diff = actual - expected
+    return float(max(diff.norm() / expected.norm(), diff.abs().max() / expected.abs().max()))
+
+
+def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_bw: float,
+             graphs_on: bool) -> dict:
+    cfg, p = model.cfg, model.cfg.patch_len
+    g = torch.Generator(device=device).manual_seed(bsz)
+    pool = random_pool(cfg, bsz + 1, device, seed=bsz)
+    slots = torch.randperm(bsz, generator=g, device=device)
+    values = 1 + torch.randn(bsz, 2 * p, generator=g, device=device)
+    counts = torch.full((bsz,), p, dtype=torch.int64, device=device)
+    state_bytes = 2 * RimerState.zeros(cfg, 1).nbytes_per_series()
+    row = {"B": bsz, "state_bytes_per_series_step": state_bytes,
+           "bound_us": bsz * state_bytes / copy_bw * 1e6}
+
+    # Correctness: one eager step on a copy against float64 torch on the first series.
+    m = min(CHECK_SERIES, bsz)
+    work = pool.clone()
+    model.step_slots(work, slots, values, counts)
+    before = pool.select(slots[:m])
+    ref = model64._advance(RimerState(**{k: v.double() if v.dtype == torch.float32 else v
+                                         for k, v in before.tensors().items()}),
+                           values[:m, None, :p].double()).state
+    row["err_next_patch_vs_f64"] = rel_err(work.next_patch[slots[:m]], ref.next_patch)
+    row["err_wkv_vs_f64"] = rel_err(work.wkv[slots[:m]], ref.wkv)
+    del work
+
+    row["triton_eager_us"] = measure(lambda: model.step_slots(pool, slots, values, counts)) * 1e6
+    if graphs_on:
+        from kernels.graphs import StepGraphs
+        graph, s, v, c = StepGraphs(model, pool, spare_slot=bsz, buckets=(bsz,)).capture(bsz)
+        s.copy_(slots)
+        v.copy_(values)
+        c.copy_(counts)
+        row["triton_graph_us"] = measure(graph.replay) * 1e6
+        row["fraction_of_state_bound"] = row["bound_us"] / row["triton_graph_us"]
+        # One replay equals one eager step, bit for bit (the graph is bound to `pool`'s memory).
+        backup = pool.clone()
+        graph.replay()
+        replayed = pool.clone()
+        _restore(pool, backup)
+        model.step_slots(pool, slots, values, counts)
+        row["graph_equals_eager"] = _equal(pool, replayed)
+        _restore(pool, backup)
+        del graph, backup, replayed
+    # Bit-identity: the series in slots[0] stepped alone (from the same state) vs in the batch.
+    alone = pool.select(slots[:1])
+    batch = pool.clone()
+    model.step_slots(alone, torch.zeros(1, dtype=torch.int64, device=device), values[:1], counts[:1])
+    model.step_slots(batch, slots, values, counts)
+    row["alone_equals_batched"] = _equal(alone, batch.select(slots[:1]))
+    del batch, alone
+
+    torch_state = pool.select(slots)
+    patches = values[:, None, :p].contiguous()
+    row["torch_us"] = measure(lambda: model._advance(torch_state, patches)) * 1e6
+    row["speedup_vs_torch"] = row["torch_us"] / row.get("triton_graph_us", row["triton_eager_us"])
+    return row
+
+
+def _restore(pool: RimerState, backup: RimerState) -> None:
+    for name, t in backup.tensors().items():
+        getattr(pool, name).copy_(t)
+
+
+def _equal(a: RimerState, b: RimerState) -> bool:
+    return all(torch.equal(t, getattr(b, k)) for k, t in a.tensors().items())
+
+
+def single_append_gpu_us(model: Rimer, device: str) -> dict:
+    """GPU time of one replay of the B = 1 graph: CUDA events over many back-to-back replays."""
+    import triton.testing
+
+    from kernels.graphs import StepGraphs
+    p = model.cfg.patch_len
+    pool = random_pool(model.cfg, 2, device, seed=1)
+    sg = StepGraphs(model, pool, spare_slot=1, buckets=(1,))
+    graph, s, v, c = sg.capture(1)
+    s.fill_(0)
+    v.normal_()
+    c.fill_(p)
+    for _ in range(20):
+        graph.replay()
+    n = 1000
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(n):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        graph.replay()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / n
+    return {"events_us_per_replay": start.elapsed_time(end) * 1e3 / n,
+            "do_bench_median_us": triton.testing.do_bench(graph.replay, warmup=10, rep=60,
+                                                          return_mode="median") * 1e3,
+            "host_wall_us_per_replay": wall * 1e6, "replays": n}
+
+
+def tiny() -> Rimer:
+    torch.manual_seed(0)
+    cfg = RimerConfig(patch_len=8, d_model=32, n_layers=2, head_size=16, w_rank=8, a_rank=8, v_rank=4,
+                      g_rank=8, pos_emb="none", norm="causal", norm_window=4)
+    model = Rimer(cfg).eval()
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(torch.randn_like(prm) * 0.3)
+    return model
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    ap.add_argument("--out", default="bench/out/model_step.json")
+    ap.add_argument("--smoke", action="store_true", help="small batch sizes even on a GPU")
+    ap.add_argument("--sizes", default=None, help="comma-separated batch sizes")
+    args = ap.parse_args(argv)
+    import triton
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        model, manifest = checkpoint.load(args.weights, device)
+        name = str(manifest.get("name", args.weights))
+    else:
+        model, name = tiny(), "tiny (CPU smoke)"
+        print("NOTE: no CUDA: a tiny model under TRITON_INTERPRET=1; times are meaningless.")
+    model64 = Rimer(model.cfg).to(device).double().eval()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    sizes = ([1, 256, 4096, 32768] if device == "cuda" and not args.smoke else [1, 4] if device == "cpu"
+             else [1, 256])
+    if args.sizes:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    measure = timer(device)
+    copy_bw = copy_bandwidth(device, measure)
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+              "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
+              "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
+              "copy_gbps": copy_bw / 1e9, "cases": []}
+    for bsz in sizes:
+        row = run_case(model, model64, bsz, device, measure, copy_bw, graphs_on=device == "cuda")
+        result["cases"].append(row)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps({k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()}),
+              flush=True)
+    if device == "cuda":
+        result["single_append"] = single_append_gpu_us(model, device)
+        print(json.dumps(result["single_append"]), flush=True)
+
+    print(f"\ndevice: {result['device']}  model: {name}  copy {copy_bw / 1e9:.0f} GB/s  "
+          f"state {result['cases'][0]['state_bytes_per_series_step']} B read+written per series-step")
+    print(f"{'B':>6} {'graph us':>10} {'eager us':>10} {'torch us':>10} {'bound us':>9} {'of bound':>8} "
+          f"{'err f64':>9} {'alone=batch':>11}")
+    for r in result["cases"]:
+        gus = r.get("triton_graph_us", float("nan"))
+        print(f"{r['B']:6d} {gus:10.1f} {r['triton_eager_us']:10.1f} {r['torch_us']:10.1f} "
+              f"{r['bound_us']:9.1f} {r.get('fraction_of_state_bound', float('nan')):8.1%} "
+              f"{max(r['err_next_patch_vs_f64'], r['err_wkv_vs_f64']):9.2e} "
+              f"{r['alone_equals_batched']!s:>11}")
+    if "single_append" in result:
+        sa = result["single_append"]
+        print(f"single-series append (B = 1 graph replay): {sa['events_us_per_replay']:.1f} us GPU "
+              f"(events, back to back), {sa['do_bench_median_us']:.1f} us (do_bench, L2 flushed)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
