@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# GPU check of the Triton RWKV-7 pool kernel, for a GPU machine without network access
-# (PyTorch and Triton preinstalled). Runs the kernel tests on the GPU (not the interpreter) and the
-# benchmark with its launch-configuration sweep; logs and JSON go to $OUT (default bench/out).
-# Budget: under 6 minutes (tests ~1 min including compiles, benchmark ~2-3 min).
+# GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
+# preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
+# (default bench/out). Budget: under 5 minutes (about 3 in practice, most of it Triton compiles).
+#   1. bench.model_step: whole model step (weights/rimer-small) at B = 1 .. 32768, CUDA graphs,
+#      the state-traffic bound, single-append GPU time, bit-identity alone vs batched;
+#   2. the kernel, linear and backend tests on the GPU (not the interpreter);
+#   3. bench.kernels: the recurrence kernel alone (no launch-configuration sweep).
 #
 #     OUT=/some/dir bash bench/gpu_check.sh
 set -uo pipefail
@@ -25,11 +28,14 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 status=0
-echo "== pytest tests/test_kernels.py (GPU)" | tee "$OUT/pytest.log"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee -a "$OUT/pytest.log" \
+echo "== python -m bench.model_step" | tee "$OUT/model_step.log"
+timeout 140 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a "$OUT/model_step.log" \
     || status=1
-echo "== python -m bench.kernels --sweep" | tee "$OUT/bench.log"
-timeout 240 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/bench.log" \
+echo "== pytest kernels, linear, backend (GPU)" | tee "$OUT/pytest.log"
+timeout 110 "$PY" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_linear.py \
+    tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+echo "== python -m bench.kernels" | tee "$OUT/bench.log"
+timeout 50 "$PY" -m bench.kernels --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/bench.log" \
     || status=1
 echo "gpu_check: exit $status" | tee -a "$OUT/bench.log"
 exit $status

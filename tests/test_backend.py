@@ -1,15 +1,14 @@
 """The triton backend: states in a pool updated in place by Triton kernels, against the PyTorch
-backend. On the CPU the kernels run under Triton's interpreter (slow), so the model is tiny."""
+backend. On the CPU the kernels run under Triton's interpreter (slow), so the model is tiny; on a GPU
+the same tests run there (and the engine's one-patch appends replay CUDA graphs)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from model.state import RimerState
-from service.app import create_app
 from service.engine import Engine, EngineError
 from service.settings import Settings, parse
 from tests.conftest import rel_err
@@ -17,11 +16,16 @@ from tests.test_model import tiny_model, walk
 
 P = 8  # the tiny model's patch length
 MANIFEST = {"name": "tiny"}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rows(*slots: int) -> torch.Tensor:
+    return torch.tensor(slots, dtype=torch.int64, device=DEVICE)
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_model()
+    return tiny_model().to(DEVICE)
 
 
 def engines(model, max_series=4):
@@ -37,51 +41,51 @@ def assert_states_equal(a: RimerState, b: RimerState) -> None:
 def test_slots_match_functional_append_and_forecast(model):
     xs = [walk(n, n) for n in (8, 29, 50)]
     reference = model.append(model.init_state(xs), xs)
-    pool = RimerState.zeros(model.cfg, 9)
-    slots = torch.tensor([6, 1, 3])
+    pool = RimerState.zeros(model.cfg, 9, DEVICE)
+    slots = rows(6, 1, 3)
     model.append_slots(pool, slots, xs)
     got = pool.select(slots)
     for name, t in reference.tensors().items():
         assert rel_err(getattr(got, name), t) <= 1e-5, name
 
-    scratch = torch.tensor([0, 2, 8])
+    scratch = rows(0, 2, 8)
     before = pool.clone()
     out = model.forecast_slots(pool, slots, 13, scratch)
     assert rel_err(out, model.forecast(reference, 13)) <= 1e-4
-    kept = torch.tensor([i for i in range(9) if i not in scratch.tolist()])
+    kept = torch.tensor([i for i in range(9) if i not in scratch.tolist()], device=DEVICE)
     assert_states_equal(pool.select(kept), before.select(kept))  # the forecast changed no state
 
 
 def test_bit_identical_alone_or_batched_in_any_slot(model):
     """A series' state and forecast do not depend on its batch, its slot, or its neighbours."""
     x, others = walk(29, 1), [walk(50, 2), walk(13, 3)]
-    alone = RimerState.zeros(model.cfg, 1)
-    batch = RimerState.zeros(model.cfg, 7)
-    model.append_slots(alone, torch.tensor([0]), [x])
-    model.append_slots(batch, torch.tensor([3, 5, 0]), [others[0], x, others[1]])
+    alone = RimerState.zeros(model.cfg, 1, DEVICE)
+    batch = RimerState.zeros(model.cfg, 7, DEVICE)
+    model.append_slots(alone, rows(0), [x])
+    model.append_slots(batch, rows(3, 5, 0), [others[0], x, others[1]])
     assert_states_equal(alone.select([0]), batch.select([5]))
     # A second append, alone versus with a neighbour that completes more patches.
     more = walk(11, 4)
-    model.append_slots(alone, torch.tensor([0]), [more])
-    model.append_slots(batch, torch.tensor([5, 3]), [more, walk(40, 5)])
+    model.append_slots(alone, rows(0), [more])
+    model.append_slots(batch, rows(5, 3), [more, walk(40, 5)])
     assert_states_equal(alone.select([0]), batch.select([5]))
-    f_alone = model.forecast_slots(alone, torch.tensor([0]), 20, torch.tensor([0]))
-    f_batch = model.forecast_slots(batch, torch.tensor([0, 5]), 20, torch.tensor([1, 2]))
+    f_alone = model.forecast_slots(alone, rows(0), 20, rows(0))
+    f_batch = model.forecast_slots(batch, rows(0, 5), 20, rows(1, 2))
     assert torch.equal(f_alone[0], f_batch[1])
 
 
 def test_one_patch_step_equals_append_slots(model):
     """step_slots (the CUDA-graph body) is append_slots for appends of under one patch past the tail."""
-    pool = RimerState.zeros(model.cfg, 5)
-    model.append_slots(pool, torch.tensor([0, 1, 2]), [walk(8, 6), walk(13, 7), walk(19, 8)])
+    pool = RimerState.zeros(model.cfg, 5, DEVICE)
+    model.append_slots(pool, rows(0, 1, 2), [walk(8, 6), walk(13, 7), walk(19, 8)])
     other = pool.clone()
     news = [walk(3, 9), walk(3, 10), walk(12, 11)]  # tails 0, 5, 3: none, one, one + 7 left
-    values = torch.zeros(4, 2 * P)
+    values = torch.zeros(4, 2 * P, device=DEVICE)
     for i, v in enumerate(news):
         values[i, : len(v)] = v
-    counts = torch.tensor([3, 3, 12, 0])
-    model.step_slots(pool, torch.tensor([0, 1, 2, 4]), values, counts)  # row 3: padding, spare slot
-    model.append_slots(other, torch.tensor([0, 1, 2]), news)
+    counts = rows(3, 3, 12, 0)
+    model.step_slots(pool, rows(0, 1, 2, 4), values, counts)  # row 3: padding, spare slot
+    model.append_slots(other, rows(0, 1, 2), news)
     assert_states_equal(pool, other)
 
 
@@ -116,6 +120,10 @@ def test_engine_triton_equals_torch_streaming_and_whole(model):
 
 
 def test_http_triton_equals_torch(model):
+    pytest.importorskip("fastapi")  # (the GPU machines' image has no FastAPI)
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
     torch_engine, triton_engine = engines(model)
     values = walk(45, 40).tolist()
     answers = []
@@ -162,7 +170,7 @@ def test_rejected_append_and_forecasts_leave_the_pool_unchanged(model):
 
     engine.forecast_series("a", 17)
     engine.append("a", [], 6)
-    kept = torch.arange(3)  # the series' rows; the scratch rows are the forecasts' to use
+    kept = torch.arange(3, device=DEVICE)  # the series' rows (the scratch rows are the forecasts')
     assert_states_equal(pool.select(kept), before.select(kept))
 
 
@@ -171,5 +179,5 @@ def test_backend_setting_and_auto():
     assert parse([]).backend == "auto"
     with pytest.raises(SystemExit):
         parse(["--backend", "cuda"])
-    engine = Engine(tiny_model(), MANIFEST, 2, backend="auto")
+    engine = Engine(tiny_model().to(DEVICE), MANIFEST, 2, backend="auto")
     assert engine.backend == ("triton" if torch.cuda.is_available() else "torch")
