@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, name = tiny(), "tiny (CPU smoke)"
         print("NOTE: no CUDA: a tiny model under TRITON_INTERPRET=1; times are meaningless.")
-    model64 = Rimer(model.cfg).to(device).double().eval()
+    model64 = Rimer(model.cfg).to(device).double().eval().requires_grad_(False)
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
     sizes = ([1, 256, 4096, 32768] if device == "cuda" and not args.smoke else [1, 4] if device == "cpu"
              else [1, 256])
