@@ -91,6 +91,29 @@ def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0) -> torch.Tenso
     return total / count if bptt > 0 else total
 
 
+def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
+    """MSE of a free-running forecast: after `context` patches, the model is fed its own
+    predictions for the remaining patches of `x`, as at inference. Errors are divided by the
+    scale at the end of the context so that every series weighs alike."""
+    p = model.cfg.patch_len
+    bsz = x.shape[0]
+    patches = x.view(bsz, -1, p)
+    state = RimerState.zeros(model.cfg, bsz, x.device)
+    if model.cfg.norm == "window":
+        ctx = x[:, : context * p]
+        state.norm = normalisation.window_stats(ctx, torch.full((bsz,), ctx.shape[1], device=x.device))
+    adv = model._advance(state, patches[:, :context])
+    scale = torch.sqrt(adv.state.norm[:, 1:2] + model.cfg.norm_eps).float()
+    state, losses = adv.state, []
+    for j in range(context, patches.shape[1]):
+        pred = state.next_patch
+        err = ((pred - patches[:, j]) / scale).clamp(-TARGET_CLIP, TARGET_CLIP)
+        losses.append((err ** 2).mean())
+        if j + 1 < patches.shape[1]:
+            state = model._advance(state, pred[:, None]).state
+    return torch.stack(losses).mean()
+
+
 def forecast_val(model: Rimer, splits: list[np.ndarray], lookback: int = 512,
                  horizon: int = 720, windows: int = 32) -> float:
     """The test metric on validation windows: MSE of `horizon`-point rollouts after `lookback`
@@ -142,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--long-every", type=int, default=0,
                     help="every Nth step trains on a long window (--long-patches) with truncated BPTT")
     ap.add_argument("--long-patches", type=int, default=512)
+    ap.add_argument("--rollout-every", type=int, default=0,
+                    help="every Nth step trains on free-running rollouts (as at inference)")
+    ap.add_argument("--rollout-patches", type=int, default=23, help="most patches rolled out")
     ap.add_argument("--bptt", type=int, default=32, help="patches per chunk on long windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--d-model", type=int, default=256)
@@ -186,7 +212,12 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     loss_ema = None
     while step < args.steps:
-        if args.long_every and step % args.long_every == args.long_every - 1:
+        if args.rollout_every and step % args.rollout_every == args.rollout_every - 1:
+            context = int(rng.integers(args.min_patches, args.max_patches + 1))
+            ahead = int(rng.integers(1, args.rollout_patches + 1))
+            x = train.batch(args.batch, (context + ahead) * args.patch_len)
+            loss = rollout_loss(model, x, context)
+        elif args.long_every and step % args.long_every == args.long_every - 1:
             x = train.batch(max(4, args.batch // 4), args.long_patches * args.patch_len)
             loss = next_patch_loss(model, x, bptt=args.bptt)
         else:

@@ -29,3 +29,15 @@ def test_training_runs_saves_and_resumes(tmp_path):
     model, manifest = checkpoint.load(tmp_path / "m")
     assert manifest["training"]["steps"] == 4 and manifest["trained_on"]["datasets"] == ["ETTh1"]
     assert model.cfg.norm == "causal" and model.cfg.pos_emb == "none"
+
+
+def test_rollout_loss_scores_the_same_forecast_as_inference():
+    model = tiny_model()
+    x = torch.stack([walk(8 * 10, s) for s in range(3)])
+    context = [row[: 8 * 4] for row in x]
+    state = model.append(model.init_state(context), context)
+    forecast = model.forecast(state, 8 * 6).view(3, 6, 8)
+    scale = torch.sqrt(state.norm[:, 1] + model.cfg.norm_eps).float()[:, None, None]
+    err = ((forecast - x.view(3, 10, 8)[:, 4:]) / scale).clamp(-train.TARGET_CLIP, train.TARGET_CLIP)
+    expected = (err ** 2).mean(dim=(0, 2)).mean()
+    assert torch.allclose(train.rollout_loss(model, x, 4), expected, rtol=1e-5)
