@@ -54,6 +54,8 @@ class WindowSampler:
     def batch(self, size: int, length: int) -> torch.Tensor:
         out = np.empty((size, length), dtype=np.float32)
         usable = [s for s in self.series if len(s) >= length]
+        if not usable:
+            raise ValueError(f"no series has {length} points; use shorter windows")
         for i in range(size):
             s = usable[self.rng.integers(len(usable))]
             start = self.rng.integers(len(s) - length + 1)
@@ -196,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(args.seed)
     train = WindowSampler([d.split("train") for d in sets], rng)
     val = WindowSampler([d.split("val") for d in sets], np.random.default_rng(args.seed + 1))
-    val_batches = [val.batch(64, args.patch_len * n) for n in (8, 24, 48)]
+    longest_val = min(len(x) for x in val.series) // args.patch_len
+    val_batches = [val.batch(64, args.patch_len * min(n, longest_val)) for n in (8, 24, 48)]
     val_splits = [d.split("val", lookback=512) for d in sets]
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
     if (resume_dir / "progress.json").exists():
