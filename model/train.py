@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--val", choices=("forecast", "next-patch"), default="forecast",
                     help="model selection: rollout MSE on validation windows, or next-patch loss")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="validate and ship an exponential moving average of the weights (e.g. 0.995)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -201,11 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     longest_val = min(len(x) for x in val.series) // args.patch_len
     val_batches = [val.batch(64, args.patch_len * min(n, longest_val)) for n in (8, 24, 48)]
     val_splits = [d.split("val", lookback=512) for d in sets]
+    averaged = Rimer(cfg)
+    averaged.load_state_dict(model.state_dict())
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
     if (resume_dir / "progress.json").exists():
         info = json.loads((resume_dir / "progress.json").read_text())
         tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
         model.load_state_dict(tensors["model"])
+        if "ema" in tensors:
+            averaged.load_state_dict(tensors["ema"])
         opt.load_state_dict(tensors["optimizer"])
         rng.bit_generator.state = info["rng"]
         step, best, best_step, wall0 = info["step"], info["best"], info["best_step"], info["wall"]
@@ -233,23 +239,29 @@ def main(argv: list[str] | None = None) -> None:
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, args.steps, args.lr)
         opt.step()
+        if args.ema:
+            with torch.no_grad():
+                for avg, cur in zip(averaged.parameters(), model.parameters()):
+                    avg.lerp_(cur, 1.0 - args.ema)
         step += 1
         loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
         progress(step, args.steps, start, f"loss {loss_ema:.4f} best val {best:.4f}")
         if step % args.val_every == 0 or step == args.steps:
+            scored = averaged if args.ema else model
             model.eval()
             with torch.no_grad():
                 if args.val == "forecast":
-                    v = forecast_val(model, val_splits)
+                    v = forecast_val(scored, val_splits)
                 else:
-                    v = float(np.mean([next_patch_loss(model, b).item() for b in val_batches]))
+                    v = float(np.mean([next_patch_loss(scored, b).item() for b in val_batches]))
             model.train()
             if v < best:
                 best, best_step = v, step
-                checkpoint.save(model, out / "best", {})
+                checkpoint.save(scored, out / "best", {})
         if step % args.save_every == 0 or step == args.steps:
             resume_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()},
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "ema": averaged.state_dict()},
                        resume_dir / "train_state.pt")
             (resume_dir / "progress.json").write_text(json.dumps(
                 {"step": step, "best": best, "best_step": best_step, "wall": time.time() - start,

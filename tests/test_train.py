@@ -21,7 +21,8 @@ def test_chunked_loss_equals_whole_window_loss():
 def test_training_runs_saves_and_resumes(tmp_path):
     args = ["--datasets", "ETTh1", "--out", str(tmp_path / "m"), "--d-model", "64",
             "--layers", "2", "--batch", "4", "--max-patches", "6", "--val-every", "2",
-            "--save-every", "2", "--long-every", "2", "--long-patches", "12", "--bptt", "4"]
+            "--save-every", "2", "--long-every", "2", "--long-patches", "12", "--bptt", "4",
+            "--ema", "0.9"]
     train.main([*args, "--steps", "2"])
     progress = json.loads((tmp_path / "m" / "train_state" / "progress.json").read_text())
     assert progress["step"] == 2
