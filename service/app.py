@@ -10,8 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service import schemas
+from service.auth import ApiKeyAuth, load_keys
 from service.engine import Engine, EngineError
 from service.limits import BodySizeLimit
+from service.metrics import Metrics, RequestMetrics
 from service.settings import Settings
 
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
@@ -35,7 +37,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         yield
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
+    metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None))
+    # add_middleware puts the last one outermost: metrics (sees every status), keys, body size.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    keys = load_keys(settings.api_keys, settings.api_keys_file)
+    if keys:
+        open_paths = {"/healthz", "/readyz"} | ({"/metrics"} if settings.metrics_public else set())
+        app.add_middleware(ApiKeyAuth, keys=keys, open_paths=frozenset(open_paths))
+    app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)
 
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError):
@@ -53,7 +62,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                             status_code=422)
 
     def engine_of(request: Request) -> Engine:
-        return request.app.state.engine
+        e = getattr(request.app.state, "engine", None)
+        if e is None:
+            raise EngineError(503, "the model is not loaded yet; see GET /readyz")
+        return e
 
     def check_horizon(horizon: int | None, field: str = "horizon") -> None:
         if horizon is not None and horizon > settings.max_horizon:
@@ -67,7 +79,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz():
+        """Liveness: the process answers (weights may still be loading)."""
         return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "the model is not loaded yet"}})
+    async def readyz(request: Request):
+        """Readiness: 200 once the weights are loaded, 503 before."""
+        e = getattr(request.app.state, "engine", None)
+        if e is None:
+            return JSONResponse({"status": "loading", "detail": "the model is not loaded yet"},
+                                status_code=503)
+        return {"status": "ready", "model": e.name, "backend": e.backend, "device": str(e.device)}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/models", response_model=schemas.ModelsResponse)
     async def models(request: Request):
@@ -84,8 +111,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                                    f"{settings.max_series_per_request}", "series")
         check_points(sum(len(s.values) for s in body.series), "series")
         e = engine_of(request)
-        means = await run_in_threadpool(e.forecast_histories, [s.values for s in body.series],
-                                        body.horizon)
+        means = await run_in_threadpool(metrics.timed, "forecast", e.forecast_histories,
+                                        [s.values for s in body.series], body.horizon)
+        metrics.points_forecast.labels("forecast").inc(body.horizon * len(body.series))
         return {"model": e.name, "horizon": body.horizon,
                 "forecasts": [{"id": s.id, "mean": m} for s, m in zip(body.series, means)]}
 
@@ -95,8 +123,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                      series_id: str = SeriesId):
         check_horizon(body.horizon)
         check_points(len(body.values), "values")
-        length, mean = await run_in_threadpool(engine_of(request).append, series_id,
-                                               body.values, body.horizon)
+        length, mean = await run_in_threadpool(metrics.timed, "append", engine_of(request).append,
+                                               series_id, body.values, body.horizon)
+        metrics.points_appended.inc(len(body.values))
+        if mean is not None:
+            metrics.points_forecast.labels("append").inc(len(mean))
         out = {"id": series_id, "length": length}
         if mean is not None:
             out["forecast"] = {"mean": mean}
@@ -106,8 +137,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def series_forecast(request: Request, series_id: str = SeriesId,
                               horizon: int = Query(96, ge=1)):
         check_horizon(horizon)
-        length, mean = await run_in_threadpool(engine_of(request).forecast_series, series_id,
-                                               horizon)
+        length, mean = await run_in_threadpool(metrics.timed, "series_forecast",
+                                               engine_of(request).forecast_series, series_id, horizon)
+        metrics.points_forecast.labels("series_forecast").inc(horizon)
         return {"id": series_id, "length": length, "horizon": horizon, "mean": mean}
 
     @app.get("/series/{series_id}", response_model=schemas.SeriesInfo)

@@ -109,6 +109,11 @@ class Engine:
     def patch_len(self) -> int:
         return self.model.cfg.patch_len
 
+    @property
+    def series_held(self) -> int:
+        """Streaming series held now (read without a lock: a gauge, not a decision)."""
+        return len(self._pool.slot) if self._pool is not None else len(self._series)
+
     # ---- limits the model imposes ----------------------------------------------------------
 
     def check_forecastable(self, length: int, horizon: int, field: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-small"
@@ -22,6 +22,9 @@ class Settings:
     max_points_per_request: int = 2_000_000
     max_body_bytes: int = 64 * 1024 * 1024
     max_series: int = 100_000  # streaming series held at once
+    api_keys: str = field(default="", repr=False)  # comma-separated; never shown or logged
+    api_keys_file: str = ""  # one key per line
+    metrics_public: bool = False  # serve /metrics without a key when keys are on
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -40,7 +43,24 @@ HELP = {
     "max_points_per_request": "most values in one request, all series together",
     "max_body_bytes": "largest request body accepted (413 beyond)",
     "max_series": "most streaming series held at once (409 beyond)",
+    "api_keys": "comma-separated API keys; when any key is set (here or in --api-keys-file), every "
+                "route but /healthz and /readyz needs 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>' (prefer the env var or a file: flags show in ps)",
+    "api_keys_file": "file of API keys, one per line ('#' comments and blank lines ignored)",
+    "metrics_public": "serve /metrics without an API key even when keys are on",
 }
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.strip().lower() in TRUE:
+        return True
+    if text.strip().lower() in FALSE:
+        return False
+    raise ValueError(f"not a boolean: {text!r} (use one of {TRUE + FALSE[:-1]})")
 
 
 def parse(argv: list[str] | None = None) -> Settings:
@@ -50,8 +70,18 @@ def parse(argv: list[str] | None = None) -> Settings:
     for f in fields(Settings):
         env = Settings.env_name(f.name)
         default = os.environ.get(env, f.default)
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=default,
-                        help=f"{HELP[f.name]} (env {env}, default {f.default})")
+        flag = "--" + f.name.replace("_", "-")
+        shown = "none" if f.default == "" else f.default
+        if isinstance(f.default, bool):
+            try:
+                default = _bool(default)
+            except ValueError as exc:
+                ap.error(f"{env}: {exc}")
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                            help=f"{HELP[f.name]} (env {env}=1|0, default {'on' if f.default else 'off'})")
+        else:
+            ap.add_argument(flag, type=type(f.default), default=default,
+                            help=f"{HELP[f.name]} (env {env}, default {shown})")
     args = ap.parse_args(argv)
     for f in fields(Settings):
         values[f.name] = type(f.default)(getattr(args, f.name))
@@ -59,4 +89,11 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--device must be cpu, cuda or auto")
     if values["backend"] not in ("torch", "triton", "auto"):
         ap.error("--backend must be torch, triton or auto")
+    if values["api_keys_file"]:
+        from service.auth import read_keys_file
+        try:
+            if not read_keys_file(values["api_keys_file"]):
+                ap.error(f"--api-keys-file {values['api_keys_file']} holds no keys")
+        except OSError as exc:
+            ap.error(f"--api-keys-file: cannot read it ({exc.strerror})")
     return Settings(**values)
