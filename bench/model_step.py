@@ -15,6 +15,9 @@ permutation of them, each with a random state and exactly one new patch):
     64 series), and bit-identity of a series stepped alone (bucket 1) and inside the batch.
 Single-series append: GPU time of one replay of the B = 1 graph, from CUDA events around 1000
 back-to-back replays (L2 warm), and do_bench's median (L2 flushed).
+Kernels per one-patch step at B = 1: on a GPU the CUDA kernels torch.profiler sees in one eager
+`step_slots` and in one replay of its graph; everywhere, the operations that launch a kernel (PyTorch
+ops that are not views or allocations, plus Triton launches), counted on the host.
 
 Without CUDA a tiny model runs under Triton's interpreter (B = 1, 4): a smoke test of this script;
 its times are meaningless. Prints a table and writes JSON.
@@ -165,7 +168,7 @@ def single_append_gpu_us(model: Rimer, device: str) -> dict:
     from kernels.graphs import StepGraphs
     p = model.cfg.patch_len
     pool = random_pool(model.cfg, 2, device, seed=1)
-    sg = StepGraphs(model, pool, spare_slot=1, buckets=(1,))
+    sg = StepGraphs(model, pool, spare_slot=1, buckets=(1,))  # (spare slot 1: padding rows)
     graph, s, v, c = sg.capture(1)
     s.fill_(0)
     v.normal_()
@@ -189,6 +192,91 @@ def single_append_gpu_us(model: Rimer, device: str) -> dict:
             "do_bench_median_us": triton.testing.do_bench(graph.replay, warmup=10, rep=60,
                                                           return_mode="median") * 1e3,
             "host_wall_us_per_replay": wall * 1e6, "replays": n}
+
+
+def _one_patch_setup(model: Rimer, device: str):
+    p = model.cfg.patch_len
+    pool = random_pool(model.cfg, 2, device, seed=1)
+    slots = torch.zeros(1, dtype=torch.int64, device=device)
+    values = torch.randn(1, 2 * p, device=device)
+    counts = torch.full((1,), p, dtype=torch.int64, device=device)
+    return pool, slots, values, counts
+
+
+def count_launches(model: Rimer, device: str) -> dict:
+    """Kernel-launching operations of one one-patch `step_slots` at B = 1, counted on the host:
+    PyTorch ops dispatched that are not views or allocations, plus Triton kernel launches."""
+    import collections
+
+    import triton.runtime.jit as jit
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    no_kernel = {"empty", "empty_strided", "_local_scalar_dense", "lift_fresh", "detach", "alias"}
+    ops, launches, inside = collections.Counter(), collections.Counter(), [False]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not inside[0] and not func.is_view and name not in no_kernel:
+                ops[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    classes = [jit.JITFunction]
+    if device != "cuda":
+        import triton.runtime.interpreter as interp
+        classes = [interp.InterpretedFunction]
+    originals = {cls: cls.run for cls in classes}
+
+    def wrap(orig):
+        def run(self, *a, **k):
+            launches[getattr(self, "fn", self).__name__] += 1
+            inside[0] = True  # (the interpreter's own tensor copies are not kernels)
+            try:
+                return orig(self, *a, **k)
+            finally:
+                inside[0] = False
+        return run
+
+    pool, slots, values, counts = _one_patch_setup(model, device)
+    model.step_slots(pool, slots, values, counts)
+    for cls, orig in originals.items():
+        cls.run = wrap(orig)
+    try:
+        with Count():
+            model.step_slots(pool, slots, values, counts)
+    finally:
+        for cls, orig in originals.items():
+            cls.run = orig
+    return {"torch_ops": sum(ops.values()), "triton_launches": sum(launches.values()),
+            "total": sum(ops.values()) + sum(launches.values()), "triton_by_kernel": dict(launches),
+            "torch_by_op": dict(ops.most_common())}
+
+
+def profile_kernels(model: Rimer, device: str) -> dict:
+    """CUDA kernels (and memsets/copies) torch.profiler records for one eager one-patch step at
+    B = 1 and for one replay of its CUDA graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels.graphs import StepGraphs
+
+    def gpu_events(fn):
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    pool, slots, values, counts = _one_patch_setup(model, device)
+    model.step_slots(pool, slots, values, counts)
+    eager = gpu_events(lambda: model.step_slots(pool, slots, values, counts))
+    graph, s, v, c = StepGraphs(model, pool, spare_slot=1, buckets=(1,)).capture(1)
+    s.copy_(slots)
+    v.copy_(values)
+    c.copy_(counts)
+    replay = gpu_events(graph.replay)
+    return {"eager_gpu_events": len(eager), "graph_replay_gpu_events": len(replay),
+            "triton_kernels_eager": sum(1 for n in eager if n.startswith("_")),
+            "names_eager": sorted(set(eager))[:80]}
 
 
 def tiny() -> Rimer:
@@ -238,6 +326,19 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as e:  # noqa: BLE001 - record it and go on with the other cases
             result["single_append"] = {"error": f"{type(e).__name__}: {e}"[:500]}
         print(json.dumps(result["single_append"]), flush=True)
+    try:
+        result["launches_per_one_patch_step"] = count_launches(model, device)
+    except Exception as e:  # noqa: BLE001
+        result["launches_per_one_patch_step"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+    if device == "cuda":
+        try:
+            result["profiled_kernels_per_one_patch_step"] = profile_kernels(model, device)
+        except Exception as e:  # noqa: BLE001
+            result["profiled_kernels_per_one_patch_step"] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        print(json.dumps({k: v for k, v in result["profiled_kernels_per_one_patch_step"].items()
+                          if k != "names_eager"}), flush=True)
+    print(json.dumps({k: v for k, v in result["launches_per_one_patch_step"].items()
+                      if k != "torch_by_op"}), flush=True)
     for bsz in sizes:
         try:
             row = run_case(model, model64, bsz, device, measure, copy_bw, graphs_on=device == "cuda")

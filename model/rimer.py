@@ -93,6 +93,85 @@ class PoolStep:
         lengths = valid.sum(1) if valid is not None else None
         return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
+    def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
+        """`Block.forward` in seven fused kernels (kernels/fused.py): LayerNorm 1 + token shift + the six
+        interpolations; r, k, v and the LoRA down maps in one grouped linear; the LoRA up maps in
+        another; the recurrence with the per-head work around it (decay, kk, k, v_first mix,
+        GroupNorm, bonus, gate); o_proj + residual; LayerNorm 2; the channel-mix linear + residual.
+        v_first here is (buffer, column offset) of the first layer's v, not a tensor."""
+        from kernels import fused
+
+        pk = _packed(block)
+        bsz, t, d = h.shape
+        m = bsz * t
+        h2 = h.reshape(m, d)
+        mixed = fused.ln_mix(h2, shift, t, block.norm1.weight, block.norm1.bias, block.norm1.eps,
+                             block.attn.x_x)
+        a = fused.grouped_linear(mixed, pk.down)
+        u = fused.grouped_linear(a, pk.up)
+        lengths = valid.sum(1) if valid is not None else None
+        vf = None
+        if v_first is not None:
+            buf, col = v_first
+            vf = buf[:, col: col + d]
+        o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
+                                  block.attn.layer, lengths, t)
+        h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
+        x2 = fused.ln_mix(h2, None, t, block.norm2.weight, block.norm2.bias, block.norm2.eps)
+        h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
+        if block.attn.layer == 0:
+            v_first = (a, pk.offs["v"])
+        return h2.view(bsz, t, d), mixed[0].view(bsz, t, d), None, v_first
+
+
+class _Packed:
+    """A block's weights in the fused kernels' layout (kernels/fused.py)."""
+
+    def __init__(self, block: Block):
+        from kernels import fused
+
+        att, dev = block.attn, block.ffn.weight.device
+        d = att.x_x.shape[1]
+        downs = [("w", att.w_lora, 2, "tanh"), ("a", att.a_lora, 5, None)]
+        if att.layer > 0:
+            downs.append(("vl", att.v_lora, 4, None))
+        downs.append(("g", att.g_lora, 6, "sigmoid"))
+        # Every LoRA's down map padded to the widest (so each up map reads a full-width slice).
+        ranks = [lora.lora[0].weight.shape[0] for _, lora, _, _ in downs]
+        width = fused.BLOCK_N * max(-(-rank // fused.BLOCK_N) for rank in ranks)
+
+        def pad_rows(w):
+            return F.pad(w, (0, 0, 0, width - w.shape[0]))
+
+        # planes of ln_mix's output: 0 LayerNorm, 1 xr, 2 xw, 3 xk, 4 xv, 5 xa, 6 xg
+        self.down = fused.pack_groups(
+            [(att.r_proj.weight, None, (1, 0), None), (att.k_proj.weight, None, (3, 0), None),
+             (att.v_proj.weight, None, (4, 0), None)]
+            + [(pad_rows(lora.lora[0].weight), None, (plane, 0), act) for _, lora, plane, act in downs],
+            d, dev)
+        starts = self.down.starts
+        self.offs = {"r": starts[0], "k": starts[1], "v": starts[2]}
+        ups = [(lora.lora[2].weight, lora.lora[2].bias, (0, start), None)
+               for (_, lora, _, _), start in zip(downs, starts[3:])]
+        self.up = fused.pack_groups(ups, width, dev)
+        for (name, _, _, _), start in zip(downs, self.up.starts):
+            self.offs[name] = start
+        self.heads = fused.HeadParams(att.k_k, att.k_a, att.r_k, att.g_norm.weight, att.g_norm.bias,
+                                      att.g_norm.eps)
+        self.o_proj = fused.pack_groups([(att.o_proj.weight, None, (0, 0), None)], d, dev)
+        self.ffn = fused.pack_groups([(block.ffn.weight, block.ffn.bias, (0, 0), None)], d, dev)
+
+
+def _packed(block: Block) -> _Packed:
+    """The block's packed weights, rebuilt when any parameter changed (in place or replaced)."""
+    key = tuple((p.data_ptr(), p._version) for p in block.parameters())
+    cached = block.__dict__.get("_fused_pack")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, _Packed(block))
+        block.__dict__["_fused_pack"] = cached
+    return cached[1]
+
 
 class TimeMix(nn.Module):
     """RWKV-7 attention; the first layer's value is the `v_first` later layers mix in."""
@@ -164,6 +243,8 @@ class Block(nn.Module):
         self.ffn = nn.Linear(cfg.d_model, cfg.d_model)
 
     def forward(self, h, shift, wkv, v_first, valid, step=TorchStep):
+        if hasattr(step, "block"):  # the triton backend: the same function in fused kernels
+            return step.block(self, h, shift, v_first, valid)
         x = self.norm1(h)
         out, v_first, wkv = self.attn(x, shift, wkv, v_first, valid, step)
         h = h + out

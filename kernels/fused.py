@@ -1,0 +1,357 @@
+"""Fused kernels for the triton backend's block step, each beside its plain PyTorch reference.
+
+A Rimer block step on the GPU used to be a few hundred small kernels (element-wise passes over the
+[B, D] activations between linear maps). Here one block is seven launches:
+
+1. ``ln_mix``: LayerNorm 1, the token shift (the previous row's LayerNorm output, or the stored shift
+   for a chunk's first patch) and RWKV-7's six interpolations, one row per program -> [7, M, D]
+   (plane 0: the LayerNorm output, kept as the next shift; planes 1..6: xr, xw, xk, xv, xa, xg).
+2. ``grouped_linear`` of the six planes: r, k, v and the four LoRA down maps (with their tanh /
+   sigmoid) in one launch; every block of BLOCK_N output columns names its input plane.
+3. ``grouped_linear`` again: the four LoRA up maps (each reads its own down map's columns).
+4. ``wkv7_fused_step``: one program per (series, head) with the whole head's state in registers:
+   decay, in-context rate, kk = l2-normalise(k k_k), k = k (1 + (a - 1) k_a), the v_first mix, the
+   recurrence, then GroupNorm per head, the bonus sum(r k r_k) v and the gate.
+5. ``grouped_linear`` (o_proj) with the residual added in the epilogue.
+6. ``ln_mix`` with no interpolations: LayerNorm 2.
+7. ``grouped_linear`` (the channel-mix linear, bias) with the residual added in the epilogue.
+
+Every reduction is a ``tl.sum`` over a fixed-shape tile inside one program (a row, or a head of one
+series), and launch configurations are pinned: a series' results depend on that series alone, bit
+for bit, whatever the batch and whichever slot it is in. Without CUDA they run under Triton's
+interpreter (kernels/__init__ sets TRITON_INTERPRET=1); there ``tl.dot`` is replaced by an explicit
+sum (NumPy's matmul is not row-invariant).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
+LINEAR_WARPS = 4
+LN_ROWS = 8  # rows per program of ln_mix
+PRECISION = "tf32x3"
+USE_DOT = os.environ.get("TRITON_INTERPRET") != "1"  # kernels/__init__ sets it before importing us
+ACT = {None: 0, "tanh": 1, "sigmoid": 2}
+DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0.607, 0]
+
+
+# ---- 1. LayerNorm + token shift + interpolations -------------------------------------------------
+
+@triton.jit
+def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, stride_shift, stride_plane,
+                   eps,
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, N_MIX: tl.constexpr):
+    # BLOCK_R rows per program; each row's statistics are a sum over its own BLOCK_D lanes.
+    # (Helpers are written out inline: a @triton.jit call costs much time under the interpreter.)
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < M
+    m = rmask[:, None] & (cols < D)[None, :]
+    lw = tl.load(lw_ptr + cols, mask=cols < D, other=0.0)[None, :]
+    lb = tl.load(lb_ptr + cols, mask=cols < D, other=0.0)[None, :]
+    x = tl.load(h_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0)
+    mean = tl.sum(x, axis=1) / D
+    xc = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / D
+    y = xc / tl.sqrt(var + eps)[:, None] * lw + lb
+    tl.store(out_ptr + rows[:, None] * D + cols[None, :], y, mask=m)
+    if N_MIX > 0:
+        # the previous row's LayerNorm output, computed here again, or the stored shift at t = 0
+        prev = tl.maximum(rows - 1, 0)
+        xp = tl.load(h_ptr + prev[:, None] * D + cols[None, :], mask=m, other=0.0)
+        mean_p = tl.sum(xp, axis=1) / D
+        xpc = tl.where(m, xp - mean_p[:, None], 0.0)
+        var_p = tl.sum(xpc * xpc, axis=1) / D
+        yp = xpc / tl.sqrt(var_p + eps)[:, None] * lw + lb
+        sh = tl.load(shift_ptr + (rows // T)[:, None] * stride_shift + cols[None, :], mask=m, other=0.0)
+        yp = tl.where(((rows % T) == 0)[:, None], sh, yp)
+        for j in tl.static_range(N_MIX):
+            mj = tl.load(mix_ptr + j * D + cols, mask=cols < D, other=0.0)[None, :]
+            tl.store(out_ptr + (j + 1) * stride_plane + rows[:, None] * D + cols[None, :], y + (yp - y) * mj,
+                     mask=m)
+
+
+def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Tensor,
+           bias: torch.Tensor, eps: float, mix: torch.Tensor | None = None) -> torch.Tensor:
+    """h [M = B T, D] rows (series-major), shift [B, D] (row stride free), mix [n, D] -> [1 + n, M, D]:
+    plane 0 = LayerNorm(h), plane 1 + j = y + (y_prev - y) mix[j], y_prev the previous row's
+    LayerNorm output within a series (shift[b] for t = 0). mix None: LayerNorm only ([1, M, D])."""
+    m, d = h.shape
+    n_mix = 0 if mix is None else mix.shape[0]
+    h = h.contiguous()
+    out = torch.empty(1 + n_mix, m, d, device=h.device, dtype=torch.float32)
+    if m:
+        if shift is None:
+            shift = h  # unused
+        if shift.stride(-1) != 1:
+            raise ValueError("shift's last dimension must be contiguous")
+        _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
+            h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
+            out.stride(0), eps, D=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_R=LN_ROWS, N_MIX=n_mix,
+            num_warps=4)
+    return out
+
+
+def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None):
+    m, d = h.shape
+    y = F.layer_norm(h, (d,), weight, bias, eps)
+    if mix is None:
+        return y[None]
+    y3 = y.view(m // t, t, d)
+    prev = torch.cat([shift[:, None], y3[:, :-1]], dim=1).reshape(m, d)
+    return torch.cat([y[None], y[None] + (prev[None] - y[None]) * mix[:, None]])
+
+
+# ---- 2, 3, 5, 7. Grouped, row-invariant linear maps -----------------------------------------------
+
+@triton.jit
+def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_ptr, act_ptr, M, N,
+                           stride_xp, stride_xm, stride_ym, stride_rm,
+                           K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                           PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1)
+    xoff = tl.load(plane_ptr + pid_n) * stride_xp + tl.load(col_ptr + pid_n)  # this block's input
+    act = tl.load(act_ptr + pid_n)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + xoff + rm[:, None] * stride_xm + rk[None, :],
+                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & (rk[:, None] < K),
+                    other=0.0)
+        if USE_DOT:
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        else:
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    acc = tl.where(act == 1, 2.0 / (1.0 + tl.exp(-2.0 * acc)) - 1.0, acc)  # tanh(x) = 2 sigmoid(2x) - 1
+    acc = tl.where(act == 2, 1.0 / (1.0 + tl.exp(-acc)), acc)
+    out_mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_RES:
+        acc += tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=out_mask, other=0.0)
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], acc, mask=out_mask)
+
+
+class Groups:
+    """A packed grouped linear map: output columns in groups, each group from its own input
+    (a plane and a column offset of x) and with its own activation; groups start at multiples of
+    BLOCK_N.
+
+    weight [N, K] (rows and columns of padding are zero), bias [N] or None; per block of BLOCK_N
+    output columns: plane and col (int64: the input is x[plane, :, col: col + K]) and act (int32);
+    starts: the first output column of each group."""
+
+    def __init__(self, weight, bias, plane, col, act, starts):
+        self.weight, self.bias, self.plane, self.col, self.act = weight, bias, plane, col, act
+        self.starts = starts
+
+
+def pack_groups(groups: list[tuple], k: int, device) -> Groups:
+    """groups: (weight [n_g, k_g <= k], bias [n_g] or None, (plane, column) of the input, activation)."""
+    blocks = [triton.cdiv(g[0].shape[0], BLOCK_N) for g in groups]
+    n = BLOCK_N * sum(blocks)
+    weight = torch.zeros(n, k, device=device)
+    bias = torch.zeros(n, device=device) if any(g[1] is not None for g in groups) else None
+    planes, cols, act, starts = [], [], [], []
+    out = 0
+    for (w, b, (plane, col), activation), nb in zip(groups, blocks):
+        weight[out: out + w.shape[0], : w.shape[1]] = w
+        if b is not None:
+            bias[out: out + w.shape[0]] = b
+        starts.append(out)
+        planes += [plane] * nb
+        cols += [col] * nb
+        act += [ACT[activation]] * nb
+        out += nb * BLOCK_N
+    return Groups(weight, bias, torch.tensor(planes, dtype=torch.int64, device=device),
+                  torch.tensor(cols, dtype=torch.int64, device=device),
+                  torch.tensor(act, dtype=torch.int32, device=device), starts)
+
+
+def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = None,
+                   n: int | None = None) -> torch.Tensor:
+    """x [planes, M, C] or [M, C] (rows contiguous) -> y [M, n] with, for output block j,
+    y[:, j] = act_j(x[plane_j, :, col_j: col_j + K] W_j^T + b_j) (+ residual). n defaults to the
+    packed width (groups padded to BLOCK_N); a single-group map may give its true width."""
+    x3 = x if x.dim() == 3 else x[None]
+    if x3.stride(2) != 1:
+        raise ValueError("x's rows must be contiguous")
+    m, stride_xp, stride_xm = x3.shape[1], x3.stride(0), x3.stride(1)
+    k = g.weight.shape[1]
+    n = g.weight.shape[0] if n is None else n
+    y = torch.empty(m, n, device=x.device, dtype=torch.float32)
+    if residual is not None and (residual.shape != (m, n) or residual.stride(1) != 1):
+        raise ValueError(f"residual must be [{m}, {n}] with contiguous rows")
+    if m:
+        grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+        _grouped_linear_kernel[grid](
+            x, g.weight, g.bias if g.bias is not None else g.weight,
+            residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
+            stride_xp, stride_xm, y.stride(0), residual.stride(0) if residual is not None else 0,
+            K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None, PRECISION=PRECISION,
+            USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=LINEAR_WARPS)
+    return y
+
+
+def grouped_linear_reference(x, g: Groups, residual=None, n=None):
+    x3 = x if x.dim() == 3 else x[None]
+    k = g.weight.shape[1]
+    n = g.weight.shape[0] if n is None else n
+    out = []
+    for j in range(triton.cdiv(n, BLOCK_N)):
+        lo, hi = j * BLOCK_N, min(n, (j + 1) * BLOCK_N)
+        plane, col = int(g.plane[j]), int(g.col[j])
+        inp = F.pad(x3[plane, :, col: col + k], (0, max(0, col + k - x3.shape[2])))
+        y = F.linear(inp, g.weight[lo:hi], None if g.bias is None else g.bias[lo:hi])
+        y = {0: y, 1: torch.tanh(y), 2: torch.sigmoid(y)}[int(g.act[j])]
+        out.append(y)
+    y = torch.cat(out, dim=1)
+    return y + residual if residual is not None else y
+
+
+# ---- 4. The recurrence with the per-head work fused in ------------------------------------------
+
+@triton.jit
+def _wkv7_fused_kernel(
+    a_ptr, u_ptr, vf_ptr, o_ptr, pool_ptr, slots_ptr, lengths_ptr,
+    kk_ptr, ka_ptr, rk_ptr, gw_ptr, gb_ptr,
+    layer, T, stride_a, stride_u, stride_vf, stride_o,
+    off_r, off_k, off_v, off_w, off_al, off_vl, off_g,
+    stride_ps, stride_pl, stride_ph, stride_pv,
+    decay_scale, eps,
+    N: tl.constexpr, HAS_VF: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    rows = tl.arange(0, N)  # value index
+    cols = tl.arange(0, N)  # key index
+    hoff = pid_h * N
+
+    n_steps = tl.minimum(tl.load(lengths_ptr + pid_b).to(tl.int32), T)
+    live = n_steps > 0
+    slot = tl.load(slots_ptr + pid_b).to(tl.int64)
+    s_ptrs = (pool_ptr + slot * stride_ps + layer * stride_pl + pid_h * stride_ph
+              + rows[:, None].to(tl.int64) * stride_pv + cols[None, :])
+    s = tl.load(s_ptrs, mask=live, other=0.0)
+
+    k_k = tl.load(kk_ptr + hoff + cols)
+    k_a = tl.load(ka_ptr + hoff + cols)
+    r_k = tl.load(rk_ptr + hoff + cols)
+    g_w = tl.load(gw_ptr + hoff + rows)
+    g_b = tl.load(gb_ptr + hoff + rows)
+
+    t = 0
+    while t < n_steps:  # (a `for` to a runtime bound does not run under the 3.6 interpreter)
+        row = pid_b * T + t
+        pa = a_ptr + row * stride_a + hoff
+        pu = u_ptr + row * stride_u + hoff
+        r = tl.load(pa + off_r + cols)
+        k = tl.load(pa + off_k + cols)
+        v = tl.load(pa + off_v + rows)
+        w_raw = tl.load(pu + off_w + cols)
+        a_raw = tl.load(pu + off_al + cols)
+        g = tl.load(pu + off_g + rows)
+        if HAS_VF:
+            vf = tl.load(vf_ptr + row * stride_vf + hoff + rows)
+            v_mix = 1.0 / (1.0 + tl.exp(-tl.load(pu + off_vl + rows)))
+            v = v + (vf - v) * v_mix
+        decay = tl.exp(-decay_scale / (1.0 + tl.exp(-w_raw)))
+        alpha = 1.0 / (1.0 + tl.exp(-a_raw))
+        kx = k * k_k
+        kk = kx / tl.maximum(tl.sqrt(tl.sum(kx * kx, axis=0)), 1e-12)
+        k = k * (1.0 + (alpha - 1.0) * k_a)
+        sa = tl.sum(s * (-kk)[None, :], axis=1)
+        s = s * decay[None, :] + sa[:, None] * (kk * alpha)[None, :] + v[:, None] * k[None, :]
+        o = tl.sum(s * r[None, :], axis=1)
+        mean = tl.sum(o, axis=0) / N
+        oc = o - mean
+        var = tl.sum(oc * oc, axis=0) / N
+        o = oc / tl.sqrt(var + eps) * g_w + g_b
+        o = (o + tl.sum(r * k * r_k, axis=0) * v) * g
+        tl.store(o_ptr + row * stride_o + hoff + rows, o)
+        t += 1
+    while t < T:  # steps past the series' length: zeros
+        tl.store(o_ptr + (pid_b * T + t) * stride_o + hoff + rows, tl.zeros((N,), dtype=tl.float32))
+        t += 1
+    tl.store(s_ptrs, s, mask=live)
+
+
+class HeadParams:
+    """The per-channel parameters the fused recurrence uses (all float32, contiguous, [D])."""
+
+    def __init__(self, k_k, k_a, r_k, g_weight, g_bias, eps: float):
+        self.k_k, self.k_a = k_k.contiguous(), k_a.contiguous()
+        self.r_k = r_k.reshape(-1).contiguous()
+        self.g_weight, self.g_bias, self.eps = g_weight.contiguous(), g_bias.contiguous(), eps
+
+
+def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch.Tensor | None,
+                    prm: HeadParams, pool: torch.Tensor, slots: torch.Tensor, layer: int,
+                    lengths: torch.Tensor | None, t: int) -> torch.Tensor:
+    """One RWKV-7 time-mix core for B series of T steps (rows b T + t), states in pool[slots, layer].
+
+    a [M, *] holds r, k, v (raw projections) at column offsets offs["r"|"k"|"v"]; u [M, *] the LoRA
+    outputs w, a, g and (with v_first) vl at offs["w"|"a"|"g"|"vl"]; v_first [M, D] (row stride
+    free) or None (the first layer). Returns the gated, normalised output [M, D] (zeros past a
+    series' length) for o_proj; the pool's matrices are updated in place. Slots must be distinct.
+    """
+    h, n = pool.shape[2], pool.shape[3]
+    d = h * n
+    m = a.shape[0]
+    bsz = m // t if t else 0
+    if pool.dtype != torch.float32 or pool.stride(4) != 1 or n & (n - 1):
+        raise ValueError("pool must be float32 [slots, layers, H, N, N], N a power of two, rows contiguous")
+    if lengths is None:
+        lengths = torch.full((bsz,), t, dtype=torch.int32, device=a.device)
+    o = torch.empty(m, d, device=a.device, dtype=torch.float32)
+    if bsz == 0:
+        return o
+    vf = v_first if v_first is not None else a
+    _wkv7_fused_kernel[(bsz, h)](
+        a, u, vf, o, pool, slots, lengths,
+        prm.k_k, prm.k_a, prm.r_k, prm.g_weight, prm.g_bias,
+        layer, t, a.stride(0), u.stride(0), vf.stride(0), o.stride(0),
+        offs["r"], offs["k"], offs["v"], offs["w"], offs["a"], offs.get("vl", 0), offs["g"],
+        pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
+        DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None, num_warps=4 if n >= 64 else 2,
+    )
+    return o
+
+
+def wkv7_fused_reference(a, offs, u, v_first, prm: HeadParams, pool, slots, layer, lengths, t):
+    """The same in PyTorch (model.wkv's recurrence); returns (o, new states [B, H, N, N])."""
+    from model.wkv import wkv7_recurrent
+
+    h, n = pool.shape[2], pool.shape[3]
+    d = h * n
+    m = a.shape[0]
+    bsz = m // t
+
+    def col(x, name):
+        return x[:, offs[name]: offs[name] + d].reshape(bsz, t, h, n)
+
+    r, k, v = col(a, "r"), col(a, "k"), col(a, "v")
+    w = -DECAY_SCALE * torch.sigmoid(col(u, "w"))
+    alpha = torch.sigmoid(col(u, "a"))
+    g = col(u, "g")
+    if v_first is not None:
+        v = v + (v_first.reshape(bsz, t, h, n) - v) * torch.sigmoid(col(u, "vl"))
+    kk = F.normalize(k * prm.k_k.view(h, n), dim=-1, p=2.0)
+    k = k * (1 + (alpha - 1) * prm.k_a.view(h, n))
+    valid = torch.arange(t, device=a.device)[None] < lengths[:, None] if lengths is not None else None
+    o, s = wkv7_recurrent(r, w, k, v, -kk, kk * alpha, pool[slots, layer], valid)
+    o = F.group_norm(o.reshape(m, d), h, prm.g_weight, prm.g_bias, prm.eps).view(bsz, t, h, n)
+    o = (o + (r * k * prm.r_k.view(h, n)).sum(-1, keepdim=True) * v) * g
+    return o.reshape(m, d), s

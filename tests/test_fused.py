@@ -1,0 +1,123 @@
+"""The fused block kernels (kernels/fused.py) against their PyTorch references, tiny shapes.
+
+On the GPU when there is one, else under Triton's interpreter (TRITON_INTERPRET=1, set by kernels)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import fused
+from tests.conftest import rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rnd(g, *shape, scale=1.0):
+    return (scale * torch.randn(*shape, generator=g)).to(DEVICE)
+
+
+@pytest.mark.parametrize("n_mix", [0, 6])
+def test_ln_mix_matches_reference(n_mix):
+    g = torch.Generator().manual_seed(n_mix)
+    bsz, t, d = 3, 4, 24  # d not a power of two: masked lanes
+    h = rnd(g, bsz * t, d) + 0.5
+    shift = rnd(g, bsz, 2, d)[:, 1]  # a strided view, as state.shift[:, layer]
+    w, b = 1 + rnd(g, d, scale=0.2), rnd(g, d, scale=0.2)
+    mix = rnd(g, n_mix, d) if n_mix else None
+    got = fused.ln_mix(h, shift if n_mix else None, t, w, b, 1e-5, mix)
+    want = fused.ln_mix_reference(h.double(), shift.double(), t, w.double(), b.double(), 1e-5,
+                                  None if mix is None else mix.double())
+    assert got.shape == (1 + n_mix, bsz * t, d) and rel_err(got, want) <= 1e-5
+    # rows do not depend on the batch: series 1 alone equals series 1 inside the batch
+    alone = fused.ln_mix(h[t:2 * t], shift[1:2] if n_mix else None, t, w, b, 1e-5, mix)
+    assert torch.equal(alone, got[:, t:2 * t])
+
+
+def test_grouped_linear_matches_reference_and_is_row_invariant():
+    g = torch.Generator().manual_seed(1)
+    m, d = 70, 32
+    x = rnd(g, 3, m, d)
+    groups = [(rnd(g, 40, d, scale=0.3), rnd(g, 40), (2, 0), None),
+              (rnd(g, 8, d, scale=0.3), None, (0, 0), "tanh"),
+              (rnd(g, 20, 16, scale=0.3), rnd(g, 20), (1, 16), "sigmoid")]  # a narrower input slice
+    pk = fused.pack_groups(groups, d, DEVICE)
+    assert pk.starts == [0, 64, 128]
+    res = rnd(g, m, pk.weight.shape[0])
+    got = fused.grouped_linear(x, pk, residual=res)
+    assert rel_err(got, fused.grouped_linear_reference(x.double(), _double(pk), res.double())) <= 1e-5
+    for (w, b, (plane, col), act), start in zip(groups, pk.starts):
+        y = torch.nn.functional.linear(x[plane, :, col: col + w.shape[1]].double(), w.double(),
+                                       None if b is None else b.double())
+        y = {None: y, "tanh": torch.tanh(y), "sigmoid": torch.sigmoid(y)}[act]
+        assert rel_err(got[:, start: start + w.shape[0]], y + res[:, start: start + w.shape[0]]) <= 1e-5
+    part = fused.grouped_linear(x[:, 63:66], pk, residual=res[63:66])
+    assert torch.equal(part, got[63:66])
+    one = fused.pack_groups([(rnd(g, 20, d), rnd(g, 20), (0, 0), None)], d, DEVICE)
+    assert fused.grouped_linear(x[0], one, n=20).shape == (m, 20)
+
+
+def _double(pk):
+    return fused.Groups(pk.weight.double(), None if pk.bias is None else pk.bias.double(), pk.plane,
+                        pk.col, pk.act, pk.starts)
+
+
+def fused_inputs(bsz, t, h, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    d = h * n
+    a = rnd(g, bsz * t, 3 * d + 5)  # r, k, v at 0, d, 2d (+ unused columns)
+    u = rnd(g, bsz * t, 4 * d)  # w, a, g, vl
+    offs = {"r": 0, "k": d, "v": 2 * d, "w": 0, "a": d, "g": 2 * d, "vl": 3 * d}
+    v_first = rnd(g, bsz * t, d)
+    prm = fused.HeadParams(0.85 + rnd(g, d, scale=0.1), 1 + rnd(g, d, scale=0.2), rnd(g, h, n, scale=0.3),
+                           1 + rnd(g, d, scale=0.2), rnd(g, d, scale=0.2), n * 1e-5)
+    return a, offs, u, v_first, prm
+
+
+def _prm64(p):
+    return fused.HeadParams(*(x.double() for x in (p.k_k, p.k_a, p.r_k, p.g_weight, p.g_bias)), p.eps)
+
+
+@pytest.mark.parametrize("with_vf", [False, True])
+def test_wkv7_fused_matches_reference_in_place(with_vf):
+    bsz, t, h, n, layer = 3, 4, 2, 16, 1
+    a, offs, u, vf, prm = fused_inputs(bsz, t, h, n, seed=3 + with_vf)
+    vf = vf if with_vf else None
+    g = torch.Generator().manual_seed(9)
+    pool = rnd(g, 6, 2, h, n, n, scale=0.3)
+    before = pool.clone()
+    slots = torch.tensor([4, 1, 2], device=DEVICE)
+    lengths = torch.tensor([4, 0, 2], device=DEVICE)
+    vf64 = None if vf is None else vf.double()
+    o_ref, s_ref = fused.wkv7_fused_reference(a.double(), offs, u.double(), vf64, _prm64(prm),
+                                              before.double(),
+                                              slots, layer, lengths, t)
+    o = fused.wkv7_fused_step(a, offs, u, vf, prm, pool, slots, layer, lengths, t)
+    valid = (torch.arange(t, device=DEVICE)[None] < lengths[:, None]).reshape(-1)
+    assert rel_err(o[valid], o_ref[valid]) <= 1e-5
+    assert not o[~valid].any(), "outputs past a series' length are zero"
+    for i in (0, 2):
+        assert rel_err(pool[slots[i], layer], s_ref[i]) <= 1e-5
+    assert torch.equal(pool[1], before[1]), "length 0 leaves the state alone"
+    untouched = [0, 3, 5]
+    assert torch.equal(pool[untouched], before[untouched]) and torch.equal(pool[:, 0], before[:, 0])
+
+
+def test_wkv7_fused_bit_identical_alone_or_batched_and_chained():
+    bsz, t, h, n = 3, 3, 2, 16
+    a, offs, u, vf, prm = fused_inputs(bsz, t, h, n, seed=5)
+    g = torch.Generator().manual_seed(6)
+    pool = rnd(g, 5, 1, h, n, n, scale=0.3)
+    alone_pool = pool[3:4].clone()
+    batch = fused.wkv7_fused_step(a, offs, u, vf, prm, pool, torch.tensor([0, 3, 4], device=DEVICE), 0,
+                                  None, t)
+    rows = slice(t, 2 * t)  # series 1, alone, in slot 0 of its own pool
+    alone = fused.wkv7_fused_step(a[rows], offs, u[rows], vf[rows], prm, alone_pool,
+                                  torch.tensor([0], device=DEVICE), 0, None, t)
+    assert torch.equal(alone, batch[rows]) and torch.equal(alone_pool[0], pool[3])
+    # T steps in one call equal T calls of one step
+    chained_pool = rnd(torch.Generator().manual_seed(6), 5, 1, h, n, n, scale=0.3)  # the start again
+    outs = [fused.wkv7_fused_step(a[t + i: t + i + 1], offs, u[t + i: t + i + 1], vf[t + i: t + i + 1], prm,
+                                  chained_pool, torch.tensor([3], device=DEVICE), 0, None, 1)
+            for i in range(t)]
+    assert torch.equal(torch.cat(outs), batch[rows]) and torch.equal(chained_pool[3], pool[3])
