@@ -45,19 +45,32 @@ def init_weights(model: Rimer, seed: int) -> None:
 
 
 class WindowSampler:
-    """Random windows [batch, length] of the scaled train rows of several datasets."""
+    """Random windows [batch, length] of the scaled train rows of several datasets.
 
-    def __init__(self, splits: list[np.ndarray], rng: np.random.Generator):
-        self.series = [s[:, j].astype(np.float32) for s in splits for j in range(s.shape[1])]
-        self.rng = rng
+    balance "series": every variable of every dataset equally likely (datasets with many
+    variables dominate); "datasets": a dataset first, uniformly, then one of its variables.
+    """
+
+    def __init__(self, splits: list[np.ndarray], rng: np.random.Generator, balance: str = "series"):
+        self.groups = [[s[:, j].astype(np.float32) for j in range(s.shape[1])] for s in splits]
+        self.series = [x for g in self.groups for x in g]
+        self.rng, self.balance = rng, balance
+
+    def _pick(self, length: int) -> np.ndarray:
+        if self.balance == "datasets":
+            groups = [[x for x in g if len(x) >= length] for g in self.groups]
+            groups = [g for g in groups if g]
+            group = groups[self.rng.integers(len(groups))]
+            return group[self.rng.integers(len(group))]
+        usable = [x for x in self.series if len(x) >= length]
+        return usable[self.rng.integers(len(usable))]
 
     def batch(self, size: int, length: int) -> torch.Tensor:
         out = np.empty((size, length), dtype=np.float32)
-        usable = [s for s in self.series if len(s) >= length]
-        if not usable:
+        if not any(len(x) >= length for x in self.series):
             raise ValueError(f"no series has {length} points; use shorter windows")
         for i in range(size):
-            s = usable[self.rng.integers(len(usable))]
+            s = self._pick(length)
             start = self.rng.integers(len(s) - length + 1)
             out[i] = s[start: start + length]
         return torch.from_numpy(out)
@@ -183,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="model selection: rollout MSE on validation windows, or next-patch loss")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="validate and ship an exponential moving average of the weights (e.g. 0.995)")
+    ap.add_argument("--balance", choices=("series", "datasets"), default="series",
+                    help="sample every variable alike, or every dataset alike")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sets = [data.load(n, args.data_dir) for n in args.datasets]
     rng = np.random.default_rng(args.seed)
-    train = WindowSampler([d.split("train") for d in sets], rng)
+    train = WindowSampler([d.split("train") for d in sets], rng, args.balance)
     val = WindowSampler([d.split("val") for d in sets], np.random.default_rng(args.seed + 1))
     longest_val = min(len(x) for x in val.series) // args.patch_len
     val_batches = [val.batch(64, args.patch_len * min(n, longest_val)) for n in (8, 24, 48)]
