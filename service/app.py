@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Path, Query, Request, Response
@@ -15,7 +16,9 @@ from service.engine import Engine, EngineError
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
 from service.settings import Settings
+from service.store import Store, StoreError
 
+log = logging.getLogger("rimer.service")
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
 
 
@@ -32,9 +35,21 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.engine = engine or Engine.load(settings.weights, settings.device,
-                                                 settings.max_series, settings.backend)
+        loaded = engine or Engine.load(settings.weights, settings.device,
+                                       settings.max_series, settings.backend)
+        store = None
+        if settings.data_dir:  # recover before serving: /readyz says ready only after this
+            store = Store(settings.data_dir, loaded, settings.fsync, settings.fsync_interval_ms,
+                          settings.snapshot_interval_s, metrics)
+            try:
+                store.open()
+            except StoreError as exc:
+                log.error("cannot start: %s", exc)
+                raise
+        app.state.store, app.state.engine = store, loaded
         yield
+        if store is not None:
+            store.close(snapshot=True)
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
     metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None))
@@ -148,7 +163,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.delete("/series/{series_id}", status_code=204)
     async def series_delete(request: Request, series_id: str = SeriesId):
-        engine_of(request).delete(series_id)
+        await run_in_threadpool(engine_of(request).delete, series_id)  # may fsync the log
         return Response(status_code=204)
 
     return app

@@ -12,13 +12,23 @@ the model imposes, and keeps states. Two backends:
   refused for is checked before the pool is touched, so a rejected append changes nothing.
   Lengths are kept on the host, so the checks need no device round trip. One lock serialises
   pool operations.
+
+With a data directory (service/store.py) the engine has a `journal`: an accepted append or delete
+is written to the write-ahead log under the journal's lock together with the state change it
+records (so the log's order per series is the order of the changes, and a snapshot's cut, taken
+under the same lock, falls between records), and made durable (`journal.sync`) before the call
+returns, outside the engine's locks. `export_states` / `import_states` move every series' state
+to and from the host for snapshots, whatever the backend.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -41,7 +51,19 @@ class SeriesEntry:
     lock: threading.Lock
 
 
+class Journal(Protocol):
+    """What the engine needs of a write-ahead log (service/store.py's WriteAheadLog)."""
+
+    lock: AbstractContextManager  # held around a record's write and the state change it records
+
+    def exclusive(self) -> AbstractContextManager: ...  # no write or sync in progress while held
+    def write_append(self, series_id: str, values: list[float], length: int) -> int: ...
+    def write_delete(self, series_id: str) -> int: ...
+    def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
+
+
 BACKENDS = ("torch", "triton", "auto")
+EXPORT_CHUNK = 1024  # rows copied from the pool to the host at a time
 SCRATCH_SLOTS = 256  # rows of the pool for forecasts and POST /forecast (series per batch)
 
 
@@ -95,6 +117,7 @@ class Engine:
         self._table_lock = threading.Lock()
         self.state_bytes = RimerState.zeros(model.cfg, 1).nbytes_per_series()
         self._pool: SlotPool | None = None
+        self.journal: Journal | None = None  # set by service.store once recovery is done
         if self.backend == "triton":
             if cuda_graphs is None:
                 cuda_graphs = self.device.type == "cuda"
@@ -168,22 +191,40 @@ class Engine:
                ) -> tuple[int, list[float] | None]:
         self._require_streamable()
         if self._pool is not None:
-            return self._pool_append(series_id, values, horizon)
-        entry = self._entry(series_id, create=True)
-        with entry.lock:
-            try:
-                old_length = int(entry.state.length[0])
-                if horizon is not None:
-                    self.check_forecastable(old_length + len(values), horizon, "horizon")
-                new_state = self.model.append(entry.state,
-                                              [torch.tensor(values, dtype=torch.float32)])
-                mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
-                        if horizon else None)
-            except BaseException:
-                self._forget_if_empty(series_id, entry)
-                raise
-            entry.state = new_state
-            return int(new_state.length[0]), mean
+            length, mean, ticket = self._pool_append(series_id, values, horizon)
+        else:
+            length, mean, ticket = self._torch_append(series_id, values, horizon)
+        if ticket is not None:
+            self.journal.sync(ticket)  # outside the engine's locks: concurrent appends share fsyncs
+        return length, mean
+
+    def _journal_lock(self) -> AbstractContextManager:
+        return self.journal.lock if self.journal is not None else nullcontext()
+
+    def _torch_append(self, series_id: str, values: list[float], horizon: int | None
+                      ) -> tuple[int, list[float] | None, int | None]:
+        while True:
+            entry = self._entry(series_id, create=True)
+            with entry.lock:
+                try:
+                    old_length = int(entry.state.length[0])
+                    if horizon is not None:
+                        self.check_forecastable(old_length + len(values), horizon, "horizon")
+                    new_state = self.model.append(entry.state,
+                                                  [torch.tensor(values, dtype=torch.float32)])
+                    mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
+                            if horizon else None)
+                    length, ticket = int(new_state.length[0]), None
+                    with self._journal_lock():
+                        if self._series.get(series_id) is not entry:
+                            continue  # deleted while we computed: start again on a new series
+                        if self.journal is not None:
+                            ticket = self.journal.write_append(series_id, values, length)
+                        entry.state = new_state
+                except BaseException:
+                    self._forget_if_empty(series_id, entry)
+                    raise
+                return length, mean, ticket
 
     def _forget_if_empty(self, series_id: str, entry: SeriesEntry) -> None:
         """Undo the creation of a series whose first append was rejected."""
@@ -218,17 +259,79 @@ class Engine:
                     "tail_points": int(s.tail_len[0])}
 
     def delete(self, series_id: str) -> None:
+        ticket = None
         if self._pool is not None:
-            with self._pool.lock:
-                slot = self._pool.slot.pop(series_id, None)
+            with self._pool.lock, self._journal_lock():
+                slot = self._pool.slot.get(series_id)
                 if slot is None:
                     raise EngineError(404, f"unknown series {series_id!r}", "id")
-                del self._pool.length[series_id]
+                if self.journal is not None:
+                    ticket = self.journal.write_delete(series_id)
+                del self._pool.slot[series_id], self._pool.length[series_id]
                 self._pool.free.append(slot)
+        else:
+            with self._journal_lock():
+                if series_id not in self._series:
+                    raise EngineError(404, f"unknown series {series_id!r}", "id")
+                if self.journal is not None:
+                    ticket = self.journal.write_delete(series_id)
+                with self._table_lock:
+                    self._series.pop(series_id, None)
+        if ticket is not None:
+            self.journal.sync(ticket)
+
+    # ---- every series' state, to and from the host (snapshots) ------------------------------
+
+    def export_states(self, cut: Callable[[], Any] | None = None
+                      ) -> tuple[list[str], list[RimerState], Any]:
+        """Every series' id and state (on the host: a list of batches whose rows, in order, are the
+        ids), and what `cut()` returned, called at the same instant: no append or delete falls
+        between the states and the cut (the store rotates its log there)."""
+        exclusive = self.journal.exclusive() if self.journal is not None else nullcontext()
+        if self._pool is not None:
+            sp = self._pool
+            with sp.lock, exclusive:
+                ids = list(sp.slot)
+                slots = [sp.slot[i] for i in ids]
+                chunks = [sp.pool.select(sp.rows(slots[a:a + EXPORT_CHUNK])).to("cpu")
+                          for a in range(0, len(slots), EXPORT_CHUNK)]
+                mark = cut() if cut is not None else None
+            return ids, chunks, mark
+        with exclusive:
+            with self._table_lock:
+                # States are never changed in place (an append swaps in a new one), so references
+                # are a consistent copy; a series whose first append is in flight has none yet.
+                held = [(i, e.state) for i, e in self._series.items() if int(e.state.length[0]) > 0]
+            mark = cut() if cut is not None else None
+        return [i for i, _ in held], [s.to("cpu") for _, s in held], mark
+
+    def import_states(self, ids: list[str], states: RimerState) -> None:
+        """Series from `export_states` (rows of `states`, in order, are `ids`) into an engine that
+        holds none of them."""
+        if len(ids) != states.batch or len(set(ids)) != len(ids):
+            raise ValueError("import_states needs one state per id and distinct ids")
+        if len(ids) + self.series_held > self.max_series:
+            raise EngineError(409, f"{len(ids)} series to restore, but --max-series is "
+                                   f"{self.max_series}", "id")
+        if self._pool is not None:
+            sp = self._pool
+            with sp.lock:
+                if any(i in sp.slot for i in ids):
+                    raise ValueError("import_states: a series is held already")
+                lengths = states.length.tolist()
+                for a in range(0, len(ids), EXPORT_CHUNK):
+                    slots = [sp.free.pop() for _ in ids[a:a + EXPORT_CHUNK]]
+                    rows = list(range(a, a + len(slots)))
+                    sp.pool.write_(sp.rows(slots), states.select(rows).to(self.device))
+                    for i, slot, n in zip(ids[a:], slots, lengths[a:]):
+                        sp.slot[i], sp.length[i] = slot, n
             return
         with self._table_lock:
-            if self._series.pop(series_id, None) is None:
-                raise EngineError(404, f"unknown series {series_id!r}", "id")
+            if any(i in self._series for i in ids):
+                raise ValueError("import_states: a series is held already")
+            for row, series_id in enumerate(ids):
+                state = states.select([row]).to(self.device)
+                self._series[series_id] = SeriesEntry(state, threading.Lock())
 
     # ---- triton backend: the states in a pool on the device --------------------------------
 
@@ -240,7 +343,7 @@ class Engine:
                                    f"series would have {length} points", field)
 
     def _pool_append(self, series_id: str, values: list[float], horizon: int | None
-                     ) -> tuple[int, list[float] | None]:
+                     ) -> tuple[int, list[float] | None, int | None]:
         sp, p = self._pool, self.patch_len
         with sp.lock:
             # Every check first: past this point the pool changes.
@@ -258,7 +361,9 @@ class Engine:
                 slot = sp.free.pop()
             rows = sp.rows([slot])
             vals = torch.tensor(values, dtype=torch.float32)
-            before = None
+            # With a journal, keep the old state: a failed log write puts it back.
+            before = sp.pool.select(rows) if self.journal is not None and not created else None
+            ticket = None
             try:
                 if created:
                     sp.pool.write_(rows, RimerState.zeros(self.model.cfg, 1, self.device))
@@ -266,10 +371,14 @@ class Engine:
                     sp.graphs.run(rows, vals[None].to(self.device),
                                   torch.tensor([len(values)], device=self.device))
                 elif values:
-                    before = sp.pool.select(rows)
+                    if before is None and not created:
+                        before = sp.pool.select(rows)
                     self.model.append_slots(sp.pool, rows, [vals])
                 mean = (self.model.forecast_slots(sp.pool, rows, horizon, sp.scratch[:1])[0].tolist()
                         if horizon else None)
+                if self.journal is not None:
+                    with self.journal.lock:
+                        ticket = self.journal.write_append(series_id, values, new_length)
             except BaseException:
                 if created:
                     sp.free.append(slot)
@@ -278,7 +387,7 @@ class Engine:
                 raise
             sp.slot[series_id] = slot
             sp.length[series_id] = new_length
-            return new_length, mean
+            return new_length, mean, ticket
 
     def _pool_forecast_series(self, series_id: str, horizon: int) -> tuple[int, list[float]]:
         sp = self._pool

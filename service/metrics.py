@@ -81,6 +81,21 @@ class Metrics:
                                        "series", registry=r)
         self.points_forecast = Counter("rimer_points_forecast", "forecast values returned "
                                        "(horizon times series)", ["op"], registry=r)
+        # Durability (service/store.py; zero without --data-dir).
+        self.wal_records = Counter("rimer_wal_records", "records written to the write-ahead log",
+                                   ["op"], registry=r)
+        self.wal_bytes = Counter("rimer_wal_bytes", "bytes written to the write-ahead log", registry=r)
+        self.wal_fsync = Histogram("rimer_wal_fsync_seconds", "duration of write-ahead log fsyncs",
+                                   buckets=STEP_BUCKETS, registry=r)
+        self.snapshot_seconds = Histogram("rimer_snapshot_duration_seconds", "time to write a "
+                                          "snapshot of every series (export, write, fsync, rename)",
+                                          buckets=HTTP_BUCKETS + (120.0, 300.0, 600.0), registry=r)
+        self.snapshot_failures = Counter("rimer_snapshot_failures", "periodic snapshots that "
+                                         "failed (the log keeps every change)", registry=r)
+        self.recovery_seconds = Gauge("rimer_recovery_seconds", "time the start-up recovery took "
+                                      "(snapshot load and log replay)", registry=r)
+        self.recovery_records = Gauge("rimer_recovery_records_replayed", "write-ahead log records "
+                                      "replayed at start-up", registry=r)
         r.register(_EngineCollector(get_engine))
 
     def timed(self, op: str, fn: Callable[..., T], *args) -> T:

@@ -25,6 +25,10 @@ class Settings:
     api_keys: str = field(default="", repr=False)  # comma-separated; never shown or logged
     api_keys_file: str = ""  # one key per line
     metrics_public: bool = False  # serve /metrics without a key when keys are on
+    data_dir: str = ""  # write-ahead log and snapshots; none: in memory only
+    fsync: str = "always"  # always | interval
+    fsync_interval_ms: int = 100
+    snapshot_interval_s: float = 60.0
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -48,6 +52,14 @@ HELP = {
                 "'X-API-Key: <key>' (prefer the env var or a file: flags show in ps)",
     "api_keys_file": "file of API keys, one per line ('#' comments and blank lines ignored)",
     "metrics_public": "serve /metrics without an API key even when keys are on",
+    "data_dir": "directory for the write-ahead log and snapshots of streaming series, recovered at "
+                "start-up; none: series live in memory only and are lost at exit",
+    "fsync": "always (an append is acknowledged once fsynced) or interval (fsync every "
+             "--fsync-interval-ms: a power loss may lose that long of acknowledged appends, a "
+             "process crash loses none)",
+    "fsync_interval_ms": "milliseconds between fsyncs with --fsync interval",
+    "snapshot_interval_s": "seconds between snapshots of every series (also one at clean "
+                           "shutdown; 0: only then); the log is cut after each",
 }
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -89,6 +101,12 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--device must be cpu, cuda or auto")
     if values["backend"] not in ("torch", "triton", "auto"):
         ap.error("--backend must be torch, triton or auto")
+    if values["fsync"] not in ("always", "interval"):
+        ap.error("--fsync must be always or interval")
+    if values["fsync_interval_ms"] <= 0:
+        ap.error("--fsync-interval-ms must be positive")
+    if values["snapshot_interval_s"] < 0:
+        ap.error("--snapshot-interval-s must be 0 (only at shutdown) or more")
     if values["api_keys_file"]:
         from service.auth import read_keys_file
         try:

@@ -1,0 +1,292 @@
+"""Durability (--data-dir): the write-ahead log, snapshots and recovery, with real files; the
+crash tests kill -9 a real server and restart it on the same directory."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import checkpoint
+from service import store as store_module
+from service.engine import Engine, EngineError
+from service.store import HEADER_SIZE, Store, StoreError
+from tests.conftest import DEFAULT_WEIGHTS, ROOT, Server
+from tests.test_ops import value
+from tests.test_streaming import series
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return checkpoint.load(DEFAULT_WEIGHTS)
+
+
+def new_engine(loaded, backend: str = "torch", manifest: dict | None = None) -> Engine:
+    model, shipped = loaded
+    return Engine(model, manifest or shipped, max_series=50, backend=backend)
+
+
+def open_store(directory: Path, engine: Engine, **kw) -> Store:
+    s = Store(directory, engine, snapshot_interval_s=0, **kw)
+    s.open()
+    return s
+
+
+def fill(engine: Engine, rng: random.Random, ids: list[str], appends: int) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for _ in range(appends):
+        sid = rng.choice(ids)
+        values = series(rng.randint(1, 40), rng.randint(0, 10**6))
+        totals[sid] = engine.append(sid, values, None)[0]
+    return totals
+
+
+def forecasts(engine: Engine, ids) -> dict[str, tuple[int, list[float]]]:
+    return {i: engine.forecast_series(i, 24) for i in ids}
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("wal-*.log"))
+
+
+def test_snapshot_then_log_recovers_exactly(loaded, tmp_path):
+    rng, ids = random.Random(1), [f"s{i}" for i in range(5)]
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    fill(engine, rng, ids, 30)
+    engine.delete("s4")
+    snap = store.snapshot()
+    assert snap is not None and store.snapshot() is None  # nothing new: no second file
+    fill(engine, rng, ids[:3], 12)
+    engine.append("s4", series(50, 9), None)  # recreated after the snapshot
+    engine.delete("s3")
+    before = forecasts(engine, ["s0", "s1", "s2", "s4"])
+    store.close(snapshot=False)  # as after a crash: the snapshot plus 14 records of log
+
+    again = new_engine(loaded)
+    store2 = Store(tmp_path, again, snapshot_interval_s=0)
+    stats = store2.open()
+    assert stats == {"restored": 4, "replayed": 14, "seconds": stats["seconds"]}
+    assert forecasts(again, before) == before
+    with pytest.raises(EngineError):
+        again.describe("s3")
+    store2.close()  # clean shutdown: a snapshot, and the log it covers is gone
+    assert [p.stat().st_size for p in segments(tmp_path)] == [HEADER_SIZE]
+    third = new_engine(loaded)
+    store3 = Store(tmp_path, third, snapshot_interval_s=0)
+    assert store3.open()["replayed"] == 0
+    assert forecasts(third, before) == before
+    store3.close()
+
+
+def test_torn_last_record_is_dropped_with_a_warning(loaded, tmp_path, caplog):
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    engine.append("b", series(70, 2), None)
+    engine.append("a", series(9, 3), None)  # to be torn
+    store.close(snapshot=False)
+    wal = segments(tmp_path)[-1]
+    with open(wal, "r+b") as f:
+        f.truncate(wal.stat().st_size - 5)
+
+    again = new_engine(loaded)
+    with caplog.at_level(logging.WARNING, logger="rimer.store"):
+        store2 = open_store(tmp_path, again)
+    assert any("torn last record" in r.message and wal.name in r.getMessage() for r in caplog.records)
+    assert again.describe("a")["length"] == 40 and again.describe("b")["length"] == 70
+    again.append("a", series(5, 4), None)  # the log goes on in a new segment
+    store2.close(snapshot=False)
+    third = new_engine(loaded)
+    open_store(tmp_path, third).close(snapshot=False)
+    assert third.describe("a")["length"] == 45
+
+
+def test_corrupt_record_mid_log_is_an_error(loaded, tmp_path):
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    for k in range(3):
+        engine.append("a", series(10, k), None)
+    store.close(snapshot=False)
+    wal = segments(tmp_path)[-1]
+    data = bytearray(wal.read_bytes())
+    data[HEADER_SIZE + 30] ^= 0x01  # inside the first record's values
+    wal.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=rf"{wal.name}: corrupt record at byte {HEADER_SIZE} "
+                                          r"\(CRC mismatch\)"):
+        open_store(tmp_path, new_engine(loaded))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_snapshot_is_an_error(loaded, tmp_path, damage):
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(100, 1), None)
+    store.close()  # a snapshot
+    snap = next(tmp_path.glob("snapshot-*.safetensors"))
+    data = bytearray(snap.read_bytes())
+    if damage == "flip":
+        data[-100] ^= 0x10  # a tensor byte
+    else:
+        data = data[: len(data) // 2]
+    snap.write_bytes(bytes(data))
+    expected = "corrupt: its content's sha256" if damage == "flip" else "corrupt or truncated"
+    with pytest.raises(StoreError, match=rf"snapshot {snap}.*{expected}.*refusing to start"):
+        open_store(tmp_path, new_engine(loaded))
+
+
+def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path, monkeypatch):
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    store.close()
+    other = new_engine(loaded, manifest={"name": "retrained", "sha256": {"model.safetensors": "0"}})
+    with pytest.raises(StoreError, match=r"written by model 'rimer-small'.*loaded 'retrained'"):
+        open_store(tmp_path, other)
+    monkeypatch.setattr(store_module, "STATE_VERSION", 99)
+    with pytest.raises(StoreError, match=r"STATE_VERSION 2, this build uses 99"):
+        open_store(tmp_path, new_engine(loaded))
+
+
+def test_data_dir_is_locked(loaded, tmp_path):
+    store = open_store(tmp_path, new_engine(loaded))
+    with pytest.raises(StoreError, match="in use by another process"):
+        open_store(tmp_path, new_engine(loaded))
+    store.close()
+
+
+def test_triton_backend_exports_and_imports_states(tmp_path):
+    """The slot pool's export/import (the triton backend, Triton's interpreter on the CPU) agrees
+    with the torch backend, through a snapshot and a log replayed in either backend."""
+    from tests.test_backend import MANIFEST, tiny_model, walk
+
+    model = tiny_model()
+    pool = Engine(model, MANIFEST, 4, backend="triton", scratch_slots=2)
+    store = open_store(tmp_path, pool)
+    pool.append("a", walk(19, 1).tolist(), None)
+    pool.append("b", walk(11, 2).tolist(), None)
+    store.snapshot()
+    pool.append("a", walk(6, 3).tolist(), None)
+    pool.delete("b")
+    pool.append("c", walk(9, 4).tolist(), None)
+    want = {i: pool.forecast_series(i, 5) for i in ("a", "c")}
+    store.close(snapshot=False)
+    for backend in ("torch", "triton"):
+        engine = Engine(model, MANIFEST, 4, backend=backend, scratch_slots=2)
+        restored = open_store(tmp_path, engine)
+        got = {i: engine.forecast_series(i, 5) for i in ("a", "c")}
+        assert engine.series_held == 2
+        for i in want:
+            assert got[i][0] == want[i][0]
+            torch.testing.assert_close(torch.tensor(got[i][1]), torch.tensor(want[i][1]),
+                                       rtol=1e-4, atol=1e-5)
+        restored.close(snapshot=False)
+
+
+# ---- a real server, killed ------------------------------------------------------------------
+
+def append_from_threads(server: Server, ids: list[str], threads: int, per_thread: int) -> dict:
+    """Appends from several threads; the acknowledged total per series."""
+    acked = {i: 0 for i in ids}
+    lock = threading.Lock()
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(per_thread):
+            sid, n = rng.choice(ids), rng.randint(1, 45)
+            r = server.client.post(f"/series/{sid}/append",
+                                   json={"values": series(n, rng.randint(0, 10**6))})
+            assert r.status_code == 200, r.text
+            with lock:
+                acked[sid] += n
+
+    pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return acked
+
+
+def state_of(server: Server, ids) -> dict:
+    out = {}
+    for i in ids:
+        length = server.client.get(f"/series/{i}").json()["length"]
+        r = server.client.get(f"/series/{i}/forecast", params={"horizon": 24})
+        out[i] = (length, r.json()["mean"] if length >= 32 else None)
+    return out
+
+
+def kill(server: Server) -> None:
+    server.proc.kill()
+    server.proc.wait(10)
+
+
+def test_kill_9_loses_no_acknowledged_append(tmp_path):
+    ids = [f"plant-{k}.load" for k in range(5)]
+    server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
+    try:
+        assert server.client.post("/series/gone/append", json={"values": [1.0]}).status_code == 200
+        assert server.client.delete("/series/gone").status_code == 204
+        acked = append_from_threads(server, ids, threads=4, per_thread=15)
+        before = state_of(server, ids)
+        assert {i: length for i, (length, _) in before.items()} == acked
+    finally:
+        kill(server)
+    assert not list(tmp_path.glob("snapshot-*"))  # all of it from the log
+    server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
+    try:
+        assert server.client.get("/readyz").status_code == 200
+        assert state_of(server, ids) == before
+        assert server.client.get("/series/gone").status_code == 404
+        metrics = server.client.get("/metrics").text
+        assert value(metrics, "rimer_recovery_records_replayed") == 62
+    finally:
+        kill(server)
+
+
+def test_kill_9_after_a_periodic_snapshot(tmp_path):
+    ids = ["a", "b", "c"]
+    server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0.5",
+                    "--fsync", "interval", "--fsync-interval-ms", "20")
+    try:
+        append_from_threads(server, ids, threads=2, per_thread=6)
+        deadline = time.time() + 30
+        while not value(server.client.get("/metrics").text, "rimer_snapshot_duration_seconds_count"):
+            assert time.time() < deadline, "no snapshot in 30 s"
+            time.sleep(0.1)
+        append_from_threads(server, ids, threads=2, per_thread=6)
+        before = state_of(server, ids)
+    finally:
+        kill(server)
+    server = Server("--data-dir", str(tmp_path))
+    try:
+        assert state_of(server, ids) == before
+        assert value(server.client.get("/metrics").text, "rimer_recovery_records_replayed") < 24
+    finally:
+        server.stop()  # SIGTERM, a clean shutdown: a last snapshot covers everything
+    assert [p.stat().st_size for p in segments(tmp_path)] == [HEADER_SIZE]
+    assert len(list(tmp_path.glob("snapshot-*.safetensors"))) == 1
+
+
+def test_server_refuses_to_start_on_a_corrupt_snapshot(loaded, tmp_path):
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    store.close()
+    snap = next(tmp_path.glob("snapshot-*.safetensors"))
+    data = bytearray(snap.read_bytes())
+    data[-7] ^= 0xFF
+    snap.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "service", "--device", "cpu", "--port", "0",
+                           "--data-dir", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert f"snapshot {snap} is corrupt" in proc.stdout + proc.stderr
