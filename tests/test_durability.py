@@ -17,6 +17,7 @@ import torch
 from model import checkpoint
 from service import store as store_module
 from service.engine import Engine, EngineError
+from service.settings import parse
 from service.store import HEADER_SIZE, Store, StoreError
 from tests.conftest import DEFAULT_WEIGHTS, ROOT, Server
 from tests.test_ops import value
@@ -155,6 +156,17 @@ def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path,
         open_store(tmp_path, new_engine(loaded))
 
 
+def test_durability_flags():
+    s = parse(["--data-dir", "/tmp/x", "--fsync", "interval", "--fsync-interval-ms", "5",
+               "--snapshot-interval-s", "0.5"])
+    assert (s.data_dir, s.fsync, s.fsync_interval_ms, s.snapshot_interval_s) == ("/tmp/x", "interval",
+                                                                                 5, 0.5)
+    assert parse([]).data_dir == "" and parse([]).fsync == "always"
+    for bad in (["--fsync", "sometimes"], ["--fsync-interval-ms", "0"], ["--snapshot-interval-s", "-1"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+
+
 def test_data_dir_is_locked(loaded, tmp_path):
     store = open_store(tmp_path, new_engine(loaded))
     with pytest.raises(StoreError, match="in use by another process"):
@@ -165,9 +177,9 @@ def test_data_dir_is_locked(loaded, tmp_path):
 def test_triton_backend_exports_and_imports_states(tmp_path):
     """The slot pool's export/import (the triton backend, Triton's interpreter on the CPU) agrees
     with the torch backend, through a snapshot and a log replayed in either backend."""
-    from tests.test_backend import MANIFEST, tiny_model, walk
+    from tests.test_backend import DEVICE, MANIFEST, tiny_model, walk
 
-    model = tiny_model()
+    model = tiny_model().to(DEVICE)  # on a GPU the pool's one-patch appends replay CUDA graphs
     pool = Engine(model, MANIFEST, 4, backend="triton", scratch_slots=2)
     store = open_store(tmp_path, pool)
     pool.append("a", walk(19, 1).tolist(), None)
@@ -248,6 +260,45 @@ def test_kill_9_loses_no_acknowledged_append(tmp_path):
         assert server.client.get("/series/gone").status_code == 404
         metrics = server.client.get("/metrics").text
         assert value(metrics, "rimer_recovery_records_replayed") == 62
+    finally:
+        kill(server)
+
+
+def test_kill_9_mid_flight(tmp_path):
+    """Killed while appends are in flight: each series holds every acknowledged append, and at
+    most the one in flight besides (sent, maybe logged, never acknowledged)."""
+    ids = [f"t{k}" for k in range(3)]
+    acked, in_flight, stop = dict.fromkeys(ids, 0), dict.fromkeys(ids, 0), threading.Event()
+    server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0.3")
+
+    def work(k: int) -> None:
+        rng, sid = random.Random(k), ids[k]
+        while not stop.is_set():
+            in_flight[sid] = n = rng.randint(1, 45)
+            try:
+                r = server.client.post(f"/series/{sid}/append", json={"values": series(n, k)})
+            except Exception:
+                return  # the server is gone
+            if r.status_code != 200:
+                return
+            acked[sid], in_flight[sid] = acked[sid] + n, 0
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(len(ids))]
+    try:
+        for t in workers:
+            t.start()
+        time.sleep(2.0)
+    finally:
+        kill(server)
+        stop.set()
+        for t in workers:
+            t.join()
+    assert all(acked.values())
+    server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
+    try:
+        for sid in ids:
+            length = server.client.get(f"/series/{sid}").json()["length"]
+            assert length in (acked[sid], acked[sid] + in_flight[sid]), (sid, length, acked, in_flight)
     finally:
         kill(server)
 
