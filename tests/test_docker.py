@@ -103,6 +103,7 @@ def test_compose_names_the_services_gpu_volume_and_ports():
     assert f"{Settings.port}:{Settings.port}" in rimer["ports"]
     data = [v.split(":") for v in rimer["volumes"]]
     assert any(target == "/data" and source in c["volumes"] for source, target, *_ in data)
+    assert rimer["environment"]["RIMER_DATA_DIR"] == "/data"  # the volume holds the WAL and snapshots
     assert "RIMER_API_KEYS" in rimer["environment"]  # passed through from the host when set
 
     prom = c["services"]["prometheus"]
