@@ -167,7 +167,7 @@ def write_report(out: Path, name: str, all_results: dict, args, lookback_desc: s
               "many second-hand, approximate):", "", "| method | H=96 MSE | avg MSE |",
               "| --- | --- | --- |"]
     for method, h96, avg in QUOTED_ETTH1:
-        lines.append(f"| {method} | {h96 if h96 is not None else '-'} | {avg} |")
+        lines.append(f"| {method} | {'-' if h96 is None else f'{h96:.3f}'} | {avg:.3f} |")
     lines += ["", "![sample forecasts](forecast.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
 
