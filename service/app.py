@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse
 
 from service import schemas
 from service.auth import ApiKeyAuth, load_keys
-from service.engine import Engine, EngineError
+from service.engine import Engine, EngineError, Op
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
+from service.scheduler import Scheduler
 from service.settings import Settings
 from service.store import Store, StoreError
 
@@ -46,8 +47,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             except StoreError as exc:
                 log.error("cannot start: %s", exc)
                 raise
-        app.state.store, app.state.engine = store, loaded
+        scheduler = (Scheduler(loaded, settings.batch_window_ms, settings.max_batch, metrics)
+                     if settings.batch_window_ms > 0 else None)
+        app.state.store, app.state.scheduler, app.state.engine = store, scheduler, loaded
         yield
+        if scheduler is not None:
+            scheduler.close()
         if store is not None:
             store.close(snapshot=True)
 
@@ -132,14 +137,61 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return {"model": e.name, "horizon": body.horizon,
                 "forecasts": [{"id": s.id, "mean": m} for s, m in zip(body.series, means)]}
 
+    async def run_ops(request: Request, ops: list[Op], op: str, single=None):
+        """Through the scheduler when batching is on; else in the thread pool, `single` for
+        a one-op request (the engine's per-series path) or one engine batch."""
+        e = engine_of(request)
+        scheduler = getattr(request.app.state, "scheduler", None)
+        if scheduler is not None:
+            return await scheduler.submit(ops)
+        if single is not None:
+            return [await run_in_threadpool(metrics.timed, op, *single)]
+        out = (await run_in_threadpool(metrics.timed, op, e.apply_batch, [ops]))[0]
+        if isinstance(out, EngineError):
+            raise out
+        return out
+
+    @app.post("/series/append", response_model=schemas.BulkAppendResponse,
+              response_model_exclude_none=True)
+    async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
+        """Append to many series at once; checked whole: one bad item refuses them all."""
+        check_horizon(body.horizon)
+        if len(body.series) > settings.max_series_per_request:
+            raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
+                                   f"{settings.max_series_per_request}", "series")
+        check_points(sum(len(s.values) for s in body.series), "series")
+        ops = [Op(s.id, s.values, body.horizon, f"series[{i}]") for i, s in enumerate(body.series)]
+        results = await run_ops(request, ops, "bulk_append")
+        metrics.points_appended.inc(sum(len(s.values) for s in body.series))
+        out = []
+        for s, (length, mean) in zip(body.series, results):
+            item = {"id": s.id, "length": length}
+            if mean is not None:
+                item["forecast"] = {"mean": mean}
+                metrics.points_forecast.labels("append").inc(len(mean))
+            out.append(item)
+        return {"series": out}
+
+    @app.get("/series", response_model=schemas.SeriesList)
+    async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
+                          cursor: str | None = Query(None, description="`next_cursor` of the "
+                                                     "previous page")):
+        """Streaming series held, with their lengths, in id order, a page at a time."""
+        page = engine_of(request).list_series(limit + 1, cursor)
+        more = len(page) > limit
+        page = page[:limit]
+        return {"series": [{"id": i, "length": n} for i, n in page],
+                "next_cursor": page[-1][0] if more else None}
+
     @app.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
               response_model_exclude_none=True)
     async def append(body: schemas.AppendRequest, request: Request,
                      series_id: str = SeriesId):
         check_horizon(body.horizon)
         check_points(len(body.values), "values")
-        length, mean = await run_in_threadpool(metrics.timed, "append", engine_of(request).append,
-                                               series_id, body.values, body.horizon)
+        e = engine_of(request)
+        [(length, mean)] = await run_ops(request, [Op(series_id, body.values, body.horizon)],
+                                         "append", (e.append, series_id, body.values, body.horizon))
         metrics.points_appended.inc(len(body.values))
         if mean is not None:
             metrics.points_forecast.labels("append").inc(len(mean))
@@ -152,8 +204,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def series_forecast(request: Request, series_id: str = SeriesId,
                               horizon: int = Query(96, ge=1)):
         check_horizon(horizon)
-        length, mean = await run_in_threadpool(metrics.timed, "series_forecast",
-                                               engine_of(request).forecast_series, series_id, horizon)
+        e = engine_of(request)
+        [(length, mean)] = await run_ops(request, [Op(series_id, None, horizon)], "series_forecast",
+                                         (e.forecast_series, series_id, horizon))
         metrics.points_forecast.labels("series_forecast").inc(horizon)
         return {"id": series_id, "length": length, "horizon": horizon, "mean": mean}
 

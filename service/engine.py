@@ -51,6 +51,30 @@ class SeriesEntry:
     lock: threading.Lock
 
 
+@dataclass(eq=False)
+class Op:
+    """One series' part of a batched request: append `values` (None: forecast only), and forecast
+    `horizon` points after it when given. `prefix` names the item in errors ("series[3]")."""
+
+    series_id: str
+    values: list[float] | None
+    horizon: int | None = None
+    prefix: str = ""
+    length: int = 0  # set by the engine: the series' length after this op
+    mean: list[float] | None = None
+    state: RimerState | None = None
+
+    def field(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+_SMALL_FIELDS = ("shift", "n_patches", "tail", "tail_len", "norm", "next_patch")
+
+
+def _tensors(ops: list[Op]) -> list[torch.Tensor]:
+    return [torch.tensor(op.values, dtype=torch.float32) for op in ops]
+
+
 class Journal(Protocol):
     """What the engine needs of a write-ahead log (service/store.py's WriteAheadLog)."""
 
@@ -94,7 +118,7 @@ class SlotPool:
         self.free = list(range(max_series - 1, -1, -1))
         self.slot: dict[str, int] = {}
         self.length: dict[str, int] = {}  # points seen, on the host
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: a batch holds it around several appends
         self.graphs = None
         if graphs:
             from kernels.graphs import StepGraphs
@@ -270,8 +294,10 @@ class Engine:
                 del self._pool.slot[series_id], self._pool.length[series_id]
                 self._pool.free.append(slot)
         else:
-            with self._journal_lock():
-                if series_id not in self._series:
+            entry = self._entry(series_id, create=False)
+            # The entry's lock: a batch (apply_batch) holding it computes on this series.
+            with entry.lock, self._journal_lock():
+                if self._series.get(series_id) is not entry:
                     raise EngineError(404, f"unknown series {series_id!r}", "id")
                 if self.journal is not None:
                     ticket = self.journal.write_delete(series_id)
@@ -279,6 +305,222 @@ class Engine:
                     self._series.pop(series_id, None)
         if ticket is not None:
             self.journal.sync(ticket)
+
+    # ---- batches: many series' appends and forecasts in one call (service/scheduler.py) -----
+
+    def list_series(self, limit: int, after: str | None = None) -> list[tuple[str, int]]:
+        """Up to `limit` (id, length) pairs in id order, ids after `after` (a cursor)."""
+        if self._pool is not None:
+            with self._pool.lock:
+                held = dict(self._pool.length)
+        else:
+            with self._table_lock:
+                entries = list(self._series.items())
+            held = {i: int(e.state.length[0]) for i, e in entries}
+        ids = sorted(i for i, n in held.items() if n > 0 and (after is None or i > after))
+        return [(i, held[i]) for i in ids[:limit]]
+
+    def apply_batch(self, requests: list[list[Op]]) -> list[list[tuple[int, list[float] | None]]
+                                                             | EngineError]:
+        """Apply several requests, each a list of `Op`s, in order; per request, its results or
+        the EngineError that rejected it whole (a rejected request changes nothing, and does not
+        affect the others). Ops on one series apply in the order given (request order, then op
+        order). Torch: one `model.append` per round (the k-th op of every series), one
+        `model.forecast` per horizon; triton: per-op calls under the pool's lock."""
+        try:
+            self._require_streamable()
+        except EngineError as exc:
+            return [exc for _ in requests]
+        if self._pool is not None:
+            results, ticket = self._pool_batch(requests)
+        else:
+            results, ticket = self._torch_batch(requests)
+        if ticket is not None:
+            try:
+                self.journal.sync(ticket)  # outside the engine's locks
+            except EngineError as exc:
+                return [exc for _ in requests]
+        return results
+
+    def _plan(self, requests: list[list[Op]], length_of: Callable[[str], int | None],
+              held: int) -> dict[int, EngineError]:
+        """Check every request against the lengths its predecessors in the batch leave (nothing
+        changes here); the rejected ones, by index. Sets each accepted op's `length`."""
+        sim: dict[str, int | None] = {}
+        errors: dict[int, EngineError] = {}
+        for r, ops in enumerate(requests):
+            local: dict[str, int | None] = {}
+            created = 0
+            try:
+                for op in ops:
+                    sid = op.series_id
+                    cur = local[sid] if sid in local else sim[sid] if sid in sim else length_of(sid)
+                    if op.values is None:  # forecast only
+                        if cur is None:
+                            raise EngineError(404, f"unknown series {sid!r}", op.field("id"))
+                        self.check_forecastable(cur, op.horizon, op.field("horizon"))
+                        op.length = cur
+                        continue
+                    if cur is None:
+                        if held + created >= self.max_series:
+                            raise EngineError(409, f"the service holds its maximum of "
+                                                   f"{self.max_series} series; delete some first",
+                                              op.field("id"))
+                        created, cur = created + 1, 0
+                    new = cur + len(op.values)
+                    if op.horizon is not None:
+                        self.check_forecastable(new, op.horizon, op.field("horizon"))
+                    self._check_positions(new, op.field("values"))
+                    local[sid] = op.length = new
+            except EngineError as exc:
+                errors[r] = exc
+                continue
+            sim.update(local)
+            held += created
+        return errors
+
+    def _lock_entries(self, requests: list[list[Op]]) -> tuple[dict[str, SeriesEntry], list, set]:
+        """The entries of every series named, locked (in id order); placeholders for new series
+        an append names. Returns (entries, locks held, ids of placeholders created here)."""
+        appended = {op.series_id for ops in requests for op in ops if op.values is not None}
+        named = sorted({op.series_id for ops in requests for op in ops})
+        while True:
+            entries, created = {}, set()
+            with self._table_lock:
+                for sid in named:
+                    entry = self._series.get(sid)
+                    if entry is None and sid in appended:
+                        state = RimerState.zeros(self.model.cfg, 1, self.device)
+                        entry = self._series[sid] = SeriesEntry(state, threading.Lock())
+                        created.add(sid)
+                    if entry is not None:
+                        entries[sid] = entry
+            locks = []
+            for sid in named:
+                if sid in entries:
+                    entries[sid].lock.acquire()
+                    locks.append(entries[sid].lock)
+            if all(self._series.get(sid) is e for sid, e in entries.items()):
+                return entries, locks, created
+            for lock in reversed(locks):  # one was deleted meanwhile: start again
+                lock.release()
+
+    def _torch_batch(self, requests: list[list[Op]]):
+        entries, locks, created = self._lock_entries(requests)
+        results: list = [None] * len(requests)
+        ticket = None
+        try:
+            def length_of(sid: str) -> int | None:
+                e = entries.get(sid)
+                n = int(e.state.length[0]) if e is not None else 0
+                return n if e is not None and (n > 0 or sid not in created) else None
+
+            held = len(self._series) - len(created)
+            errors = self._plan(requests, length_of, held)
+            accepted = [r for r in range(len(requests)) if r not in errors]
+            for r, exc in errors.items():
+                results[r] = exc
+            rounds: list[list[Op]] = []
+            seen: dict[str, int] = {}
+            for r in accepted:
+                for op in requests[r]:
+                    k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
+                    if k == len(rounds):
+                        rounds.append([])
+                    rounds[k].append(op)
+            states = {sid: e.state for sid, e in entries.items()}
+            for ops in rounds:
+                self._torch_round(ops, states)
+            with self._journal_lock():
+                for r in accepted:
+                    done = []
+                    try:
+                        for op in requests[r]:
+                            if op.values is not None:
+                                if self.journal is not None:
+                                    ticket = self.journal.write_append(op.series_id, op.values,
+                                                                       op.length)
+                                entries[op.series_id].state = op.state
+                            done.append((op.length, op.mean))
+                    except EngineError as exc:  # the log broke: what it holds stays applied
+                        results[r] = exc
+                        for rest in accepted[accepted.index(r) + 1:]:
+                            results[rest] = exc
+                        break
+                    results[r] = done
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+            for sid in created:
+                self._forget_if_empty(sid, entries[sid])
+        return results, ticket
+
+    def _torch_round(self, ops: list[Op], states: dict[str, RimerState]) -> None:
+        """At most one op per series: append (one model call for the series that only extend their
+        tail, one for those that complete a patch), then forecast (one call per horizon). Sets
+        `op.state` and `op.mean`; `states` moves on to the new states."""
+        p = self.patch_len
+        appends = [op for op in ops if op.values is not None]
+        tail_only = [op for op in appends
+                     if int(states[op.series_id].tail_len[0]) + len(op.values) < p]
+        stepped = [op for op in appends
+                   if int(states[op.series_id].tail_len[0]) + len(op.values) >= p]
+        if tail_only:  # no patch completes: the matrices are neither read nor changed
+            old = [states[op.series_id] for op in tail_only]
+            small = {f: torch.cat([getattr(s, f) for s in old]) for f in _SMALL_FIELDS}
+            out = self.model.append(RimerState(wkv=None, **small), _tensors(tail_only))
+            rows = {f: t.split(1) for f, t in out.tensors().items()}
+            for b, op in enumerate(tail_only):
+                op.state = RimerState(wkv=old[b].wkv, **{f: rows[f][b] for f in _SMALL_FIELDS})
+        if stepped:
+            if self.journal is not None:
+                # The log is replayed one append at a time; CPU matrix products differ in the last
+                # bits with the batch size, so compute as replay will (bit-identical recovery).
+                for op in stepped:
+                    op.state = self.model.append(states[op.series_id], _tensors([op]))
+            else:
+                out = self.model.append(RimerState.cat([states[op.series_id] for op in stepped]),
+                                        _tensors(stepped))
+                rows = {f: t.split(1) for f, t in out.tensors().items()}
+                for b, op in enumerate(stepped):
+                    op.state = RimerState(**{f: rows[f][b] for f in rows})
+        for op in appends:
+            states[op.series_id] = op.state
+        by_horizon: dict[int, list[Op]] = {}
+        for op in ops:
+            if op.horizon is not None:
+                by_horizon.setdefault(op.horizon, []).append(op)
+        for horizon, group in by_horizon.items():
+            batch = RimerState.cat([states[op.series_id] for op in group])
+            means = self.model.forecast(batch, horizon).cpu().tolist()
+            for op, mean in zip(group, means):
+                op.mean = mean
+
+    def _pool_batch(self, requests: list[list[Op]]):
+        """Triton: checked whole like torch, then applied op by op (not batched into one kernel
+        call yet) under the pool's lock, so nothing else comes between the check and the changes."""
+        sp = self._pool
+        results: list = []
+        ticket = None
+        with sp.lock:
+            errors = self._plan(requests, sp.length.get, len(sp.slot))
+            for r, ops in enumerate(requests):
+                if r in errors:
+                    results.append(errors[r])
+                    continue
+                done = []
+                try:
+                    for op in ops:
+                        if op.values is None:
+                            done.append(self._pool_forecast_series(op.series_id, op.horizon))
+                            continue
+                        length, mean, t = self._pool_append(op.series_id, op.values, op.horizon)
+                        ticket = t if t is not None else ticket
+                        done.append((length, mean))
+                except EngineError as exc:
+                    done = exc
+                results.append(done)
+        return results, ticket
 
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 

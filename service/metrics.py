@@ -30,6 +30,7 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # Engine calls range from sub-millisecond one-patch appends to multi-second batch forecasts.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                 10.0, 30.0, 60.0)
 
@@ -96,7 +97,18 @@ class Metrics:
                                       "(snapshot load and log replay)", registry=r)
         self.recovery_records = Gauge("rimer_recovery_records_replayed", "write-ahead log records "
                                       "replayed at start-up", registry=r)
+        # Micro-batching (service/scheduler.py): one observation per engine batch.
+        self.batch_requests = Histogram("rimer_batch_requests", "HTTP requests coalesced into one "
+                                        "engine batch", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_series = Histogram("rimer_batch_series", "series operations (appends and "
+                                      "forecasts) in one engine batch", buckets=BATCH_BUCKETS,
+                                      registry=r)
         r.register(_EngineCollector(get_engine))
+
+    def observe_batch(self, requests: int, ops: int, seconds: float) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_series.observe(ops)
+        self.step.labels("batch").observe(seconds)
 
     def timed(self, op: str, fn: Callable[..., T], *args) -> T:
         """Call `fn(*args)` (in the worker thread) and record its duration under `op`."""

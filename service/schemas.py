@@ -49,6 +49,33 @@ class AppendResponse(BaseModel):
     forecast: Forecast | None = None
 
 
+class BulkItem(Strict):
+    id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
+    values: list[float] = Field(min_length=1, description="new points, oldest first")
+
+
+class BulkAppendRequest(Strict):
+    series: list[BulkItem] = Field(min_length=1, description="appends, applied in order (an id "
+                                   "may repeat: its appends apply in order)")
+    horizon: int | None = Field(None, ge=1, description="also return each series' forecast of "
+                                "this many points")
+
+
+class BulkAppendResponse(BaseModel):
+    series: list[AppendResponse]
+
+
+class SeriesLength(BaseModel):
+    id: str
+    length: int
+
+
+class SeriesList(BaseModel):
+    series: list[SeriesLength]
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next page; "
+                                    "null on the last page")
+
+
 class SeriesForecastResponse(BaseModel):
     id: str
     length: int

@@ -29,6 +29,8 @@ class Settings:
     fsync: str = "always"  # always | interval
     fsync_interval_ms: int = 100
     snapshot_interval_s: float = 60.0
+    batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
+    max_batch: int = 1024
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -60,6 +62,10 @@ HELP = {
     "fsync_interval_ms": "milliseconds between fsyncs with --fsync interval",
     "snapshot_interval_s": "seconds between snapshots of every series (also one at clean "
                            "shutdown; 0: only then); the log is cut after each",
+    "batch_window_ms": "milliseconds to wait for concurrent appends and forecasts of streaming "
+                       "series to coalesce into one model call (waited only while requests are "
+                       "concurrent); 0: off, each request calls the engine on its own",
+    "max_batch": "most series operations coalesced into one batch",
 }
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -107,6 +113,10 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--fsync-interval-ms must be positive")
     if values["snapshot_interval_s"] < 0:
         ap.error("--snapshot-interval-s must be 0 (only at shutdown) or more")
+    if values["batch_window_ms"] < 0:
+        ap.error("--batch-window-ms must be 0 (off) or more")
+    if values["max_batch"] < 1:
+        ap.error("--max-batch must be at least 1")
     if values["api_keys_file"]:
         from service.auth import read_keys_file
         try:
