@@ -60,6 +60,7 @@ class Op:
     values: list[float] | None
     horizon: int | None = None
     prefix: str = ""
+    meta: dict | None = None  # the HTTP layer's per-series metadata after this op (timestamps)
     length: int = 0  # set by the engine: the series' length after this op
     mean: list[float] | None = None
     state: RimerState | None = None
@@ -81,7 +82,8 @@ class Journal(Protocol):
     lock: AbstractContextManager  # held around a record's write and the state change it records
 
     def exclusive(self) -> AbstractContextManager: ...  # no write or sync in progress while held
-    def write_append(self, series_id: str, values: list[float], length: int) -> int: ...
+    def write_append(self, series_id: str, values: list[float], length: int,
+                     meta: dict | None = None) -> int: ...
     def write_delete(self, series_id: str) -> int: ...
     def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
 
@@ -142,6 +144,9 @@ class Engine:
         self.state_bytes = RimerState.zeros(model.cfg, 1).nbytes_per_series()
         self._pool: SlotPool | None = None
         self.journal: Journal | None = None  # set by service.store once recovery is done
+        # Per-series metadata of the HTTP layer (service/timeline.py), opaque here: set with the
+        # append that carries it, under the journal's lock, logged with it, dropped on delete.
+        self.meta: dict[str, dict] = {}
         if self.backend == "triton":
             if cuda_graphs is None:
                 cuda_graphs = self.device.type == "cuda"
@@ -211,13 +216,15 @@ class Engine:
                 entry = self._series[series_id] = SeriesEntry(state, threading.Lock())
             return entry
 
-    def append(self, series_id: str, values: list[float], horizon: int | None
-               ) -> tuple[int, list[float] | None]:
+    def append(self, series_id: str, values: list[float], horizon: int | None,
+               meta: dict | None = None) -> tuple[int, list[float] | None]:
+        """Append `values` (and forecast `horizon` points after them); `meta`, when given,
+        replaces the series' metadata in the same logged step."""
         self._require_streamable()
         if self._pool is not None:
-            length, mean, ticket = self._pool_append(series_id, values, horizon)
+            length, mean, ticket = self._pool_append(series_id, values, horizon, meta)
         else:
-            length, mean, ticket = self._torch_append(series_id, values, horizon)
+            length, mean, ticket = self._torch_append(series_id, values, horizon, meta)
         if ticket is not None:
             self.journal.sync(ticket)  # outside the engine's locks: concurrent appends share fsyncs
         return length, mean
@@ -225,8 +232,8 @@ class Engine:
     def _journal_lock(self) -> AbstractContextManager:
         return self.journal.lock if self.journal is not None else nullcontext()
 
-    def _torch_append(self, series_id: str, values: list[float], horizon: int | None
-                      ) -> tuple[int, list[float] | None, int | None]:
+    def _torch_append(self, series_id: str, values: list[float], horizon: int | None,
+                      meta: dict | None = None) -> tuple[int, list[float] | None, int | None]:
         while True:
             entry = self._entry(series_id, create=True)
             with entry.lock:
@@ -243,12 +250,17 @@ class Engine:
                         if self._series.get(series_id) is not entry:
                             continue  # deleted while we computed: start again on a new series
                         if self.journal is not None:
-                            ticket = self.journal.write_append(series_id, values, length)
+                            ticket = self.journal.write_append(series_id, values, length, meta)
                         entry.state = new_state
+                        self._set_meta(series_id, meta)
                 except BaseException:
                     self._forget_if_empty(series_id, entry)
                     raise
                 return length, mean, ticket
+
+    def _set_meta(self, series_id: str, meta: dict | None) -> None:
+        if meta is not None:
+            self.meta[series_id] = meta
 
     def _forget_if_empty(self, series_id: str, entry: SeriesEntry) -> None:
         """Undo the creation of a series whose first append was rejected."""
@@ -293,6 +305,7 @@ class Engine:
                     ticket = self.journal.write_delete(series_id)
                 del self._pool.slot[series_id], self._pool.length[series_id]
                 self._pool.free.append(slot)
+                self.meta.pop(series_id, None)
         else:
             entry = self._entry(series_id, create=False)
             # The entry's lock: a batch (apply_batch) holding it computes on this series.
@@ -303,6 +316,7 @@ class Engine:
                     ticket = self.journal.write_delete(series_id)
                 with self._table_lock:
                     self._series.pop(series_id, None)
+                self.meta.pop(series_id, None)
         if ticket is not None:
             self.journal.sync(ticket)
 
@@ -439,8 +453,9 @@ class Engine:
                             if op.values is not None:
                                 if self.journal is not None:
                                     ticket = self.journal.write_append(op.series_id, op.values,
-                                                                       op.length)
+                                                                       op.length, op.meta)
                                 entries[op.series_id].state = op.state
+                                self._set_meta(op.series_id, op.meta)
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
                         results[r] = exc
@@ -514,7 +529,8 @@ class Engine:
                         if op.values is None:
                             done.append(self._pool_forecast_series(op.series_id, op.horizon))
                             continue
-                        length, mean, t = self._pool_append(op.series_id, op.values, op.horizon)
+                        length, mean, t = self._pool_append(op.series_id, op.values, op.horizon,
+                                                            op.meta)
                         ticket = t if t is not None else ticket
                         done.append((length, mean))
                 except EngineError as exc:
@@ -584,8 +600,8 @@ class Engine:
                                    f"{cfg.max_positions} patches of {cfg.patch_len} points; the "
                                    f"series would have {length} points", field)
 
-    def _pool_append(self, series_id: str, values: list[float], horizon: int | None
-                     ) -> tuple[int, list[float] | None, int | None]:
+    def _pool_append(self, series_id: str, values: list[float], horizon: int | None,
+                     meta: dict | None = None) -> tuple[int, list[float] | None, int | None]:
         sp, p = self._pool, self.patch_len
         with sp.lock:
             # Every check first: past this point the pool changes.
@@ -618,9 +634,10 @@ class Engine:
                     self.model.append_slots(sp.pool, rows, [vals])
                 mean = (self.model.forecast_slots(sp.pool, rows, horizon, sp.scratch[:1])[0].tolist()
                         if horizon else None)
-                if self.journal is not None:
-                    with self.journal.lock:
-                        ticket = self.journal.write_append(series_id, values, new_length)
+                with self._journal_lock():
+                    if self.journal is not None:
+                        ticket = self.journal.write_append(series_id, values, new_length, meta)
+                    self._set_meta(series_id, meta)
             except BaseException:
                 if created:
                     sp.free.append(slot)

@@ -226,7 +226,8 @@ class WriteAheadLog:
                 self.metrics.wal_bytes.inc(len(data))
             return self.seq
 
-    def write_append(self, series_id: str, values: list[float], length: int) -> int:
+    def write_append(self, series_id: str, values: list[float], length: int,
+                     meta: dict | None = None) -> int:
         return self._write(Record(KIND_APPEND, 0, series_id, length, values), "append")
 
     def write_delete(self, series_id: str) -> int:
