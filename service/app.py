@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from pathlib import Path as PathLib
 
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from service import schemas
 from service.auth import ApiKeyAuth, load_keys
+from service.cache import IdleExpiry
 from service.engine import Engine, EngineError, Op
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
@@ -36,8 +38,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaded = engine or Engine.load(settings.weights, settings.device,
-                                       settings.max_series, settings.backend)
+        spill_dir = settings.spill_dir or (str(PathLib(settings.data_dir) / "spill")
+                                           if settings.data_dir else None)
+        loaded = engine or Engine.load(settings.weights, settings.device, settings.max_series,
+                                       settings.backend, capacity=settings.cache_capacity,
+                                       host_capacity=settings.host_capacity, spill_dir=spill_dir)
         store = None
         if settings.data_dir:  # recover before serving: /readyz says ready only after this
             store = Store(settings.data_dir, loaded, settings.fsync, settings.fsync_interval_ms,
@@ -50,11 +55,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         scheduler = (Scheduler(loaded, settings.batch_window_ms, settings.max_batch, metrics)
                      if settings.batch_window_ms > 0 else None)
         app.state.store, app.state.scheduler, app.state.engine = store, scheduler, loaded
+        expiry = IdleExpiry(loaded, settings.idle_expiry_s) if settings.idle_expiry_s > 0 else None
         yield
+        if expiry is not None:
+            expiry.close()
         if scheduler is not None:
             scheduler.close()
         if store is not None:
             store.close(snapshot=True)
+        if engine is None:
+            loaded.close()
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
     metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None))

@@ -24,7 +24,10 @@ to and from the host for snapshots, whatever the backend.
 from __future__ import annotations
 
 import math
+import tempfile
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ import torch
 from model import checkpoint
 from model.rimer import Rimer
 from model.state import RimerState
+from service.cache import SpillError, SpillTiers
 
 
 class EngineError(Exception):
@@ -47,8 +51,16 @@ class EngineError(Exception):
 
 @dataclass
 class SeriesEntry:
-    state: RimerState
+    state: RimerState | None  # None while spilled to the host or disk tier
     lock: threading.Lock
+    length: int = 0  # points seen (kept here so that listing needs no state)
+    touched: float = 0.0  # time.monotonic() of the last request (idle expiry)
+
+    def set_state(self, state: RimerState) -> None:
+        """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
+        contiguous, and CPU kernels may round differently with other strides."""
+        tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+        self.state, self.length = RimerState(**tensors), int(state.length[0])
 
 
 @dataclass(eq=False)
@@ -112,14 +124,15 @@ def resolve_device(name: str) -> torch.device:
 class SlotPool:
     """The triton backend's states: a RimerState of preallocated rows (slots) on the device."""
 
-    def __init__(self, model: Rimer, max_series: int, scratch: int, graphs: bool):
+    def __init__(self, model: Rimer, capacity: int, scratch: int, graphs: bool):
         device = model.head.weight.device
-        self.pool = RimerState.zeros(model.cfg, max_series + scratch + 1, device)
-        self.scratch = torch.arange(max_series, max_series + scratch, device=device)
-        self.spare = max_series + scratch  # padding rows of CUDA-graph batches name this slot
-        self.free = list(range(max_series - 1, -1, -1))
-        self.slot: dict[str, int] = {}
-        self.length: dict[str, int] = {}  # points seen, on the host
+        self.pool = RimerState.zeros(model.cfg, capacity + scratch + 1, device)
+        self.scratch = torch.arange(capacity, capacity + scratch, device=device)
+        self.spare = capacity + scratch  # padding rows of CUDA-graph batches name this slot
+        self.free = list(range(capacity - 1, -1, -1))
+        self.slot: OrderedDict[str, int] = OrderedDict()  # series on the device, LRU first
+        self.length: dict[str, int] = {}  # points seen, on the host: every series, any tier
+        self.touched: dict[str, float] = {}  # time.monotonic() of the last request
         self.lock = threading.RLock()  # re-entrant: a batch holds it around several appends
         self.graphs = None
         if graphs:
@@ -132,14 +145,28 @@ class SlotPool:
 
 class Engine:
     def __init__(self, model: Rimer, manifest: dict, max_series: int, backend: str = "torch",
-                 scratch_slots: int = SCRATCH_SLOTS, cuda_graphs: bool | None = None):
+                 scratch_slots: int = SCRATCH_SLOTS, cuda_graphs: bool | None = None,
+                 capacity: int | None = None, host_capacity: int = 0,
+                 spill_dir: str | None = None):
+        """`max_series` bounds the series held in all tiers; `capacity` (default: max_series)
+        the states on the model's device; past it the least recently used spill to host memory
+        (`host_capacity` states) and then to files in `spill_dir` (default: a temporary one)."""
         self.model = model
         self.manifest = manifest
         self.name = str(manifest.get("name", "rimer"))
         self.device = model.head.weight.device
         self.max_series = max_series
+        self.capacity = max_series if capacity is None else max(1, min(capacity, max_series))
         self.backend = resolve_backend(backend, self.device)
+        self.spill: SpillTiers | None = None
+        self._temp_spill_dir: str | None = None
+        if self.capacity < max_series:
+            if spill_dir is None:
+                spill_dir = self._temp_spill_dir = tempfile.mkdtemp(prefix="rimer-spill-")
+            self.spill = SpillTiers(host_capacity, spill_dir)
+        self.cache_stats = {"hits": 0, "misses": 0, "expired": 0}
         self._series: dict[str, SeriesEntry] = {}
+        self._resident: OrderedDict[str, None] = OrderedDict()  # torch: states on the device, LRU
         self._table_lock = threading.Lock()
         self.state_bytes = RimerState.zeros(model.cfg, 1).nbytes_per_series()
         self._pool: SlotPool | None = None
@@ -150,12 +177,19 @@ class Engine:
         if self.backend == "triton":
             if cuda_graphs is None:
                 cuda_graphs = self.device.type == "cuda"
-            self._pool = SlotPool(model, max_series, scratch_slots, cuda_graphs)
+            self._pool = SlotPool(model, self.capacity, scratch_slots, cuda_graphs)
 
     @classmethod
-    def load(cls, weights: str, device: str, max_series: int, backend: str = "auto") -> Engine:
+    def load(cls, weights: str, device: str, max_series: int, backend: str = "auto",
+             **cache) -> Engine:
         model, manifest = checkpoint.load(weights, resolve_device(device))
-        return cls(model, manifest, max_series, backend)
+        return cls(model, manifest, max_series, backend, **cache)
+
+    def close(self) -> None:
+        """Remove a temporary spill directory."""
+        if self._temp_spill_dir is not None:
+            import shutil
+            shutil.rmtree(self._temp_spill_dir, ignore_errors=True)
 
     @property
     def patch_len(self) -> int:
@@ -164,7 +198,14 @@ class Engine:
     @property
     def series_held(self) -> int:
         """Streaming series held now (read without a lock: a gauge, not a decision)."""
-        return len(self._pool.slot) if self._pool is not None else len(self._series)
+        return len(self._pool.length) if self._pool is not None else len(self._series)
+
+    @property
+    def cache_sizes(self) -> dict[str, int]:
+        """States per tier now (a gauge, read without a lock)."""
+        device = len(self._pool.slot) if self._pool is not None else len(self._resident)
+        tiers = self.spill.tier_sizes() if self.spill is not None else {"host": 0, "disk": 0}
+        return {"device": device, **tiers}
 
     # ---- limits the model imposes ----------------------------------------------------------
 
@@ -216,6 +257,47 @@ class Engine:
                 entry = self._series[series_id] = SeriesEntry(state, threading.Lock())
             return entry
 
+    def _on_device(self, series_id: str, entry: SeriesEntry) -> RimerState:
+        """The series' state on the device, taken back from a lower tier if spilled; the caller
+        holds `entry.lock` (so no one else moves it). Call `_shrink` once the lock is let go."""
+        with self._table_lock:
+            if entry.state is None:
+                try:
+                    entry.set_state(self.spill.take(series_id).to(self.device))
+                except SpillError as exc:
+                    raise EngineError(500, str(exc), "id") from exc
+                self.cache_stats["misses"] += 1
+            else:
+                self.cache_stats["hits"] += 1
+            self._resident[series_id] = None
+            self._resident.move_to_end(series_id)
+            entry.touched = time.monotonic()
+            return entry.state
+
+    def _shrink(self) -> None:
+        """Torch: spill least recently used states until the device holds `capacity`; states
+        in use (their lock held) stay, so a batch may exceed the capacity while it runs."""
+        if self.spill is None:
+            return
+        with self._table_lock:
+            over = len(self._resident) - self.capacity
+            for series_id in list(self._resident):
+                if over <= 0:
+                    break
+                entry = self._series.get(series_id)
+                if entry is None or entry.state is None:
+                    self._resident.pop(series_id, None)
+                    continue
+                if entry.length == 0 or not entry.lock.acquire(blocking=False):
+                    continue
+                try:
+                    self.spill.put(series_id, entry.state)
+                    entry.state = None
+                    del self._resident[series_id]
+                    over -= 1
+                finally:
+                    entry.lock.release()
+
     def append(self, series_id: str, values: list[float], horizon: int | None,
                meta: dict | None = None) -> tuple[int, list[float] | None]:
         """Append `values` (and forecast `horizon` points after them); `meta`, when given,
@@ -234,14 +316,24 @@ class Engine:
 
     def _torch_append(self, series_id: str, values: list[float], horizon: int | None,
                       meta: dict | None = None) -> tuple[int, list[float] | None, int | None]:
+        try:
+            return self._torch_append_resident(series_id, values, horizon, meta)
+        finally:
+            self._shrink()
+
+    def _torch_append_resident(self, series_id: str, values: list[float], horizon: int | None,
+                               meta: dict | None) -> tuple[int, list[float] | None, int | None]:
         while True:
             entry = self._entry(series_id, create=True)
             with entry.lock:
+                if self._series.get(series_id) is not entry:
+                    continue  # deleted meanwhile: start again on a new series
                 try:
-                    old_length = int(entry.state.length[0])
+                    state = self._on_device(series_id, entry)
+                    old_length = entry.length
                     if horizon is not None:
                         self.check_forecastable(old_length + len(values), horizon, "horizon")
-                    new_state = self.model.append(entry.state,
+                    new_state = self.model.append(state,
                                                   [torch.tensor(values, dtype=torch.float32)])
                     mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
                             if horizon else None)
@@ -251,7 +343,7 @@ class Engine:
                             continue  # deleted while we computed: start again on a new series
                         if self.journal is not None:
                             ticket = self.journal.write_append(series_id, values, length, meta)
-                        entry.state = new_state
+                        entry.set_state(new_state)
                         self._set_meta(series_id, meta)
                 except BaseException:
                     self._forget_if_empty(series_id, entry)
@@ -265,18 +357,25 @@ class Engine:
     def _forget_if_empty(self, series_id: str, entry: SeriesEntry) -> None:
         """Undo the creation of a series whose first append was rejected."""
         with self._table_lock:
-            if self._series.get(series_id) is entry and int(entry.state.length[0]) == 0:
+            if self._series.get(series_id) is entry and entry.length == 0:
                 del self._series[series_id]
+                self._resident.pop(series_id, None)
 
     def forecast_series(self, series_id: str, horizon: int) -> tuple[int, list[float]]:
         self._require_streamable()
         if self._pool is not None:
             return self._pool_forecast_series(series_id, horizon)
         entry = self._entry(series_id, create=False)
-        with entry.lock:
-            length = int(entry.state.length[0])
-            self.check_forecastable(length, horizon, "horizon")
-            return length, self.model.forecast(entry.state, horizon)[0].cpu().tolist()
+        try:
+            with entry.lock:
+                if self._series.get(series_id) is not entry:
+                    raise EngineError(404, f"unknown series {series_id!r}", "id")
+                length = entry.length
+                self.check_forecastable(length, horizon, "horizon")
+                state = self._on_device(series_id, entry)
+                return length, self.model.forecast(state, horizon)[0].cpu().tolist()
+        finally:
+            self._shrink()
 
     def describe(self, series_id: str) -> dict:
         if self._pool is not None:
@@ -288,23 +387,30 @@ class Engine:
                     "state_bytes": self.state_bytes, "patches": length // self.patch_len,
                     "tail_points": length % self.patch_len}
         entry = self._entry(series_id, create=False)
-        with entry.lock:
-            s = entry.state
-            return {"id": series_id, "length": int(s.length[0]), "model": self.name,
-                    "state_bytes": s.nbytes_per_series(), "patches": int(s.n_patches[0]),
-                    "tail_points": int(s.tail_len[0])}
+        length = entry.length
+        return {"id": series_id, "length": length, "model": self.name,
+                "state_bytes": self.state_bytes, "patches": length // self.patch_len,
+                "tail_points": length % self.patch_len}
 
-    def delete(self, series_id: str) -> None:
+    def delete(self, series_id: str, idle_since: float | None = None) -> None:
+        """Forget a series; with `idle_since` (expiry), only if not touched since then (409)."""
         ticket = None
         if self._pool is not None:
-            with self._pool.lock, self._journal_lock():
-                slot = self._pool.slot.get(series_id)
-                if slot is None:
+            sp = self._pool
+            with sp.lock, self._journal_lock():
+                if series_id not in sp.length:
                     raise EngineError(404, f"unknown series {series_id!r}", "id")
+                if idle_since is not None and sp.touched.get(series_id, 0.0) >= idle_since:
+                    raise EngineError(409, f"series {series_id!r} is no longer idle", "id")
                 if self.journal is not None:
                     ticket = self.journal.write_delete(series_id)
-                del self._pool.slot[series_id], self._pool.length[series_id]
-                self._pool.free.append(slot)
+                slot = sp.slot.pop(series_id, None)
+                if slot is not None:
+                    sp.free.append(slot)
+                elif self.spill is not None:
+                    self.spill.drop(series_id)
+                del sp.length[series_id]
+                sp.touched.pop(series_id, None)
                 self.meta.pop(series_id, None)
         else:
             entry = self._entry(series_id, create=False)
@@ -312,13 +418,38 @@ class Engine:
             with entry.lock, self._journal_lock():
                 if self._series.get(series_id) is not entry:
                     raise EngineError(404, f"unknown series {series_id!r}", "id")
+                if idle_since is not None and entry.touched >= idle_since:
+                    raise EngineError(409, f"series {series_id!r} is no longer idle", "id")
                 if self.journal is not None:
                     ticket = self.journal.write_delete(series_id)
                 with self._table_lock:
                     self._series.pop(series_id, None)
+                    self._resident.pop(series_id, None)
+                    if entry.state is None and self.spill is not None:
+                        self.spill.drop(series_id)
                 self.meta.pop(series_id, None)
         if ticket is not None:
             self.journal.sync(ticket)
+
+    def expire_idle(self, max_idle_s: float) -> list[str]:
+        """Delete (through the log, like DELETE) the series no request touched for `max_idle_s`
+        seconds; their ids. A series touched meanwhile is kept."""
+        cutoff = time.monotonic() - max_idle_s
+        if self._pool is not None:
+            with self._pool.lock:
+                idle = [i for i, t in self._pool.touched.items() if t < cutoff]
+        else:
+            with self._table_lock:
+                idle = [i for i, e in self._series.items() if e.length > 0 and e.touched < cutoff]
+        expired = []
+        for series_id in idle:
+            try:
+                self.delete(series_id, idle_since=cutoff)
+            except EngineError:  # deleted or touched meanwhile
+                continue
+            expired.append(series_id)
+        self.cache_stats["expired"] += len(expired)
+        return expired
 
     # ---- batches: many series' appends and forecasts in one call (service/scheduler.py) -----
 
@@ -330,7 +461,7 @@ class Engine:
         else:
             with self._table_lock:
                 entries = list(self._series.items())
-            held = {i: int(e.state.length[0]) for i, e in entries}
+            held = {i: e.length for i, e in entries}
         ids = sorted(i for i, n in held.items() if n > 0 and (after is None or i > after))
         return [(i, held[i]) for i in ids[:limit]]
 
@@ -420,13 +551,19 @@ class Engine:
                 lock.release()
 
     def _torch_batch(self, requests: list[list[Op]]):
+        try:
+            return self._torch_batch_locked(requests)
+        finally:
+            self._shrink()
+
+    def _torch_batch_locked(self, requests: list[list[Op]]):
         entries, locks, created = self._lock_entries(requests)
         results: list = [None] * len(requests)
         ticket = None
         try:
             def length_of(sid: str) -> int | None:
                 e = entries.get(sid)
-                n = int(e.state.length[0]) if e is not None else 0
+                n = e.length if e is not None else 0
                 return n if e is not None and (n > 0 or sid not in created) else None
 
             held = len(self._series) - len(created)
@@ -442,7 +579,7 @@ class Engine:
                     if k == len(rounds):
                         rounds.append([])
                     rounds[k].append(op)
-            states = {sid: e.state for sid, e in entries.items()}
+            states = {sid: self._on_device(sid, e) for sid, e in entries.items()}
             for ops in rounds:
                 self._torch_round(ops, states)
             with self._journal_lock():
@@ -454,7 +591,7 @@ class Engine:
                                 if self.journal is not None:
                                     ticket = self.journal.write_append(op.series_id, op.values,
                                                                        op.length, op.meta)
-                                entries[op.series_id].state = op.state
+                                entries[op.series_id].set_state(op.state)
                                 self._set_meta(op.series_id, op.meta)
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
@@ -518,7 +655,7 @@ class Engine:
         results: list = []
         ticket = None
         with sp.lock:
-            errors = self._plan(requests, sp.length.get, len(sp.slot))
+            errors = self._plan(requests, sp.length.get, len(sp.length))
             for r, ops in enumerate(requests):
                 if r in errors:
                     results.append(errors[r])
@@ -544,7 +681,8 @@ class Engine:
                       ) -> tuple[list[str], list[RimerState], Any]:
         """Every series' id and state (on the host: a list of batches whose rows, in order, are the
         ids), and what `cut()` returned, called at the same instant: no append or delete falls
-        between the states and the cut (the store rotates its log there)."""
+        between the states and the cut (the store rotates its log there). Spilled states are read
+        from their tier (disk reads happen under the locks: appends wait for them)."""
         exclusive = self.journal.exclusive() if self.journal is not None else nullcontext()
         if self._pool is not None:
             sp = self._pool
@@ -553,15 +691,27 @@ class Engine:
                 slots = [sp.slot[i] for i in ids]
                 chunks = [sp.pool.select(sp.rows(slots[a:a + EXPORT_CHUNK])).to("cpu")
                           for a in range(0, len(slots), EXPORT_CHUNK)]
+                spilled = [i for i in sp.length if i not in sp.slot]
+                chunks += self._peek_spilled(spilled)
                 mark = cut() if cut is not None else None
-            return ids, chunks, mark
+            return ids + spilled, chunks, mark
         with exclusive:
             with self._table_lock:
                 # States are never changed in place (an append swaps in a new one), so references
                 # are a consistent copy; a series whose first append is in flight has none yet.
-                held = [(i, e.state) for i, e in self._series.items() if int(e.state.length[0]) > 0]
+                held = [(i, e.state) for i, e in self._series.items()
+                        if e.length > 0 and e.state is not None]
+                spilled = [i for i, e in self._series.items() if e.length > 0 and e.state is None]
+                chunks = self._peek_spilled(spilled)
             mark = cut() if cut is not None else None
-        return [i for i, _ in held], [s.to("cpu") for _, s in held], mark
+        return [i for i, _ in held] + spilled, [s.to("cpu") for _, s in held] + chunks, mark
+
+    def _peek_spilled(self, ids: list[str]) -> list[RimerState]:
+        try:
+            return [RimerState.cat([self.spill.peek(i) for i in ids[a:a + EXPORT_CHUNK]])
+                    for a in range(0, len(ids), EXPORT_CHUNK)]
+        except SpillError as exc:
+            raise EngineError(500, str(exc)) from exc
 
     def import_states(self, ids: list[str], states: RimerState) -> None:
         """Series from `export_states` (rows of `states`, in order, are `ids`) into an engine that
@@ -571,25 +721,36 @@ class Engine:
         if len(ids) + self.series_held > self.max_series:
             raise EngineError(409, f"{len(ids)} series to restore, but --max-series is "
                                    f"{self.max_series}", "id")
+        lengths = states.length.tolist()
+        now = time.monotonic()
         if self._pool is not None:
             sp = self._pool
             with sp.lock:
-                if any(i in sp.slot for i in ids):
+                if any(i in sp.length for i in ids):
                     raise ValueError("import_states: a series is held already")
-                lengths = states.length.tolist()
-                for a in range(0, len(ids), EXPORT_CHUNK):
-                    slots = [sp.free.pop() for _ in ids[a:a + EXPORT_CHUNK]]
+                fit = min(len(ids), len(sp.free))  # the first ones on the device, the rest spill
+                for a in range(0, fit, EXPORT_CHUNK):
+                    slots = [sp.free.pop() for _ in range(min(EXPORT_CHUNK, fit - a))]
                     rows = list(range(a, a + len(slots)))
                     sp.pool.write_(sp.rows(slots), states.select(rows).to(self.device))
-                    for i, slot, n in zip(ids[a:], slots, lengths[a:]):
-                        sp.slot[i], sp.length[i] = slot, n
+                    for i, slot in zip(ids[a:], slots):
+                        sp.slot[i] = slot
+                for row in range(fit, len(ids)):
+                    self.spill.put(ids[row], states.select([row]))
+                for i, n in zip(ids, lengths):
+                    sp.length[i], sp.touched[i] = n, now
             return
         with self._table_lock:
             if any(i in self._series for i in ids):
                 raise ValueError("import_states: a series is held already")
             for row, series_id in enumerate(ids):
-                state = states.select([row]).to(self.device)
-                self._series[series_id] = SeriesEntry(state, threading.Lock())
+                entry = SeriesEntry(None, threading.Lock(), lengths[row], now)
+                if len(self._resident) < self.capacity:
+                    entry.state = states.select([row]).to(self.device)
+                    self._resident[series_id] = None
+                else:
+                    self.spill.put(series_id, states.select([row]))
+                self._series[series_id] = entry
 
     # ---- triton backend: the states in a pool on the device --------------------------------
 
@@ -605,8 +766,8 @@ class Engine:
         sp, p = self._pool, self.patch_len
         with sp.lock:
             # Every check first: past this point the pool changes.
-            slot = sp.slot.get(series_id)
-            if slot is None and len(sp.slot) >= self.max_series:
+            created = series_id not in sp.length
+            if created and len(sp.length) >= self.max_series:
                 raise EngineError(409, f"the service holds its maximum of {self.max_series} "
                                        "series; delete some first", "id")
             length = sp.length.get(series_id, 0)
@@ -614,9 +775,7 @@ class Engine:
             if horizon is not None:
                 self.check_forecastable(new_length, horizon, "horizon")
             self._check_positions(new_length, "values")
-            created = slot is None
-            if created:
-                slot = sp.free.pop()
+            slot = self._pool_slot(series_id, created)
             rows = sp.rows([slot])
             vals = torch.tensor(values, dtype=torch.float32)
             # With a journal, keep the old state: a failed log write puts it back.
@@ -640,22 +799,49 @@ class Engine:
                     self._set_meta(series_id, meta)
             except BaseException:
                 if created:
+                    del sp.slot[series_id]
                     sp.free.append(slot)
                 elif before is not None:  # unexpected failure: put the series' state back
                     sp.pool.write_(rows, before)
                 raise
-            sp.slot[series_id] = slot
             sp.length[series_id] = new_length
             return new_length, mean, ticket
+
+    def _pool_slot(self, series_id: str, created: bool = False) -> int:
+        """The series' slot (pool lock held), after bringing it back to the device if spilled
+        and spilling the least recently used series if no slot is free."""
+        sp = self._pool
+        slot = sp.slot.get(series_id)
+        sp.touched[series_id] = time.monotonic()
+        if slot is not None:
+            sp.slot.move_to_end(series_id)
+            self.cache_stats["hits"] += 1
+            return slot
+        if not sp.free:
+            victim, victim_slot = next(iter(sp.slot.items()))
+            self.spill.put(victim, sp.pool.select(sp.rows([victim_slot])))
+            del sp.slot[victim]
+            sp.free.append(victim_slot)
+        slot = sp.free.pop()
+        if not created:
+            try:
+                state = self.spill.take(series_id)
+            except SpillError as exc:
+                sp.free.append(slot)
+                raise EngineError(500, str(exc), "id") from exc
+            sp.pool.write_(sp.rows([slot]), state.to(self.device))
+            self.cache_stats["misses"] += 1
+        sp.slot[series_id] = slot
+        return slot
 
     def _pool_forecast_series(self, series_id: str, horizon: int) -> tuple[int, list[float]]:
         sp = self._pool
         with sp.lock:
-            slot = sp.slot.get(series_id)
-            if slot is None:
+            if series_id not in sp.length:
                 raise EngineError(404, f"unknown series {series_id!r}", "id")
             length = sp.length[series_id]
             self.check_forecastable(length, horizon, "horizon")
+            slot = self._pool_slot(series_id)
             mean = self.model.forecast_slots(sp.pool, sp.rows([slot]), horizon, sp.scratch[:1])
             return length, mean[0].tolist()
 

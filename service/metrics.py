@@ -19,7 +19,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Match
 
@@ -61,6 +61,29 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily("rimer_state_bytes_held", "bytes of recurrent state of the series "
                                 "held (the triton backend preallocates its whole pool)",
                                 value=held * engine.state_bytes)
+        sizes = GaugeMetricFamily("rimer_cache_series", "series states per cache tier (device: "
+                                  "--cache-capacity, host: --host-capacity, disk: the rest)",
+                                  labels=["tier"])
+        for tier, n in engine.cache_sizes.items():
+            sizes.add_metric([tier], float(n))
+        yield sizes
+        stats = engine.cache_stats
+        yield CounterMetricFamily("rimer_cache_hits", "requests whose series' state was on the "
+                                  "device", value=stats["hits"])
+        yield CounterMetricFamily("rimer_cache_misses", "requests whose series' state was brought "
+                                  "back from host memory or disk", value=stats["misses"])
+        spill = engine.spill
+        spills = CounterMetricFamily("rimer_cache_spills", "states handed down to a tier (host: "
+                                     "from the device, disk: from host memory)", labels=["tier"])
+        loads = CounterMetricFamily("rimer_cache_loads", "states taken back up from a tier",
+                                    labels=["tier"])
+        for tier in ("host", "disk"):
+            spills.add_metric([tier], float(spill.spills[tier]) if spill else 0.0)
+            loads.add_metric([tier], float(spill.loads[tier]) if spill else 0.0)
+        yield spills
+        yield loads
+        yield CounterMetricFamily("rimer_cache_evictions", "series deleted after --idle-expiry-s "
+                                  "without a request", value=stats["expired"])
 
 
 class Metrics:

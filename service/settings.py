@@ -21,7 +21,11 @@ class Settings:
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000
     max_body_bytes: int = 64 * 1024 * 1024
-    max_series: int = 100_000  # streaming series held at once
+    max_series: int = 100_000  # streaming series held at once, all cache tiers together
+    cache_capacity: int = 16_384  # series states on the model's device
+    host_capacity: int = 16_384  # series states spilled to host memory before disk
+    spill_dir: str = ""  # where states beyond both spill to; default <data-dir>/spill or a temp dir
+    idle_expiry_s: float = 0.0  # delete series idle this long; 0: never
     api_keys: str = field(default="", repr=False)  # comma-separated; never shown or logged
     api_keys_file: str = ""  # one key per line
     metrics_public: bool = False  # serve /metrics without a key when keys are on
@@ -48,7 +52,15 @@ HELP = {
     "max_series_per_request": "most series in one request",
     "max_points_per_request": "most values in one request, all series together",
     "max_body_bytes": "largest request body accepted (413 beyond)",
-    "max_series": "most streaming series held at once (409 beyond)",
+    "max_series": "most streaming series held at once, in all cache tiers (409 beyond)",
+    "cache_capacity": "series states kept on the model's device (the triton backend preallocates "
+                      "this many); past it the least recently used spill to host memory",
+    "host_capacity": "spilled states kept in host memory; past it the least recently used go to "
+                     "files in --spill-dir",
+    "spill_dir": "directory for spilled states (emptied at start-up: a cache, not durability); "
+                 "default <data-dir>/spill, or a temporary directory removed at exit",
+    "idle_expiry_s": "delete streaming series that no request touched for this many seconds "
+                     "(logged like DELETE; checked every min(60, this/10) s); 0: never",
     "api_keys": "comma-separated API keys; when any key is set (here or in --api-keys-file), every "
                 "route but /healthz and /readyz needs 'Authorization: Bearer <key>' or "
                 "'X-API-Key: <key>' (prefer the env var or a file: flags show in ps)",
@@ -107,6 +119,11 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--device must be cpu, cuda or auto")
     if values["backend"] not in ("torch", "triton", "auto"):
         ap.error("--backend must be torch, triton or auto")
+    for name in ("max_series", "cache_capacity"):
+        if values[name] < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if values["host_capacity"] < 0 or values["idle_expiry_s"] < 0:
+        ap.error("--host-capacity and --idle-expiry-s must be 0 or more")
     if values["fsync"] not in ("always", "interval"):
         ap.error("--fsync must be always or interval")
     if values["fsync_interval_ms"] <= 0:

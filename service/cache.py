@@ -1,0 +1,160 @@
+"""The lower tiers of the state cache: host memory, then disk.
+
+The engine keeps at most `--cache-capacity` states on the model's device (the triton backend's
+slot pool, or the torch backend's resident states). When it needs room it hands the least recently
+used state down here: into host memory, an LRU of at most `--host-capacity` states, whose oldest
+state moves on to a file in the spill directory. A series' next request takes its state back up
+(`take`), from whichever tier holds it.
+
+The spill directory is a cache, not durability (the write-ahead log and snapshots are): it is
+emptied when the engine starts. A file is named by the hex of the series id (ids never reach a
+path unescaped) and holds the state's tensors in safetensors with a CRC32 of their bytes; a file
+that fails its check is reported (`SpillError`), never used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from model.state import STATE_VERSION, RimerState
+
+log = logging.getLogger("rimer.cache")
+
+
+class SpillError(Exception):
+    """A spilled state could not be read back intact."""
+
+
+def _crc(tensors: dict[str, torch.Tensor]) -> int:
+    crc = 0
+    for name in sorted(tensors):
+        crc = zlib.crc32(tensors[name].contiguous().view(torch.uint8).numpy().tobytes(), crc)
+    return crc
+
+
+class SpillTiers:
+    """Host-memory LRU of states over a directory of state files; thread-safe."""
+
+    def __init__(self, host_capacity: int, directory: str | Path):
+        self.host_capacity = host_capacity
+        self.directory = Path(directory)
+        if self.directory.exists():
+            shutil.rmtree(self.directory)  # states from a previous run: recovery rebuilds them
+        self.directory.mkdir(parents=True)
+        self.host: OrderedDict[str, RimerState] = OrderedDict()
+        self.disk: set[str] = set()
+        self.lock = threading.Lock()
+        self.spills = {"host": 0, "disk": 0}  # states handed down to each tier
+        self.loads = {"host": 0, "disk": 0}  # states taken back up from each tier
+
+    def __len__(self) -> int:
+        return len(self.host) + len(self.disk)
+
+    def __contains__(self, series_id: str) -> bool:
+        return series_id in self.host or series_id in self.disk
+
+    def _path(self, series_id: str) -> Path:
+        return self.directory / (series_id.encode().hex() + ".safetensors")
+
+    def put(self, series_id: str, state: RimerState) -> None:
+        """Hold one series' state (batch of one, any device: moved to the host)."""
+        with self.lock:
+            self.host[series_id] = state.to("cpu")
+            self.host.move_to_end(series_id)
+            self.spills["host"] += 1
+            while len(self.host) > self.host_capacity:
+                oldest, old_state = self.host.popitem(last=False)
+                self._write(oldest, old_state)
+
+    def _write(self, series_id: str, state: RimerState) -> None:
+        tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+        path = self._path(series_id)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"state_version": str(STATE_VERSION),
+                                               "crc32": str(_crc(tensors)), "id": series_id})
+        os.replace(tmp, path)
+        self.disk.add(series_id)
+        self.spills["disk"] += 1
+
+    def _read(self, series_id: str) -> RimerState:
+        path = self._path(series_id)
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+        except (OSError, SafetensorError) as exc:
+            raise SpillError(f"spilled state of {series_id!r} unreadable ({path}): {exc}") from exc
+        if (meta.get("id") != series_id or meta.get("state_version") != str(STATE_VERSION)
+                or meta.get("crc32") != str(_crc(tensors))):
+            raise SpillError(f"spilled state of {series_id!r} fails its check ({path})")
+        # Fresh allocations: tensors in the file's buffer may be unaligned, and CPU kernels may
+        # round differently on unaligned memory (the state must give the same bits as before).
+        return RimerState(**{k: v.clone() for k, v in tensors.items()})
+
+    def peek(self, series_id: str) -> RimerState:
+        """The state on the host, left where it is (snapshots)."""
+        with self.lock:
+            if series_id in self.host:
+                return self.host[series_id]
+            return self._read(series_id)
+
+    def take(self, series_id: str) -> RimerState:
+        """The state on the host, no longer held here (it is going back to the device)."""
+        with self.lock:
+            if series_id in self.host:
+                self.loads["host"] += 1
+                return self.host.pop(series_id)
+            state = self._read(series_id)
+            self.disk.discard(series_id)
+            self._path(series_id).unlink(missing_ok=True)
+            self.loads["disk"] += 1
+            return state
+
+    def drop(self, series_id: str) -> None:
+        with self.lock:
+            if self.host.pop(series_id, None) is None and series_id in self.disk:
+                self.disk.discard(series_id)
+                self._path(series_id).unlink(missing_ok=True)
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return list(self.host) + sorted(self.disk)
+
+    def tier_sizes(self) -> dict[str, int]:
+        return {"host": len(self.host), "disk": len(self.disk)}
+
+
+class IdleExpiry:
+    """A thread deleting series idle for `max_idle_s` (Engine.expire_idle), checking every
+    min(60, max_idle_s / 10) seconds."""
+
+    def __init__(self, engine, max_idle_s: float):
+        self.engine, self.max_idle_s = engine, max_idle_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rimer-expiry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        period = min(60.0, self.max_idle_s / 10)
+        while not self._stop.wait(period):
+            try:
+                expired = self.engine.expire_idle(self.max_idle_s)
+            except Exception:  # noqa: BLE001 - keep expiring; the next round retries
+                log.exception("idle expiry failed")
+                continue
+            if expired:
+                log.info("expired %d idle series", len(expired))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

@@ -1,0 +1,173 @@
+"""The bounded state cache (service/cache.py and the engine's tiers): with a device capacity far
+below the number of series, every series' forecast stays what it would be with no limit, through
+spills to host memory and disk and back; corrupt spill files are refused; idle series expire."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+import torch
+
+from model import checkpoint
+from service.engine import Engine, EngineError, Op
+from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
+from tests.test_model import tiny_model, walk
+from tests.test_ops import value
+from tests.test_streaming import series
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return checkpoint.load(DEFAULT_WEIGHTS)
+
+
+def play(engine: Engine, ids: list[str], rounds: int, seed: int, batched: bool = False) -> dict:
+    """Random appends over `ids` (some batched), then every series' forecast."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        if batched and rng.random() < 0.3:
+            picked = rng.sample(ids, 3)
+            out = engine.apply_batch([[Op(i, series(rng.randint(1, 40), rng.randint(0, 999)))]
+                                      for i in picked])
+            assert not any(isinstance(o, EngineError) for o in out)
+        else:
+            engine.append(rng.choice(ids), series(rng.randint(1, 40), rng.randint(0, 999)), None)
+    return {i: engine.forecast_series(i, 20) for i in ids if engine.describe(i)["length"] >= 32}
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_torch_spills_and_reloads_exactly(loaded, tmp_path, batched):
+    model, manifest = loaded
+    ids = [f"s{k}" for k in range(12)]
+    unbounded = Engine(model, manifest, max_series=50, backend="torch")
+    bounded = Engine(model, manifest, max_series=50, backend="torch", capacity=3,
+                     host_capacity=2, spill_dir=str(tmp_path / "spill"))
+    expected = play(unbounded, ids, 80, seed=1, batched=batched)
+    got = play(bounded, ids, 80, seed=1, batched=batched)
+    assert got.keys() == expected.keys() and len(got) >= 8
+    for i in expected:  # the same bits: spills copy states, they never recompute them
+        assert got[i] == expected[i]
+    sizes = bounded.cache_sizes
+    assert sizes["device"] <= 3 and sizes["host"] <= 2 and sum(sizes.values()) == len(ids)
+    assert bounded.spill.spills["disk"] > 0 and bounded.spill.loads["disk"] > 0
+    assert bounded.spill.loads["host"] > 0 and bounded.cache_stats["misses"] > 0
+    assert len(list((tmp_path / "spill").glob("*.safetensors"))) == sizes["disk"]
+    assert bounded.list_series(100) == unbounded.list_series(100)
+
+
+def test_export_and_import_cover_every_tier(loaded, tmp_path):
+    model, manifest = loaded
+    ids = [f"e{k}" for k in range(9)]
+    bounded = Engine(model, manifest, max_series=50, backend="torch", capacity=2,
+                     host_capacity=2, spill_dir=str(tmp_path / "a"))
+    before = play(bounded, ids, 40, seed=2)
+    names, chunks, _ = bounded.export_states()
+    assert sorted(names) == sorted(i for i in ids if bounded.describe(i)["length"] > 0)
+    again = Engine(model, manifest, max_series=50, backend="torch", capacity=2, host_capacity=2,
+                   spill_dir=str(tmp_path / "b"))
+    from model.state import RimerState
+    again.import_states(names, RimerState.cat(chunks))
+    assert again.cache_sizes["device"] == 2 and again.cache_sizes["disk"] > 0
+    assert {i: again.forecast_series(i, 20) for i in before} == before
+
+
+def test_corrupt_spill_file_is_refused(loaded, tmp_path):
+    model, manifest = loaded
+    engine = Engine(model, manifest, max_series=10, backend="torch", capacity=1,
+                    host_capacity=0, spill_dir=str(tmp_path))
+    engine.append("a", series(40, 1), None)
+    engine.append("b", series(40, 2), None)  # "a" goes to disk
+    (path,) = tmp_path.glob("*.safetensors")
+    assert path.name == b"a".hex() + ".safetensors"  # the id never is the path
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a flipped bit in the tensors: the CRC catches it
+    path.write_bytes(bytes(data))
+    with pytest.raises(EngineError) as info:
+        engine.forecast_series("a", 8)
+    assert info.value.status == 500 and "fails its check" in info.value.message
+    assert engine.forecast_series("b", 8)[0] == 40  # the others are unaffected
+
+
+def test_idle_series_expire(loaded):
+    model, manifest = loaded
+    engine = Engine(model, manifest, max_series=10, backend="torch", capacity=2, host_capacity=1)
+    for k in range(4):
+        engine.append(f"x{k}", series(40, k), None)
+    time.sleep(0.05)
+    engine.forecast_series("x1", 8)  # touched: kept
+    assert sorted(engine.expire_idle(0.03)) == ["x0", "x2", "x3"]
+    assert engine.list_series(10) == [("x1", 40)] and engine.cache_stats["expired"] == 3
+    with pytest.raises(EngineError):
+        engine.describe("x0")
+    engine.close()
+    assert not engine.spill.directory.exists()
+
+
+def test_triton_pool_spills_and_reloads_exactly(tmp_path):
+    pytest.importorskip("kernels")  # sets TRITON_INTERPRET=1 without CUDA first
+    model = tiny_model()
+    unbounded = Engine(model, {"name": "tiny"}, 8, backend="triton", scratch_slots=2,
+                       cuda_graphs=False)
+    bounded = Engine(model, {"name": "tiny"}, 8, backend="triton", scratch_slots=2,
+                     cuda_graphs=False, capacity=2, host_capacity=1, spill_dir=str(tmp_path))
+    rng = random.Random(3)
+    steps = [(f"t{rng.randrange(5)}", walk(rng.randint(1, 12), rng.randrange(99)).tolist())
+             for _ in range(14)]
+    for engine in (unbounded, bounded):
+        for sid, values in steps:
+            engine.append(sid, values, None)
+    ids = sorted({s for s, _ in steps})
+    for i in ids:
+        n = unbounded.describe(i)["length"]
+        if n >= model.cfg.patch_len:
+            assert bounded.forecast_series(i, 6) == unbounded.forecast_series(i, 6)
+    assert bounded.cache_sizes["device"] <= 2 and bounded.spill.spills["disk"] > 0
+    assert bounded.spill.loads["disk"] + bounded.spill.loads["host"] > 0
+    assert bounded.list_series(10) == unbounded.list_series(10)
+
+
+def test_real_server_with_capacity_far_below_the_series(tmp_path):
+    """30 series through a real server holding 3 on the device and 3 in host memory, with a data
+    dir and a restart: every forecast matches the stateless forecast of its whole history."""
+    ids = [f"c{k:02d}" for k in range(30)]
+    histories = {i: [] for i in ids}
+    args = ("--cache-capacity", "3", "--host-capacity", "3", "--max-series", "100",
+            "--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
+    server = Server(*args)
+    try:
+        rng = random.Random(4)
+        for _ in range(3):
+            for i in rng.sample(ids, len(ids)):
+                values = series(rng.randint(20, 50), rng.randrange(10**6))
+                histories[i] += values
+                r = server.client.post(f"/series/{i}/append", json={"values": values})
+                assert r.status_code == 200, r.text
+        metrics = server.client.get("/metrics").text
+        assert value(metrics, "rimer_cache_spills_total", tier="disk") > 0
+        assert value(metrics, "rimer_cache_loads_total", tier="disk") > 0
+        assert value(metrics, "rimer_cache_series", tier="device") <= 3
+        streamed = {i: server.client.get(f"/series/{i}/forecast", params={"horizon": 24}).json()
+                    for i in ids}
+    finally:
+        server.stop()  # clean stop: a snapshot of every tier
+    stateless = Server("--max-series", "100")
+    try:
+        whole = stateless.client.post("/forecast", json={
+            "series": [{"id": i, "values": histories[i]} for i in ids], "horizon": 24}).json()
+    finally:
+        stateless.stop()
+    for k, i in enumerate(ids):
+        assert streamed[i]["length"] == len(histories[i])
+        assert rel_err(torch.tensor(streamed[i]["mean"]),
+                       torch.tensor(whole["forecasts"][k]["mean"])) <= 1e-4
+    again = Server(*args)
+    try:
+        for i in ids:
+            r = again.client.get(f"/series/{i}/forecast", params={"horizon": 24}).json()
+            assert r["mean"] == streamed[i]["mean"]
+        page = again.client.get("/series", params={"limit": 1000}).json()
+        assert [s["id"] for s in page["series"]] == ids
+    finally:
+        again.stop()
