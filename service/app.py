@@ -11,7 +11,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service import schemas
+from service import schemas, timeline
 from service.auth import ApiKeyAuth, load_keys
 from service.cache import IdleExpiry
 from service.engine import Engine, EngineError, Op
@@ -20,6 +20,7 @@ from service.metrics import Metrics, RequestMetrics
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.store import Store, StoreError
+from service.timeline import TimelineError
 
 log = logging.getLogger("rimer.service")
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
@@ -80,6 +81,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def engine_error(_: Request, exc: EngineError):
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
 
+    @app.exception_handler(TimelineError)
+    async def timeline_error(_: Request, exc: TimelineError):
+        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
         errors = exc.errors()
@@ -107,6 +112,35 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             raise EngineError(413, f"{count} values in one request; the limit is "
                                    f"{settings.max_points_per_request}", field)
 
+    # Requests on one streaming series run one at a time (service/timeline.py): an append's
+    # filled values and metadata are computed from the metadata it replaces.
+    series_locks = app.state.series_locks = timeline.SeriesLocks()
+
+    async def series_exists(e: Engine, series_id: str) -> bool:
+        if series_id in e.meta:  # every append through this layer sets it
+            return True
+        try:  # a series without metadata (logged before timestamps existed), or none
+            await run_in_threadpool(e.describe, series_id)
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def plan_append(e: Engine, series_id: str, item, budget: int, prefix: str,
+                          chain: dict[str, dict]) -> timeline.Plan:
+        """Gaps and nulls filled, and the metadata after the append; `chain` holds the metadata
+        earlier items of the same request leave (a bulk append may name a series twice)."""
+        if series_id in chain:
+            meta, exists = chain[series_id], True
+        else:
+            meta = e.meta.get(series_id)
+            exists = meta is not None or await series_exists(e, series_id)
+        planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
+                                       budget, prefix)
+        chain[series_id] = planned.meta
+        return planned
+
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz():
         """Liveness: the process answers (weights may still be loading)."""
@@ -133,19 +167,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                             "manifest": e.manifest, "streamable": e.model.cfg.streamable,
                             "device": str(e.device)}]}
 
-    @app.post("/forecast", response_model=schemas.ForecastResponse)
+    @app.post("/forecast", response_model=schemas.ForecastResponse,
+              response_model_exclude_none=True)
     async def forecast(body: schemas.ForecastRequest, request: Request):
         check_horizon(body.horizon)
         if len(body.series) > settings.max_series_per_request:
             raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
                                    f"{settings.max_series_per_request}", "series")
         check_points(sum(len(s.values) for s in body.series), "series")
+        histories, stamps, budget = [], [], settings.max_gap_points
+        for i, s in enumerate(body.series):  # the streaming rules, from an empty series
+            planned = timeline.plan_append(None, False, s.values, s.timestamps, s.freq, budget,
+                                           f"series[{i}]")
+            budget -= planned.filled
+            histories.append(planned.values)
+            stamps.append(timeline.forecast_timestamps(planned.meta, body.horizon))
+        check_points(sum(len(h) for h in histories), "series")
         e = engine_of(request)
         means = await run_in_threadpool(metrics.timed, "forecast", e.forecast_histories,
-                                        [s.values for s in body.series], body.horizon)
+                                        histories, body.horizon)
         metrics.points_forecast.labels("forecast").inc(body.horizon * len(body.series))
         return {"model": e.name, "horizon": body.horizon,
-                "forecasts": [{"id": s.id, "mean": m} for s, m in zip(body.series, means)]}
+                "forecasts": [{"id": s.id, "mean": m, "timestamps": t}
+                              for s, m, t in zip(body.series, means, stamps)]}
 
     async def run_ops(request: Request, ops: list[Op], op: str, single=None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
@@ -170,14 +214,27 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
                                    f"{settings.max_series_per_request}", "series")
         check_points(sum(len(s.values) for s in body.series), "series")
-        ops = [Op(s.id, s.values, body.horizon, f"series[{i}]") for i, s in enumerate(body.series)]
-        results = await run_ops(request, ops, "bulk_append")
-        metrics.points_appended.inc(sum(len(s.values) for s in body.series))
+        e = engine_of(request)
+
+        async def work():
+            plans, chain, budget = [], {}, settings.max_gap_points
+            for i, s in enumerate(body.series):
+                plans.append(await plan_append(e, s.id, s, budget, f"series[{i}]", chain))
+                budget -= plans[-1].filled
+            check_points(sum(len(p.values) for p in plans), "series")
+            stamps = [timeline.forecast_timestamps(p.meta, body.horizon, f"series[{i}].horizon")
+                      if body.horizon else None for i, p in enumerate(plans)]
+            ops = [Op(s.id, p.values, body.horizon, f"series[{i}]", meta=p.meta)
+                   for i, (s, p) in enumerate(zip(body.series, plans))]
+            return plans, stamps, await run_ops(request, ops, "bulk_append")
+
+        plans, stamps, results = await series_locks.run([s.id for s in body.series], work)
+        metrics.points_appended.inc(sum(len(p.values) for p in plans))
         out = []
-        for s, (length, mean) in zip(body.series, results):
+        for s, (length, mean), t in zip(body.series, results, stamps):
             item = {"id": s.id, "length": length}
             if mean is not None:
-                item["forecast"] = {"mean": mean}
+                item["forecast"] = {"mean": mean, "timestamps": t}
                 metrics.points_forecast.labels("append").inc(len(mean))
             out.append(item)
         return {"series": out}
@@ -200,33 +257,62 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         check_horizon(body.horizon)
         check_points(len(body.values), "values")
         e = engine_of(request)
-        [(length, mean)] = await run_ops(request, [Op(series_id, body.values, body.horizon)],
-                                         "append", (e.append, series_id, body.values, body.horizon))
-        metrics.points_appended.inc(len(body.values))
+
+        async def work():
+            p = await plan_append(e, series_id, body, settings.max_gap_points, "", {})
+            check_points(len(p.values), "values")
+            stamps = timeline.forecast_timestamps(p.meta, body.horizon) if body.horizon else None
+            [(length, mean)] = await run_ops(
+                request, [Op(series_id, p.values, body.horizon, meta=p.meta)], "append",
+                (e.append, series_id, p.values, body.horizon, p.meta))
+            return p, length, mean, stamps
+
+        p, length, mean, stamps = await series_locks.run([series_id], work)
+        metrics.points_appended.inc(len(p.values))
         if mean is not None:
             metrics.points_forecast.labels("append").inc(len(mean))
         out = {"id": series_id, "length": length}
         if mean is not None:
-            out["forecast"] = {"mean": mean}
+            out["forecast"] = {"mean": mean, "timestamps": stamps}
         return out
 
-    @app.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse)
+    @app.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
+             response_model_exclude_none=True)
     async def series_forecast(request: Request, series_id: str = SeriesId,
                               horizon: int = Query(96, ge=1)):
         check_horizon(horizon)
         e = engine_of(request)
-        [(length, mean)] = await run_ops(request, [Op(series_id, None, horizon)], "series_forecast",
-                                         (e.forecast_series, series_id, horizon))
-        metrics.points_forecast.labels("series_forecast").inc(horizon)
-        return {"id": series_id, "length": length, "horizon": horizon, "mean": mean}
 
-    @app.get("/series/{series_id}", response_model=schemas.SeriesInfo)
+        async def work():
+            stamps = timeline.forecast_timestamps(e.meta.get(series_id), horizon)
+            [(length, mean)] = await run_ops(request, [Op(series_id, None, horizon)],
+                                             "series_forecast",
+                                             (e.forecast_series, series_id, horizon))
+            return length, mean, stamps
+
+        length, mean, stamps = await series_locks.run([series_id], work)
+        metrics.points_forecast.labels("series_forecast").inc(horizon)
+        return {"id": series_id, "length": length, "horizon": horizon, "mean": mean,
+                "timestamps": stamps}
+
+    @app.get("/series/{series_id}", response_model=schemas.SeriesInfo,
+             response_model_exclude_none=True)
     async def series_info(request: Request, series_id: str = SeriesId):
-        return engine_of(request).describe(series_id)
+        e = engine_of(request)
+
+        async def work():
+            return {**e.describe(series_id), **timeline.describe(e.meta.get(series_id))}
+
+        return await series_locks.run([series_id], work)
 
     @app.delete("/series/{series_id}", status_code=204)
     async def series_delete(request: Request, series_id: str = SeriesId):
-        await run_in_threadpool(engine_of(request).delete, series_id)  # may fsync the log
+        e = engine_of(request)
+
+        async def work():
+            await run_in_threadpool(e.delete, series_id)  # may fsync the log
+
+        await series_locks.run([series_id], work)
         return Response(status_code=204)
 
     return app

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+from service import timeline
 
 SERIES_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 SERIES_ID_RULE = ("1 to 128 characters: letters, digits, '.', '_', ':', '-', starting with a "
@@ -13,9 +17,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def _freq(value) -> int:
+    return timeline.parse_freq(value)  # ValueError: a 422 naming `freq`
+
+
+# Parsed while validating, so a bad one is a 422 naming it (`timestamps[3]`): a timeline.Stamp.
+Timestamp = Annotated[str, AfterValidator(timeline.parse_timestamp),
+                      WithJsonSchema({"type": "string", "maxLength": timeline.MAX_TIMESTAMP_CHARS,
+                                      "description": "ISO 8601; naive ones are UTC",
+                                      "examples": ["2024-05-01T13:00:00Z"]})]
+Freq = Annotated[int | str, PlainValidator(_freq),
+                 WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1},
+                                           {"type": "string", "maxLength": timeline.MAX_FREQ_CHARS}],
+                                 "description": "seconds, or a number with a unit: s, min, h, "
+                                                "d, w ('15min', '1h')"})]
+Values = list[float | None]
+TIMESTAMPS_RULE = ("one ISO 8601 timestamp per value (naive ones are UTC), strictly increasing, "
+                   "on the series' grid; gaps are filled (see the README)")
+FREQ_RULE = ("the frequency of a new series' timestamps (inferred from them when left out); "
+             "fixed at creation")
+NULLS_RULE = "null: a missing point, filled with the last value before it"
+
+
 class SeriesIn(Strict):
     id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
-    values: list[float] = Field(min_length=1, description="the whole history, oldest first")
+    values: Values = Field(min_length=1, description="the whole history, oldest first; "
+                           + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE)
+    freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
 class ForecastRequest(Strict):
@@ -26,6 +55,8 @@ class ForecastRequest(Strict):
 class SeriesForecast(BaseModel):
     id: str
     mean: list[float]
+    timestamps: list[str] | None = Field(None, description="of the forecast points (when the "
+                                         "series had timestamps)")
 
 
 class ForecastResponse(BaseModel):
@@ -35,12 +66,17 @@ class ForecastResponse(BaseModel):
 
 
 class AppendRequest(Strict):
-    values: list[float] = Field(min_length=1, description="new points, oldest first")
+    values: Values = Field(min_length=1, description="new points, oldest first; " + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE + "; left out "
+                                               "for a series with timestamps: the next grid points")
+    freq: Freq | None = Field(None, description=FREQ_RULE)
     horizon: int | None = Field(None, ge=1, description="also return a forecast of this many points")
 
 
 class Forecast(BaseModel):
     mean: list[float]
+    timestamps: list[str] | None = Field(None, description="of the forecast points (series with "
+                                         "timestamps)")
 
 
 class AppendResponse(BaseModel):
@@ -51,7 +87,9 @@ class AppendResponse(BaseModel):
 
 class BulkItem(Strict):
     id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
-    values: list[float] = Field(min_length=1, description="new points, oldest first")
+    values: Values = Field(min_length=1, description="new points, oldest first; " + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE)
+    freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
 class BulkAppendRequest(Strict):
@@ -81,6 +119,8 @@ class SeriesForecastResponse(BaseModel):
     length: int
     horizon: int
     mean: list[float]
+    timestamps: list[str] | None = Field(None, description="of the forecast points (series with "
+                                         "timestamps)")
 
 
 class SeriesInfo(BaseModel):
@@ -90,6 +130,9 @@ class SeriesInfo(BaseModel):
     state_bytes: int
     patches: int
     tail_points: int
+    freq: int | None = Field(None, description="seconds between points (series with timestamps)")
+    last_timestamp: str | None = Field(None, description="of the last point (series with "
+                                       "timestamps)")
 
 
 class ModelInfo(BaseModel):

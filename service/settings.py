@@ -20,6 +20,7 @@ class Settings:
     max_horizon: int = 2048
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000
+    max_gap_points: int = 10_000  # points gaps between timestamps may add to one request
     max_body_bytes: int = 64 * 1024 * 1024
     max_series: int = 100_000  # streaming series held at once, all cache tiers together
     cache_capacity: int = 16_384  # series states on the model's device
@@ -51,6 +52,8 @@ HELP = {
     "max_horizon": "largest forecast horizon accepted",
     "max_series_per_request": "most series in one request",
     "max_points_per_request": "most values in one request, all series together",
+    "max_gap_points": "most points that filling gaps between timestamps may add to one request "
+                      "(422 beyond); they count toward --max-points-per-request too",
     "max_body_bytes": "largest request body accepted (413 beyond)",
     "max_series": "most streaming series held at once, in all cache tiers (409 beyond)",
     "cache_capacity": "series states kept on the model's device (the triton backend preallocates "
@@ -124,6 +127,8 @@ def parse(argv: list[str] | None = None) -> Settings:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if values["host_capacity"] < 0 or values["idle_expiry_s"] < 0:
         ap.error("--host-capacity and --idle-expiry-s must be 0 or more")
+    if values["max_gap_points"] < 0:
+        ap.error("--max-gap-points must be 0 (gaps refused) or more")
     if values["fsync"] not in ("always", "interval"):
         ap.error("--fsync must be always or interval")
     if values["fsync_interval_ms"] <= 0:

@@ -7,10 +7,13 @@ Files in the data directory (series ids live inside files, never in file names):
   format version, segment number, CRC32 of those) followed by records, each
   `u32 payload length | u32 CRC32(length bytes + payload) | payload`, little-endian. The payload is
   `u8 kind | u64 sequence number | u16 id length | id (UTF-8)`, then for an append
-  `u64 resulting length | u32 n | n float64 values` (the values as received). Sequence numbers
+  `u64 resulting length | u32 n | n float64 values` (the values appended: gaps and nulls already
+  filled) `| u32 m | m bytes of JSON` (the series' metadata after the append, service/timeline.py;
+  m = 0: none). Format version 1 (read, no longer written) had no metadata. Sequence numbers
   run on across segments without gaps, so a missing record or segment is detected.
 * `snapshot-<segment>.safetensors`: every series' state, each RimerState field stacked over the
-  series; the metadata holds the ids (JSON), STATE_VERSION, the model's name and fingerprint
+  series; the metadata holds the ids (JSON), each series' metadata (a JSON list in the ids' order;
+  format version 2, version 1 had none), STATE_VERSION, the model's name and fingerprint
   (sha256 of its config and weights digests), the last sequence number it covers, the first
   segment to replay after it, and a sha256 over the other metadata and every tensor's bytes.
   Written to a `.tmp` file, fsynced, renamed over, directory fsynced.
@@ -63,15 +66,18 @@ from service.engine import Engine, EngineError
 log = logging.getLogger("rimer.store")
 
 MAGIC = b"RIMERWAL"
-WAL_VERSION = 1
+WAL_VERSION = 2  # 2: append records end with the series' metadata (JSON)
+WAL_READABLE = (1, 2)
 HEADER = struct.Struct("<8sIQ")  # magic, version, segment number; then u32 CRC32 of these
 HEADER_SIZE = HEADER.size + 4
 RECORD = struct.Struct("<II")  # payload length, CRC32 of the length bytes and the payload
 PAYLOAD = struct.Struct("<BQH")  # kind, sequence number, id length
 APPEND = struct.Struct("<QI")  # resulting length, number of values
+META = struct.Struct("<I")  # bytes of the metadata's JSON (version 2)
 KIND_APPEND, KIND_DELETE = 1, 2
 MAX_PAYLOAD = 1 << 30
-SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "rimer-snapshot", "1"
+SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "rimer-snapshot", "2"  # 2: series metadata
+SNAPSHOT_READABLE = ("1", "2")
 WAL_NAME = re.compile(r"^wal-(\d{16})\.log$")
 SNAPSHOT_NAME = re.compile(r"^snapshot-(\d{16})\.safetensors$")
 FSYNC_POLICIES = ("always", "interval")
@@ -88,6 +94,7 @@ class Record:
     series_id: str
     length: int = 0
     values: list[float] | None = None
+    meta: dict | None = None  # the series' metadata after an append (None: unchanged)
 
 
 def wal_path(directory: Path, segment: int) -> Path:
@@ -112,11 +119,14 @@ def encode(record: Record) -> bytes:
     if record.kind == KIND_APPEND:
         values = np.asarray(record.values, dtype="<f8")
         payload += APPEND.pack(record.length, len(values)) + values.tobytes()
+        meta = (b"" if record.meta is None else
+                json.dumps(record.meta, separators=(",", ":"), allow_nan=False).encode())
+        payload += META.pack(len(meta)) + meta
     head = struct.pack("<I", len(payload))
     return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
-def _decode_payload(payload: bytes) -> Record:
+def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
     kind, seq, id_len = PAYLOAD.unpack_from(payload)
     at = PAYLOAD.size + id_len
     series_id = payload[PAYLOAD.size:at].decode()
@@ -125,9 +135,19 @@ def _decode_payload(payload: bytes) -> Record:
     if kind == KIND_APPEND:
         length, n = APPEND.unpack_from(payload, at)
         at += APPEND.size
-        if at + 8 * n == len(payload):
-            values = np.frombuffer(payload, dtype="<f8", count=n, offset=at).tolist()
-            return Record(kind, seq, series_id, length, values)
+        values = np.frombuffer(payload, dtype="<f8", count=n, offset=at).tolist()
+        at += 8 * n
+        meta = None
+        if version >= 2:
+            (size,) = META.unpack_from(payload, at)
+            at += META.size
+            if size:
+                meta = json.loads(payload[at:at + size].decode())
+                if not isinstance(meta, dict):
+                    raise ValueError("metadata is not a JSON object")
+            at += size
+        if at == len(payload):
+            return Record(kind, seq, series_id, length, values, meta)
     raise ValueError("malformed payload")
 
 
@@ -145,9 +165,9 @@ def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]
     (crc,) = struct.unpack_from("<I", data, HEADER.size)
     if magic != MAGIC or crc != zlib.crc32(data[:HEADER.size]):
         raise StoreError(f"{path}: not a Rimer write-ahead log segment (bad magic or header CRC)")
-    if version != WAL_VERSION:
+    if version not in WAL_READABLE:
         raise StoreError(f"{path}: write-ahead log format version {version}; this build reads "
-                         f"version {WAL_VERSION}")
+                         f"versions {', '.join(map(str, WAL_READABLE))}")
     records, at = [], HEADER_SIZE
     while at < len(data):
         problem = None
@@ -170,7 +190,7 @@ def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]
                              "after it; refusing to start. Restore the data directory from a "
                              "backup, or move this file aside to lose the changes it holds")
         try:
-            records.append(_decode_payload(data[at + RECORD.size:end]))
+            records.append(_decode_payload(data[at + RECORD.size:end], version))
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise StoreError(f"{path}: malformed record at byte {at} ({exc})") from exc
         at = end
@@ -228,7 +248,7 @@ class WriteAheadLog:
 
     def write_append(self, series_id: str, values: list[float], length: int,
                      meta: dict | None = None) -> int:
-        return self._write(Record(KIND_APPEND, 0, series_id, length, values), "append")
+        return self._write(Record(KIND_APPEND, 0, series_id, length, values, meta), "append")
 
     def write_delete(self, series_id: str) -> int:
         return self._write(Record(KIND_DELETE, 0, series_id), "delete")
@@ -296,12 +316,15 @@ def _content_sha256(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) 
 
 
 def write_snapshot(path: Path, ids: list[str], state: RimerState, engine: Engine, seq: int,
-                   wal_from: int) -> None:
+                   wal_from: int, meta: dict[str, dict] | None = None) -> None:
+    """`meta`: the series' metadata (service/timeline.py) by id, taken at the states' cut."""
     tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+    metas = [(meta or {}).get(i) for i in ids]
     metadata = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
                 "state_version": str(STATE_VERSION), "model": engine.name,
                 "model_fingerprint": model_fingerprint(engine), "seq": str(seq),
                 "wal_from": str(wal_from), "series": str(len(ids)), "ids": json.dumps(ids),
+                "meta": json.dumps(metas, separators=(",", ":"), allow_nan=False),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     metadata["sha256"] = _content_sha256(metadata, tensors)
     tmp = path.with_name(path.name + ".tmp")
@@ -315,8 +338,10 @@ def write_snapshot(path: Path, ids: list[str], state: RimerState, engine: Engine
     _fsync_dir(path.parent)
 
 
-def read_snapshot(path: Path, engine: Engine) -> tuple[list[str], RimerState, int, int]:
-    """(ids, states, last seq covered, first segment to replay) of a snapshot that checks."""
+def read_snapshot(path: Path, engine: Engine
+                  ) -> tuple[list[str], RimerState, int, int, list[dict | None]]:
+    """(ids, states, last seq covered, first segment to replay, each series' metadata) of a
+    snapshot that checks."""
     fix = ("refusing to start. Restore the data directory from a backup, or move the snapshot "
            "aside to start without the series it holds")
     try:
@@ -331,9 +356,9 @@ def read_snapshot(path: Path, engine: Engine) -> tuple[list[str], RimerState, in
     if actual != metadata["sha256"]:
         raise StoreError(f"snapshot {path} is corrupt: its content's sha256 {actual} does not match "
                          f"the recorded {metadata['sha256']}; {fix}")
-    if metadata.get("format_version") != SNAPSHOT_VERSION:
+    if metadata.get("format_version") not in SNAPSHOT_READABLE:
         raise StoreError(f"snapshot {path} has format version {metadata.get('format_version')}; "
-                         f"this build reads {SNAPSHOT_VERSION}")
+                         f"this build reads versions {', '.join(SNAPSHOT_READABLE)}")
     if metadata.get("state_version") != str(STATE_VERSION):
         raise StoreError(f"snapshot {path} holds states of STATE_VERSION "
                          f"{metadata.get('state_version')}, this build uses {STATE_VERSION}; "
@@ -346,6 +371,9 @@ def read_snapshot(path: Path, engine: Engine) -> tuple[list[str], RimerState, in
                          "another. Serve the model it was written with (--weights), or move the "
                          "data directory aside")
     ids = json.loads(metadata["ids"])
+    metas = json.loads(metadata.get("meta", "null")) or [None] * len(ids)  # none in version 1
+    if len(metas) != len(ids) or not all(m is None or isinstance(m, dict) for m in metas):
+        raise StoreError(f"snapshot {path}: its series metadata does not match its ids; {fix}")
     try:
         state = RimerState(**tensors)
         reference = RimerState.zeros(engine.model.cfg, len(ids))
@@ -354,7 +382,7 @@ def read_snapshot(path: Path, engine: Engine) -> tuple[list[str], RimerState, in
                 raise ValueError(f"field {name}")
     except (TypeError, ValueError) as exc:
         raise StoreError(f"snapshot {path}: states do not fit the model ({exc})") from exc
-    return ids, state, int(metadata["seq"]), int(metadata["wal_from"])
+    return ids, state, int(metadata["seq"]), int(metadata["wal_from"]), metas
 
 
 class Store:
@@ -410,11 +438,12 @@ class Store:
         seq, wal_from, restored = 0, 1, 0
         if snapshots:
             path = snapshot_path(d, snapshots[-1])
-            ids, state, seq, wal_from = read_snapshot(path, self.engine)
+            ids, state, seq, wal_from, metas = read_snapshot(path, self.engine)
             try:
                 self.engine.import_states(ids, state)
             except EngineError as exc:
                 raise StoreError(f"snapshot {path}: {exc.message}") from exc
+            self.engine.meta.update((i, m) for i, m in zip(ids, metas) if m is not None)
             restored, self._snapshot_seq = len(ids), seq
             log.info("restored %d series from %s (covers the log to record %d)", len(ids), path, seq)
         for old in [s for s in segments if s < wal_from]:
@@ -463,7 +492,7 @@ class Store:
                     if exc.status != 404:  # a series deleted before its first append finished
                         raise
                 return
-            length, _ = self.engine.append(record.series_id, record.values, None)
+            length, _ = self.engine.append(record.series_id, record.values, None, meta=record.meta)
         except EngineError as exc:
             raise StoreError(f"{path}: replaying record {record.seq} (series "
                              f"{record.series_id!r}) failed: {exc.message}") from exc
@@ -479,11 +508,14 @@ class Store:
             if self.wal is None or (not force and self.wal.seq == self._snapshot_seq):
                 return None
             start = time.perf_counter()
-            ids, chunks, (segment, seq) = self.engine.export_states(cut=self.wal.rotate)
+            def cut():  # no append in flight: the metadata matches the states
+                return self.wal.rotate(), dict(self.engine.meta)
+
+            ids, chunks, ((segment, seq), meta) = self.engine.export_states(cut=cut)
             state = (RimerState.cat(chunks) if chunks
                      else RimerState.zeros(self.engine.model.cfg, 0))
             path = snapshot_path(self.directory, segment)
-            write_snapshot(path, ids, state, self.engine, seq, segment)
+            write_snapshot(path, ids, state, self.engine, seq, segment, meta)
             self._snapshot_seq = seq
             for p in self.directory.iterdir():
                 m = WAL_NAME.match(p.name) or SNAPSHOT_NAME.match(p.name)

@@ -1,0 +1,343 @@
+"""Timestamps, gaps and nulls of streaming series: pure rules, no HTTP and no model.
+
+A series' metadata (kept by the engine in `Engine.meta[id]`, logged with each append, saved in
+snapshots) is a small JSON-able dict:
+
+* `last`: the last value of the series (after filling), the value a null or a gap carries forward;
+* for a series with timestamps, also `freq` (seconds, an int >= 1), `t` (the last point's time, in
+  microseconds since 1970-01-01T00:00:00Z) and `off` (the UTC offset, in seconds, of the last
+  timestamp received: forecast timestamps are written with it; UTC as `Z`).
+
+The rules (README "Timestamps, gaps and nulls"):
+
+* Timestamps are ISO 8601 (`datetime.fromisoformat`: `2024-05-01T13:00:00Z`, `...+02:00`,
+  `2024-05-01 13:00`, `2024-05-01`); one per value. Naive timestamps (no offset) are UTC.
+* The frequency is fixed when the series is created (its first append): `freq` when given (whole
+  seconds, or a string `"10s"`, `"15min"`, `"1h"`, `"1d"`, `"1w"`; 1 s to 366 days), else inferred
+  from that append's timestamps (at least two): their smallest difference, which every difference
+  must be a multiple of. Calendar steps (months, years) are not fixed lengths and are not supported.
+* The grid is the first timestamp plus whole multiples of the frequency; a timestamp off it is 422
+  naming it (`timestamps[3]`).
+* Timestamps in one request must increase strictly: a duplicate or out-of-order one is 422 naming it.
+  A first timestamp at or before the series' last one (a duplicate or a late point) is 409 naming
+  `timestamps[0]`: the series does not change (a retried append gets 409, not a second copy).
+* A gap (a timestamp more than one step after the point before it) is filled: the missing grid
+  points are inserted as nulls and filled by the null rule. At most `max_gap_points` points are
+  filled per request (422 naming the timestamp whose gap passes it), and they count toward the
+  request's point limit.
+* `null` is a missing value: it takes the last value of the series (last observation carried
+  forward; across appends, from the metadata). A null first point of a series is 422 (`values[0]`):
+  there is nothing to carry forward.
+* An append without timestamps to a series with a frequency takes the next grid points; an append
+  with timestamps (or `freq`) to a series created without them is 409. `freq` on a later append
+  must equal the series' frequency (else 409).
+* Forecast timestamps continue the grid after the last point: `t + k * freq`, k = 1..horizon. Every
+  timestamp, forecast ones included, must fall between the years 1 and 9999 (a day's margin each
+  side), else 422.
+
+Requests on one series are serialised by the HTTP layer (`SeriesLocks`): the metadata a request
+computes from is the one its append replaces, even with concurrent requests on the series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+US = 1_000_000  # microseconds per second
+MAX_FREQ_S = 366 * 86_400
+MAX_TIMESTAMP_CHARS = 64
+MAX_FREQ_CHARS = 32
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_US = 86_400 * US
+MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1) + _DAY_US
+MAX_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+UNITS = {"s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_FREQ = re.compile(r"^\s*(\d{1,12})\s*([a-z]*)\s*$")
+
+
+class TimelineError(Exception):
+    """A request the rules refuse: `status` (409 or 422), and the `field` it names."""
+
+    def __init__(self, status: int, message: str, field: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A parsed timestamp: microseconds since the epoch (UTC) and the UTC offset it was given in."""
+
+    us: int
+    offset_s: int = 0
+
+
+@dataclass
+class Plan:
+    """What an append sends to the engine: the values with gaps and nulls filled, the metadata
+    after it, and how many points the gaps added."""
+
+    values: list[float]
+    meta: dict
+    filled: int = 0
+
+
+def parse_freq(value: int | str) -> int:
+    """Seconds of a frequency: an int, or digits with an optional unit (s, sec, min, h, d, w)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("freq must be whole seconds (an integer) or a string like '15min', '1h'")
+    if isinstance(value, str):
+        if len(value) > MAX_FREQ_CHARS:
+            raise ValueError(f"freq is longer than {MAX_FREQ_CHARS} characters")
+        m = _FREQ.match(value.lower())
+        if m is None or m[2] not in ("", *UNITS):
+            raise ValueError(f"freq {value!r} is not a number of seconds or a number with a unit "
+                             f"({', '.join(UNITS)}; 'min' for minutes)")
+        value = int(m[1]) * UNITS.get(m[2], 1)
+    if not 1 <= value <= MAX_FREQ_S:
+        raise ValueError(f"freq must be 1 second to 366 days ({MAX_FREQ_S} s); got {value} s")
+    return value
+
+
+def parse_timestamp(text: str) -> Stamp:
+    """An ISO 8601 timestamp; naive ones are UTC."""
+    if not isinstance(text, str):
+        raise ValueError("a timestamp must be an ISO 8601 string")
+    if len(text) > MAX_TIMESTAMP_CHARS:
+        raise ValueError(f"a timestamp is at most {MAX_TIMESTAMP_CHARS} characters")
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 timestamp (e.g. 2024-05-01T13:00:00Z)") \
+            from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    offset = dt.utcoffset()
+    try:
+        us = (dt - _EPOCH) // timedelta(microseconds=1)
+    except OverflowError:
+        us = MIN_US - 1
+    if not MIN_US <= us <= MAX_US:
+        raise ValueError(f"{text!r} is outside the supported years 1 to 9999")
+    return Stamp(us, round(offset.total_seconds()))
+
+
+def format_timestamp(us: int, offset_s: int = 0) -> str:
+    """ISO 8601 in the given UTC offset; UTC ends in `Z`."""
+    if offset_s == 0:
+        return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+    tz = timezone(timedelta(seconds=offset_s))
+    return (_EPOCH + timedelta(microseconds=us)).astimezone(tz).isoformat()
+
+
+def infer_freq(stamps: Sequence[Stamp], field: str = "timestamps") -> int:
+    """The smallest difference of strictly increasing timestamps, in seconds; every difference must
+    be a multiple of it."""
+    if len(stamps) < 2:
+        raise TimelineError(422, "the frequency of a new series is inferred from its first "
+                                 "append's timestamps, which needs at least two; give `freq` "
+                                 "(e.g. \"1h\") with a single point", field)
+    diffs = [b.us - a.us for a, b in zip(stamps, stamps[1:])]
+    step = min(diffs)
+    if step % US:
+        raise TimelineError(422, f"the smallest step between timestamps, {step / US:g} s, is not a "
+                                 "whole number of seconds; frequencies are whole seconds", field)
+    if step // US > MAX_FREQ_S:
+        raise TimelineError(422, f"the smallest step between timestamps, {step // US} s, is more "
+                                 f"than the largest frequency, 366 days", field)
+    for i, d in enumerate(diffs, start=1):
+        if d % step:
+            raise TimelineError(422, f"timestamps[{i}] is {d / US:g} s after the one before it, "
+                                     f"not a multiple of the inferred frequency {step // US} s "
+                                     "(the smallest step); give `freq` if that is not the "
+                                     "frequency", _join(field, i))
+    return step // US
+
+
+def _join(field: str, i: int) -> str:
+    return f"{field}[{i}]"
+
+
+def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
+                stamps: Sequence[Stamp] | None = None, freq: int | None = None,
+                gap_budget: int = 10_000, prefix: str = "") -> Plan:
+    """Apply the rules to one append. `meta`: the series' metadata now (None if it has none);
+    `exists`: the series holds points; `freq`: seconds (parse_freq), if given; `gap_budget`: how
+    many points gaps may still add in this request. Raises TimelineError; changes nothing."""
+
+    def name(f: str) -> str:
+        return f"{prefix}.{f}" if prefix else f
+
+    meta = meta or {}
+    old_freq = meta.get("freq") if exists else None
+    if exists and old_freq is None:
+        if stamps is not None:
+            raise TimelineError(409, "this series was created without timestamps, so its appends "
+                                     "cannot carry them (delete it and create it again with "
+                                     "timestamps)", name("timestamps"))
+        if freq is not None:
+            raise TimelineError(409, "this series was created without timestamps and has no "
+                                     "frequency", name("freq"))
+    if old_freq is not None and freq is not None and freq != old_freq:
+        raise TimelineError(409, f"the series' frequency is {old_freq} s, fixed at its creation; "
+                                 f"this append says {freq} s", name("freq"))
+    if not exists and freq is not None and stamps is None:
+        raise TimelineError(422, "`freq` needs `timestamps`: the first timestamp anchors the "
+                                 "series' grid", name("freq"))
+    if stamps is not None and len(stamps) != len(values):
+        raise TimelineError(422, f"one timestamp per value: {len(values)} values, "
+                                 f"{len(stamps)} timestamps", name("timestamps"))
+
+    last = meta.get("last") if exists else None
+    filled = 0
+    new_meta: dict = {}
+    if stamps is not None:
+        for i in range(1, len(stamps)):
+            if stamps[i].us <= stamps[i - 1].us:
+                what = "the same time as" if stamps[i].us == stamps[i - 1].us else "before"
+                raise TimelineError(422, f"timestamps[{i}] is {what} timestamps[{i - 1}]: "
+                                         "timestamps must increase strictly (duplicates and "
+                                         "out-of-order points are refused)",
+                                    name(f"timestamps[{i}]"))
+        if old_freq is not None:
+            step, prev = old_freq * US, meta["t"]
+            if stamps[0].us <= prev:
+                late = "the same as" if stamps[0].us == prev else "before"
+                given = format_timestamp(stamps[0].us, stamps[0].offset_s)
+                last_seen = format_timestamp(prev, meta.get("off", 0))
+                raise TimelineError(409, f"timestamps[0] ({given}) is {late} the series' last "
+                                         f"timestamp ({last_seen}): points are appended in time "
+                                         "order, each once", name("timestamps[0]"))
+        else:
+            step = (freq if freq is not None else infer_freq(stamps, name("timestamps"))) * US
+            prev = None
+        anchor = prev if prev is not None else stamps[0].us
+        gaps = []
+        for i, s in enumerate(stamps):
+            if (s.us - anchor) % step:
+                raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: "
+                                         f"{format_timestamp(anchor, s.offset_s)} plus a whole "
+                                         f"number of steps of {step // US} s",
+                                    name(f"timestamps[{i}]"))
+            missing = 0 if prev is None else (s.us - prev) // step - 1
+            if filled + missing > gap_budget:
+                raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
+                                         "missing points) passes the limit on points that gaps "
+                                         f"may add to one request ({gap_budget - filled} left "
+                                         "of --max-gap-points); send points closer together",
+                                    name(f"timestamps[{i}]"))
+            filled += missing
+            gaps.append(missing)
+            prev = s.us
+        new_meta = {"freq": step // US, "t": stamps[-1].us, "off": stamps[-1].offset_s}
+    elif old_freq is not None:
+        t = meta["t"] + len(values) * old_freq * US
+        if t > MAX_US:
+            raise TimelineError(422, "these points' timestamps (the next grid points) would pass "
+                                     "the year 9999", name("values"))
+        new_meta = {"freq": old_freq, "t": t, "off": meta.get("off", 0)}
+        gaps = None
+    else:
+        gaps = None
+
+    if not filled and None not in values:  # the common case: nothing to fill
+        new_meta["last"] = values[-1] if values else last
+        return Plan(list(values), new_meta, 0)
+    out: list[float] = []
+    for i, v in enumerate(values):
+        if gaps is not None and gaps[i]:
+            out.extend([last] * gaps[i])  # a gap follows a point, so `last` is known
+        if v is None:
+            if last is None:
+                raise TimelineError(422, f"values[{i}] is null and the series has no earlier "
+                                         "value to carry forward (a series cannot start with a "
+                                         "missing point)", name(f"values[{i}]"))
+            v = last
+        out.append(v)
+        last = v
+    new_meta["last"] = last
+    return Plan(out, new_meta, filled)
+
+
+def forecast_timestamps(meta: dict | None, horizon: int, field: str = "horizon") -> list[str] | None:
+    """The timestamps of a forecast of `horizon` points after the series' last point; None for a
+    series without a frequency. 422 if they would pass the year 9999."""
+    if not meta or meta.get("freq") is None:
+        return None
+    step = meta["freq"] * US
+    if meta["t"] + horizon * step > MAX_US:
+        raise TimelineError(422, f"a forecast of {horizon} points would run past the year 9999",
+                            field)
+    off = meta.get("off", 0)
+    return [format_timestamp(meta["t"] + k * step, off) for k in range(1, horizon + 1)]
+
+
+def describe(meta: dict | None) -> dict:
+    """The frequency and last timestamp of a series, for GET /series/{id}."""
+    if not meta or meta.get("freq") is None:
+        return {}
+    return {"freq": meta["freq"], "last_timestamp": format_timestamp(meta["t"], meta.get("off", 0))}
+
+
+class SeriesLocks:
+    """Per-series asyncio locks of the HTTP layer, taken in id order (no deadlock between requests
+    naming several series). An entry lives only while someone holds or waits for it."""
+
+    def __init__(self):
+        self._locks: dict[str, list] = {}  # id -> [asyncio.Lock, holders and waiters]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    async def acquire(self, ids: Iterable[str]) -> list[str]:
+        """Take every id's lock; the ids, sorted, to pass to `release`."""
+        ordered, got = sorted(set(ids)), []
+        try:
+            for sid in ordered:
+                entry = self._locks.get(sid)
+                if entry is None:
+                    entry = self._locks[sid] = [asyncio.Lock(), 0]
+                entry[1] += 1
+                try:
+                    await entry[0].acquire()
+                except BaseException:
+                    self._drop(sid)
+                    raise
+                got.append(sid)
+        except BaseException:
+            self.release(got)
+            raise
+        return ordered
+
+    def release(self, ids: Iterable[str]) -> None:
+        for sid in ids:
+            self._locks[sid][0].release()
+            self._drop(sid)
+
+    def _drop(self, sid: str) -> None:
+        entry = self._locks[sid]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._locks[sid]
+
+    async def run(self, ids: Iterable[str], work):
+        """`await work()` holding the ids' locks. The work runs as a task shielded from the
+        caller's cancellation, and the locks are released when it ends, not before: an engine call
+        still in flight keeps its series locked."""
+        held = await self.acquire(ids)
+        try:
+            task = asyncio.ensure_future(work())
+        except BaseException:
+            self.release(held)
+            raise
+
+        def done(t: asyncio.Task) -> None:
+            self.release(held)
+            if not t.cancelled():
+                t.exception()  # retrieved here when the caller went away
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)

@@ -1,0 +1,533 @@
+"""Timestamps, gaps and nulls (service/timeline.py): the rules as pure functions, then through the
+HTTP API (a filled gap or a null forecasts exactly like the explicitly filled values; errors are
+4xx naming the field and change nothing), the log and snapshots (the metadata survives), and a
+real server killed with kill -9 and restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import threading
+import zlib
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from model import checkpoint
+from service import store as store_module
+from service import timeline
+from service.app import create_app
+from service.engine import Engine
+from service.settings import Settings, parse
+from service.store import Store
+from service.timeline import Stamp, TimelineError, parse_freq, parse_timestamp, plan_append
+from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
+from tests.test_streaming import series
+
+T0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def iso(k: int, step: timedelta = timedelta(hours=1), start: datetime = T0) -> str:
+    return (start + k * step).isoformat().replace("+00:00", "Z")
+
+
+def stamps(*ks: int, step: timedelta = timedelta(hours=1)) -> list[Stamp]:
+    return [parse_timestamp(iso(k, step)) for k in ks]
+
+
+def refused(status: int, field: str, fn, *args, **kw) -> TimelineError:
+    with pytest.raises(TimelineError) as info:
+        fn(*args, **kw)
+    assert (info.value.status, info.value.field) == (status, field), info.value.message
+    return info.value
+
+
+# ---- the rules -------------------------------------------------------------------------------
+
+def test_parse_freq():
+    assert [parse_freq(f) for f in (1, 3600, "10s", "15min", "1h", "1H", " 2d ", "1w", "90")] == \
+        [1, 3600, 10, 900, 3600, 3600, 172800, 604800, 90]
+    for bad in (0, -5, True, 1.5, "1m", "1y", "h", "", "x" * 40, 367 * 86400, "367d"):
+        with pytest.raises(ValueError):
+            parse_freq(bad)
+
+
+def test_parse_timestamp():
+    assert parse_timestamp("2024-05-01T00:00:00Z") == Stamp(1714521600 * 10**6, 0)
+    assert parse_timestamp("2024-05-01T02:00:00+02:00") == Stamp(1714521600 * 10**6, 7200)
+    assert parse_timestamp("2024-05-01 00:00") == parse_timestamp("2024-05-01T00:00:00+00:00")  # naive: UTC
+    assert parse_timestamp("2024-05-01").us == 1714521600 * 10**6
+    assert timeline.format_timestamp(1714521600 * 10**6, 7200) == "2024-05-01T02:00:00+02:00"
+    for bad in ("yesterday", "2024-13-01", "1" * 65, "0001-01-01T00:00:00+05:00",
+                "9999-12-31T12:00:00"):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+
+
+def test_infer_freq():
+    assert timeline.infer_freq(stamps(0, 1, 3, 4)) == 3600
+    assert timeline.infer_freq(stamps(0, 2, 6)) == 7200  # the smallest step, not the gcd
+    refused(422, "timestamps[2]", timeline.infer_freq, stamps(0, 2, 5))
+    refused(422, "timestamps", timeline.infer_freq, stamps(0))
+    half = [parse_timestamp("2024-05-01T00:00:00"), parse_timestamp("2024-05-01T00:00:00.5")]
+    refused(422, "timestamps", timeline.infer_freq, half)
+
+
+def test_new_series_frequency_given_or_inferred():
+    p = plan_append(None, False, [1.0, 2.0, 3.0], stamps(0, 1, 2))
+    assert p.values == [1.0, 2.0, 3.0] and p.filled == 0
+    assert p.meta == {"freq": 3600, "t": stamps(2)[0].us, "off": 0, "last": 3.0}
+    one = plan_append(None, False, [1.0], stamps(0), freq=900)
+    assert one.meta["freq"] == 900
+    refused(422, "timestamps", plan_append, None, False, [1.0], stamps(0))  # nothing to infer from
+    refused(422, "freq", plan_append, None, False, [1.0], None, freq=60)  # no anchor
+    refused(422, "timestamps[1]", plan_append, None, False, [1.0, 2.0], stamps(0, 1), freq=7200)
+    assert plan_append(None, False, [1.0], None).meta == {"last": 1.0}  # no timestamps at all
+
+
+def test_gaps_are_filled_with_the_last_value():
+    p = plan_append(None, False, [1.0, 2.0, 5.0], stamps(0, 1, 4))
+    assert p.values == [1.0, 2.0, 2.0, 2.0, 5.0] and p.filled == 2
+    # Across appends: the gap after the series' last point, from the stored metadata.
+    q = plan_append(p.meta, True, [7.0, None], stamps(6, 8))
+    assert q.values == [5.0, 7.0, 7.0, 7.0] and q.filled == 2
+    assert q.meta["t"] == stamps(8)[0].us and q.meta["last"] == 7.0
+    # The bound: at most gap_budget points, else 422 naming the timestamp after the gap.
+    refused(422, "timestamps[1]", plan_append, p.meta, True, [1.0, 2.0], stamps(5, 9),
+            gap_budget=2)
+    assert plan_append(p.meta, True, [1.0, 2.0], stamps(5, 9), gap_budget=3).filled == 3
+    refused(422, "timestamps[0]", plan_append, p.meta, True, [1.0], stamps(10**6), gap_budget=10)
+    refused(422, "timestamps[1]", plan_append, None, False, [1.0, 2.0], stamps(0, 2), freq=3600,
+            gap_budget=0)
+
+
+def test_nulls_carry_the_last_value_forward():
+    p = plan_append(None, False, [1.0, None, None, 4.0, None], None)
+    assert p.values == [1.0, 1.0, 1.0, 4.0, 4.0] and p.meta == {"last": 4.0}
+    assert plan_append(p.meta, True, [None, 2.0], None).values == [4.0, 2.0]
+    refused(422, "values[0]", plan_append, None, False, [None, 1.0], None)
+    refused(422, "series[2].values[0]", plan_append, None, False, [None], stamps(0), freq=60,
+            prefix="series[2]")
+
+
+def test_order_grid_and_kind_of_series():
+    meta = plan_append(None, False, [1.0, 2.0, 3.0], stamps(0, 1, 2)).meta
+    refused(422, "timestamps[1]", plan_append, meta, True, [1.0, 2.0], stamps(4, 4))  # duplicate
+    refused(422, "timestamps[2]", plan_append, meta, True, [1.0] * 3, stamps(4, 6, 5))  # order
+    refused(409, "timestamps[0]", plan_append, meta, True, [1.0], stamps(2))  # the last one again
+    refused(409, "timestamps[0]", plan_append, meta, True, [1.0, 2.0], stamps(1, 3))  # late
+    off_grid = [parse_timestamp("2024-05-01T03:30:00Z")]
+    refused(422, "timestamps[0]", plan_append, meta, True, [1.0], off_grid)
+    refused(422, "timestamps", plan_append, meta, True, [1.0, 2.0], stamps(3))  # one per value
+    refused(409, "freq", plan_append, meta, True, [1.0], stamps(3), freq=60)
+    assert plan_append(meta, True, [1.0], stamps(3), freq=3600).meta["freq"] == 3600
+    # Without timestamps: the next grid points.
+    nxt = plan_append(meta, True, [4.0, 5.0], None)
+    assert nxt.meta["t"] == stamps(4)[0].us and nxt.values == [4.0, 5.0]
+    # A series created without timestamps takes none later.
+    plain = {"last": 1.0}
+    refused(409, "timestamps", plan_append, plain, True, [1.0], stamps(0))
+    refused(409, "freq", plan_append, plain, True, [1.0], None, freq=60)
+    refused(409, "timestamps", plan_append, None, True, [1.0], stamps(0))  # held, no metadata
+
+
+def test_forecast_timestamps_continue_the_grid_in_the_last_offset():
+    meta = plan_append(None, False, [1.0, 2.0],
+                       [parse_timestamp("2024-05-01T10:00:00+02:00"),
+                        parse_timestamp("2024-05-01T10:15:00+02:00")]).meta
+    assert meta["freq"] == 900 and meta["off"] == 7200
+    assert timeline.forecast_timestamps(meta, 3) == [
+        "2024-05-01T10:30:00+02:00", "2024-05-01T10:45:00+02:00", "2024-05-01T11:00:00+02:00"]
+    assert timeline.forecast_timestamps({"last": 1.0}, 3) is None
+    assert timeline.describe(meta) == {"freq": 900, "last_timestamp": "2024-05-01T10:15:00+02:00"}
+    late = plan_append(None, False, [1.0], [parse_timestamp("9999-12-30T00:00:00")], freq=3600)
+    assert len(timeline.forecast_timestamps(late.meta, 23)) == 23
+    refused(422, "horizon", timeline.forecast_timestamps, late.meta, 25)
+    refused(422, "values", plan_append, late.meta, True, [1.0] * 25, None)
+
+
+def test_series_locks_serialise_and_outlive_a_cancelled_caller():
+    async def scenario():
+        locks, order = timeline.SeriesLocks(), []
+        release_first = asyncio.Event()
+
+        async def first():
+            order.append("first in")
+            await release_first.wait()
+            order.append("first out")
+
+        async def second():
+            order.append("second")
+
+        a = asyncio.ensure_future(locks.run(["b", "a"], first))
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(locks.run(["a"], second))
+        await asyncio.sleep(0.01)
+        assert order == ["first in"] and len(locks) == 2
+        a.cancel()  # the caller goes away; its work goes on and keeps the lock
+        await asyncio.sleep(0.01)
+        assert order == ["first in"]
+        release_first.set()
+        await b
+        assert order == ["first in", "first out", "second"] and len(locks) == 0
+        with pytest.raises(asyncio.CancelledError):
+            await a
+
+    asyncio.run(scenario())
+
+
+# ---- through the API -------------------------------------------------------------------------
+
+LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=400,
+                  max_series=20, max_gap_points=50)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return checkpoint.load(DEFAULT_WEIGHTS)
+
+
+def make_client(loaded, settings: Settings = LIMITS) -> TestClient:
+    model, manifest = loaded
+    return TestClient(create_app(settings, Engine(model, manifest, settings.max_series,
+                                                  backend="torch")))
+
+
+@pytest.fixture(params=[0.0, 2.0], ids=["unbatched", "batched"])
+def client(loaded, request):
+    with make_client(loaded, replace(LIMITS, batch_window_ms=request.param)) as c:
+        yield c
+
+
+def assert_error(r, status: int, field: str | None):
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field, r.json()
+    assert r.json()["detail"]
+
+
+def post(c, sid: str, values, ts=None, **extra):
+    body = {"values": values, **extra}
+    if ts is not None:
+        body["timestamps"] = ts
+    return c.post(f"/series/{sid}/append", json=body)
+
+
+def forecast(c, sid: str, horizon: int = 8) -> dict:
+    r = c.get(f"/series/{sid}/forecast", params={"horizon": horizon})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_filled_gap_forecasts_exactly_like_the_filled_values(client):
+    x = series(40, 3)
+    ks = [k for k in range(44) if k not in (10, 11, 12, 30)]  # four points missing
+    have = dict(zip(ks, x))
+    filled, last = [], None
+    for k in range(44):
+        last = have.get(k, last)
+        filled.append(last)
+    r = post(client, "gappy", [have[k] for k in ks], [iso(k) for k in ks], horizon=6)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["length"] == 44
+    assert got["forecast"]["timestamps"] == [iso(k) for k in range(44, 50)]
+    assert post(client, "dense", filled, [iso(k) for k in range(44)]).status_code == 200
+    assert post(client, "plain", filled).status_code == 200  # no timestamps at all
+    g, d, p = (forecast(client, s, 6) for s in ("gappy", "dense", "plain"))
+    assert g["mean"] == d["mean"] == p["mean"] == got["forecast"]["mean"]
+    assert g["timestamps"] == d["timestamps"] == got["forecast"]["timestamps"]
+    assert "timestamps" not in p
+    info = client.get("/series/gappy").json()
+    assert (info["length"], info["freq"], info["last_timestamp"]) == (44, 3600, iso(43))
+    assert "freq" not in client.get("/series/plain").json()
+
+
+def test_nulls_forecast_exactly_like_carried_forward_values(client):
+    x = series(45, 4)
+    with_nulls = [None if k % 7 == 3 else v for k, v in enumerate(x)]
+    with_nulls[30] = None  # in two appends: the null opening the second takes the first's last
+    explicit, last = [], None
+    for v in with_nulls:
+        last = v if v is not None else last
+        explicit.append(last)
+    for sid, vals in (("nulls", with_nulls), ("explicit", explicit)):
+        assert post(client, sid, vals[:30]).status_code == 200
+        r = post(client, sid, vals[30:], horizon=5)
+        assert r.status_code == 200 and r.json()["length"] == 45
+        assert "timestamps" not in r.json()["forecast"]
+    assert forecast(client, "nulls")["mean"] == forecast(client, "explicit")["mean"]
+    # With timestamps too: nulls and gaps together, and appends without timestamps.
+    ts = [iso(k, timedelta(minutes=15)) for k in range(40)]
+    assert post(client, "mixed", with_nulls[:20], ts[:20], freq="15min").status_code == 200
+    r = post(client, "mixed", with_nulls[20:40], horizon=3)  # the next 20 grid points
+    assert r.json()["forecast"]["timestamps"] == [iso(k, timedelta(minutes=15))
+                                                  for k in range(40, 43)]
+    assert post(client, "mixed-ref", explicit[:20]).status_code == 200
+    assert post(client, "mixed-ref", explicit[20:40]).status_code == 200
+    assert forecast(client, "mixed")["mean"] == forecast(client, "mixed-ref")["mean"]
+
+
+def test_rejected_requests_name_the_field_and_change_nothing(client):
+    x = series(40, 5)
+    assert post(client, "s", x, [iso(k) for k in range(40)]).status_code == 200
+    before = (client.get("/series/s").json(), forecast(client, "s"))
+    t = [iso(k) for k in range(40, 44)]
+    cases = [
+        ({"values": [1.0, 2.0], "timestamps": [t[0], "not a time"]}, 422, "timestamps[1]"),
+        ({"values": [1.0, 2.0], "timestamps": [t[0], t[0]]}, 422, "timestamps[1]"),
+        ({"values": [1.0, 2.0], "timestamps": [t[1], t[0]]}, 422, "timestamps[1]"),
+        ({"values": [1.0], "timestamps": [iso(39)]}, 409, "timestamps[0]"),  # a retry
+        ({"values": [1.0], "timestamps": [iso(12)]}, 409, "timestamps[0]"),  # late
+        ({"values": [1.0, 2.0], "timestamps": [t[0], "2024-05-02T17:30:00Z"]}, 422,
+         "timestamps[1]"),  # off the grid
+        ({"values": [1.0, 2.0], "timestamps": [t[0]]}, 422, "timestamps"),
+        ({"values": [1.0], "timestamps": [iso(40 + 51)]}, 422, "timestamps[0]"),  # gap of 51
+        ({"values": [1.0], "timestamps": [t[0]], "freq": "2h"}, 409, "freq"),
+        ({"values": [1.0], "freq": "2 fortnights"}, 422, "freq"),
+        ({"values": [1.0, None], "timestamps": [t[0], 5]}, 422, "timestamps[1]"),
+        ({"values": [1.0, 2.0], "timestamps": [t[0], t[1]], "horizon": 501}, 422, "horizon"),
+        ({"values": [1.0], "timestamps": [t[0]], "extra": 1}, 422, "extra"),
+    ]
+    for body, status, field in cases:
+        assert_error(client.post("/series/s/append", json=body), status, field)
+    for token in ("NaN", "Infinity"):
+        r = client.post("/series/s/append", content=f'{{"values": [1.0, {token}]}}',
+                        headers={"content-type": "application/json"})
+        assert_error(r, 422, "values[1]")
+    assert (client.get("/series/s").json(), forecast(client, "s")) == before
+    # A series created without timestamps refuses them; one may not start with a null.
+    assert post(client, "p", [1.0, 2.0]).status_code == 200
+    assert_error(post(client, "p", [1.0], [t[0]]), 409, "timestamps")
+    assert_error(post(client, "n", [None, 1.0]), 422, "values[0]")
+    assert_error(post(client, "n1", [1.0], [t[0]]), 422, "timestamps")  # one point, no freq
+    assert_error(post(client, "n2", [1.0], freq="1h"), 422, "freq")  # freq without timestamps
+    for sid in ("n", "n1", "n2"):
+        assert_error(client.get(f"/series/{sid}"), 404, "id")
+
+
+def test_filled_points_count_toward_the_point_limit(loaded):
+    with make_client(loaded, replace(LIMITS, max_gap_points=1000)) as c:
+        assert post(c, "g", [1.0, 2.0], [iso(0), iso(360)], freq="1h").status_code == 200  # 361
+        assert_error(post(c, "g", [1.0, 2.0], [iso(361), iso(800)]), 413, "values")  # 440
+        assert c.get("/series/g").json()["length"] == 361
+        bulk = {"series": [{"id": "g", "values": [1.0], "timestamps": [iso(900)]}]}  # 539
+        assert_error(c.post("/series/append", json=bulk), 413, "series")
+
+
+def test_bulk_append_with_timestamps(client):
+    a, b = series(40, 6), series(40, 7)
+    ok = {"series": [
+        {"id": "a", "values": a[:35], "timestamps": [iso(k) for k in range(35)]},
+        {"id": "b", "values": b, "timestamps": [iso(k, timedelta(days=1)) for k in range(40)]},
+        {"id": "a", "values": [a[35], None], "timestamps": [iso(37), iso(38)]},  # gap, null
+    ], "horizon": 4}
+    r = client.post("/series/append", json=ok)
+    assert r.status_code == 200, r.text
+    items = r.json()["series"]
+    assert [(i["id"], i["length"]) for i in items] == [("a", 35), ("b", 40), ("a", 39)]
+    assert items[0]["forecast"]["timestamps"] == [iso(k) for k in range(35, 39)]
+    assert items[1]["forecast"]["timestamps"] == [iso(k, timedelta(days=1)) for k in range(40, 44)]
+    assert items[2]["forecast"]["timestamps"] == [iso(k) for k in range(39, 43)]
+    # Bulk ops are computed batched (CPU matrix products round with the batch size): compare
+    # with single appends of the filled values to 1e-5.
+    assert post(client, "a-ref", a[:35]).status_code == 200
+    assert post(client, "a-ref", [a[34], a[34], a[35], a[35]]).status_code == 200
+    for other in (forecast(client, "a", 4)["mean"], forecast(client, "a-ref", 4)["mean"]):
+        assert rel_err(torch.tensor(other), torch.tensor(items[2]["forecast"]["mean"])) <= 1e-5
+    # Checked whole: one bad item refuses all, naming it; nothing changes.
+    before = {s: client.get(f"/series/{s}").json() for s in ("a", "b")}
+    bad = {"series": [{"id": "b", "values": [1.0], "timestamps": [iso(40, timedelta(days=1))]},
+                      {"id": "a", "values": [1.0], "timestamps": [iso(38)]}]}
+    assert_error(client.post("/series/append", json=bad), 409, "series[1].timestamps[0]")
+    bad["series"][1] = {"id": "c", "values": [None]}
+    assert_error(client.post("/series/append", json=bad), 422, "series[1].values[0]")
+    bad["series"][1] = {"id": "a", "values": [1.0, 2.0], "timestamps": [iso(39), "soon"]}
+    assert_error(client.post("/series/append", json=bad), 422, "series[1].timestamps[1]")
+    gaps = {"series": [{"id": "a", "values": [1.0], "timestamps": [iso(39 + 30)]},
+                       {"id": "b", "values": [1.0], "timestamps": [iso(40 + 30, timedelta(days=1))]}]}
+    assert_error(client.post("/series/append", json=gaps), 422, "series[1].timestamps[0]")  # 60 > 50
+    assert {s: client.get(f"/series/{s}").json() for s in ("a", "b")} == before
+    assert_error(client.get("/series/c"), 404, "id")
+
+
+def test_stateless_forecast_with_timestamps_and_nulls(client):
+    x = series(42, 8)
+    ts = [iso(k, timedelta(minutes=5)) for k in range(42) if k not in (7, 8)]
+    with_gaps = x[:7] + x[9:42]
+    body = {"series": [{"id": "t", "values": with_gaps[:5] + [None] + with_gaps[6:],
+                        "timestamps": ts},
+                       {"id": "u", "values": x}], "horizon": 3}
+    r = client.post("/forecast", json=body)
+    assert r.status_code == 200, r.text
+    t, u = r.json()["forecasts"]
+    assert t["timestamps"] == [iso(k, timedelta(minutes=5)) for k in range(42, 45)]
+    assert "timestamps" not in u
+    filled = with_gaps[:5] + [with_gaps[4]] + with_gaps[6:7] + [with_gaps[6]] * 2 + with_gaps[7:]
+    ref = client.post("/forecast", json={"series": [{"id": "r", "values": filled},
+                                                    {"id": "u", "values": x}], "horizon": 3})
+    assert ref.json()["forecasts"][0]["mean"] == t["mean"]  # the same batch: bit for bit
+    body["series"][0]["timestamps"][3] = body["series"][0]["timestamps"][2]
+    assert_error(client.post("/forecast", json=body), 422, "series[0].timestamps[3]")
+    assert_error(client.post("/forecast", json={"series": [{"id": "v", "values": [None] * 40}]}),
+                 422, "series[0].values[0]")
+
+
+def test_concurrent_appends_to_one_series_keep_the_grid(loaded):
+    """Appends without timestamps take the next grid points; racing ones must not both take the
+    same: the HTTP layer serialises requests on a series."""
+    with make_client(loaded, replace(LIMITS, batch_window_ms=2.0)) as c:
+        assert post(c, "busy", [1.0], [iso(0)], freq=60).status_code == 200
+        errors = []
+
+        def work(seed: int) -> None:
+            for k in range(6):
+                r = post(c, "busy", [float(seed), None, float(k)])
+                if r.status_code != 200:
+                    errors.append(r.text)
+
+        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert not errors
+        info = c.get("/series/busy").json()
+        assert info["length"] == 1 + 4 * 6 * 3
+        assert info["last_timestamp"] == iso(72, timedelta(minutes=1))
+        assert len(c.app.state.series_locks) == 0
+
+
+def test_max_gap_points_flag():
+    assert parse([]).max_gap_points == 10_000
+    assert parse(["--max-gap-points", "0"]).max_gap_points == 0
+    with pytest.raises(SystemExit):
+        parse(["--max-gap-points", "-1"])
+
+
+# ---- the log and snapshots -------------------------------------------------------------------
+
+def test_metadata_is_logged_and_snapshotted(loaded, tmp_path):
+    model, manifest = loaded
+    engine = Engine(model, manifest, 10, backend="torch")
+    store = Store(tmp_path, engine, snapshot_interval_s=0)
+    store.open()
+    m1 = {"freq": 60, "t": 10**15, "off": 3600, "last": 2.5}
+    engine.append("a", [1.0, 2.5], None, meta=m1)
+    engine.append("b", [1.0], None, meta={"last": 1.0})
+    engine.append("gone", [1.0], None, meta={"last": 1.0})
+    engine.delete("gone")
+    store.snapshot()
+    m2 = {**m1, "t": 10**15 + 60 * 10**6, "last": 3.0}
+    engine.append("a", [3.0], None, meta=m2)
+    store.close(snapshot=False)  # the snapshot, and one record after it
+
+    again = Engine(model, manifest, 10, backend="torch")
+    stats = Store(tmp_path, again, snapshot_interval_s=0).open()
+    assert stats["restored"] == 2 and stats["replayed"] == 1
+    assert again.meta == {"a": m2, "b": {"last": 1.0}}
+    snap = next(tmp_path.glob("snapshot-*.safetensors"))
+    from safetensors import safe_open
+    with safe_open(str(snap), "pt") as f:
+        metadata = f.metadata()
+    assert metadata["format_version"] == "2"
+    assert dict(zip(json.loads(metadata["ids"]), json.loads(metadata["meta"]))) == \
+        {"a": m1, "b": {"last": 1.0}}
+
+
+def test_version_1_log_segments_are_still_read(loaded, tmp_path):
+    """Segments written before the metadata existed replay; the series have none."""
+    header = store_module.HEADER.pack(store_module.MAGIC, 1, 1)
+    data = header + struct.pack("<I", zlib.crc32(header))
+    for seq, (sid, values) in enumerate([("a", [1.0, 2.0]), ("a", [3.0])], start=1):
+        sid_b = sid.encode()
+        payload = (store_module.PAYLOAD.pack(store_module.KIND_APPEND, seq, len(sid_b)) + sid_b
+                   + store_module.APPEND.pack(2 if seq == 1 else 3, len(values))
+                   + struct.pack(f"<{len(values)}d", *values))
+        head = struct.pack("<I", len(payload))
+        data += head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+    (tmp_path / "wal-0000000000000001.log").write_bytes(data)
+    model, manifest = loaded
+    engine = Engine(model, manifest, 10, backend="torch")
+    store = Store(tmp_path, engine, snapshot_interval_s=0)
+    assert store.open()["replayed"] == 2
+    assert engine.describe("a")["length"] == 3 and engine.meta == {}
+    with TestClient(create_app(Settings(), engine)) as c:
+        # No metadata: not a series with timestamps, and no last value to carry forward.
+        assert_error(post(c, "a", [1.0], [iso(0)]), 409, "timestamps")
+        assert_error(post(c, "a", [None]), 422, "values[0]")
+        assert post(c, "a", [4.0, None]).json()["length"] == 5
+        assert engine.meta["a"] == {"last": 4.0}
+    store.close(snapshot=False)
+
+
+# ---- a real server, killed -------------------------------------------------------------------
+
+def test_kill_9_keeps_the_timeline(tmp_path):
+    """Timestamps, a gap and nulls; kill -9; the log alone restores the timeline and the last value
+    (a gap right after the restart takes it); a clean stop; the snapshot alone restores them."""
+    x = series(50, 9)
+    ks = [k for k in range(40) if k != 20]
+    flags = ("--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
+    filled = [x[k] if k != 20 else x[19] for k in range(40)]  # the gap at 20 takes x[19]
+    appends = [  # (the body for the series with timestamps, the same points filled by hand)
+        ({"values": [x[k] for k in ks], "timestamps": [iso(k) for k in ks]}, filled),
+        ({"values": [None]}, [x[39]]),  # the next grid point, iso(40)
+        # after the first restart: 41 is a gap, filled with the logged last value
+        ({"values": [x[42]], "timestamps": [iso(42)]}, [x[39], x[42]]),
+        # after the second: 43 a gap, 44 a null, 45 a gap, all x[42] (from the snapshot)
+        ({"values": [None, x[46]], "timestamps": [iso(44), iso(46)]}, [x[42]] * 3 + [x[46]]),
+    ]
+
+    def apply(c, k: int, horizon: int = 4) -> dict:
+        body, by_hand = appends[k]
+        r = c.post("/series/ts/append", json={**body, "horizon": horizon})
+        assert r.status_code == 200, r.text
+        ref = c.post("/series/ref/append", json={"values": by_hand, "horizon": horizon})
+        assert ref.status_code == 200, ref.text
+        assert ref.json()["length"] == r.json()["length"]
+        assert ref.json()["forecast"]["mean"] == r.json()["forecast"]["mean"]  # bit for bit
+        return r.json()
+
+    server = Server(*flags)
+    try:
+        apply(server.client, 0)
+        out = apply(server.client, 1)
+        assert out["length"] == 41
+        assert out["forecast"]["timestamps"] == [iso(k) for k in range(41, 45)]
+        before = server.client.get("/series/ts/forecast", params={"horizon": 4}).json()
+        assert before["mean"] == out["forecast"]["mean"]
+    finally:
+        server.proc.kill()
+        server.proc.wait(10)
+    assert not list(tmp_path.glob("snapshot-*"))
+
+    server = Server(*flags)  # recovered from the log alone
+    try:
+        c = server.client
+        assert c.get("/series/ts/forecast", params={"horizon": 4}).json() == before
+        info = c.get("/series/ts").json()
+        assert (info["length"], info["freq"], info["last_timestamp"]) == (41, 3600, iso(40))
+        r = c.post("/series/ts/append", json={"values": [1.0], "timestamps": [iso(40)]})
+        assert r.status_code == 409 and r.json()["field"] == "timestamps[0]"  # a duplicate
+        out = apply(c, 2)
+        assert out["length"] == 43
+        assert out["forecast"]["timestamps"] == [iso(k) for k in range(43, 47)]
+    finally:
+        server.stop()  # SIGTERM: a clean shutdown writes a snapshot
+    assert list(tmp_path.glob("snapshot-*.safetensors"))
+
+    server = Server(*flags)  # recovered from the snapshot alone
+    try:
+        c = server.client
+        assert c.get("/series/ts").json()["last_timestamp"] == iso(42)
+        out = apply(c, 3, horizon=3)
+        assert out["length"] == 47
+        assert out["forecast"]["timestamps"] == [iso(k) for k in (47, 48, 49)]
+        assert c.get("/series/ts").json()["last_timestamp"] == iso(46)
+    finally:
+        server.proc.kill()
+        server.proc.wait(10)
