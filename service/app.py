@@ -141,6 +141,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         chain[series_id] = planned.meta
         return planned
 
+    def check_many(body) -> None:
+        """The limits of a request of many series: horizon, series and values."""
+        check_horizon(body.horizon)
+        if len(body.series) > settings.max_series_per_request:
+            raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
+                                   f"{settings.max_series_per_request}", "series")
+        check_points(sum(len(s.values) for s in body.series), "series")
+
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz():
         """Liveness: the process answers (weights may still be loading)."""
@@ -170,11 +178,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.post("/forecast", response_model=schemas.ForecastResponse,
               response_model_exclude_none=True)
     async def forecast(body: schemas.ForecastRequest, request: Request):
-        check_horizon(body.horizon)
-        if len(body.series) > settings.max_series_per_request:
-            raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
-                                   f"{settings.max_series_per_request}", "series")
-        check_points(sum(len(s.values) for s in body.series), "series")
+        check_many(body)
         histories, stamps, budget = [], [], settings.max_gap_points
         for i, s in enumerate(body.series):  # the streaming rules, from an empty series
             planned = timeline.plan_append(None, False, s.values, s.timestamps, s.freq, budget,
@@ -209,11 +213,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
               response_model_exclude_none=True)
     async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
         """Append to many series at once; checked whole: one bad item refuses them all."""
-        check_horizon(body.horizon)
-        if len(body.series) > settings.max_series_per_request:
-            raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
-                                   f"{settings.max_series_per_request}", "series")
-        check_points(sum(len(s.values) for s in body.series), "series")
+        check_many(body)
         e = engine_of(request)
 
         async def work():
