@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -53,14 +53,19 @@ class EngineError(Exception):
 class SeriesEntry:
     state: RimerState | None  # None while spilled to the host or disk tier
     lock: threading.Lock
-    length: int = 0  # points seen (kept here so that listing needs no state)
+    length: int = 0  # points seen (kept here so that listing needs no state), pending included
     touched: float = 0.0  # time.monotonic() of the last request (idle expiry)
+    # Points appended after `state` that complete no patch: they would only be copied into the
+    # state's tail (the matrices and statistics change per patch), so they wait here, plain
+    # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
+    pending: list[float] = field(default_factory=list)
 
     def set_state(self, state: RimerState) -> None:
         """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
         contiguous, and CPU kernels may round differently with other strides."""
         tensors = {k: v.contiguous() for k, v in state.tensors().items()}
         self.state, self.length = RimerState(**tensors), int(state.length[0])
+        self.pending = []
 
 
 @dataclass(eq=False)
@@ -82,10 +87,6 @@ class Op:
 
 
 _SMALL_FIELDS = ("shift", "n_patches", "tail", "tail_len", "norm", "next_patch")
-
-
-def _tensors(ops: list[Op]) -> list[torch.Tensor]:
-    return [torch.tensor(op.values, dtype=torch.float32) for op in ops]
 
 
 class Journal(Protocol):
@@ -291,7 +292,8 @@ class Engine:
                 if entry.length == 0 or not entry.lock.acquire(blocking=False):
                     continue
                 try:
-                    self.spill.put(series_id, entry.state)
+                    self.spill.put(series_id, self._folded(entry))
+                    entry.pending = []
                     entry.state = None
                     del self._resident[series_id]
                     over -= 1
@@ -330,25 +332,40 @@ class Engine:
                     continue  # deleted meanwhile: start again on a new series
                 try:
                     state = self._on_device(series_id, entry)
-                    old_length = entry.length
+                    length = entry.length + len(values)
                     if horizon is not None:
-                        self.check_forecastable(old_length + len(values), horizon, "horizon")
-                    new_state = self.model.append(state,
-                                                  [torch.tensor(values, dtype=torch.float32)])
-                    mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
-                            if horizon else None)
-                    length, ticket = int(new_state.length[0]), None
+                        self.check_forecastable(length, horizon, "horizon")
+                    new_state, mean, ticket = None, None, None
+                    if horizon is not None or not self._tail_only(entry.length, length):
+                        new_state = self.model.append(state, [torch.tensor(
+                            entry.pending + values, dtype=torch.float32)])
+                        mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
+                                if horizon else None)
                     with self._journal_lock():
                         if self._series.get(series_id) is not entry:
                             continue  # deleted while we computed: start again on a new series
                         if self.journal is not None:
                             ticket = self.journal.write_append(series_id, values, length, meta)
-                        entry.set_state(new_state)
+                        if new_state is None:
+                            entry.pending.extend(values)
+                            entry.length = length
+                        else:
+                            entry.set_state(new_state)
                         self._set_meta(series_id, meta)
                 except BaseException:
                     self._forget_if_empty(series_id, entry)
                     raise
                 return length, mean, ticket
+
+    def _tail_only(self, before: int, after: int) -> bool:
+        """No patch completes between these lengths: the append is a copy into the tail."""
+        return before // self.patch_len == after // self.patch_len
+
+    def _folded(self, entry: SeriesEntry) -> RimerState:
+        """The entry's state with its pending points in the tail (a new state; entry unchanged)."""
+        if not entry.pending:
+            return entry.state
+        return self.model.append(entry.state, [torch.tensor(entry.pending, dtype=torch.float32)])
 
     def _set_meta(self, series_id: str, meta: dict | None) -> None:
         if meta is not None:
@@ -372,8 +389,11 @@ class Engine:
                     raise EngineError(404, f"unknown series {series_id!r}", "id")
                 length = entry.length
                 self.check_forecastable(length, horizon, "horizon")
-                state = self._on_device(series_id, entry)
-                return length, self.model.forecast(state, horizon)[0].cpu().tolist()
+                self._on_device(series_id, entry)
+                if entry.pending:
+                    with self._journal_lock():  # a snapshot reads pending under this lock
+                        entry.set_state(self._folded(entry))
+                return length, self.model.forecast(entry.state, horizon)[0].cpu().tolist()
         finally:
             self._shrink()
 
@@ -580,19 +600,25 @@ class Engine:
                         rounds.append([])
                     rounds[k].append(op)
             states = {sid: self._on_device(sid, e) for sid, e in entries.items()}
+            pending = {sid: list(e.pending) for sid, e in entries.items()}
             for ops in rounds:
-                self._torch_round(ops, states)
+                self._torch_round(ops, states, pending)
             with self._journal_lock():
                 for r in accepted:
                     done = []
                     try:
                         for op in requests[r]:
+                            entry = entries[op.series_id]
                             if op.values is not None:
                                 if self.journal is not None:
                                     ticket = self.journal.write_append(op.series_id, op.values,
                                                                        op.length, op.meta)
-                                entries[op.series_id].set_state(op.state)
                                 self._set_meta(op.series_id, op.meta)
+                            if op.state is not None:  # computed: pending points folded in
+                                entry.set_state(op.state)
+                            elif op.values is not None:  # deferred: a copy into the tail
+                                entry.pending.extend(op.values)
+                                entry.length = op.length
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
                         results[r] = exc
@@ -607,36 +633,52 @@ class Engine:
                 self._forget_if_empty(sid, entries[sid])
         return results, ticket
 
-    def _torch_round(self, ops: list[Op], states: dict[str, RimerState]) -> None:
-        """At most one op per series: append (one model call for the series that only extend their
-        tail, one for those that complete a patch), then forecast (one call per horizon). Sets
-        `op.state` and `op.mean`; `states` moves on to the new states."""
-        p = self.patch_len
-        appends = [op for op in ops if op.values is not None]
-        tail_only = [op for op in appends
-                     if int(states[op.series_id].tail_len[0]) + len(op.values) < p]
-        stepped = [op for op in appends
-                   if int(states[op.series_id].tail_len[0]) + len(op.values) >= p]
+    def _torch_round(self, ops: list[Op], states: dict[str, RimerState],
+                     pending: dict[str, list[float]]) -> None:
+        """At most one op per series. An append that completes no patch and asks no forecast is
+        deferred (its points join `pending`; `op.state` stays None). The others, and forecasts
+        of series with pending points, compute their state from the pending points and their
+        own: one model call for those that complete no patch (the matrices are neither read
+        nor changed), one for those that do; then forecasts, one call per horizon. Sets
+        `op.state` and `op.mean`; `states` and `pending` move on."""
+        computed: list[tuple[Op, list[float]]] = []
+        for op in ops:
+            sid = op.series_id
+            if op.values is None:
+                if pending[sid]:
+                    computed.append((op, pending[sid]))
+                    pending[sid] = []
+            elif op.horizon is None and self._tail_only(op.length - len(op.values), op.length):
+                pending[sid] = pending[sid] + op.values
+            else:
+                computed.append((op, pending[sid] + op.values))
+                pending[sid] = []
+
+        def tensors(group):
+            return [torch.tensor(v, dtype=torch.float32) for _, v in group]
+
+        tail_only = [(op, v) for op, v in computed if self._tail_only(op.length - len(v), op.length)]
+        stepped = [(op, v) for op, v in computed if not self._tail_only(op.length - len(v), op.length)]
         if tail_only:  # no patch completes: the matrices are neither read nor changed
-            old = [states[op.series_id] for op in tail_only]
+            old = [states[op.series_id] for op, _ in tail_only]
             small = {f: torch.cat([getattr(s, f) for s in old]) for f in _SMALL_FIELDS}
-            out = self.model.append(RimerState(wkv=None, **small), _tensors(tail_only))
+            out = self.model.append(RimerState(wkv=None, **small), tensors(tail_only))
             rows = {f: t.split(1) for f, t in out.tensors().items()}
-            for b, op in enumerate(tail_only):
+            for b, (op, _) in enumerate(tail_only):
                 op.state = RimerState(wkv=old[b].wkv, **{f: rows[f][b] for f in _SMALL_FIELDS})
         if stepped:
             if self.journal is not None:
                 # The log is replayed one append at a time; CPU matrix products differ in the last
                 # bits with the batch size, so compute as replay will (bit-identical recovery).
-                for op in stepped:
-                    op.state = self.model.append(states[op.series_id], _tensors([op]))
+                for op, v in stepped:
+                    op.state = self.model.append(states[op.series_id], tensors([(op, v)]))
             else:
-                out = self.model.append(RimerState.cat([states[op.series_id] for op in stepped]),
-                                        _tensors(stepped))
+                out = self.model.append(RimerState.cat([states[op.series_id] for op, _ in stepped]),
+                                        tensors(stepped))
                 rows = {f: t.split(1) for f, t in out.tensors().items()}
-                for b, op in enumerate(stepped):
+                for b, (op, _) in enumerate(stepped):
                     op.state = RimerState(**{f: rows[f][b] for f in rows})
-        for op in appends:
+        for op, _ in computed:
             states[op.series_id] = op.state
         by_horizon: dict[int, list[Op]] = {}
         for op in ops:
@@ -699,7 +741,7 @@ class Engine:
             with self._table_lock:
                 # States are never changed in place (an append swaps in a new one), so references
                 # are a consistent copy; a series whose first append is in flight has none yet.
-                held = [(i, e.state) for i, e in self._series.items()
+                held = [(i, self._folded(e)) for i, e in self._series.items()
                         if e.length > 0 and e.state is not None]
                 spilled = [i for i, e in self._series.items() if e.length > 0 and e.state is None]
                 chunks = self._peek_spilled(spilled)

@@ -213,3 +213,35 @@ def test_batching_on_and_off_agree_on_a_real_server():
             assert rel_err(torch.tensor(results[window][i]), torch.tensor(whole[k]["mean"])) <= 1e-4
     for i in ids:  # CPU matrix products round differently with the batch size: not bit for bit
         assert rel_err(torch.tensor(results["5"][i]), torch.tensor(results["0"][i])) <= 1e-5
+
+
+def test_appends_that_complete_no_patch_wait_for_one(loaded):
+    """Points that complete no patch are only copied into the tail: the engine defers them (no
+    model call) until a patch completes or a forecast needs them, with the same result."""
+    model, manifest = loaded
+    engine = Engine(model, manifest, max_series=5, backend="torch")
+    calls = []
+    real_append = model.append
+
+    def counting(state, values):
+        calls.append(state.batch)
+        return real_append(state, values)
+
+    x = series(100, 7)
+    try:
+        model.append = counting
+        for k in range(31):
+            engine.append("d", x[k:k + 1], None)
+        assert calls == [] and engine.describe("d")["length"] == 31
+        engine.apply_batch([[Op("d", x[31:33])]])  # completes the first patch: one call
+        assert calls == [1]
+        for k in range(33, 63):
+            engine.apply_batch([[Op("d", x[k:k + 1])]])
+        assert calls == [1]
+        got = engine.forecast_series("d", 12)  # folds the 30 pending points first
+        assert len(calls) == 2
+    finally:
+        del model.append
+    reference = model.append(model.init_state([torch.tensor(x[:63])]), [torch.tensor(x[:63])])
+    expected = model.forecast(reference, 12)[0].tolist()
+    assert got[0] == 63 and rel_err(torch.tensor(got[1]), torch.tensor(expected)) <= 1e-5
