@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path as PathLib
@@ -57,6 +58,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                      if settings.batch_window_ms > 0 else None)
         app.state.store, app.state.scheduler, app.state.engine = store, scheduler, loaded
         expiry = IdleExpiry(loaded, settings.idle_expiry_s) if settings.idle_expiry_s > 0 else None
+        if engine is None:
+            # The weights, torch and the recovered states are long-lived: keep them out of the
+            # cyclic collector's full passes, which otherwise walk them every few bulk requests.
+            gc.collect()
+            gc.freeze()
         yield
         if expiry is not None:
             expiry.close()

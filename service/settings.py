@@ -34,6 +34,8 @@ class Settings:
     fsync: str = "always"  # always | interval
     fsync_interval_ms: int = 100
     snapshot_interval_s: float = 60.0
+    torch_threads: int = 1  # CPU threads of torch's kernels; 0: torch's default
+    access_log: bool = False  # uvicorn's line per request
     batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
     max_batch: int = 1024
 
@@ -77,6 +79,11 @@ HELP = {
     "fsync_interval_ms": "milliseconds between fsyncs with --fsync interval",
     "snapshot_interval_s": "seconds between snapshots of every series (also one at clean "
                            "shutdown; 0: only then); the log is cut after each",
+    "torch_threads": "CPU threads for torch's kernels (0: torch's default, one per core); the "
+                     "default 1 suits the small shipped models and a machine shared with the HTTP "
+                     "workers; raise it for large stateless forecasts on many cores",
+    "access_log": "log a line per request (uvicorn's access log; the metrics count every request "
+                  "either way)",
     "batch_window_ms": "milliseconds to wait for concurrent appends and forecasts of streaming "
                        "series to coalesce into one model call (waited only while requests are "
                        "concurrent); 0: off, each request calls the engine on its own",

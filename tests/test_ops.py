@@ -230,7 +230,7 @@ def test_keys_are_not_shown(capsys, monkeypatch):
 
 def test_keys_and_metrics_through_a_real_server(monkeypatch):
     monkeypatch.setenv("RIMER_API_KEYS", "real-server-key")  # the env, as a deployment would
-    server = Server()  # waits on /healthz, which needs no key
+    server = Server("--access-log")  # waits on /healthz, which needs no key
     try:
         c = server.client
         assert c.get("/readyz").json()["status"] == "ready"
