@@ -199,17 +199,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--balance", choices=("series", "datasets"), default="series",
                     help="sample every variable alike, or every dataset alike")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--init", default=None,
+                    help="start from these weights (ours; fine-tuning) instead of a random init; "
+                         "the model's sizes are taken from them")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     out = Path(args.out)
     resume_dir = out / "train_state"
-    cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
-                      head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
-                      pos_emb="none", norm="causal")
-    model = Rimer(cfg)
-    init_weights(model, args.seed)
+    if args.init:
+        model, _ = checkpoint.load(args.init)
+        cfg = model.cfg
+        if not cfg.streamable:
+            ap.error("--init needs weights with causal normalisation (ours)")
+        torch.manual_seed(args.seed)
+        args.patch_len = cfg.patch_len
+    else:
+        cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
+                          head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
+                          pos_emb="none", norm="causal")
+        model = Rimer(cfg)
+        init_weights(model, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sets = [data.load(n, args.data_dir) for n in args.datasets]
     rng = np.random.default_rng(args.seed)

@@ -42,3 +42,16 @@ def test_rollout_loss_scores_the_same_forecast_as_inference():
     err = ((forecast - x.view(3, 10, 8)[:, 4:]) / scale).clamp(-train.TARGET_CLIP, train.TARGET_CLIP)
     expected = (err ** 2).mean(dim=(0, 2)).mean()
     assert torch.allclose(train.rollout_loss(model, x, 4), expected, rtol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path):
+    base = ["--datasets", "ETTh1", "--batch", "4", "--max-patches", "6", "--val-every", "1",
+            "--threads", "1"]
+    train.main([*base, "--out", str(tmp_path / "a"), "--d-model", "64", "--steps", "1"])
+    start, _ = checkpoint.load(tmp_path / "a")
+    train.main([*base, "--out", str(tmp_path / "b"), "--init", str(tmp_path / "a"),
+                "--steps", "1", "--lr", "1e-9"])
+    tuned, _ = checkpoint.load(tmp_path / "b")
+    assert tuned.cfg == start.cfg  # sizes from the weights, not the flags' defaults (d256)
+    for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-9 barely moves them
