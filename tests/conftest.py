@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -13,11 +14,14 @@ import httpx
 import pytest
 import torch
 
+from service.settings import DEFAULT_WEIGHTS as DEFAULT_WEIGHTS_OF_SERVICE
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 ORIGINAL_PTH = REFERENCE / "rimer_random_state_dict.pth"
 GOLDEN = REFERENCE / "rimer_golden.pt"
-DEFAULT_WEIGHTS = ROOT / "weights" / "rimer-small"
+DEFAULT_WEIGHTS = Path(DEFAULT_WEIGHTS_OF_SERVICE)  # what `python -m service` serves
+DEFAULT_NAME = json.loads((DEFAULT_WEIGHTS / "manifest.json").read_text())["name"]
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

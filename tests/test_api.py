@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings
-from tests.conftest import DEFAULT_WEIGHTS, ORIGINAL_PTH
+from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ORIGINAL_PTH
 
 LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=5000,
                   max_body_bytes=200_000, max_series=3)
@@ -38,7 +38,7 @@ def test_forecast_shape(client):
                                                   {"id": "b", "values": ramp(64)}], "horizon": 7})
     assert r.status_code == 200
     body = r.json()
-    assert body["model"] == "rimer-small" and body["horizon"] == 7
+    assert body["model"] == DEFAULT_NAME and body["horizon"] == 7
     assert [f["id"] for f in body["forecasts"]] == ["a", "b"]
     assert all(len(f["mean"]) == 7 for f in body["forecasts"])
 
@@ -50,7 +50,7 @@ def test_series_lifecycle(client):
     assert r.json()["length"] == 43 and len(r.json()["forecast"]["mean"]) == 5
     info = client.get("/series/plant-1.temp").json()
     assert info["length"] == 43 and info["patches"] == 1 and info["tail_points"] == 11
-    assert info["model"] == "rimer-small" and info["state_bytes"] > 0
+    assert info["model"] == DEFAULT_NAME and info["state_bytes"] > 0
     assert client.delete("/series/plant-1.temp").status_code == 204
     assert_error(client.get("/series/plant-1.temp"), 404, "id")
 
@@ -58,7 +58,7 @@ def test_series_lifecycle(client):
 def test_models_and_health(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     m = client.get("/models").json()["models"][0]
-    assert m["name"] == "rimer-small" and m["streamable"] is True
+    assert m["name"] == DEFAULT_NAME and m["streamable"] is True
     assert m["config"]["norm"] == "causal" and m["config"]["pos_emb"] == "none"
     assert "sha256" in m["manifest"]
 

@@ -19,7 +19,7 @@ from service import store as store_module
 from service.engine import Engine, EngineError
 from service.settings import parse
 from service.store import HEADER_SIZE, Store, StoreError
-from tests.conftest import DEFAULT_WEIGHTS, ROOT, Server
+from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ROOT, Server
 from tests.test_ops import value
 from tests.test_streaming import series
 
@@ -149,7 +149,7 @@ def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path,
     engine.append("a", series(40, 1), None)
     store.close()
     other = new_engine(loaded, manifest={"name": "retrained", "sha256": {"model.safetensors": "0"}})
-    with pytest.raises(StoreError, match=r"written by model 'rimer-small'.*loaded 'retrained'"):
+    with pytest.raises(StoreError, match=rf"written by model '{DEFAULT_NAME}'.*loaded 'retrained'"):
         open_store(tmp_path, other)
     monkeypatch.setattr(store_module, "STATE_VERSION", 99)
     with pytest.raises(StoreError, match=r"STATE_VERSION 2, this build uses 99"):

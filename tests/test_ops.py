@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings, parse
-from tests.conftest import DEFAULT_WEIGHTS, Server
+from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, Server
 
 LIMITS = dict(max_horizon=500, max_series_per_request=4, max_points_per_request=5000,
               max_body_bytes=200_000, max_series=3)
@@ -85,7 +85,7 @@ def test_metrics_count_requests_by_route_template(client):
     assert value(text, "rimer_points_appended_total") == 80
     assert value(text, "rimer_points_forecast_total", op="forecast") == 5
     assert value(text, "rimer_ready") == 1
-    assert value(text, "rimer_model_info", model="rimer-small", backend="torch", device="cpu") == 1
+    assert value(text, "rimer_model_info", model=DEFAULT_NAME, backend="torch", device="cpu") == 1
     client.delete("/series/plant-1.temp")
     assert value(client.get("/metrics").text, "rimer_series_held") == 1
 
@@ -132,7 +132,7 @@ def test_readyz_503_until_the_weights_are_loaded():
     with TestClient(app) as after:
         r = after.get("/readyz")
         assert r.status_code == 200
-        assert r.json() == {"status": "ready", "model": "rimer-small", "backend": "torch",
+        assert r.json() == {"status": "ready", "model": DEFAULT_NAME, "backend": "torch",
                             "device": "cpu"}
         assert after.get("/healthz").json() == {"status": "ok"}
 
