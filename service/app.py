@@ -74,7 +74,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             loaded.close()
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
-    metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None))
+    metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None),
+                                          lambda: getattr(app.state, "store", None))
     # add_middleware puts the last one outermost: metrics (sees every status), keys, body size.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     keys = load_keys(settings.api_keys, settings.api_keys_file)

@@ -86,10 +86,29 @@ class _EngineCollector(Collector):
                                   "without a request", value=stats["expired"])
 
 
+class _StoreCollector(Collector):
+    """The write-ahead log's lag, read from the store when Prometheus scrapes (with --data-dir)."""
+
+    def __init__(self, get_store: Callable[[], object | None]):
+        self.get_store = get_store
+
+    def collect(self):
+        store = self.get_store()
+        if store is None:
+            return
+        lag = store.lag()
+        yield GaugeMetricFamily("rimer_wal_unsynced_records", "log records written (appends "
+                                "applied) but not yet fsynced: with --fsync interval, what a power "
+                                "loss could take", value=lag["unsynced"])
+        yield GaugeMetricFamily("rimer_wal_records_since_snapshot", "log records since the last "
+                                "snapshot: what a restart now would replay", value=lag["since_snapshot"])
+
+
 class Metrics:
     """The app's metrics and their registry."""
 
-    def __init__(self, get_engine: Callable[[], object | None]):
+    def __init__(self, get_engine: Callable[[], object | None],
+                 get_store: Callable[[], object | None] = lambda: None):
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.requests = Counter("rimer_http_requests", "HTTP requests answered",
                                 ["method", "route", "status"], registry=r)
@@ -127,6 +146,7 @@ class Metrics:
                                       "forecasts) in one engine batch", buckets=BATCH_BUCKETS,
                                       registry=r)
         r.register(_EngineCollector(get_engine))
+        r.register(_StoreCollector(get_store))
 
     def observe_batch(self, requests: int, ops: int, seconds: float) -> None:
         self.batch_requests.observe(requests)

@@ -502,6 +502,15 @@ class Store:
 
     # ---- while serving -----------------------------------------------------------------------
 
+    def lag(self) -> dict[str, int]:
+        """Log records written but not yet fsynced, and records since the last snapshot (what a
+        crash now would replay); read without locks (gauges)."""
+        wal = self.wal
+        if wal is None:
+            return {"unsynced": 0, "since_snapshot": 0}
+        return {"unsynced": max(0, wal.seq - wal._synced),
+                "since_snapshot": max(0, wal.seq - self._snapshot_seq)}
+
     def snapshot(self, force: bool = False) -> Path | None:
         """Write a snapshot of every series and drop the log it covers; None if nothing changed."""
         with self._snapshot_lock:

@@ -341,3 +341,23 @@ def test_server_refuses_to_start_on_a_corrupt_snapshot(loaded, tmp_path):
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert f"snapshot {snap} is corrupt" in proc.stdout + proc.stderr
+
+
+def test_log_lag_metrics(loaded, tmp_path):
+    from service.metrics import Metrics
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine, fsync="interval", fsync_interval_ms=600_000)
+    metrics = Metrics(lambda: engine, lambda: store)
+    try:
+        for k in range(3):
+            engine.append("lag", series(10, k), None)
+        text = metrics.exposition()[0].decode()
+        assert value(text, "rimer_wal_unsynced_records") == 3  # the 10-minute fsync is ahead
+        assert value(text, "rimer_wal_records_since_snapshot") == 3
+        store.wal.flush()
+        store.snapshot(force=True)
+        text = metrics.exposition()[0].decode()
+        assert value(text, "rimer_wal_unsynced_records") == 0
+        assert value(text, "rimer_wal_records_since_snapshot") == 0
+    finally:
+        store.close(snapshot=False)
