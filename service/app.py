@@ -123,16 +123,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     # filled values and metadata are computed from the metadata it replaces.
     series_locks = app.state.series_locks = timeline.SeriesLocks()
 
-    async def series_exists(e: Engine, series_id: str) -> bool:
-        if series_id in e.meta:  # every append through this layer sets it
-            return True
-        try:  # a series without metadata (logged before timestamps existed), or none
-            await run_in_threadpool(e.describe, series_id)
-        except EngineError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+    def series_exists(e: Engine, series_id: str) -> bool:
+        # Every append through this layer sets metadata; else (logged before timestamps
+        # existed, or none) ask the engine. Requests on one series are serialised here, so
+        # nothing else creates or deletes this series meanwhile.
+        return series_id in e.meta or e.held_length(series_id) is not None
 
     async def plan_append(e: Engine, series_id: str, item, budget: int, prefix: str,
                           chain: dict[str, dict]) -> timeline.Plan:
@@ -142,7 +137,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             meta, exists = chain[series_id], True
         else:
             meta = e.meta.get(series_id)
-            exists = meta is not None or await series_exists(e, series_id)
+            exists = meta is not None or series_exists(e, series_id)
         planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
                                        budget, prefix)
         chain[series_id] = planned.meta

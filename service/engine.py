@@ -201,6 +201,14 @@ class Engine:
         """Streaming series held now (read without a lock: a gauge, not a decision)."""
         return len(self._pool.length) if self._pool is not None else len(self._series)
 
+    def held_length(self, series_id: str) -> int | None:
+        """The series' length, or None if it is not held; a lock-free read (a dict lookup under
+        the GIL), for the HTTP layer's checks on the event loop: a batch in flight may change it."""
+        if self._pool is not None:
+            return self._pool.length.get(series_id)
+        entry = self._series.get(series_id)
+        return None if entry is None or entry.length == 0 else entry.length
+
     @property
     def cache_sizes(self) -> dict[str, int]:
         """States per tier now (a gauge, read without a lock)."""

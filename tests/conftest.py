@@ -16,6 +16,9 @@ import torch
 
 from service.settings import DEFAULT_WEIGHTS as DEFAULT_WEIGHTS_OF_SERVICE
 
+if not torch.cuda.is_available():  # Triton's interpreter; it must be set before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
 ORIGINAL_PTH = REFERENCE / "rimer_random_state_dict.pth"
