@@ -22,18 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import cpu_name
 from service.engine import Engine
 from service.settings import DEFAULT_WEIGHTS
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def median_time(fn, reps: int) -> float:

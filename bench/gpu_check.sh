@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
-# (default bench/out). Budget: under 4 minutes (most of it Triton compiles).
-#   1. bench.model_step: whole model step (weights/rimer-small) at B = 1 .. 32768, CUDA graphs,
+# (default bench/out). Budget: under 6 minutes (most of it Triton compiles).
+#   1. bench.model_step: whole model step (the service default, rimer-general; then rimer-small,
+#      the model of the earlier H100 figures) at B = 1 .. 32768, CUDA graphs,
 #      the state-traffic bound, single-append GPU time, kernels per one-patch step (profiler),
 #      bit-identity alone vs batched;
 #   2. the fused-kernel, kernel, linear and backend tests on the GPU (not the interpreter);
@@ -32,6 +33,9 @@ status=0
 echo "== python -m bench.model_step" | tee "$OUT/model_step.log"
 timeout 150 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a "$OUT/model_step.log" \
     || status=1
+echo "== python -m bench.model_step --weights weights/rimer-small" | tee -a "$OUT/model_step.log"
+timeout 120 "$PY" -m bench.model_step --weights weights/rimer-small --out "$OUT/model_step_small.json" \
+    2>&1 | tee -a "$OUT/model_step.log" || status=1
 echo "== pytest kernels, linear, backend (GPU)" | tee "$OUT/pytest.log"
 timeout 75 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
     tests/test_linear.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1

@@ -54,22 +54,14 @@ from importlib import metadata
 
 import numpy as np
 
+from bench.common import cpu_name, write_json
+
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SINGLE_PATH = "/series/{}/append"
 BULK_PATH = "/series/append"
 SHARED_NOTE = ("client and server share this machine's {cpus} CPU cores (other jobs may be running "
                "too): throughput and latency include the client's own CPU use and that contention")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def free_port() -> int:
@@ -546,9 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(out, result)
     return result
 
 

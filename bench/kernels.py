@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 # kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
+from bench.common import write_json
 from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
 from model.wkv import wkv7_recurrent
 
@@ -228,9 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                   f"warps={s['num_warps']} prefetch={s['prefetch']:d}  {s['us']:10.1f} us  "
                   f"{s['state_frac_of_copy']:7.1%} of copy")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_json(out, result)
     return result
 
 

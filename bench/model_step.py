@@ -39,8 +39,8 @@ from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
+from service.settings import DEFAULT_WEIGHTS  # the service default: rimer-general
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-small"
 CHECK_SERIES = 64
 
 
