@@ -375,6 +375,22 @@ class Engine:
             return entry.state
         return self.model.append(entry.state, [torch.tensor(entry.pending, dtype=torch.float32)])
 
+    def _append_tails(self, states: list[RimerState], values: list[list[float]]
+                      ) -> list[RimerState]:
+        """Append points that complete no patch to each state, in one model call per chunk: the
+        matrices are neither read nor changed, so only the small fields go through the model."""
+        out = []
+        for a in range(0, len(states), EXPORT_CHUNK):
+            old = states[a:a + EXPORT_CHUNK]
+            small = {f: torch.cat([getattr(s, f) for s in old]) for f in _SMALL_FIELDS}
+            new = self.model.append(RimerState(wkv=None, **small),
+                                    [torch.tensor(v, dtype=torch.float32)
+                                     for v in values[a:a + EXPORT_CHUNK]])
+            rows = {f: t.split(1) for f, t in new.tensors().items()}
+            out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in _SMALL_FIELDS})
+                    for b, s in enumerate(old)]
+        return out
+
     def _set_meta(self, series_id: str, meta: dict | None) -> None:
         if meta is not None:
             self.meta[series_id] = meta
@@ -667,13 +683,11 @@ class Engine:
 
         tail_only = [(op, v) for op, v in computed if self._tail_only(op.length - len(v), op.length)]
         stepped = [(op, v) for op, v in computed if not self._tail_only(op.length - len(v), op.length)]
-        if tail_only:  # no patch completes: the matrices are neither read nor changed
-            old = [states[op.series_id] for op, _ in tail_only]
-            small = {f: torch.cat([getattr(s, f) for s in old]) for f in _SMALL_FIELDS}
-            out = self.model.append(RimerState(wkv=None, **small), tensors(tail_only))
-            rows = {f: t.split(1) for f, t in out.tensors().items()}
-            for b, (op, _) in enumerate(tail_only):
-                op.state = RimerState(wkv=old[b].wkv, **{f: rows[f][b] for f in _SMALL_FIELDS})
+        if tail_only:
+            new = self._append_tails([states[op.series_id] for op, _ in tail_only],
+                                     [v for _, v in tail_only])
+            for (op, _), state in zip(tail_only, new):
+                op.state = state
         if stepped:
             if self.journal is not None:
                 # The log is replayed one append at a time; CPU matrix products differ in the last
@@ -749,12 +763,19 @@ class Engine:
             with self._table_lock:
                 # States are never changed in place (an append swaps in a new one), so references
                 # are a consistent copy; a series whose first append is in flight has none yet.
-                held = [(i, self._folded(e)) for i, e in self._series.items()
+                held = [(i, e.state, list(e.pending)) for i, e in self._series.items()
                         if e.length > 0 and e.state is not None]
                 spilled = [i for i, e in self._series.items() if e.length > 0 and e.state is None]
                 chunks = self._peek_spilled(spilled)
             mark = cut() if cut is not None else None
-        return [i for i, _ in held] + spilled, [s.to("cpu") for _, s in held] + chunks, mark
+        # Pending points folded in after the locks (states never change in place; the pending
+        # lists are copies), all series at once.
+        states = [s for _, s, _ in held]
+        waiting = [k for k, (_, _, p) in enumerate(held) if p]
+        for k, state in zip(waiting, self._append_tails([states[k] for k in waiting],
+                                                        [held[k][2] for k in waiting])):
+            states[k] = state
+        return [i for i, _, _ in held] + spilled, [s.to("cpu") for s in states] + chunks, mark
 
     def _peek_spilled(self, ids: list[str]) -> list[RimerState]:
         try:
