@@ -22,18 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import cpu_name
+from bench.common import cpu_name, median_time
 from service.engine import Engine
 from service.settings import DEFAULT_WEIGHTS
-
-
-def median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -22,3 +24,39 @@ def write_json(out: Path, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def median_time(fn, reps: int) -> float:
+    """Median wall time of `reps` calls of `fn`, in seconds."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def timer(device: str, warmup: int, rep: int, cpu_reps: int):
+    """A function timing `fn` in seconds: triton's do_bench (median) on CUDA, else one warm-up
+    call and the median of `cpu_reps`."""
+    if device == "cuda":
+        import triton.testing
+
+        def run(fn):
+            return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median") * 1e-3
+    else:
+        def run(fn):
+            fn()
+            return median_time(fn, cpu_reps)
+    return run
+
+
+def copy_bandwidth(device: str, measure, cpu_elems: int) -> float:
+    """Bytes read + written per second by a plain device-to-device copy of a large fp32 buffer
+    (2^28 elements, 1 GiB, on the GPU; `cpu_elems` on the CPU)."""
+    import torch
+
+    n = (1 << 28) if device == "cuda" else cpu_elems
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n * 4 / measure(lambda: dst.copy_(src))

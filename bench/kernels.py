@@ -21,15 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 # kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
-from bench.common import write_json
+from bench.common import copy_bandwidth, timer, write_json
 from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
 from model.wkv import wkv7_recurrent
 
@@ -43,32 +41,6 @@ def try_fla():
         return fused_recurrent_rwkv7, None
     except Exception as e:  # noqa: BLE001 - any import failure just means "not available"
         return None, f"{type(e).__name__}: {e}"
-
-
-def timer(device: str):
-    import triton.testing
-
-    if device == "cuda":
-        def run(fn):
-            return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
-    else:
-        def run(fn, reps=3):
-            fn()
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-    return run
-
-
-def copy_bandwidth(device: str, measure) -> float:
-    """Bytes read + written per second by a plain device-to-device copy of a large fp32 buffer."""
-    n = (1 << 28) if device == "cuda" else (1 << 22)  # 1 GiB on the GPU, 16 MiB on the CPU
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    return 2 * n * 4 / measure(lambda: dst.copy_(src))
 
 
 def make_case(bsz: int, t: int, h: int, n: int, device: str, seed: int = 0):
@@ -172,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     smoke = args.smoke or device == "cpu"
-    measure = timer(device)
+    measure = timer(device, warmup=25, rep=100, cpu_reps=3)
     fla_fn, fla_why = try_fla()
     if device == "cpu":
         fla_fn = None  # fla needs a GPU
@@ -187,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device == "cpu":
         print("NOTE: no CUDA: tiny smoke configuration under TRITON_INTERPRET=1; "
               "CPU times below are meaningless (numpy interpreter), only the errors mean anything.")
-    copy_bw = copy_bandwidth(device, measure)
+    copy_bw = copy_bandwidth(device, measure, cpu_elems=1 << 22)
     result["copy_gbps"] = copy_bw / 1e9
 
     if smoke:

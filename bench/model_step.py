@@ -28,13 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
+from bench.common import copy_bandwidth, timer
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
@@ -42,31 +42,6 @@ from model.state import RimerState
 from service.settings import DEFAULT_WEIGHTS  # the service default: rimer-general
 
 CHECK_SERIES = 64
-
-
-def timer(device: str):
-    if device == "cuda":
-        import triton.testing
-
-        def run(fn):
-            return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") * 1e-3
-    else:
-        def run(fn, reps=2):
-            fn()
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            return statistics.median(times)
-    return run
-
-
-def copy_bandwidth(device: str, measure) -> float:
-    n = (1 << 28) if device == "cuda" else (1 << 20)
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    return 2 * n * 4 / measure(lambda: dst.copy_(src))
 
 
 def random_pool(cfg: RimerConfig, slots: int, device: str, seed: int) -> RimerState:
@@ -312,8 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
              else [1, 256])
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
-    measure = timer(device)
-    copy_bw = copy_bandwidth(device, measure)
+    measure = timer(device, warmup=10, rep=60, cpu_reps=2)
+    copy_bw = copy_bandwidth(device, measure, cpu_elems=1 << 20)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
