@@ -26,19 +26,18 @@ sum (NumPy's matmul is not row-invariant).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels.linear import ACTIVATIONS, PRECISION, USE_DOT, matmul_tile
+
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
-PRECISION = "tf32x3"
-USE_DOT = os.environ.get("TRITON_INTERPRET") != "1"  # kernels/__init__ sets it before importing us
-ACT = {None: 0, "tanh": 1, "sigmoid": 2}
+ACT = ACTIVATIONS
 DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0.607, 0]
 
 
@@ -123,17 +122,8 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
     act = tl.load(act_ptr + pid_n)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + xoff + rm[:, None] * stride_xm + rk[None, :],
-                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & (rk[:, None] < K),
-                    other=0.0)
-        if USE_DOT:
-            acc = tl.dot(x, w, acc, input_precision=PRECISION)
-        else:
-            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    acc = matmul_tile(x_ptr + xoff, stride_xm, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT,
+                      BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
     acc = tl.where(act == 1, 2.0 / (1.0 + tl.exp(-2.0 * acc)) - 1.0, acc)  # tanh(x) = 2 sigmoid(2x) - 1

@@ -32,6 +32,26 @@ ACTIVATIONS = {None: 0, "tanh": 1, "sigmoid": 2}
 
 
 @triton.jit
+def matmul_tile(x_ptr, stride_xm, w_ptr, rm, rn, M, N, K: tl.constexpr, PRECISION: tl.constexpr,
+                USE_DOT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_K: tl.constexpr):
+    """One output tile of x W^T (rows rm of x, with row stride stride_xm; rows rn of W [N, K]),
+    summed over K in blocks of BLOCK_K in the same order for every row: row-invariant."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :],
+                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & (rk[:, None] < K),
+                    other=0.0)
+        if USE_DOT:
+            acc = tl.dot(x, w, acc, input_precision=PRECISION)
+        else:
+            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
 def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N: tl.constexpr, K: tl.constexpr,
                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, PRECISION: tl.constexpr,
                    USE_DOT: tl.constexpr,
@@ -40,17 +60,7 @@ def _linear_kernel(x_ptr, w_ptr, b_ptr, y_ptr, M, N: tl.constexpr, K: tl.constex
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K),
-                    other=0.0)
-        w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & (rk[:, None] < K),
-                    other=0.0)
-        if USE_DOT:
-            acc = tl.dot(x, w, acc, input_precision=PRECISION)
-        else:
-            acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    acc = matmul_tile(x_ptr, K, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
         acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
     if ACT == 1:  # tanh(x) = 2 sigmoid(2x) - 1

@@ -43,6 +43,17 @@ NUM_WARPS = 2
 
 
 @triton.jit
+def _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows, mask):
+    """One step's vectors at offset `off` (w, k, a, b, r over keys; v over this tile's values)."""
+    return (tl.load(w_ptr + off + cols, mask=mask, other=0.0),
+            tl.load(k_ptr + off + cols, mask=mask, other=0.0),
+            tl.load(a_ptr + off + cols, mask=mask, other=0.0),
+            tl.load(b_ptr + off + cols, mask=mask, other=0.0),
+            tl.load(r_ptr + off + cols, mask=mask, other=0.0),
+            tl.load(v_ptr + off + rows, mask=mask, other=0.0))
+
+
+@triton.jit
 def _wkv7_pool_kernel(
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, o_ptr,
     pool_ptr, slots_ptr, lengths_ptr,
@@ -73,31 +84,17 @@ def _wkv7_pool_kernel(
     # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their memory
     # latency overlaps the dependent chain (reduce, update, reduce) instead of adding to it each step;
     # Triton does not software-pipeline a while loop by itself.
-    w = tl.load(w_ptr + x_base + cols, mask=live, other=0.0)
-    k = tl.load(k_ptr + x_base + cols, mask=live, other=0.0)
-    a = tl.load(a_ptr + x_base + cols, mask=live, other=0.0)
-    b = tl.load(b_ptr + x_base + cols, mask=live, other=0.0)
-    r = tl.load(r_ptr + x_base + cols, mask=live, other=0.0)
-    v = tl.load(v_ptr + x_base + rows, mask=live, other=0.0)
+    w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, x_base, cols, rows, live)
     t = 0
     while t < n_steps:
         off = x_base + t * stride_xt
         if PREFETCH:
             nxt = off + stride_xt
-            more = t + 1 < n_steps
-            w_n = tl.load(w_ptr + nxt + cols, mask=more, other=0.0)
-            k_n = tl.load(k_ptr + nxt + cols, mask=more, other=0.0)
-            a_n = tl.load(a_ptr + nxt + cols, mask=more, other=0.0)
-            b_n = tl.load(b_ptr + nxt + cols, mask=more, other=0.0)
-            r_n = tl.load(r_ptr + nxt + cols, mask=more, other=0.0)
-            v_n = tl.load(v_ptr + nxt + rows, mask=more, other=0.0)
+            w_n, k_n, a_n, b_n, r_n, v_n = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, nxt,
+                                                      cols, rows, t + 1 < n_steps)
         else:
-            w = tl.load(w_ptr + off + cols)
-            k = tl.load(k_ptr + off + cols)
-            a = tl.load(a_ptr + off + cols)
-            b = tl.load(b_ptr + off + cols)
-            r = tl.load(r_ptr + off + cols)
-            v = tl.load(v_ptr + off + rows)
+            w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows,
+                                          True)
         sa = tl.sum(s * a[None, :], axis=1)
         s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
         o = tl.sum(s * r[None, :], axis=1)
