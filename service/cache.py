@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from model.state import STATE_VERSION, RimerState
 
@@ -89,9 +89,9 @@ class SpillTiers:
     def _read(self, series_id: str) -> RimerState:
         path = self._path(series_id)
         try:
-            tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
+            with safe_open(str(path), "pt") as f:  # one open: the metadata and the tensors
                 meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
         except (OSError, SafetensorError) as exc:
             raise SpillError(f"spilled state of {series_id!r} unreadable ({path}): {exc}") from exc
         if (meta.get("id") != series_id or meta.get("state_version") != str(STATE_VERSION)

@@ -24,6 +24,7 @@ to and from the host for snapshots, whatever the backend.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -189,7 +190,6 @@ class Engine:
     def close(self) -> None:
         """Remove a temporary spill directory."""
         if self._temp_spill_dir is not None:
-            import shutil
             shutil.rmtree(self._temp_spill_dir, ignore_errors=True)
 
     @property
@@ -373,7 +373,7 @@ class Engine:
         """The entry's state with its pending points in the tail (a new state; entry unchanged)."""
         if not entry.pending:
             return entry.state
-        return self.model.append(entry.state, [torch.tensor(entry.pending, dtype=torch.float32)])
+        return self._append_tails([entry.state], [entry.pending])[0]
 
     def _append_tails(self, states: list[RimerState], values: list[list[float]]
                       ) -> list[RimerState]:
