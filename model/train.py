@@ -96,14 +96,67 @@ def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0) -> torch.Tenso
     total, count = x.new_zeros(()), 0
     for lo in range(0, n - 1, step):
         hi = min(lo + step, n - 1)  # the last patch has no target
-        adv = model._advance(state, patches[:, lo:hi])
-        sd = torch.sqrt(adv.stats[..., 1:2] + model.cfg.norm_eps)
-        target = ((patches[:, lo + 1: hi + 1].double() - adv.stats[..., 0:1]) / sd).float()
-        err = (adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2
+        err, state = chunk_errors(model, state, patches[:, lo: hi + 1])
         total = total + err.sum() if bptt > 0 else err.mean()
         count += err.numel()
-        state = RimerState(**{k: v.detach() for k, v in adv.state.tensors().items()})
     return total / count if bptt > 0 else total
+
+
+def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor):
+    """Squared errors of each patch's forecast of the next, in that patch's normalised units,
+    after advancing `state` by all but the last of `patches` [B, T + 1, P] (the last is only a
+    target); and the advanced state, detached (truncated BPTT)."""
+    adv = model._advance(state, patches[:, :-1])
+    sd = torch.sqrt(adv.stats[..., 1:2] + model.cfg.norm_eps)
+    target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / sd).float()
+    err = (adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2
+    return err, RimerState(**{k: v.detach() for k, v in adv.state.tensors().items()})
+
+
+class Streams:
+    """`count` train series walked `chunk` patches per step, each with its recurrent state carried
+    over (detached) from the step before: the model trains on states that have seen up to a whole
+    train split (tens of thousands of points), as a streamed series' state has, at the cost of a
+    short step. A stream that reaches its series' end restarts, from a zero state, at a random
+    point of a random series (picked as `WindowSampler` picks)."""
+
+    def __init__(self, sampler: WindowSampler, model: Rimer, count: int, chunk: int):
+        self.sampler, self.model, self.chunk = sampler, model, chunk
+        self.points = (chunk + 1) * model.cfg.patch_len
+        self.series: list[np.ndarray] = [None] * count
+        self.pos = np.zeros(count, dtype=np.int64)
+        self.which = np.zeros(count, dtype=np.int64)  # index into sampler.series, for resuming
+        self.state = RimerState.zeros(model.cfg, count)
+        for i in range(count):
+            self._restart(i)
+
+    def _restart(self, i: int) -> None:
+        s = self.sampler._pick(self.points)
+        self.series[i] = s
+        self.which[i] = next(j for j, x in enumerate(self.sampler.series) if x is s)
+        self.pos[i] = self.sampler.rng.integers(len(s) - self.points + 1)
+        fresh = RimerState.zeros(self.model.cfg, 1)
+        self.state.write_(torch.tensor([i]), fresh)
+
+    def loss(self) -> torch.Tensor:
+        """Mean next-patch error of the next chunk of every stream; the streams move on."""
+        for i, s in enumerate(self.series):
+            if self.pos[i] + self.points > len(s):
+                self._restart(i)
+        x = np.stack([s[o: o + self.points] for s, o in zip(self.series, self.pos)])
+        patches = torch.from_numpy(x).view(len(x), self.chunk + 1, -1)
+        err, self.state = chunk_errors(self.model, self.state, patches)
+        self.pos += self.chunk * self.model.cfg.patch_len
+        return err.mean()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"pos": torch.from_numpy(self.pos.copy()), "which": torch.from_numpy(self.which.copy()),
+                **{"state." + k: v for k, v in self.state.tensors().items()}}
+
+    def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
+        self.pos, self.which = saved["pos"].numpy().copy(), saved["which"].numpy().copy()
+        self.series = [self.sampler.series[j] for j in self.which]
+        self.state = RimerState(**{k[6:]: v for k, v in saved.items() if k.startswith("state.")})
 
 
 def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
@@ -180,6 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--long-every", type=int, default=0,
                     help="every Nth step trains on a long window (--long-patches) with truncated BPTT")
     ap.add_argument("--long-patches", type=int, default=512)
+    ap.add_argument("--stream-every", type=int, default=0,
+                    help="every Nth step (N > 1: steps 1, N + 1, ...) advances --streams series by "
+                         "--bptt patches from the state the step before left (histories of a "
+                         "whole train split); takes precedence over long and rollout steps")
+    ap.add_argument("--streams", type=int, default=32, help="series walked by stream steps")
+    ap.add_argument("--norm-window", type=int, default=64,
+                    help="causal normalisation: statistics average over about this many patches")
     ap.add_argument("--rollout-every", type=int, default=0,
                     help="every Nth step trains on free-running rollouts (as at inference)")
     ap.add_argument("--rollout-patches", type=int, default=23, help="most patches rolled out")
@@ -218,7 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
                           head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
-                          pos_emb="none", norm="causal")
+                          pos_emb="none", norm="causal", norm_window=args.norm_window)
+        torch.manual_seed(args.seed)  # the default initialisation of every layer, too
         model = Rimer(cfg)
         init_weights(model, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -232,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     averaged = Rimer(cfg)
     averaged.load_state_dict(model.state_dict())
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
+    streams = Streams(train, model, args.streams, args.bptt) if args.stream_every else None
     if (resume_dir / "progress.json").exists():
         info = json.loads((resume_dir / "progress.json").read_text())
         tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
@@ -239,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
         if "ema" in tensors:
             averaged.load_state_dict(tensors["ema"])
         opt.load_state_dict(tensors["optimizer"])
+        if streams:
+            streams.load_state_dict(tensors["streams"])
         rng.bit_generator.state = info["rng"]
         step, best, best_step, wall0 = info["step"], info["best"], info["best_step"], info["wall"]
         torch.manual_seed(args.seed + step)
@@ -247,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     loss_ema = None
     while step < args.steps:
-        if args.rollout_every and step % args.rollout_every == args.rollout_every - 1:
+        if streams and step % args.stream_every == 1 % args.stream_every:
+            loss = streams.loss()
+        elif args.rollout_every and step % args.rollout_every == args.rollout_every - 1:
             context = int(rng.integers(args.min_patches, args.max_patches + 1))
             ahead = int(rng.integers(1, args.rollout_patches + 1))
             x = train.batch(args.batch, (context + ahead) * args.patch_len)
@@ -287,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.save_every == 0 or step == args.steps:
             resume_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "ema": averaged.state_dict()},
+                        "ema": averaged.state_dict(),
+                        **({"streams": streams.state_dict()} if streams else {})},
                        resume_dir / "train_state.pt")
             (resume_dir / "progress.json").write_text(json.dumps(
                 {"step": step, "best": best, "best_step": best_step, "wall": time.time() - start,

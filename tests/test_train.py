@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from model import checkpoint, train
@@ -55,3 +57,54 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path):
     assert tuned.cfg == start.cfg  # sizes from the weights, not the flags' defaults (d256)
     for (name, a), b in zip(start.state_dict().items(), tuned.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name  # one step at lr 1e-9 barely moves them
+
+
+def test_streams_carry_each_series_state_from_step_to_step():
+    """k stream steps over one series score exactly what truncated BPTT scores over the window
+    they walked; at the series' end the stream restarts from a zero state."""
+    model = tiny_model()
+    p, chunk, k = model.cfg.patch_len, 3, 4
+    series = walk(p * (chunk * k + 1) + 5, 7).numpy()
+    sampler = train.WindowSampler([series[:, None]], np.random.default_rng(0))
+    streams = train.Streams(sampler, model, count=1, chunk=chunk)
+    start = int(streams.pos[0])
+    window = torch.from_numpy(series[start: start + p * (chunk * k + 1)])[None]
+    if window.shape[1] < p * (chunk * k + 1):  # started too late to walk k chunks: walk fewer
+        k = (window.shape[1] // p - 1) // chunk
+        window = window[:, : p * (chunk * k + 1)]
+    losses = [streams.loss() for _ in range(k)]
+    assert int(streams.state.n_patches[0]) == chunk * k
+    expected = train.next_patch_loss(model, window, bptt=chunk)
+    assert torch.allclose(torch.stack(losses).mean(), expected, rtol=1e-5)
+    while streams.pos[0] + streams.points <= len(series):
+        streams.loss()
+    streams.loss()  # past the end: a fresh start
+    assert int(streams.state.n_patches[0]) == chunk
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """Fixed seeds and complete checkpoints (optimizer, EMA, sampler, streams): stopping after a
+    save and running the same command again gives the weights of an uninterrupted run."""
+    args = ["--datasets", "ETTh1", "--d-model", "64", "--layers", "1", "--batch", "4",
+            "--max-patches", "6", "--val-every", "2", "--save-every", "2", "--long-every", "4",
+            "--long-patches", "12", "--bptt", "4", "--stream-every", "2", "--streams", "3",
+            "--ema", "0.9", "--norm-window", "8", "--threads", "1", "--steps", "5"]
+    train.main([*args, "--out", str(tmp_path / "straight")])
+
+    real_progress = train.progress
+
+    def stop_after_first_save(step, *rest):
+        if step == 3:
+            raise KeyboardInterrupt
+        real_progress(step, *rest)
+
+    monkeypatch.setattr(train, "progress", stop_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.main([*args, "--out", str(tmp_path / "resumed")])
+    monkeypatch.setattr(train, "progress", real_progress)
+    train.main([*args, "--out", str(tmp_path / "resumed")])
+    a, _ = checkpoint.load(tmp_path / "straight")
+    b, _ = checkpoint.load(tmp_path / "resumed")
+    assert a.cfg.norm_window == 8
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
