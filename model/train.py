@@ -123,16 +123,14 @@ class Streams:
     def __init__(self, sampler: WindowSampler, model: Rimer, count: int, chunk: int):
         self.sampler, self.model, self.chunk = sampler, model, chunk
         self.points = (chunk + 1) * model.cfg.patch_len
-        self.series: list[np.ndarray] = [None] * count
         self.pos = np.zeros(count, dtype=np.int64)
-        self.which = np.zeros(count, dtype=np.int64)  # index into sampler.series, for resuming
+        self.which = np.zeros(count, dtype=np.int64)  # each stream's series: sampler.series[which]
         self.state = RimerState.zeros(model.cfg, count)
         for i in range(count):
             self._restart(i)
 
     def _restart(self, i: int) -> None:
         s = self.sampler._pick(self.points)
-        self.series[i] = s
         self.which[i] = next(j for j, x in enumerate(self.sampler.series) if x is s)
         self.pos[i] = self.sampler.rng.integers(len(s) - self.points + 1)
         fresh = RimerState.zeros(self.model.cfg, 1)
@@ -140,10 +138,10 @@ class Streams:
 
     def loss(self) -> torch.Tensor:
         """Mean next-patch error of the next chunk of every stream; the streams move on."""
-        for i, s in enumerate(self.series):
-            if self.pos[i] + self.points > len(s):
+        for i, j in enumerate(self.which):
+            if self.pos[i] + self.points > len(self.sampler.series[j]):
                 self._restart(i)
-        x = np.stack([s[o: o + self.points] for s, o in zip(self.series, self.pos)])
+        x = np.stack([self.sampler.series[j][o: o + self.points] for j, o in zip(self.which, self.pos)])
         patches = torch.from_numpy(x).view(len(x), self.chunk + 1, -1)
         err, self.state = chunk_errors(self.model, self.state, patches)
         self.pos += self.chunk * self.model.cfg.patch_len
@@ -155,8 +153,8 @@ class Streams:
 
     def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
         self.pos, self.which = saved["pos"].numpy().copy(), saved["which"].numpy().copy()
-        self.series = [self.sampler.series[j] for j in self.which]
-        self.state = RimerState(**{k[6:]: v for k, v in saved.items() if k.startswith("state.")})
+        self.state = RimerState(**{k.removeprefix("state."): v for k, v in saved.items()
+                                   if k.startswith("state.")})
 
 
 def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from model import checkpoint
 from service import store as store_module
 from service.engine import Engine, EngineError
+from service.metrics import Metrics
 from service.settings import parse
 from service.store import HEADER_SIZE, Store, StoreError
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ROOT, Server
@@ -344,7 +345,6 @@ def test_server_refuses_to_start_on_a_corrupt_snapshot(loaded, tmp_path):
 
 
 def test_log_lag_metrics(loaded, tmp_path):
-    from service.metrics import Metrics
     engine = new_engine(loaded)
     store = open_store(tmp_path, engine, fsync="interval", fsync_interval_ms=600_000)
     metrics = Metrics(lambda: engine, lambda: store)
