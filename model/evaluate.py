@@ -10,7 +10,8 @@ map shared by the variables). Each window's H = 720 rollout also gives its short
 rollout is autoregressive, so a shorter forecast is a prefix of a longer one).
 
 `--lookback N` gives every method N points; `--lookback full` gives our model every point
-before the window (it is recurrent: its state summarises any history) and the baselines 512.
+before the window, less the oldest (window start mod 32) so that the history is whole patches
+(it is recurrent: its state summarises any history), and the baselines 512.
 Writes report.md (a table; published figures are quoted, marked as such), metrics.json and
 forecast.png (sample forecasts against actuals).
 """
@@ -52,29 +53,69 @@ def scaled(ds: data.Dataset) -> np.ndarray:
     return (ds.values - ds.mean) / ds.std
 
 
-def model_forecasts(model: Rimer, series: np.ndarray, ends: np.ndarray, lookback: int | None,
+def model_forecasts(model: Rimer, series: np.ndarray, ends: np.ndarray, lookback: int,
                     horizon: int, batch: int, progress) -> np.ndarray:
-    """[len(ends), horizon] forecasts of one variable; lookback None streams the full history."""
+    """[len(ends), horizon] forecasts of one variable from the last `lookback` points."""
     out = np.empty((len(ends), horizon), dtype=np.float32)
     x = torch.tensor(series, dtype=torch.float32)
-    if lookback is not None:
-        for i in range(0, len(ends), batch):
-            hist = [x[e - lookback: e] for e in ends[i: i + batch]]
-            state = model.append(model.init_state(hist), hist)
-            out[i: i + len(hist)] = model.forecast(state, horizon).numpy()
-            progress(len(hist))
-        return out
-    state = model.append(model.init_state([x[: ends[0]]]), [x[: ends[0]]])
-    pending, done, prev = [], 0, int(ends[0])
+    for i in range(0, len(ends), batch):
+        hist = [x[e - lookback: e] for e in ends[i: i + batch]]
+        state = model.append(model.init_state(hist), hist)
+        out[i: i + len(hist)] = model.forecast(state, horizon).numpy()
+        progress(len(hist))
+    return out
+
+
+def full_history_forecasts(model: Rimer, x: np.ndarray, ends: np.ndarray, horizon: int,
+                           batch: int, progress) -> np.ndarray:
+    """[len(ends), horizon, vars] forecasts, each from every point before its window that
+    fits whole patches ending at the window (the oldest e mod P points are dropped).
+
+    A recurrent model's state summarises any history, so one pass per patch phase serves all
+    windows of that phase: the phase's rows (one per variable) start at row e mod P, are
+    streamed a patch at a time through the test split, and their state is forecast from at each
+    window end. Whole patches matter: the points of an incomplete last patch would only inform
+    the forecast from its second patch on (see model/long_history.py).
+    """
+    p = model.cfg.patch_len
+    n_vars = x.shape[1]
+    cols = torch.tensor(np.ascontiguousarray(x.T), dtype=torch.float32)  # [vars, T]
+    where = {int(e): i for i, e in enumerate(ends)}
+    first = {}
     for e in ends:
-        state = model.append(state, [x[prev: e]])
-        prev = int(e)
-        pending.append(state)
-        if len(pending) == batch or e == ends[-1]:
-            out[done: done + len(pending)] = model.forecast(RimerState.cat(pending), horizon).numpy()
-            done += len(pending)
-            progress(len(pending))
-            pending = []
+        first.setdefault(int(e) % p, int(e))
+    rows = [(ph, v) for ph in sorted(first) for v in range(n_vars)]
+    at = np.array([first[ph] for ph, _ in rows])  # each row's current history end
+    var = np.array([v for _, v in rows])
+    hist = [cols[v, ph: first[ph]] for ph, v in rows]
+    state = model.append(model.init_state(hist), hist)
+    out = np.empty((len(ends), horizon, n_vars), dtype=np.float32)
+    pending, targets, last = [], [], int(ends.max())
+
+    def flush():
+        pred = model.forecast(RimerState.cat(pending), horizon).numpy()
+        for (w, v), f in zip(targets, pred):
+            out[w, :, v] = f
+        progress(len(targets))
+        pending.clear()
+        targets.clear()
+
+    while True:
+        take = [i for i, e in enumerate(at) if int(e) in where]
+        if take:
+            pending.append(state.select(take))
+            targets.extend((where[int(at[i])], int(var[i])) for i in take)
+        if len(targets) >= batch:
+            flush()
+        keep = np.flatnonzero(at + p <= last)
+        if not len(keep):
+            break
+        if len(keep) < len(at):
+            state, at, var = state.select(keep.tolist()), at[keep], var[keep]
+        state = model.append(state, [cols[v, e: e + p] for e, v in zip(at, var)])
+        at = at + p
+    if targets:
+        flush()
     return out
 
 
@@ -120,8 +161,11 @@ def evaluate_dataset(model: Rimer, ds: data.Dataset, lookback: int | None, base_
     train = x[ds.borders["train"][0]: ds.borders["train"][1]]
     n_vars = x.shape[1]
     prog = Progress(len(ends) * n_vars, f"{ds.name} rimer")
-    ours = np.stack([model_forecasts(model, x[:, v], ends, lookback, h_max, batch, prog)
-                     for v in range(n_vars)], axis=-1)  # [windows, H, vars]
+    if lookback is None:
+        ours = full_history_forecasts(model, x, ends, h_max, batch, prog)
+    else:
+        ours = np.stack([model_forecasts(model, x[:, v], ends, lookback, h_max, batch, prog)
+                         for v in range(n_vars)], axis=-1)  # [windows, H, vars]
     results, sample = {}, {}
     for h in HORIZONS:
         keep = ends + h <= ds.borders["test"][1]
@@ -218,7 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
         ds = data.load(name, args.data_dir)
         all_results[name], samples[name] = evaluate_dataset(
             model, ds, lookback, args.base_lookback, args.stride, args.batch)
-    desc = "all points before each window" if lookback is None else f"{lookback} points"
+    desc = ("all points before each window, in whole patches" if lookback is None
+            else f"{lookback} points")
     result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,
               "stride": args.stride, "seconds": round(time.time() - t0, 1),
               "results": {d: {str(h): r for h, r in res.items()} for d, res in all_results.items()}}
