@@ -45,8 +45,9 @@ DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0
 
 @triton.jit
 def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, stride_shift, stride_plane,
-                   eps,
-                   D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, N_MIX: tl.constexpr):
+                   eps, keep_ptr, keep_slots_ptr, keep_flags_ptr, stride_keep,
+                   D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, N_MIX: tl.constexpr,
+                   KEEP: tl.constexpr):
     # BLOCK_R rows per program; each row's statistics are a sum over its own BLOCK_D lanes.
     # (Helpers are written out inline: a @triton.jit call costs much time under the interpreter.)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -61,6 +62,10 @@ def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, str
     var = tl.sum(xc * xc, axis=1) / D
     y = xc / tl.sqrt(var + eps)[:, None] * lw + lb
     tl.store(out_ptr + rows[:, None] * D + cols[None, :], y, mask=m)
+    if KEEP:  # (T = 1) the LayerNorm output is the series' next token shift: into the pool at its slot
+        slot = tl.load(keep_slots_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        flag = tl.load(keep_flags_ptr + rows, mask=rmask, other=0) > 0
+        tl.store(keep_ptr + slot[:, None] * stride_keep + cols[None, :], y, mask=m & flag[:, None])
     if N_MIX > 0:
         # the previous row's LayerNorm output, computed here again, or the stored shift at t = 0
         prev = tl.maximum(rows - 1, 0)
@@ -78,29 +83,40 @@ def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, str
 
 
 def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Tensor,
-           bias: torch.Tensor, eps: float, mix: torch.Tensor | None = None) -> torch.Tensor:
+           bias: torch.Tensor, eps: float, mix: torch.Tensor | None = None,
+           keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """h [M = B T, D] rows (series-major), shift [B, D] (row stride free), mix [n, D] -> [1 + n, M, D]:
     plane 0 = LayerNorm(h), plane 1 + j = y + (y_prev - y) mix[j], y_prev the previous row's
-    LayerNorm output within a series (shift[b] for t = 0). mix None: LayerNorm only ([1, M, D])."""
+    LayerNorm output within a series (shift[b] for t = 0). mix None: LayerNorm only ([1, M, D]).
+
+    keep = (dest [slots, D] (row stride free), slots [B], flags [B]), only with t = 1: plane 0's row b is
+    also written to dest[slots[b]] where flags[b] > 0 (the pool's token shift of one layer; rows with
+    flag 0 may repeat a slot). dest must not be `shift`'s memory."""
     m, d = h.shape
     n_mix = 0 if mix is None else mix.shape[0]
     h = h.contiguous()
     out = torch.empty(1 + n_mix, m, d, device=h.device, dtype=torch.float32)
+    if keep is not None and (t != 1 or keep[0].stride(-1) != 1):
+        raise ValueError("keep needs one row per series (t = 1) and dest's rows contiguous")
     if m:
         if shift is None:
             shift = h  # unused
         if shift.stride(-1) != 1:
             raise ValueError("shift's last dimension must be contiguous")
+        dest, slots, flags = keep if keep is not None else (h, h, h)  # (unused without keep)
         _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
             h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
-            out.stride(0), eps, D=d, BLOCK_D=triton.next_power_of_2(d), BLOCK_R=LN_ROWS, N_MIX=n_mix,
-            num_warps=4)
+            out.stride(0), eps, dest, slots, flags, dest.stride(0), D=d, BLOCK_D=triton.next_power_of_2(d),
+            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4)
     return out
 
 
-def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None):
+def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None, keep=None):
     m, d = h.shape
     y = F.layer_norm(h, (d,), weight, bias, eps)
+    if keep is not None:
+        dest, slots, flags = keep
+        dest[slots[flags > 0]] = y[flags > 0].to(dest.dtype)
     if mix is None:
         return y[None]
     y3 = y.view(m // t, t, d)

@@ -94,22 +94,29 @@ class PoolStep:
         return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
     def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
-        """`Block.forward` in seven fused kernels (kernels/fused.py): LayerNorm 1 + token shift + the six
-        interpolations; r, k, v and the LoRA down maps in one grouped linear; the LoRA up maps in
-        another; the recurrence with the per-head work around it (decay, kk, k, v_first mix,
-        GroupNorm, bonus, gate); o_proj + residual; LayerNorm 2; the channel-mix linear + residual.
-        v_first here is (buffer, column offset) of the first layer's v, not a tensor."""
+        """`Block.forward` in seven fused kernels (`block_rows`); h [B, T, D]."""
+        bsz, t, d = h.shape
+        lengths = valid.sum(1) if valid is not None else None
+        h2, x_in, v_first = self.block_rows(block, h.reshape(bsz * t, d), t, shift, v_first, lengths)
+        return h2.view(bsz, t, d), x_in.view(bsz, t, d), None, v_first
+
+    def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
+                   lengths: torch.Tensor | None, keep: tuple | None = None):
+        """`Block.forward` on rows h2 [B T, D] in seven fused kernels (kernels/fused.py): LayerNorm 1 +
+        token shift + the six interpolations; r, k, v and the LoRA down maps in one grouped linear; the
+        LoRA up maps in another; the recurrence with the per-head work around it (decay, kk, k, v_first
+        mix, GroupNorm, bonus, gate); o_proj + residual; LayerNorm 2; the channel-mix linear + residual.
+        lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
+        first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
+        shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D], v_first)."""
         from kernels import fused
 
         pk = _packed(block)
-        bsz, t, d = h.shape
-        m = bsz * t
-        h2 = h.reshape(m, d)
+        d = h2.shape[1]
         mixed = fused.ln_mix(h2, shift, t, block.norm1.weight, block.norm1.bias, block.norm1.eps,
-                             block.attn.x_x)
+                             block.attn.x_x, keep)
         a = fused.grouped_linear(mixed, pk.down)
         u = fused.grouped_linear(a, pk.up)
-        lengths = valid.sum(1) if valid is not None else None
         vf = None
         if v_first is not None:
             buf, col = v_first
@@ -121,7 +128,7 @@ class PoolStep:
         h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
         if block.attn.layer == 0:
             v_first = (a, pk.offs["v"])
-        return h2.view(bsz, t, d), mixed[0].view(bsz, t, d), None, v_first
+        return h2, mixed[0], v_first
 
 
 class _Packed:
@@ -432,24 +439,39 @@ class Rimer(nn.Module):
         """Append at most one patch per series, in place, with no host synchronisation (so a CUDA
         graph can capture it; the caller checks position limits).
 
-        values [B, 2P]: the new points of each series, the first counts[b] real, with
-        tail_len[b] + counts[b] < 2P. A series whose tail reaches P points completes a patch and
-        steps the network; the others only extend their tail. Equal, bit for bit, to `append_slots`.
-        Rows with counts 0 and a non-full tail change nothing (padding may repeat one spare slot).
+        values [B, >= P] float32 (rows contiguous): the new points of each series, the first counts[b]
+        (int64) real, with tail_len[b] + counts[b] < 2P. A series whose tail reaches P points completes
+        a patch and steps the network; the others only extend their tail. Rows with counts 0 change
+        nothing (padding may repeat one spare slot); the other rows' slots must be distinct.
+
+        Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
+        normalisation, embedding), seven per block (`PoolStep.block_rows`; the first writes the new
+        token shift into the pool), an epilogue (head, de-normalisation, the small fields written into
+        the pool). Bit-identical for a series whatever its batch and slot; equal to `append_slots` to
+        rounding (embed and head sum in another order), not bit for bit.
         """
-        p = self.cfg.patch_len
-        state = pool.select(slots, wkv=False)
-        total = state.tail_len + counts
-        j = torch.arange(2 * p, device=values.device)[None]
-        rel = (j - state.tail_len[:, None]).clamp(min=0)
-        joined = torch.where(j < state.tail_len[:, None], F.pad(state.tail, (0, p)), values.gather(1, rel))
-        joined = torch.where(j < total[:, None], joined, torch.zeros_like(joined))
-        done = total >= p
-        state = self._advance(state, joined[:, None, :p], done[:, None], PoolStep(pool.wkv, slots),
-                              check_positions=False).state
-        state.tail = torch.where(done[:, None], joined[:, p:], joined[:, :p])
-        state.tail_len = total - p * done
-        pool.write_(slots, state)
+        from kernels import step_io
+
+        io = step_io.prologue(pool, slots, values, counts, self.embed.weight,
+                              self.pe if self.cfg.pos_emb == "sinusoidal" else None,
+                              self._step_consts(values.device), self.cfg.norm == "causal")
+        step = PoolStep(pool.wkv, slots)
+        h, v_first = io.h, None
+        for i, block in enumerate(self.blocks):
+            h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
+                                            keep=(pool.shift[:, i], slots, io.done))
+        step_io.epilogue(pool, slots, counts, h, io, self.head.weight, self.head.bias,
+                         self._step_consts(values.device))
+
+    def _step_consts(self, device) -> torch.Tensor:
+        """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument
+        would reach them as float32); made once, before any graph capture (its warm-up)."""
+        consts = self.__dict__.get("_step_consts_cache")
+        if consts is None or consts.device != torch.device(device):
+            consts = torch.tensor([self.cfg.norm_eps, 1.0 / self.cfg.norm_window], dtype=torch.float64,
+                                  device=device)
+            self.__dict__["_step_consts_cache"] = consts
+        return consts
 
     # ---- form 3: forecast rollout ----------------------------------------------------------
 

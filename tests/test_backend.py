@@ -75,7 +75,12 @@ def test_bit_identical_alone_or_batched_in_any_slot(model):
 
 
 def test_one_patch_step_equals_append_slots(model):
-    """step_slots (the CUDA-graph body) is append_slots for appends of under one patch past the tail."""
+    """step_slots (the CUDA-graph body) is append_slots for appends of under one patch past the tail.
+
+    Relaxed from bit equality: the fused step (kernels/step_io.py) embeds and applies the head in its
+    own prologue and epilogue, summing in another order than kernels.linear, so the matrices, shifts
+    and forecasts agree to 1e-5 relative; the tail, counts and statistics are still exact. Its own
+    bit-identity across batches and slots is tests/test_step_io.py's."""
     pool = RimerState.zeros(model.cfg, 5, DEVICE)
     model.append_slots(pool, rows(0, 1, 2), [walk(8, 6), walk(13, 7), walk(19, 8)])
     other = pool.clone()
@@ -86,7 +91,11 @@ def test_one_patch_step_equals_append_slots(model):
     counts = rows(3, 3, 12, 0)
     model.step_slots(pool, rows(0, 1, 2, 4), values, counts)  # row 3: padding, spare slot
     model.append_slots(other, rows(0, 1, 2), news)
-    assert_states_equal(pool, other)
+    for name, t in other.tensors().items():
+        if name in ("wkv", "shift", "next_patch"):
+            assert rel_err(getattr(pool, name), t) <= 1e-5, name
+        else:
+            assert torch.equal(getattr(pool, name), t), name
 
 
 def stream(engine: Engine, sid: str, values: list[float], cuts: list[int], horizon: int):

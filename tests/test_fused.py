@@ -34,6 +34,26 @@ def test_ln_mix_matches_reference(n_mix):
     assert torch.equal(alone, got[:, t:2 * t])
 
 
+def test_ln_mix_keep_writes_the_shift_into_the_pool_at_flagged_slots():
+    g = torch.Generator().manual_seed(7)
+    bsz, d, layers = 5, 24, 3
+    h = rnd(g, bsz, d) + 0.5
+    shift = rnd(g, bsz, d)
+    w, b, mix = 1 + rnd(g, d, scale=0.2), rnd(g, d, scale=0.2), rnd(g, 6, d)
+    pool = rnd(g, 7, layers, d)  # [slots, layers, D]; one layer's view is strided
+    slots = torch.tensor([4, 0, 6, 6, 2], device=DEVICE)
+    flags = torch.tensor([1, 1, 0, 0, 1], device=DEVICE)  # rows 2, 3: padding on one slot
+    got_pool, want_pool = pool.clone(), pool.clone()
+    got = fused.ln_mix(h, shift, 1, w, b, 1e-5, mix, keep=(got_pool[:, 1], slots, flags))
+    want = fused.ln_mix_reference(h, shift, 1, w, b, 1e-5, mix, keep=(want_pool[:, 1], slots, flags))
+    assert rel_err(got, want) <= 1e-5 and rel_err(got_pool, want_pool) <= 1e-5
+    assert torch.equal(got_pool[slots[flags > 0], 1], got[0][flags > 0])  # plane 0, exactly
+    for slot in (1, 3, 5, 6):
+        assert torch.equal(got_pool[slot], pool[slot])
+    assert torch.equal(got_pool[:, [0, 2]], pool[:, [0, 2]])
+    assert torch.equal(got, fused.ln_mix(h, shift, 1, w, b, 1e-5, mix))  # the output is unchanged
+
+
 def test_grouped_linear_matches_reference_and_is_row_invariant():
     g = torch.Generator().manual_seed(1)
     m, d = 70, 32
