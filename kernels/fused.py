@@ -5,7 +5,9 @@ A Rimer block step on the GPU used to be a few hundred small kernels (element-wi
 
 1. ``ln_mix``: LayerNorm 1, the token shift (the previous row's LayerNorm output, or the stored shift
    for a chunk's first patch) and RWKV-7's six interpolations, one row per program -> [7, M, D]
-   (plane 0: the LayerNorm output, kept as the next shift; planes 1..6: xr, xw, xk, xv, xa, xg).
+   (plane 0: the LayerNorm output, kept as the next shift; planes 1..6: xr, xw, xk, xv, xa, xg). In the
+   one-patch pool step (``keep``) it also writes plane 0 into the pool's token shift at each series'
+   slot, so no gather, select or scatter of the shift is left around it.
 2. ``grouped_linear`` of the six planes: r, k, v and the four LoRA down maps (with their tanh /
    sigmoid) in one launch; every block of BLOCK_N output columns names its input plane.
 3. ``grouped_linear`` again: the four LoRA up maps (each reads its own down map's columns).

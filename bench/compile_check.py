@@ -1,0 +1,84 @@
+"""Compile the one-patch step's new kernels for an H100 (sm_90) on a machine without a GPU.
+
+    python -m bench.compile_check
+
+The CPU tests run the kernels under Triton's interpreter, which accepts code the compiler refuses
+(shapes, types, constexpr arithmetic). This runs Triton's real front end and ptxas for the step's
+prologue and epilogue (kernels/step_io.py) and `ln_mix` (six mixes) with and without its shift
+write, at the shipped models' shapes and the tests' tiny one, and prints registers and local memory
+(spills) per kernel (from cuobjdump). It checks that they build, not that they run: bench/gpu_check.sh
+does that on a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ["TRITON_INTERPRET"] = "0"  # compiled kernels: set before kernels (and triton.jit) load
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels import fused, step_io  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+I64, F64 = "*i64", "*fp64"
+PROLOGUE_TYPES = {"counts_ptr": I64, "slots_ptr": I64, "tail_len_ptr": I64, "n_patches_ptr": I64,
+                  "norm_ptr": F64, "consts_ptr": F64, "stats_ptr": F64, "new_len_ptr": I64, "done_ptr": I64,
+                  "new_n_ptr": I64}
+EPILOGUE_TYPES = {"consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64, "stats_ptr": F64,
+                  "new_len_ptr": I64, "done_ptr": I64, "new_n_ptr": I64, "norm_ptr": F64,
+                  "n_patches_ptr": I64, "tail_len_ptr": I64}
+LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "i32", "eps": "fp32"}
+# (patch_len, d_model, layers, causal, sinusoidal): tiny (tests), rimer-general, rimer-small, the original
+SHAPES = [(8, 32, 2, True, False), (32, 64, 2, True, False), (32, 256, 2, True, False),
+          (32, 512, 1, False, True)]
+
+
+def build(fn, types: dict, constexprs: dict, num_warps: int) -> str:
+    """Compile `fn`; returns cuobjdump's resource line (registers, stack, local memory)."""
+    signature = {name: "constexpr" if name in constexprs else
+                 types.get(name, "*fp32" if name.endswith("_ptr") else "i64") for name in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
+                            options={"num_warps": num_warps})
+    from triton.backends.nvidia import compiler as nvidia
+    cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+    return next((line.strip() for line in out.splitlines() if "REG:" in line), "built (no cuobjdump)")
+
+
+def main() -> int:
+    failed = 0
+    for p, d, layers, causal, pe in SHAPES:
+        bp, bd = triton.next_power_of_2(p), triton.next_power_of_2(d)
+        jobs = [
+            ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
+             dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
+                  BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe), step_io.NUM_WARPS),
+            ("epilogue", step_io._epilogue_kernel, EPILOGUE_TYPES,
+             dict(P=p, D=d, BLOCK_P=bp, BLOCK_D=bd), step_io.NUM_WARPS),
+            ("ln_mix keep", fused._ln_mix_kernel, LN_MIX_TYPES,
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=True), 4),
+            ("ln_mix", fused._ln_mix_kernel, LN_MIX_TYPES,
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False), 4),
+        ]
+        for name, fn, types, constexprs, warps in jobs:
+            try:
+                usage = build(fn, types, constexprs, warps)
+            except Exception as e:  # noqa: BLE001 - report every kernel, then fail
+                failed += 1
+                usage = f"FAILED {type(e).__name__}: {str(e)[:300]}"
+            print(f"P={p:3d} D={d:4d} L={layers} {name:<12} {usage}", flush=True)
+    print("all built" if not failed else f"{failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
