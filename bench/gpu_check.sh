@@ -6,7 +6,8 @@
 #      the model of the earlier H100 figures) at B = 1 .. 32768, CUDA graphs,
 #      the state-traffic bound, single-append GPU time, kernels per one-patch step (profiler),
 #      bit-identity alone vs batched;
-#   2. the fused-kernel, kernel, linear and backend tests on the GPU (not the interpreter);
+#   2. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
+#      interpreter);
 #   3. (BENCH_KERNELS=1 only) bench.kernels: the unfused recurrence kernel alone.
 #
 #     OUT=/some/dir bash bench/gpu_check.sh
@@ -36,9 +37,9 @@ timeout 150 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a
 echo "== python -m bench.model_step --weights weights/rimer-small" | tee -a "$OUT/model_step.log"
 timeout 120 "$PY" -m bench.model_step --weights weights/rimer-small --out "$OUT/model_step_small.json" \
     2>&1 | tee -a "$OUT/model_step.log" || status=1
-echo "== pytest kernels, linear, backend (GPU)" | tee "$OUT/pytest.log"
-timeout 75 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
-    tests/test_linear.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+echo "== pytest kernels, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
+timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
+    tests/test_linear.py tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
 if [ "${BENCH_KERNELS:-0}" = 1 ]; then
     echo "== python -m bench.kernels" | tee "$OUT/bench.log"
     timeout 50 "$PY" -m bench.kernels --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/bench.log" \
