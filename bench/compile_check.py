@@ -39,12 +39,12 @@ SHAPES = [(8, 32, 2, True, False), (32, 64, 2, True, False), (32, 256, 2, True, 
           (32, 512, 1, False, True)]
 
 
-def build(fn, types: dict, constexprs: dict, num_warps: int) -> str:
+def build(fn, types: dict, constexprs: dict, options: dict) -> str:
     """Compile `fn`; returns cuobjdump's resource line (registers, stack, local memory)."""
     signature = {name: "constexpr" if name in constexprs else
                  types.get(name, "*fp32" if name.endswith("_ptr") else "i64") for name in fn.arg_names}
     kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=TARGET,
-                            options={"num_warps": num_warps})
+                            options=options)
     from triton.backends.nvidia import compiler as nvidia
     cuobjdump = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -58,20 +58,21 @@ def main() -> int:
     failed = 0
     for p, d, layers, causal, pe in SHAPES:
         bp, bd = triton.next_power_of_2(p), triton.next_power_of_2(d)
+        ends = {"num_warps": step_io.NUM_WARPS, "enable_fp_fusion": step_io.FP_FUSION}
         jobs = [
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
              dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
-                  BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe), step_io.NUM_WARPS),
+                  BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe), ends),
             ("epilogue", step_io._epilogue_kernel, EPILOGUE_TYPES,
-             dict(P=p, D=d, BLOCK_P=bp, BLOCK_D=bd), step_io.NUM_WARPS),
+             dict(P=p, D=d, BLOCK_P=bp, BLOCK_D=bd), ends),
             ("ln_mix keep", fused._ln_mix_kernel, LN_MIX_TYPES,
-             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=True), 4),
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=True), {"num_warps": 4}),
             ("ln_mix", fused._ln_mix_kernel, LN_MIX_TYPES,
-             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False), 4),
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False), {"num_warps": 4}),
         ]
-        for name, fn, types, constexprs, warps in jobs:
+        for name, fn, types, constexprs, options in jobs:
             try:
-                usage = build(fn, types, constexprs, warps)
+                usage = build(fn, types, constexprs, options)
             except Exception as e:  # noqa: BLE001 - report every kernel, then fail
                 failed += 1
                 usage = f"FAILED {type(e).__name__}: {str(e)[:300]}"

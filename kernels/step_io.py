@@ -36,6 +36,9 @@ import triton
 import triton.language as tl
 
 NUM_WARPS = 4
+# No fused multiply-adds: each float64 operation of the statistics and the de-normalisation rounds as
+# PyTorch's element-wise ops do, so the statistics equal model/normalisation's bit for bit on a GPU too.
+FP_FUSION = False
 
 
 @dataclass
@@ -161,7 +164,7 @@ def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tens
             io.h, io.shift, io.stats, io.tail, io.tail_len, io.done, io.n_patches, values.stride(0),
             P=p, D=d, S=layers * d, LOG_P=_log2_exact(block_p), BLOCK_P=block_p,
             BLOCK_D=triton.next_power_of_2(d), BLOCK_S=triton.next_power_of_2(layers * d),
-            CAUSAL=causal, HAS_PE=pe is not None, num_warps=NUM_WARPS)
+            CAUSAL=causal, HAS_PE=pe is not None, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
     return io
 
 
@@ -241,7 +244,7 @@ def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, i
             h, head_w, head_b, consts, counts, slots, io.stats, io.tail, io.tail_len, io.done, io.n_patches,
             pool.next_patch, pool.norm, pool.n_patches, pool.tail, pool.tail_len, h.stride(0),
             P=p, D=d, BLOCK_P=triton.next_power_of_2(p), BLOCK_D=triton.next_power_of_2(d),
-            num_warps=NUM_WARPS)
+            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
 
 
 def epilogue_reference(pool, slots, counts, h, io: StepIO, head_w, head_b, consts) -> None:
