@@ -140,8 +140,9 @@ def _log2_exact(n: int) -> int:
 
 def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tensor,
              embed: torch.Tensor, pe: torch.Tensor | None, consts: torch.Tensor, causal: bool) -> StepIO:
-    """pool: a RimerState of slots (small fields contiguous); values [B, >= P] f32, counts [B] i64 with
-    tail_len + counts < 2P; embed [D, P]; pe [positions, D] or None; consts f64 [eps, 1 / norm_window]."""
+    """pool: a RimerState of slots (small fields contiguous); values [B, n] f32 (n >= every count; only
+    the first counts[b] are read), counts [B] i64 with tail_len + counts < 2P; embed [D, P]; pe
+    [positions, D] or None; consts f64 [eps, 1 / norm_window]."""
     bsz, p = len(slots), pool.tail.shape[1]
     layers, d = pool.shift.shape[1], pool.shift.shape[2]
     dev = values.device

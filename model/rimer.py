@@ -439,9 +439,10 @@ class Rimer(nn.Module):
         """Append at most one patch per series, in place, with no host synchronisation (so a CUDA
         graph can capture it; the caller checks position limits).
 
-        values [B, >= P] float32 (rows contiguous): the new points of each series, the first counts[b]
-        (int64) real, with tail_len[b] + counts[b] < 2P. A series whose tail reaches P points completes
-        a patch and steps the network; the others only extend their tail. Rows with counts 0 change
+        values [B, n] float32 (rows contiguous, n >= every count; the graphs pass 2P): the new points
+        of each series, the first counts[b] (int64) real, with tail_len[b] + counts[b] < 2P. A series
+        whose tail reaches P points completes a patch and steps the network; the others only extend
+        their tail. Rows with counts 0 change
         nothing (padding may repeat one spare slot); the other rows' slots must be distinct.
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
