@@ -442,8 +442,8 @@ class Rimer(nn.Module):
         values [B, n] float32 (rows contiguous, n >= every count; the graphs pass 2P): the new points
         of each series, the first counts[b] (int64) real, with tail_len[b] + counts[b] < 2P. A series
         whose tail reaches P points completes a patch and steps the network; the others only extend
-        their tail. Rows with counts 0 change
-        nothing (padding may repeat one spare slot); the other rows' slots must be distinct.
+        their tail. Rows with counts 0 change nothing (padding may repeat one spare slot); the other
+        rows' slots must be distinct.
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
         normalisation, embedding), seven per block (`PoolStep.block_rows`; the first writes the new
