@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from model import checkpoint, train
-from tests.test_model import tiny_model, walk
+from model.rimer import Rimer
+from tests.test_model import TINY, tiny_model, walk
 
 
 def test_chunked_loss_equals_whole_window_loss():
@@ -108,3 +109,37 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     assert a.cfg.norm_window == 8
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_validation_logs_each_dataset_and_selects_by_their_mean(tmp_path):
+    """--val-average datasets: the selection score is the mean of the datasets' own figures (not
+    the pooled one, where weather's 21 variables outweigh ETTh1's 7), and each validation is
+    logged; --snapshots keeps every validated checkpoint."""
+    out = tmp_path / "m"
+    train.main(["--datasets", "ETTh1", "weather", "--out", str(out), "--d-model", "64",
+                "--layers", "1", "--batch", "4", "--max-patches", "4", "--val-every", "1",
+                "--steps", "2", "--val-average", "datasets", "--snapshots"])
+    lines = [json.loads(s) for s in (out / "val_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    for r in lines:
+        assert set(r["by_dataset"]) == {"ETTh1", "weather"}
+        assert r["score"] == pytest.approx(np.mean(list(r["by_dataset"].values())), abs=2e-6)
+    _, manifest = checkpoint.load(out)
+    best = min(r["score"] for r in lines)
+    assert manifest["metrics"]["val_forecast_mse"] == pytest.approx(best, abs=1e-5)
+    assert manifest["training"]["best_step"] == min(lines, key=lambda r: r["score"])["step"]
+    assert (out / "snapshots" / "step-1" / "model.safetensors").exists()
+    assert (out / "snapshots" / "step-2" / "model.safetensors").exists()
+
+
+def test_forecast_val_pools_series_and_scores_each_split():
+    torch.manual_seed(0)
+    model = Rimer(TINY).eval()  # unperturbed: stays finite over long rollouts
+    p = model.cfg.patch_len
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(p * 80, 1)).astype(np.float32)
+    b = rng.normal(size=(p * 80, 3)).astype(np.float32) * 3
+    pooled, each = train.forecast_val(model, [a, b], lookback=p * 8, horizon=200, windows=4)
+    assert len(each) == 2 and each[1] > each[0]
+    # horizons 96 and 192 scored; pooled weighs every series alike: one series of a, three of b
+    assert pooled == pytest.approx((each[0] + 3 * each[1]) / 4, rel=1e-5)
