@@ -48,19 +48,27 @@ class WindowSampler:
     """Random windows [batch, length] of the scaled train rows of several datasets.
 
     balance "series": every variable of every dataset equally likely (datasets with many
-    variables dominate); "datasets": a dataset first, uniformly, then one of its variables.
+    variables dominate); "datasets": a dataset first (uniformly, or in proportion to `weights`),
+    then one of its variables.
     """
 
-    def __init__(self, splits: list[np.ndarray], rng: np.random.Generator, balance: str = "series"):
+    def __init__(self, splits: list[np.ndarray], rng: np.random.Generator, balance: str = "series",
+                 weights: list[float] | None = None):
         self.groups = [[s[:, j].astype(np.float32) for j in range(s.shape[1])] for s in splits]
         self.series = [x for g in self.groups for x in g]
         self.rng, self.balance = rng, balance
+        self.weights = weights
 
     def _pick(self, length: int) -> np.ndarray:
         if self.balance == "datasets":
-            groups = [[x for x in g if len(x) >= length] for g in self.groups]
-            groups = [g for g in groups if g]
-            group = groups[self.rng.integers(len(groups))]
+            weights = self.weights or [1.0] * len(self.groups)
+            usable = [([x for x in g if len(x) >= length], w) for g, w in zip(self.groups, weights)]
+            groups = [g for g, _ in usable if g]
+            if self.weights is None:  # the uniform draw as it always was (same runs as before)
+                group = groups[self.rng.integers(len(groups))]
+            else:
+                w = np.array([w for g, w in usable if g])
+                group = groups[self.rng.choice(len(groups), p=w / w.sum())]
             return group[self.rng.integers(len(group))]
         usable = [x for x in self.series if len(x) >= length]
         return usable[self.rng.integers(len(usable))]
@@ -280,6 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="also keep the validated weights of every validation step (snapshots/)")
     ap.add_argument("--balance", choices=("series", "datasets"), default="series",
                     help="sample every variable alike, or every dataset alike")
+    ap.add_argument("--dataset-weights", type=float, nargs="+", default=None,
+                    help="with --balance datasets: how often each dataset is drawn, relatively")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--init", default=None,
                     help="start from these weights (ours; fine-tuning) instead of a random init; "
@@ -307,7 +317,10 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     sets = [data.load(n, args.data_dir) for n in args.datasets]
     rng = np.random.default_rng(args.seed)
-    train = WindowSampler([d.split("train") for d in sets], rng, args.balance)
+    if args.dataset_weights and (len(args.dataset_weights) != len(sets) or args.balance != "datasets"
+                                 or min(args.dataset_weights) <= 0):
+        ap.error("--dataset-weights needs --balance datasets and one positive weight per dataset")
+    train = WindowSampler([d.split("train") for d in sets], rng, args.balance, args.dataset_weights)
     val = WindowSampler([d.split("val") for d in sets], np.random.default_rng(args.seed + 1))
     longest_val = min(len(x) for x in val.series) // args.patch_len
     val_batches = [val.batch(64, args.patch_len * min(n, longest_val)) for n in (8, 24, 48)]

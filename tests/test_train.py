@@ -143,3 +143,19 @@ def test_forecast_val_pools_series_and_scores_each_split():
     assert len(each) == 2 and each[1] > each[0]
     # horizons 96 and 192 scored; pooled weighs every series alike: one series of a, three of b
     assert pooled == pytest.approx((each[0] + 3 * each[1]) / 4, rel=1e-5)
+
+
+def test_dataset_weights_set_how_often_each_dataset_is_drawn():
+    a = np.zeros((500, 2), dtype=np.float32)
+    b = np.ones((500, 5), dtype=np.float32)
+    sampler = train.WindowSampler([a, b], np.random.default_rng(0), "datasets", [3.0, 1.0])
+    share_a = float((sampler.batch(4000, 10)[:, 0] == 0).float().mean())
+    assert abs(share_a - 0.75) < 0.03  # by dataset weight, not by the 2 against 5 variables
+    uniform = train.WindowSampler([a, b], np.random.default_rng(0), "datasets")
+    assert abs(float((uniform.batch(4000, 10)[:, 0] == 0).float().mean()) - 0.5) < 0.03
+
+
+def test_dataset_weights_need_one_per_dataset(tmp_path):
+    with pytest.raises(SystemExit):
+        train.main(["--datasets", "ETTh1", "ETTh2", "--balance", "datasets", "--dataset-weights", "2",
+                    "--out", str(tmp_path / "m"), "--steps", "1"])
