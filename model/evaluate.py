@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +237,16 @@ def plot(out: Path, samples: dict) -> None:
     fig.savefig(out / "forecast.png", dpi=80)
 
 
+def _evaluate_job(weights: str, name: str, data_dir: str, lookback: int | None, base_lookback: int,
+                  stride: int, batch: int, threads: int, model: Rimer | None = None):
+    """One dataset's evaluation; loads the weights itself when run in a worker process."""
+    if model is None:
+        if threads:
+            torch.set_num_threads(threads)
+        model, _ = checkpoint.load(weights)
+    return evaluate_dataset(model, data.load(name, data_dir), lookback, base_lookback, stride, batch)
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -248,7 +260,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="directory for report.md, metrics.json, forecast.png")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads (0: torch's default; 1 is much faster on a busy machine)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="datasets evaluated at once, each in its own process (with --threads each)")
     args = ap.parse_args(argv)
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     args.argv = argv
@@ -256,12 +272,19 @@ def main(argv: list[str] | None = None) -> dict:
     lookback = None if args.lookback == "full" else int(args.lookback)
     if lookback is None and not model.cfg.streamable:
         ap.error("--lookback full needs a causally normalised model")
-    all_results, samples = {}, {}
     t0 = time.time()
-    for name in args.datasets:
-        ds = data.load(name, args.data_dir)
-        all_results[name], samples[name] = evaluate_dataset(
-            model, ds, lookback, args.base_lookback, args.stride, args.batch)
+    jobs = [(args.weights, name, args.data_dir, lookback, args.base_lookback, args.stride, args.batch,
+             args.threads) for name in args.datasets]
+    if args.workers == 1:
+        done = [_evaluate_job(*job, model=model) for job in jobs]
+    else:  # largest datasets first, so that the last to finish is a small one
+        order = sorted(range(len(jobs)), key=lambda i: -data.load(jobs[i][1], args.data_dir).values.size)
+        ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
+        with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
+            futures = {i: pool.submit(_evaluate_job, *jobs[i]) for i in order}
+            done = [futures[i].result() for i in range(len(jobs))]
+    all_results = {name: res for name, (res, _) in zip(args.datasets, done)}
+    samples = {name: sample for name, (_, sample) in zip(args.datasets, done)}
     desc = ("all points before each window, in whole patches" if lookback is None
             else f"{lookback} points")
     result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from model import checkpoint, evaluate
 from model.evaluate import full_history_forecasts
-from tests.test_model import tiny_model, walk
+from model.rimer import Rimer
+from tests.test_model import TINY, tiny_model, walk
 
 
 def test_full_history_equals_each_window_forecast_from_its_whole_patch_history():
@@ -25,3 +27,18 @@ def test_full_history_equals_each_window_forecast_from_its_whole_patch_history()
         # chunked and one-patch-at-a-time appends round differently; the randomised tiny model
         # amplifies that, so the tolerance is relative to the forecast's scale
         np.testing.assert_allclose(got[w].T, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_workers_give_the_same_results_as_one_process(tmp_path):
+    """--workers evaluates datasets in parallel processes; the results must not depend on it."""
+    torch.manual_seed(0)
+    checkpoint.save(Rimer(TINY).eval(), tmp_path / "w", {"name": "tiny"})  # unperturbed: finite
+    args = ["--weights", str(tmp_path / "w"), "--datasets", "ETTh1", "ETTh2", "--stride", "1999",
+            "--lookback", "64", "--base-lookback", "64", "--batch", "64", "--threads", "1"]
+    one = evaluate.main(args)["results"]
+    two = evaluate.main([*args, "--workers", "2"])["results"]
+    assert list(two) == ["ETTh1", "ETTh2"]
+    for name in one:
+        for h, row in one[name].items():
+            for method, value in row.items():
+                np.testing.assert_allclose(two[name][h][method], value, rtol=1e-6)
