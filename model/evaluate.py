@@ -277,12 +277,10 @@ def main(argv: list[str] | None = None) -> dict:
              args.threads) for name in args.datasets]
     if args.workers == 1:
         done = [_evaluate_job(*job, model=model) for job in jobs]
-    else:  # largest datasets first, so that the last to finish is a small one
-        order = sorted(range(len(jobs)), key=lambda i: -data.load(jobs[i][1], args.data_dir).values.size)
+    else:
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch state
         with ProcessPoolExecutor(args.workers, mp_context=ctx) as pool:
-            futures = {i: pool.submit(_evaluate_job, *jobs[i]) for i in order}
-            done = [futures[i].result() for i in range(len(jobs))]
+            done = list(pool.map(_evaluate_job, *zip(*jobs)))
     all_results = {name: res for name, (res, _) in zip(args.datasets, done)}
     samples = {name: sample for name, (_, sample) in zip(args.datasets, done)}
     desc = ("all points before each window, in whole patches" if lookback is None

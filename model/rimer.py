@@ -453,16 +453,16 @@ class Rimer(nn.Module):
         """
         from kernels import step_io
 
+        consts = self._step_consts(values.device)
         io = step_io.prologue(pool, slots, values, counts, self.embed.weight,
                               self.pe if self.cfg.pos_emb == "sinusoidal" else None,
-                              self._step_consts(values.device), self.cfg.norm == "causal")
+                              consts, self.cfg.norm == "causal")
         step = PoolStep(pool.wkv, slots)
         h, v_first = io.h, None
         for i, block in enumerate(self.blocks):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
                                             keep=(pool.shift[:, i], slots, io.done))
-        step_io.epilogue(pool, slots, counts, h, io, self.head.weight, self.head.bias,
-                         self._step_consts(values.device))
+        step_io.epilogue(pool, slots, counts, h, io, self.head.weight, self.head.bias, consts)
 
     def _step_consts(self, device) -> torch.Tensor:
         """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument

@@ -61,14 +61,13 @@ class WindowSampler:
 
     def _pick(self, length: int) -> np.ndarray:
         if self.balance == "datasets":
-            weights = self.weights or [1.0] * len(self.groups)
-            usable = [([x for x in g if len(x) >= length], w) for g, w in zip(self.groups, weights)]
-            groups = [g for g, _ in usable if g]
+            fits = [i for i, g in enumerate(self.groups) if any(len(x) >= length for x in g)]
             if self.weights is None:  # the uniform draw as it always was (same runs as before)
-                group = groups[self.rng.integers(len(groups))]
+                pick = fits[self.rng.integers(len(fits))]
             else:
-                w = np.array([w for g, w in usable if g])
-                group = groups[self.rng.choice(len(groups), p=w / w.sum())]
+                w = np.array([self.weights[i] for i in fits])
+                pick = fits[self.rng.choice(len(fits), p=w / w.sum())]
+            group = [x for x in self.groups[pick] if len(x) >= length]
             return group[self.rng.integers(len(group))]
         usable = [x for x in self.series if len(x) >= length]
         return usable[self.rng.integers(len(usable))]
