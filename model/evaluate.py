@@ -192,16 +192,26 @@ def evaluate_dataset(model: Rimer, ds: data.Dataset, lookback: int | None, base_
     return results, sample
 
 
-def write_report(out: Path, name: str, all_results: dict, args, lookback_desc: str) -> None:
+def lookback_description(lookback: str) -> str:
+    return ("all points before each window, in whole patches" if lookback == "full"
+            else f"{lookback} points")
+
+
+def write_report(out: Path, name: str, all_results: dict, stride: int, base_lookback: int,
+                 lookback: str, commands: list[str]) -> None:
+    """report.md: our figures beside the baselines', per dataset and horizon, and the
+    command(s) that produced them (several when parts were merged, see model/merge_eval.py)."""
     methods = ["rimer", "repeat_last", "seasonal_naive", "linear"]
+    ran = " ".join(f"`{c}`" for c in commands)
     lines = [f"# Evaluation of `{name}`", "",
-             f"Standard protocol: test windows sliding by {args.stride} step(s), train-scaled "
+             f"Standard protocol: test windows sliding by {stride} step(s), train-scaled "
              f"values, MSE / MAE averaged over windows, steps and variables. Rimer lookback: "
-             f"{lookback_desc}; baselines: {args.base_lookback} points. Command: "
-             f"`python -m model.evaluate {' '.join(args.argv)}`.", "",
+             f"{lookback_description(lookback)}; baselines: {base_lookback} points. "
+             f"Command{'s' if len(commands) > 1 else ''}: {ran}.", "",
              "| dataset | H | windows | " + " | ".join(f"{m} MSE | {m} MAE" for m in methods) + " |",
              "| --- | --- | --- | " + " | ".join("--- | ---" for _ in methods) + " |"]
     for ds_name, res in all_results.items():
+        res = {int(h): r for h, r in res.items()}
         for h in HORIZONS:
             r = res[h]
             cells = " | ".join(f"{r[m][0]:.3f} | {r[m][1]:.3f}" for m in methods)
@@ -283,10 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
             done = list(pool.map(_evaluate_job, *zip(*jobs)))
     all_results = {name: res for name, (res, _) in zip(args.datasets, done)}
     samples = {name: sample for name, (_, sample) in zip(args.datasets, done)}
-    desc = ("all points before each window, in whole patches" if lookback is None
-            else f"{lookback} points")
     result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,
-              "stride": args.stride, "seconds": round(time.time() - t0, 1),
+              "stride": args.stride, "base_lookback": args.base_lookback,
+              "command": f"python -m model.evaluate {' '.join(argv)}", "seconds": round(time.time() - t0, 1),
               "results": {d: {str(h): r for h, r in res.items()} for d, res in all_results.items()}}
     for d, res in all_results.items():
         for h in HORIZONS:
@@ -297,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-        write_report(out, str(manifest.get("name")), all_results, args, desc)
+        write_report(out, str(manifest.get("name")), all_results, args.stride, args.base_lookback,
+                     args.lookback, [result["command"]])
         plot(out, samples)
     return result
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import torch
 
-from model import checkpoint, evaluate
+from model import checkpoint, evaluate, merge_eval
 from model.evaluate import full_history_forecasts
 from model.rimer import Rimer
 from tests.test_model import TINY, tiny_model, walk
@@ -42,3 +45,30 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
         for h, row in one[name].items():
             for method, value in row.items():
                 np.testing.assert_allclose(two[name][h][method], value, rtol=1e-6)
+
+
+def test_merged_parts_equal_one_evaluation_of_all_datasets(tmp_path):
+    """model.merge_eval joins per-dataset runs into what one run of all datasets writes, and
+    refuses parts evaluated differently."""
+    torch.manual_seed(0)
+    checkpoint.save(Rimer(TINY).eval(), tmp_path / "w", {"name": "tiny"})
+    base = ["--weights", str(tmp_path / "w"), "--stride", "1999", "--lookback", "64",
+            "--base-lookback", "64", "--batch", "64", "--threads", "1"]
+    both = evaluate.main([*base, "--datasets", "ETTh1", "ETTh2", "--out", str(tmp_path / "both")])
+    evaluate.main([*base, "--datasets", "ETTh1", "--out", str(tmp_path / "a")])
+    evaluate.main([*base, "--datasets", "ETTh2", "--out", str(tmp_path / "b")])
+    joined = merge_eval.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == joined
+    assert list(joined["results"]) == ["ETTh1", "ETTh2"]
+    for name, by_h in both["results"].items():
+        for h, row in by_h.items():
+            for method, value in row.items():
+                np.testing.assert_allclose(joined["results"][name][h][method], value, rtol=1e-6)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "--datasets ETTh1 " in report and "--datasets ETTh2 " in report
+    assert "| ETTh2 | avg |" in report
+    evaluate.main([*base, "--datasets", "ETTm1", "--stride", "2999", "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit):  # stride differs
+        merge_eval.main([str(tmp_path / "a"), str(tmp_path / "c")])
+    with pytest.raises(SystemExit):  # ETTh2 twice
+        merge_eval.main([str(tmp_path / "b"), str(tmp_path / "a")])
