@@ -225,6 +225,11 @@ def forecast_val(model: Rimer, splits: list[np.ndarray], lookback: int = 512,
     return score(err), [score(err[owner == i]) for i in range(len(splits))]
 
 
+# Settings a resumed run may change: how long it runs (the schedule follows --steps), how often
+# it validates and saves, and how it runs; every other flag must match the interrupted run's.
+FREE_ON_RESUME = {"steps", "threads", "val_every", "save_every", "snapshots", "name", "out"}
+
+
 def learning_rate(step: int, total: int, peak: float) -> float:
     """Linear warm-up over the first 5% of steps, then cosine decay to 5% of the peak."""
     warm = max(1, total // 20)
@@ -328,8 +333,14 @@ def main(argv: list[str] | None = None) -> None:
     averaged.load_state_dict(model.state_dict())
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
     streams = Streams(train, model, args.streams, args.bptt) if args.stream_every else None
+    flags = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
     if (resume_dir / "progress.json").exists():
         info = json.loads((resume_dir / "progress.json").read_text())
+        if info.get("flags") != flags:
+            changed = sorted(k for k in flags if k not in info.get("flags", {})
+                             or info["flags"][k] != flags[k])
+            ap.error(f"{resume_dir} holds a run made with other settings ({', '.join(changed)}); "
+                     "run the same command to resume it, or give a fresh --out")
         tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
         model.load_state_dict(tensors["model"])
         if "ema" in tensors:
@@ -396,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
                        resume_dir / "train_state.pt")
             (resume_dir / "progress.json").write_text(json.dumps(
                 {"step": step, "best": best, "best_step": best_step, "wall": time.time() - start,
-                 "rng": rng.bit_generator.state}))
+                 "rng": rng.bit_generator.state, "flags": flags}))
     sys.stderr.write("\n")
     best_model, _ = checkpoint.load(out / "best")
     manifest = {
@@ -413,7 +424,7 @@ def main(argv: list[str] | None = None) -> None:
                      "torch": torch.__version__},
         "metrics": {("val_forecast_mse" if args.val == "forecast"
                      else "val_next_patch_mse_normalised"): round(best, 5)},
-        "note": "Briefly trained starter model; the benchmark-quality weights are issue 3's work.",
+        "note": "Written by model.train; training.command reproduces it.",
     }
     checkpoint.save(best_model, out, manifest)
     print(json.dumps(manifest, indent=2))

@@ -159,3 +159,17 @@ def test_dataset_weights_need_one_per_dataset(tmp_path):
     with pytest.raises(SystemExit):
         train.main(["--datasets", "ETTh1", "ETTh2", "--balance", "datasets", "--dataset-weights", "2",
                     "--out", str(tmp_path / "m"), "--steps", "1"])
+
+
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path, capsys):
+    """A train_state left by a run with other settings (here --lr) must not be silently
+    continued: the error names the flag; a longer --steps is a legitimate resume."""
+    args = ["--datasets", "ETTh1", "--out", str(tmp_path / "m"), "--d-model", "64",
+            "--layers", "1", "--batch", "4", "--max-patches", "4", "--val-every", "2",
+            "--save-every", "2", "--threads", "1", "--steps", "2"]
+    train.main(args)
+    with pytest.raises(SystemExit):
+        train.main([*args, "--lr", "1e-4"])
+    assert "(lr)" in capsys.readouterr().err
+    train.main([*args, "--steps", "3"])
+    assert json.loads((tmp_path / "m" / "train_state" / "progress.json").read_text())["step"] == 3
