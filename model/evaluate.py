@@ -203,11 +203,12 @@ def write_report(out: Path, name: str, all_results: dict, stride: int, base_look
     command(s) that produced them (several when parts were merged, see model/merge_eval.py)."""
     methods = ["rimer", "repeat_last", "seasonal_naive", "linear"]
     ran = " ".join(f"`{c}`" for c in commands)
+    ran = (f"Commands (their parts joined by `python -m model.merge_eval`): {ran}."
+           if len(commands) > 1 else f"Command: {ran}.")
     lines = [f"# Evaluation of `{name}`", "",
              f"Standard protocol: test windows sliding by {stride} step(s), train-scaled "
              f"values, MSE / MAE averaged over windows, steps and variables. Rimer lookback: "
-             f"{lookback_description(lookback)}; baselines: {base_lookback} points. "
-             f"Command{'s' if len(commands) > 1 else ''}: {ran}.", "",
+             f"{lookback_description(lookback)}; baselines: {base_lookback} points. {ran}", "",
              "| dataset | H | windows | " + " | ".join(f"{m} MSE | {m} MAE" for m in methods) + " |",
              "| --- | --- | --- | " + " | ".join("--- | ---" for _ in methods) + " |"]
     for ds_name, res in all_results.items():
