@@ -27,7 +27,12 @@ log = logging.getLogger("rimer.service")
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
 
 
-def _field_path(loc: tuple) -> str:
+def _field_path(error: dict) -> str:
+    """`series[0].values[2]` for a pydantic error's loc; `body` for the body as a whole (a
+    JSON decode error's loc ends in a character offset, not a field)."""
+    loc = tuple(error.get("loc", ()))
+    if error.get("type") == "json_invalid" or loc == ("body",):
+        return "body"
     parts = [str(p) for p in loc if p not in ("body", "path", "query")]
     out = ""
     for p in parts:
@@ -96,9 +101,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def validation_error(_: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = _field_path(tuple(first.get("loc", ())))
+        field = _field_path(first)
         detail = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        clean = [{"field": _field_path(tuple(e.get("loc", ()))), "message": e.get("msg")}
+        clean = [{"field": _field_path(e), "message": e.get("msg")}
                  for e in errors[:20]]
         return JSONResponse({"detail": detail, "field": field or None, "errors": clean},
                             status_code=422)

@@ -148,3 +148,11 @@ def test_window_normalised_model_refuses_streaming_and_long_inputs():
         assert_error(c.post("/forecast", json=over), 422, "series[0].values")
         rollout_over = {"series": [{"id": "a", "values": ramp(4990 * 32)}], "horizon": 12 * 32}
         assert_error(c.post("/forecast", json=rollout_over), 422, "series[0].values")
+
+
+@pytest.mark.parametrize("raw", ["not json", '{"series": [', "[1, 2]", '"text"'])
+def test_a_body_that_is_not_a_json_object_is_named_as_the_body(client, raw):
+    """Malformed JSON or a body of the wrong type is a 422 naming `body` (a decode error's
+    location is a character offset, which must not read as a field)."""
+    r = client.post("/forecast", content=raw, headers={"content-type": "application/json"})
+    assert_error(r, 422, "body")
