@@ -83,8 +83,10 @@ class WindowSampler:
         return torch.from_numpy(out)
 
 
-def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0) -> torch.Tensor:
-    """MSE of each patch's output against the next patch, both in that patch's normalised units.
+def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "normalised"
+                    ) -> torch.Tensor:
+    """MSE of each patch's output against the next patch, both in that patch's normalised units
+    (or, with `units="scaled"`, in the units of `x`, see `chunk_errors`).
 
     Targets are clipped to +-TARGET_CLIP: after a flat stretch the causal scale is tiny and the
     next patch can sit thousands of "standard deviations" away, which would swamp the loss.
@@ -103,20 +105,28 @@ def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0) -> torch.Tenso
     total, count = x.new_zeros(()), 0
     for lo in range(0, n - 1, step):
         hi = min(lo + step, n - 1)  # the last patch has no target
-        err, state = chunk_errors(model, state, patches[:, lo: hi + 1])
+        err, state = chunk_errors(model, state, patches[:, lo: hi + 1], units)
         total = total + err.sum() if bptt > 0 else err.mean()
         count += err.numel()
     return total / count if bptt > 0 else total
 
 
-def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor):
+def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor,
+                 units: str = "normalised"):
     """Squared errors of each patch's forecast of the next, in that patch's normalised units,
     after advancing `state` by all but the last of `patches` [B, T + 1, P] (the last is only a
-    target); and the advanced state, detached (truncated BPTT)."""
+    target); and the advanced state, detached (truncated BPTT).
+
+    `units="scaled"` multiplies each error by its patch's causal variance: the error of the
+    de-normalised forecast, in the units of the data (train-scaled, as the benchmark scores it),
+    so that volatile stretches weigh as much as they do in the benchmark's MSE. Targets are
+    clipped in normalised units either way."""
     adv = model._advance(state, patches[:, :-1])
-    sd = torch.sqrt(adv.stats[..., 1:2] + model.cfg.norm_eps)
-    target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / sd).float()
+    var = adv.stats[..., 1:2] + model.cfg.norm_eps
+    target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / torch.sqrt(var)).float()
     err = (adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2
+    if units == "scaled":
+        err = err * var.float()
     return err, RimerState(**{k: v.detach() for k, v in adv.state.tensors().items()})
 
 
@@ -127,8 +137,9 @@ class Streams:
     short step. A stream that reaches its series' end restarts, from a zero state, at a random
     point of a random series (picked as `WindowSampler` picks)."""
 
-    def __init__(self, sampler: WindowSampler, model: Rimer, count: int, chunk: int):
-        self.sampler, self.model, self.chunk = sampler, model, chunk
+    def __init__(self, sampler: WindowSampler, model: Rimer, count: int, chunk: int,
+                 units: str = "normalised"):
+        self.sampler, self.model, self.chunk, self.units = sampler, model, chunk, units
         self.points = (chunk + 1) * model.cfg.patch_len
         self.pos = np.zeros(count, dtype=np.int64)
         self.which = np.zeros(count, dtype=np.int64)  # each stream's series: sampler.series[which]
@@ -150,7 +161,7 @@ class Streams:
                 self._restart(i)
         x = np.stack([self.sampler.series[j][o: o + self.points] for j, o in zip(self.which, self.pos)])
         patches = torch.from_numpy(x).view(len(x), self.chunk + 1, -1)
-        err, self.state = chunk_errors(self.model, self.state, patches)
+        err, self.state = chunk_errors(self.model, self.state, patches, self.units)
         self.pos += self.chunk * self.model.cfg.patch_len
         return err.mean()
 
@@ -283,6 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--val", choices=("forecast", "next-patch"), default="forecast",
                     help="model selection: rollout MSE on validation windows, or next-patch loss")
+    ap.add_argument("--loss-units", choices=["normalised", "scaled"], default="normalised",
+                    help="next-patch errors in each patch's normalised units, or de-normalised "
+                         "to the data's (train-scaled) units, as the benchmark scores them")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="validate and ship an exponential moving average of the weights (e.g. 0.995)")
     ap.add_argument("--val-average", choices=("series", "datasets"), default="series",
@@ -332,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     averaged = Rimer(cfg)
     averaged.load_state_dict(model.state_dict())
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
-    streams = Streams(train, model, args.streams, args.bptt) if args.stream_every else None
+    streams = (Streams(train, model, args.streams, args.bptt, args.loss_units)
+               if args.stream_every else None)
     flags = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
     if (resume_dir / "progress.json").exists():
         info = json.loads((resume_dir / "progress.json").read_text())
@@ -365,11 +380,11 @@ def main(argv: list[str] | None = None) -> None:
             loss = rollout_loss(model, x, context)
         elif args.long_every and step % args.long_every == args.long_every - 1:
             x = train.batch(max(4, args.batch // 4), args.long_patches * args.patch_len)
-            loss = next_patch_loss(model, x, bptt=args.bptt)
+            loss = next_patch_loss(model, x, bptt=args.bptt, units=args.loss_units)
         else:
             n = int(rng.integers(args.min_patches, args.max_patches + 1))
             x = train.batch(args.batch, n * args.patch_len)
-            loss = next_patch_loss(model, x)
+            loss = next_patch_loss(model, x, units=args.loss_units)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -173,3 +173,22 @@ def test_resuming_with_other_settings_is_refused_by_name(tmp_path, capsys):
     assert "(lr)" in capsys.readouterr().err
     train.main([*args, "--steps", "3"])
     assert json.loads((tmp_path / "m" / "train_state" / "progress.json").read_text())["step"] == 3
+
+
+def test_scaled_loss_is_the_error_of_the_denormalised_forecast_in_data_units():
+    """--loss-units scaled scores each next-patch forecast as the benchmark does, in the data's
+    units: it equals the MSE of the de-normalised forecast against the next patch, grows with
+    the square of the data's scale, while the normalised loss does not change with it."""
+    model = tiny_model()
+    p = model.cfg.patch_len
+    x = torch.stack([walk(p * 12, s) for s in range(3)])
+    adv = model.whole_normalised(x)
+    sd = torch.sqrt(adv.stats[..., 1:2] + model.cfg.norm_eps)
+    forecast = adv.preds.double() * sd + adv.stats[..., 0:1]  # [B, T, P], data units
+    want = ((forecast[:, :-1] - x.view(3, 12, p)[:, 1:].double()) ** 2).mean()
+    got = train.next_patch_loss(model, x, units="scaled")
+    assert torch.allclose(got.double(), want, rtol=1e-4)
+    for units, power in (("scaled", 2), ("normalised", 0)):
+        a = train.next_patch_loss(model, x, units=units)
+        b = train.next_patch_loss(model, 3.0 * x, units=units)
+        assert torch.allclose(b, a * 3.0 ** power, rtol=1e-3), units
