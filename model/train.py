@@ -351,9 +351,12 @@ def main(argv: list[str] | None = None) -> None:
     flags = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
     if (resume_dir / "progress.json").exists():
         info = json.loads((resume_dir / "progress.json").read_text())
-        if info.get("flags") != flags:
-            changed = sorted(k for k in flags if k not in info.get("flags", {})
-                             or info["flags"][k] != flags[k])
+        if "flags" not in info:
+            ap.error(f"{resume_dir} was left by an older trainer that did not record its "
+                     "settings, so it cannot be resumed safely; give a fresh --out")
+        if info["flags"] != flags:
+            changed = sorted(k for k in flags.keys() | info["flags"].keys()
+                             if info["flags"].get(k) != flags.get(k))
             ap.error(f"{resume_dir} holds a run made with other settings ({', '.join(changed)}); "
                      "run the same command to resume it, or give a fresh --out")
         tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
