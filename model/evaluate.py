@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> dict:
     samples = {name: sample for name, (_, sample) in zip(args.datasets, done)}
     result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,
               "stride": args.stride, "base_lookback": args.base_lookback,
-              "command": f"python -m model.evaluate {' '.join(argv)}", "seconds": round(time.time() - t0, 1),
+              "commands": [f"python -m model.evaluate {' '.join(argv)}"],
+              "seconds": round(time.time() - t0, 1),
               "results": {d: {str(h): r for h, r in res.items()} for d, res in all_results.items()}}
     for d, res in all_results.items():
         for h in HORIZONS:
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         write_report(out, str(manifest.get("name")), all_results, args.stride, args.base_lookback,
-                     args.lookback, [result["command"]])
+                     args.lookback, result["commands"])
         plot(out, samples)
     return result
 

@@ -26,12 +26,9 @@ AGREE = ("weights", "model", "lookback", "stride", "base_lookback")
 def _load(part: Path) -> dict:
     metrics = json.loads((part / "metrics.json").read_text())
     metrics.setdefault("base_lookback", 512)  # evaluations before the field was written
-    if "commands" not in metrics:
-        if "command" in metrics:
-            metrics["commands"] = [metrics["command"]]
-        else:  # older metrics.json: the command is only in the report
-            found = re.search(r"Command: `([^`]+)`", (part / "report.md").read_text())
-            metrics["commands"] = [found.group(1)] if found else []
+    if "commands" not in metrics:  # older metrics.json: the command is only in the report
+        found = re.search(r"Command: `([^`]+)`", (part / "report.md").read_text())
+        metrics["commands"] = [found.group(1)] if found else []
     return metrics
 
 
