@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
-# (default bench/out). Budget: under 6 minutes (most of it Triton compiles).
-#   1. bench.model_step: whole model step (the service default, rimer-general; then rimer-small,
-#      the model of the earlier H100 figures) at B = 1 .. 32768, CUDA graphs,
-#      the state-traffic bound, single-append GPU time, kernels per one-patch step (profiler),
-#      bit-identity alone vs batched;
-#   2. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
+# (default bench/out). Budget: under 8 minutes (much of it Triton compiles).
+#   1. bench.model_step: whole model step of the service default (rimer-general) at B = 1 .. 32768,
+#      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
+#      (profiler), bit-identity alone vs batched;
+#   2. bench.kernels --sweep: the pool recurrence kernel alone at H = 8, N = 64 (decode B = 1 ..
+#      32768, prefill 64 x 1024) against copy bandwidth, eager PyTorch and, when the fla-core wheel
+#      was carried in bench/wheels/ (installed from that file, no network), fla raw and with the
+#      gather/scatter around it; launch configurations swept;
+#   3. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
 #      interpreter);
-#   3. (BENCH_KERNELS=1 only) bench.kernels: the unfused recurrence kernel alone.
+#   4. bench.model_step for the rimer-general-d128 candidate and rimer-small (the model of the
+#      earlier H100 figures).
 #
 #     OUT=/some/dir bash bench/gpu_check.sh
 set -uo pipefail
@@ -31,19 +35,27 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 status=0
-echo "== python -m bench.model_step" | tee "$OUT/model_step.log"
-timeout 150 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a "$OUT/model_step.log" \
-    || status=1
-echo "== python -m bench.model_step --weights weights/rimer-small" | tee -a "$OUT/model_step.log"
-timeout 120 "$PY" -m bench.model_step --weights weights/rimer-small --out "$OUT/model_step_small.json" \
-    2>&1 | tee -a "$OUT/model_step.log" || status=1
-echo "== pytest kernels, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
-timeout 100 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
-    tests/test_linear.py tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
-if [ "${BENCH_KERNELS:-0}" = 1 ]; then
-    echo "== python -m bench.kernels" | tee "$OUT/bench.log"
-    timeout 50 "$PY" -m bench.kernels --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/bench.log" \
-        || status=1
+t0=$(date +%s)
+stamp() { echo "[gpu_check +$(( $(date +%s) - t0 )) s] $*"; }
+if ls bench/wheels/fla_core-*.whl >/dev/null 2>&1; then
+    FLA_DIR="${TMPDIR:-/tmp}/gpu_check_fla"
+    "$PY" -m pip install -q --no-index --no-deps --target "$FLA_DIR" bench/wheels/fla_core-*.whl \
+        2>&1 | tail -2 | tee -a "$OUT/env.log" && export PYTHONPATH="$FLA_DIR${PYTHONPATH:+:$PYTHONPATH}"
 fi
-echo "gpu_check: exit $status" | tee -a "$OUT/pytest.log"
+
+stamp "python -m bench.model_step (default weights)" | tee "$OUT/model_step.log"
+timeout 130 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a "$OUT/model_step.log" \
+    || status=1
+stamp "python -m bench.kernels --sweep" | tee "$OUT/kernels.log"
+timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/kernels.log" \
+    || status=1
+stamp "pytest kernels, fused, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
+    tests/test_linear.py tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+for w in rimer-general-d128 rimer-small; do
+    stamp "python -m bench.model_step --weights weights/$w" | tee -a "$OUT/model_step.log"
+    timeout 70 "$PY" -m bench.model_step --weights "weights/$w" --out "$OUT/model_step-$w.json" \
+        2>&1 | tee -a "$OUT/model_step.log" || status=1
+done
+stamp "gpu_check: exit $status" | tee -a "$OUT/pytest.log"
 exit $status

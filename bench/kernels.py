@@ -9,7 +9,9 @@ written / time; the per-step vectors are reported apart), the device-to-device c
 measured in the same run for scale, PyTorch eager (model.wkv.wkv7_recurrent with a gather of
 pool[slots] and a scatter back) and, if `fla` imports, fla's fused recurrent RWKV-7 (same gather and
 scatter). Correctness: the kernel against a float64 run of wkv7_recurrent (on up to 256 series).
---sweep also times other launch configurations (the kernel's own default stays pinned).
+--sweep also times other launch configurations (block_v, warps, and the cache hints of `stream`;
+the kernel's own default stays pinned). fla: raw (its states already a contiguous batch) and with the
+gather from and scatter to a state pool that a server needs; its outputs are compared with ours.
 
 Without CUDA only a tiny smoke configuration runs, under Triton's interpreter: it checks that the
 benchmark and the kernel run and agree; its times are meaningless and say nothing of the GPU.
@@ -29,16 +31,18 @@ import torch.nn.functional as F
 # kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
 from bench.common import copy_bandwidth, timer, write_json
 from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
+from kernels.wkv7_pool import STREAM
 from model.wkv import wkv7_recurrent
 
 CHECK_SERIES = 256
 
 
 def try_fla():
-    """fla-core's fused recurrent RWKV-7, if installed; else None and why."""
+    """fla-core's fused recurrent RWKV-7 (`fused_mul_recurrent_rwkv7`, which takes kk and the
+    in-context learning rate as RWKV-7 produces them), if installed; else None and why."""
     try:
-        from fla.ops.rwkv7 import fused_recurrent_rwkv7
-        return fused_recurrent_rwkv7, None
+        from fla.ops.rwkv7 import fused_mul_recurrent_rwkv7
+        return fused_mul_recurrent_rwkv7, None
     except Exception as e:  # noqa: BLE001 - any import failure just means "not available"
         return None, f"{type(e).__name__}: {e}"
 
@@ -53,11 +57,10 @@ def make_case(bsz: int, t: int, h: int, n: int, device: str, seed: int = 0):
     alpha = torch.rand(bsz, t, h, n, generator=g, device=device)
     x = [rnd(bsz, t, h, n), -0.6 * torch.sigmoid(rnd(bsz, t, h, n)), rnd(bsz, t, h, n),
          rnd(bsz, t, h, n), -kk, kk * alpha]
-    del kk, alpha
     pool = 0.3 * rnd(bsz, 1, h, n, n)
     slots = torch.randperm(bsz, generator=g, device=device)
     lengths = torch.full((bsz,), t, dtype=torch.int32, device=device)
-    return x, pool, slots, lengths
+    return x, pool, slots, lengths, (kk, alpha)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -80,7 +83,7 @@ def check(x, pool, slots, lengths) -> dict:
 
 def run_case(name: str, bsz: int, t: int, h: int, n: int, device: str, measure, copy_bw: float,
              fla_fn) -> dict:
-    x, pool, slots, lengths = make_case(bsz, t, h, n, device)
+    x, pool, slots, lengths, (kk, alpha) = make_case(bsz, t, h, n, device)
     row = {"case": name, "B": bsz, "T": t, "H": h, "N": n, **check(x, pool, slots, lengths)}
     state_bytes = bsz * h * n * n * 4 * 2          # the state read once and written once
     io_bytes = bsz * t * h * n * 4 * 7             # r w k v a b read, o written
@@ -102,36 +105,62 @@ def run_case(name: str, bsz: int, t: int, h: int, n: int, device: str, measure, 
     row["speedup_vs_eager"] = row["eager_us"] / row["kernel_us"]
 
     if fla_fn is not None:
-        def fla():
-            # fla keeps the state as [K, V]; ours is [V, K].
-            s0 = pool[slots, 0].transpose(-1, -2).contiguous()
-            o, s = fla_fn(*x, scale=1.0, initial_state=s0, output_final_state=True)
-            pool[slots, 0] = s.transpose(-1, -2)
-            return o
         try:
-            row["fla_us"] = measure(fla) * 1e6
+            row.update(time_fla(fla_fn, x, kk, alpha, pool, slots, lengths, measure, row["kernel_us"]))
         except Exception as e:  # noqa: BLE001 - a version mismatch should not sink the benchmark
             row["fla_error"] = f"{type(e).__name__}: {e}"[:300]
     return row
 
 
+def time_fla(fla_fn, x, kk, alpha, pool, slots, lengths, measure, kernel_us: float) -> dict:
+    """fla's kernel raw (states already a contiguous batch) and as a server would use it with a
+    state pool: gather pool[slots], step, scatter back. fla keeps a state as [K, V], ours [V, K]."""
+    r, w, k, v = x[:4]
+    out = {}
+    m = min(CHECK_SERIES, slots.shape[0])
+    s0 = pool[slots[:m], 0].transpose(-1, -2).contiguous()
+    o_fla, s_fla = fla_fn(r[:m], w[:m], k[:m], v[:m], kk[:m], alpha[:m], scale=1.0,
+                          initial_state=s0, output_final_state=True)
+    mine = pool.clone()
+    o_mine = wkv7_pool_step(*(z[:m] for z in x), mine, slots[:m], 0, lengths[:m])
+    out["fla_vs_ours_rel_diff_o"] = rel_err(o_fla, o_mine)       # same computation?
+    out["fla_vs_ours_rel_diff_state"] = rel_err(s_fla.transpose(-1, -2), mine[slots[:m], 0])
+    del mine, s0, o_fla, s_fla, o_mine
+
+    batch = pool[slots, 0].transpose(-1, -2).contiguous()
+    out["fla_raw_us"] = measure(lambda: fla_fn(r, w, k, v, kk, alpha, scale=1.0, initial_state=batch,
+                                               output_final_state=True)) * 1e6
+
+    def fla_pool():
+        s_in = pool[slots, 0].transpose(-1, -2).contiguous()
+        o, s_out = fla_fn(r, w, k, v, kk, alpha, scale=1.0, initial_state=s_in, output_final_state=True)
+        pool[slots, 0] = s_out.transpose(-1, -2)
+        return o
+
+    out["fla_pool_us"] = measure(fla_pool) * 1e6
+    out["speedup_vs_fla_raw"] = out["fla_raw_us"] / kernel_us
+    out["speedup_vs_fla_pool"] = out["fla_pool_us"] / kernel_us
+    return out
+
+
 def sweep_case(name: str, bsz: int, t: int, device: str, measure, copy_bw: float) -> list[dict]:
-    x, pool, slots, lengths = make_case(bsz, t, 8, 64, device)
+    x, pool, slots, lengths, _ = make_case(bsz, t, 8, 64, device)
     state_bytes = bsz * 8 * 64 * 64 * 4 * 2
     rows = []
-    for pf in ((True,) if t == 1 else (True, False)):
-        for bv in (8, 16, 32, 64):
-            for nw in (1, 2, 4, 8):
-                sec = measure(lambda bv=bv, nw=nw, pf=pf: wkv7_pool_step(
-                    *x, pool, slots, 0, lengths, block_v=bv, num_warps=nw, prefetch=pf))
+    for stream in (False, True):
+        for bv in (32, 64):
+            for nw in (2, 4, 8):
+                sec = measure(lambda bv=bv, nw=nw, st=stream: wkv7_pool_step(
+                    *x, pool, slots, 0, lengths, block_v=bv, num_warps=nw, stream=st))
                 rows.append({"case": name, "B": bsz, "T": t, "block_v": bv, "num_warps": nw,
-                             "prefetch": pf, "us": sec * 1e6,
+                             "stream": stream, "us": sec * 1e6,
                              "state_frac_of_copy": state_bytes / sec / copy_bw,
-                             "pinned": (bv, nw, pf) == (BLOCK_V, NUM_WARPS, True)})
+                             "pinned": (bv, nw, stream) == (BLOCK_V, NUM_WARPS, STREAM)})
+        print(f"swept {name} B={bsz} T={t} stream={stream}", flush=True)
     return rows
 
 
-SWEEP_CASES = (("decode", 4096, 1), ("prefill", 64, 1024), ("prefill", 4, 1024))
+SWEEP_CASES = (("decode", 4096, 1), ("decode", 32768, 1), ("prefill", 64, 1024))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -153,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "mode": ("cpu-interpreter-smoke" if device == "cpu" else "gpu-smoke" if smoke else "gpu"),
         "torch": torch.__version__, "triton": triton.__version__,
-        "pinned_config": {"block_v": BLOCK_V, "num_warps": NUM_WARPS},
+        "pinned_config": {"block_v": BLOCK_V, "num_warps": NUM_WARPS, "stream": STREAM},
         "fla": "available" if fla_fn is not None else f"not used ({fla_why or 'no GPU'})",
     }
     if device == "cpu":
@@ -186,10 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"torch {result['torch']}  fla: {result['fla']}")
     print(f"device-to-device copy: {copy_bw / 1e9:.1f} GB/s (read + write)")
     head = (f"{'case':8} {'B':>6} {'T':>5} {'kernel us':>11} {'state GB/s':>10} {'of copy':>8} "
-            f"{'eager us':>11} {'speedup':>8} {'fla us':>9} {'err o':>9} {'err S':>9}")
+            f"{'eager us':>11} {'speedup':>8} {'fla raw':>9} {'fla pool':>9} {'x fla pool':>10} "
+            f"{'err o':>9} {'err S':>9}")
     print(head)
     for r in rows:
-        fla = f"{r['fla_us']:9.1f}" if "fla_us" in r else f"{'-':>9}"
+        fla = (f"{r['fla_raw_us']:9.1f} {r['fla_pool_us']:9.1f} {r['speedup_vs_fla_pool']:10.2f}"
+               if "fla_pool_us" in r else f"{'-':>9} {'-':>9} {'-':>10}")
         print(f"{r['case']:8} {r['B']:6d} {r['T']:5d} {r['kernel_us']:11.1f} {r['kernel_state_gbps']:10.1f} "
               f"{r['kernel_state_frac_of_copy']:8.1%} {r['eager_us']:11.1f} {r['speedup_vs_eager']:8.2f} "
               f"{fla} {r['max_rel_err_o']:9.2e} {r['max_rel_err_state']:9.2e}")
@@ -198,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         for s in result["sweep"]:
             mark = "*" if s["pinned"] else " "
             print(f"{mark} {s['case']:8} B={s['B']:5d} T={s['T']:5d} block_v={s['block_v']:3d} "
-                  f"warps={s['num_warps']} prefetch={s['prefetch']:d}  {s['us']:10.1f} us  "
+                  f"warps={s['num_warps']} stream={s['stream']:d}  {s['us']:10.1f} us  "
                   f"{s['state_frac_of_copy']:7.1%} of copy")
     out = Path(args.out)
     write_json(out, result)

@@ -40,6 +40,7 @@ import triton.language as tl
 # however the steps are batched or chunked. (For N < BLOCK_V the block is N rows.)
 BLOCK_V = 32
 NUM_WARPS = 2
+STREAM = False
 
 
 @triton.jit
@@ -60,7 +61,7 @@ def _wkv7_pool_kernel(
     layer, T,
     stride_xb, stride_xt, stride_xh,
     stride_ps, stride_pl, stride_ph, stride_pv,
-    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr,
+    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr, STREAM: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
@@ -75,7 +76,10 @@ def _wkv7_pool_kernel(
 
     s_ptrs = (pool_ptr + slot * stride_ps + layer * stride_pl + pid_h * stride_ph
               + rows[:, None].to(tl.int64) * stride_pv + cols[None, :])
-    s = tl.load(s_ptrs, mask=live, other=0.0)
+    if STREAM:  # the state is touched once per call: ask the caches not to keep it
+        s = tl.load(s_ptrs, mask=live, other=0.0, eviction_policy="evict_first")
+    else:
+        s = tl.load(s_ptrs, mask=live, other=0.0)
 
     x_base = pid_b * stride_xb + pid_h * stride_xh
     # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
@@ -103,21 +107,25 @@ def _wkv7_pool_kernel(
             w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
         t += 1
 
-    tl.store(s_ptrs, s, mask=live)
+    if STREAM:
+        tl.store(s_ptrs, s, mask=live, cache_modifier=".cs")
+    else:
+        tl.store(s_ptrs, s, mask=live)
 
 
 def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
                    layer: int, lengths: torch.Tensor | None = None, *,
                    block_v: int = BLOCK_V, num_warps: int = NUM_WARPS,
-                   prefetch: bool = True) -> torch.Tensor:
+                   prefetch: bool = True, stream: bool = STREAM) -> torch.Tensor:
     """Run T steps of RWKV-7 for B series whose states live in ``pool[slots, layer]``, in place.
 
     r, w, k, v, a, b: float32 [B, T, H, N] (w is the log-decay, <= 0); pool: float32
     [slots, layers, H, N, N], last dim contiguous; slots: int [B], distinct; layer: int;
     lengths: int [B], valid steps per series (the first lengths[i] steps; 0 leaves that state alone;
     None means all T). Returns o [B, T, H, N]; outputs of steps past a series' length are zero.
-    block_v, num_warps, prefetch: launch configuration, for benchmarks only; keep the defaults in the
+    block_v, num_warps, prefetch, stream: launch configuration (stream: cache hints that the state is
+    read and written once), for benchmarks only; keep the defaults in the
     service, since results are reproducible bit for bit only under one fixed configuration.
 
     Equal (to float32 rounding) to ``model.wkv.wkv7_recurrent`` on ``pool[slots, layer]`` with
@@ -162,6 +170,6 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
         layer, t,
         xs[0].stride(0), xs[0].stride(1), xs[0].stride(2),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        N=n, BLOCK_V=block_v, PREFETCH=prefetch, num_warps=num_warps,
+        N=n, BLOCK_V=block_v, PREFETCH=prefetch, STREAM=stream, num_warps=num_warps,
     )
     return o
