@@ -4,7 +4,8 @@
 # (default bench/out). Budget: under 8 minutes (much of it Triton compiles).
 #   1. bench.model_step: whole model step of the service default (rimer-general) at B = 1 .. 32768,
 #      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
-#      (profiler), bit-identity alone vs batched;
+#      (profiler, with each kernel's duration), bit-identity alone vs batched; then again with
+#      programmatic dependent launch off (RIMER_PDL=0), side by side;
 #   2. bench.kernels --sweep: the pool recurrence kernel alone at H = 8, N = 64 (decode B = 1 ..
 #      32768, prefill 64 x 1024) against copy bandwidth, eager PyTorch and, when the fla-core wheel
 #      was carried in bench/wheels/ (installed from that file, no network), fla raw and with the
@@ -46,6 +47,9 @@ fi
 stamp "python -m bench.model_step (default weights)" | tee "$OUT/model_step.log"
 timeout 130 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a "$OUT/model_step.log" \
     || status=1
+stamp "RIMER_PDL=0 python -m bench.model_step (default weights, PDL off for comparison)" | tee -a "$OUT/model_step.log"
+RIMER_PDL=0 timeout 60 "$PY" -m bench.model_step --out "$OUT/model_step-nopdl.json" 2>&1 \
+    | tee -a "$OUT/model_step.log" || status=1
 stamp "python -m bench.kernels --sweep" | tee "$OUT/kernels.log"
 timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/kernels.log" \
     || status=1

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 # kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
 from bench.common import copy_bandwidth, timer, write_json
 from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
-from kernels.wkv7_pool import STREAM
+from kernels.wkv7_pool import STREAM, wkv7_pool_decode
 from model.wkv import wkv7_recurrent
 
 CHECK_SERIES = 256
@@ -157,7 +157,23 @@ def sweep_case(name: str, bsz: int, t: int, device: str, measure, copy_bw: float
                              "state_frac_of_copy": state_bytes / sec / copy_bw,
                              "pinned": (bv, nw, stream) == (BLOCK_V, NUM_WARPS, STREAM)})
         print(f"swept {name} B={bsz} T={t} stream={stream}", flush=True)
+    if t == 1:  # the persistent decode kernel (a candidate, not pinned)
+        for bv in (32, 64):
+            for nw in (4, 8):
+                for per_sm in (2, 4, 8):
+                    sec = measure(lambda bv=bv, nw=nw, k=per_sm: wkv7_pool_decode(
+                        *x, pool, slots, 0, lengths, block_v=bv, num_warps=nw, programs_per_sm=k))
+                    rows.append({"case": name, "B": bsz, "T": t, "block_v": bv, "num_warps": nw,
+                                 "persistent_programs_per_sm": per_sm, "us": sec * 1e6,
+                                 "state_frac_of_copy": state_bytes / sec / copy_bw, "pinned": False})
+        print(f"swept {name} B={bsz} persistent", flush=True)
     return rows
+
+
+def variant(row: dict) -> str:
+    if "persistent_programs_per_sm" in row:
+        return f"persist={row['persistent_programs_per_sm']}"
+    return f"stream={row['stream']:d}"
 
 
 SWEEP_CASES = (("decode", 4096, 1), ("decode", 32768, 1), ("prefill", 64, 1024))
@@ -229,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         for s in result["sweep"]:
             mark = "*" if s["pinned"] else " "
             print(f"{mark} {s['case']:8} B={s['B']:5d} T={s['T']:5d} block_v={s['block_v']:3d} "
-                  f"warps={s['num_warps']} stream={s['stream']:d}  {s['us']:10.1f} us  "
+                  f"warps={s['num_warps']} {variant(s):10}  {s['us']:10.1f} us  "
                   f"{s['state_frac_of_copy']:7.1%} of copy")
     out = Path(args.out)
     write_json(out, result)

@@ -35,6 +35,7 @@ import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import copy_bandwidth, timer
+from kernels import pdl
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
@@ -239,7 +240,17 @@ def profile_kernels(model: Rimer, device: str) -> dict:
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        return [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+    def timeline(events) -> dict:
+        """Where one step's GPU time goes: each kernel's duration in launch order, their sum, and
+        the span from the first kernel's start to the last one's end (the rest is gaps)."""
+        spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in events)
+        if not spans:
+            return {}
+        busy = sum(end - start for start, end, _ in spans)
+        return {"span_us": spans[-1][1] - spans[0][0], "kernels_us": busy,
+                "per_kernel_us": [[name, round(end - start, 2)] for start, end, name in spans]}
 
     pool, slots, values, counts = _one_patch_setup(model, device)
     model.step_slots(pool, slots, values, counts)
@@ -248,10 +259,16 @@ def profile_kernels(model: Rimer, device: str) -> dict:
     s.copy_(slots)
     v.copy_(values)
     c.copy_(counts)
+    graph.replay()
     replay = gpu_events(graph.replay)
-    return {"eager_gpu_events": len(eager), "graph_replay_gpu_events": len(replay),
-            "triton_kernels_eager": sum(1 for n in eager if n.startswith("_")),
-            "names_eager": sorted(set(eager))[:80]}
+    out = {"eager_gpu_events": len(eager), "graph_replay_gpu_events": len(replay),
+           "triton_kernels_eager": sum(1 for e in eager if e.name.startswith("_")),
+           "names_eager": sorted({e.name for e in eager})[:80]}
+    try:
+        out["graph_replay_timeline"] = timeline(replay)
+    except Exception as e:  # noqa: BLE001 - profiler fields differ across torch versions
+        out["graph_replay_timeline"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return out
 
 
 def tiny() -> Rimer:
@@ -292,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
-              "copy_gbps": copy_bw / 1e9, "cases": []}
+              "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "cases": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if device == "cuda":  # first: the figure the issue asks for at B = 1
@@ -327,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(result, indent=2) + "\n")  # as we go, in case of a timeout
 
     state_bytes = 2 * RimerState.zeros(model.cfg, 1).nbytes_per_series()
-    print(f"\ndevice: {result['device']}  model: {name}  copy {copy_bw / 1e9:.0f} GB/s  "
+    print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if pdl.ENABLED else 'off'}  "
+          f"copy {copy_bw / 1e9:.0f} GB/s  "
           f"state {state_bytes} B read+written per series-step")
     print(f"{'B':>6} {'graph us':>10} {'eager us':>10} {'torch us':>10} {'bound us':>9} {'of bound':>8} "
           f"{'err f64':>9} {'alone=batch':>11}")

@@ -34,7 +34,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import pdl
 from kernels.linear import ACTIVATIONS, PRECISION, USE_DOT, matmul_tile
+from kernels.pdl import wait_then_release
 
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 LINEAR_WARPS = 4
@@ -49,7 +51,8 @@ DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0
 def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, stride_shift, stride_plane,
                    eps, keep_ptr, keep_slots_ptr, keep_flags_ptr, stride_keep,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, N_MIX: tl.constexpr,
-                   KEEP: tl.constexpr):
+                   KEEP: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     # BLOCK_R rows per program; each row's statistics are a sum over its own BLOCK_D lanes.
     # (Helpers are written out inline: a @triton.jit call costs much time under the interpreter.)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -109,7 +112,7 @@ def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Te
         _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
             h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
             out.stride(0), eps, dest, slots, flags, dest.stride(0), D=d, BLOCK_D=triton.next_power_of_2(d),
-            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4)
+            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, PDL=pdl.ENABLED, num_warps=4, **pdl.LAUNCH)
     return out
 
 
@@ -133,7 +136,9 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
                            stride_xp, stride_xm, stride_ym, stride_rm,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                            PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           PDL: tl.constexpr):
+    wait_then_release(PDL)
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     xoff = tl.load(plane_ptr + pid_n) * stride_xp + tl.load(col_ptr + pid_n)  # this block's input
@@ -209,7 +214,8 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
             residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
             stride_xp, stride_xm, y.stride(0), residual.stride(0) if residual is not None else 0,
             K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None, PRECISION=PRECISION,
-            USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=LINEAR_WARPS)
+            USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl.ENABLED,
+            num_warps=LINEAR_WARPS, **pdl.LAUNCH)
     return y
 
 
@@ -239,8 +245,9 @@ def _wkv7_fused_kernel(
     off_r, off_k, off_v, off_w, off_al, off_vl, off_g,
     stride_ps, stride_pl, stride_ph, stride_pv,
     decay_scale, eps,
-    N: tl.constexpr, HAS_VF: tl.constexpr,
+    N: tl.constexpr, HAS_VF: tl.constexpr, PDL: tl.constexpr,
 ):
+    wait_then_release(PDL)
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, N)  # value index
@@ -333,7 +340,8 @@ def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch
         layer, t, a.stride(0), u.stride(0), vf.stride(0), o.stride(0),
         offs["r"], offs["k"], offs["v"], offs["w"], offs["a"], offs.get("vl", 0), offs["g"],
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None, num_warps=4 if n >= 64 else 2,
+        DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None, PDL=pdl.ENABLED,
+        num_warps=4 if n >= 64 else 2, **pdl.LAUNCH,
     )
     return o
 

@@ -35,6 +35,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import pdl
+from kernels.pdl import wait_then_release
+
 NUM_WARPS = 4
 # No fused multiply-adds: each float64 operation of the statistics and the de-normalisation rounds as
 # PyTorch's element-wise ops do, so the statistics equal model/normalisation's bit for bit on a GPU too.
@@ -69,7 +72,8 @@ def _prologue_kernel(values_ptr, counts_ptr, slots_ptr,
                      stride_v,
                      P: tl.constexpr, D: tl.constexpr, S: tl.constexpr, LOG_P: tl.constexpr,
                      BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
-                     CAUSAL: tl.constexpr, HAS_PE: tl.constexpr):
+                     CAUSAL: tl.constexpr, HAS_PE: tl.constexpr, PDL: tl.constexpr):
+    wait_then_release(PDL)
     # (Written out inline: a @triton.jit helper call costs much time under the interpreter.)
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + b).to(tl.int64)
@@ -165,7 +169,8 @@ def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tens
             io.h, io.shift, io.stats, io.tail, io.tail_len, io.done, io.n_patches, values.stride(0),
             P=p, D=d, S=layers * d, LOG_P=_log2_exact(block_p), BLOCK_P=block_p,
             BLOCK_D=triton.next_power_of_2(d), BLOCK_S=triton.next_power_of_2(layers * d),
-            CAUSAL=causal, HAS_PE=pe is not None, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            CAUSAL=causal, HAS_PE=pe is not None, PDL=pdl.ENABLED, num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION, **pdl.LAUNCH)
     return io
 
 
@@ -205,7 +210,9 @@ def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slot
                      stats_ptr, new_tail_ptr, new_len_ptr, done_ptr, new_n_ptr,
                      next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr, tail_len_ptr,
                      stride_h,
-                     P: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+                     P: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+                     PDL: tl.constexpr):
+    wait_then_release(PDL)
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + b).to(tl.int64)
     extend = tl.load(counts_ptr + b) > 0
@@ -245,7 +252,7 @@ def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, i
             h, head_w, head_b, consts, counts, slots, io.stats, io.tail, io.tail_len, io.done, io.n_patches,
             pool.next_patch, pool.norm, pool.n_patches, pool.tail, pool.tail_len, h.stride(0),
             P=p, D=d, BLOCK_P=triton.next_power_of_2(p), BLOCK_D=triton.next_power_of_2(d),
-            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION)
+            PDL=pdl.ENABLED, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **pdl.LAUNCH)
 
 
 def epilogue_reference(pool, slots, counts, h, io: StepIO, head_w, head_b, consts) -> None:

@@ -113,6 +113,93 @@ def _wkv7_pool_kernel(
         tl.store(s_ptrs, s, mask=live)
 
 
+@triton.jit
+def _wkv7_pool_decode_kernel(
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, o_ptr,
+    pool_ptr, slots_ptr, lengths_ptr,
+    layer, n_tiles,
+    stride_ps, stride_pl, stride_ph, stride_pv,
+    H: tl.constexpr, N: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    # Persistent decode (T = 1): a fixed grid of programs walks the (series, head, row block) tiles
+    # with a stride of the grid size, and loads the next tile's state before this tile's arithmetic
+    # and store, so that a program always has a tile's read in flight. Per tile the arithmetic is
+    # the same expressions on the same tile shape as _wkv7_pool_kernel's.
+    TILES_PER_HEAD: tl.constexpr = N // BLOCK_V
+    rows0 = tl.arange(0, BLOCK_V)
+    cols = tl.arange(0, N)
+    tile = tl.program_id(0)
+    step = tl.num_programs(0)
+
+    bh = tile // TILES_PER_HEAD
+    bidx = (bh // H).to(tl.int64)
+    hidx = (bh % H).to(tl.int64)
+    rows = (tile % TILES_PER_HEAD) * BLOCK_V + rows0
+    ok = tile < n_tiles
+    live = ok & (tl.load(lengths_ptr + bidx, mask=ok, other=0) > 0)
+    slot = tl.load(slots_ptr + bidx, mask=ok, other=0).to(tl.int64)
+    s_ptrs = (pool_ptr + slot * stride_ps + layer * stride_pl + hidx * stride_ph
+              + rows[:, None].to(tl.int64) * stride_pv + cols[None, :])
+    s = tl.load(s_ptrs, mask=live, other=0.0)
+    while tile < n_tiles:
+        # The next tile's state first.
+        nxt = tile + step
+        bh_n = nxt // TILES_PER_HEAD
+        bidx_n = (bh_n // H).to(tl.int64)
+        hidx_n = (bh_n % H).to(tl.int64)
+        rows_n = (nxt % TILES_PER_HEAD) * BLOCK_V + rows0
+        ok_n = nxt < n_tiles
+        live_n = ok_n & (tl.load(lengths_ptr + bidx_n, mask=ok_n, other=0) > 0)
+        slot_n = tl.load(slots_ptr + bidx_n, mask=ok_n, other=0).to(tl.int64)
+        s_ptrs_n = (pool_ptr + slot_n * stride_ps + layer * stride_pl + hidx_n * stride_ph
+                    + rows_n[:, None].to(tl.int64) * stride_pv + cols[None, :])
+        s_n = tl.load(s_ptrs_n, mask=live_n, other=0.0)
+
+        x_base = (bidx * H + hidx) * N
+        w = tl.load(w_ptr + x_base + cols, mask=live, other=0.0)
+        k = tl.load(k_ptr + x_base + cols, mask=live, other=0.0)
+        a = tl.load(a_ptr + x_base + cols, mask=live, other=0.0)
+        b = tl.load(b_ptr + x_base + cols, mask=live, other=0.0)
+        r = tl.load(r_ptr + x_base + cols, mask=live, other=0.0)
+        v = tl.load(v_ptr + x_base + rows, mask=live, other=0.0)
+        sa = tl.sum(s * a[None, :], axis=1)
+        s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
+        o = tl.sum(s * r[None, :], axis=1)
+        tl.store(o_ptr + x_base + rows, o, mask=live)
+        tl.store(s_ptrs, s, mask=live)
+
+        tile, bidx, hidx, rows, live, s_ptrs, s = nxt, bidx_n, hidx_n, rows_n, live_n, s_ptrs_n, s_n
+
+
+def wkv7_pool_decode(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
+                     layer: int, lengths: torch.Tensor | None = None, *, block_v: int = 64,
+                     num_warps: int = 4, programs_per_sm: int = 4) -> torch.Tensor:
+    """One step (T = 1) of ``wkv7_pool_step`` by a persistent kernel (a candidate for decode; the
+    benchmark compares it with the pinned kernel). Same arguments; r .. b are [B, 1, H, N]."""
+    bsz, t, h, n = r.shape
+    if t != 1:
+        raise ValueError(f"wkv7_pool_decode takes one step, got T = {t}")
+    xs = [x.contiguous() for x in (r, w, k, v, a, b)]
+    if lengths is None:
+        lengths = torch.ones(bsz, dtype=torch.int32, device=r.device)
+    slots = slots.to(torch.int64).contiguous()
+    lengths = lengths.to(torch.int32).contiguous()
+    block_v = min(block_v, n)
+    o = torch.zeros_like(xs[0])
+    n_tiles = bsz * h * (n // block_v)
+    if n_tiles == 0:
+        return o
+    sms = (torch.cuda.get_device_properties(r.device).multi_processor_count if r.is_cuda else 2)
+    grid = (min(n_tiles, sms * programs_per_sm),)
+    _wkv7_pool_decode_kernel[grid](
+        *xs, o, pool, slots, lengths, layer, n_tiles,
+        pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
+        H=h, N=n, BLOCK_V=block_v, num_warps=num_warps,
+    )
+    return o
+
+
 def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
                    layer: int, lengths: torch.Tensor | None = None, *,

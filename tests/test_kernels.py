@@ -158,6 +158,28 @@ def test_launch_configurations_agree(block_v, num_warps, stream):
     assert torch.equal(o, o_plain) and torch.equal(hinted, plain)
 
 
+@pytest.mark.parametrize("block_v,programs_per_sm", [(64, 1), (32, 2)])
+def test_persistent_decode_equals_pool_kernel(block_v, programs_per_sm):
+    """The persistent decode kernel (programs walking several tiles each) gives the pool kernel's
+    bits at the same tile shape, leaves length-0 series and other slots alone."""
+    from kernels.wkv7_pool import wkv7_pool_decode
+    bsz, h, n = 5, 2, 64
+    x = make_inputs(bsz, 1, h, n, seed=41)
+    pool = make_pool(7, 2, h, n, seed=42)
+    slots = torch.tensor([6, 0, 3, 2, 5], device=DEVICE)
+    lengths = torch.tensor([1, 1, 0, 1, 1], device=DEVICE)
+    args = [x[name] for name in "rwkvab"]
+    mine, ref = pool.clone(), pool.clone()
+    o = wkv7_pool_decode(*args, mine, slots, 1, lengths, block_v=block_v, num_warps=4,
+                         programs_per_sm=programs_per_sm)
+    o_ref = wkv7_pool_step(*args, ref, slots, 1, lengths, block_v=block_v, num_warps=4)
+    assert torch.equal(o, o_ref) and torch.equal(mine, ref)
+    assert torch.equal(mine[[1, 4]], pool[[1, 4]]), "slots not named are untouched"
+    assert torch.equal(mine[:, 0], pool[:, 0]), "the other layer is untouched"
+    assert torch.equal(mine[3], pool[3]), "a length-0 series keeps its state"
+    assert not torch.equal(mine[6], pool[6])
+
+
 def test_lengths_clamped_to_steps():
     x = make_inputs(1, 3, 1, 16, seed=31)
     a = make_pool(1, 1, 1, 16, seed=32)

@@ -1,0 +1,34 @@
+"""Programmatic dependent launch (PDL) for the one-patch step's kernels, on Hopper and newer.
+
+A small step is a chain of 16 short kernels; between two of them the GPU normally drains the first
+grid before it starts launching the next. With PDL (a launch attribute, kept in CUDA graphs) the
+next kernel is launched while the current one runs, and each kernel's first instruction,
+``griddepcontrol.wait``, holds it until the previous grid has finished and its writes are visible.
+So launch latency overlaps work while every kernel still sees all of its predecessor's results
+(and, by the chain, all earlier ones'): results are bit for bit those without PDL.
+
+Off under Triton's interpreter (no inline PTX there), before sm_90, and with ``RIMER_PDL=0`` (read at
+import; the benchmark runs both settings side by side).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ENABLED = (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+           and torch.cuda.get_device_capability() >= (9, 0) and os.environ.get("RIMER_PDL", "1") != "0")
+
+# Keyword arguments for a kernel launch, and the kernels' PDL flag (a constexpr).
+LAUNCH = {"launch_pdl": True} if ENABLED else {}
+
+
+@triton.jit
+def wait_then_release(PDL: tl.constexpr):
+    """First thing in a kernel: wait for the previous grid, then let the next one launch."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
