@@ -38,9 +38,10 @@ import triton.language as tl
 
 # Pinned launch configuration: one config for all batch sizes and step counts keeps results bit-identical
 # however the steps are batched or chunked. (For N < BLOCK_V the block is N rows.)
-BLOCK_V = 32
-NUM_WARPS = 2
-STREAM = False
+BLOCK_V = 64
+NUM_WARPS = 4
+FLAT = True
+DECODE = True
 
 
 @triton.jit
@@ -61,11 +62,20 @@ def _wkv7_pool_kernel(
     layer, T,
     stride_xb, stride_xt, stride_xh,
     stride_ps, stride_pl, stride_ph, stride_pv,
-    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr, STREAM: tl.constexpr,
+    H, N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr,
+    DECODE: tl.constexpr,
 ):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_h = tl.program_id(1).to(tl.int64)
-    pid_v = tl.program_id(2)
+    if FLAT:  # one grid axis, row blocks fastest, then heads, then series: the programs running
+        # at one moment read neighbouring memory (a slot's heads lie side by side in the pool)
+        TILES: tl.constexpr = N // BLOCK_V
+        pid = tl.program_id(0).to(tl.int64)
+        pid_v = pid % TILES
+        pid_h = (pid // TILES) % H
+        pid_b = pid // (TILES * H)
+    else:
+        pid_b = tl.program_id(0).to(tl.int64)
+        pid_h = tl.program_id(1).to(tl.int64)
+        pid_v = tl.program_id(2)
 
     rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # value index, this program's tile
     cols = tl.arange(0, N)                          # key index
@@ -76,143 +86,57 @@ def _wkv7_pool_kernel(
 
     s_ptrs = (pool_ptr + slot * stride_ps + layer * stride_pl + pid_h * stride_ph
               + rows[:, None].to(tl.int64) * stride_pv + cols[None, :])
-    if STREAM:  # the state is touched once per call: ask the caches not to keep it
-        s = tl.load(s_ptrs, mask=live, other=0.0, eviction_policy="evict_first")
-    else:
-        s = tl.load(s_ptrs, mask=live, other=0.0)
+    s = tl.load(s_ptrs, mask=live, other=0.0)
 
     x_base = pid_b * stride_xb + pid_h * stride_xh
-    # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
-    # neither computed nor stored (their outputs stay the zeros the wrapper allocated). (A `for` over a
-    # runtime bound does not run under Triton 3.6's interpreter with NumPy >= 2.4.)
-    # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their memory
-    # latency overlaps the dependent chain (reduce, update, reduce) instead of adding to it each step;
-    # Triton does not software-pipeline a while loop by itself.
     w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, x_base, cols, rows, live)
-    t = 0
-    while t < n_steps:
-        off = x_base + t * stride_xt
-        if PREFETCH:
-            nxt = off + stride_xt
-            w_n, k_n, a_n, b_n, r_n, v_n = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, nxt,
-                                                      cols, rows, t + 1 < n_steps)
-        else:
-            w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows,
-                                          True)
-        sa = tl.sum(s * a[None, :], axis=1)
-        s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
-        o = tl.sum(s * r[None, :], axis=1)
-        tl.store(o_ptr + off + rows, o)
-        if PREFETCH:
-            w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
-        t += 1
-
-    if STREAM:
-        tl.store(s_ptrs, s, mask=live, cache_modifier=".cs")
-    else:
-        tl.store(s_ptrs, s, mask=live)
-
-
-@triton.jit
-def _wkv7_pool_decode_kernel(
-    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr, o_ptr,
-    pool_ptr, slots_ptr, lengths_ptr,
-    layer, n_tiles,
-    stride_ps, stride_pl, stride_ph, stride_pv,
-    H: tl.constexpr, N: tl.constexpr, BLOCK_V: tl.constexpr,
-):
-    # Persistent decode (T = 1): a fixed grid of programs walks the (series, head, row block) tiles
-    # with a stride of the grid size, and loads the next tile's state before this tile's arithmetic
-    # and store, so that a program always has a tile's read in flight. Per tile the arithmetic is
-    # the same expressions on the same tile shape as _wkv7_pool_kernel's.
-    TILES_PER_HEAD: tl.constexpr = N // BLOCK_V
-    rows0 = tl.arange(0, BLOCK_V)
-    cols = tl.arange(0, N)
-    tile = tl.program_id(0)
-    step = tl.num_programs(0)
-
-    bh = tile // TILES_PER_HEAD
-    bidx = (bh // H).to(tl.int64)
-    hidx = (bh % H).to(tl.int64)
-    rows = (tile % TILES_PER_HEAD) * BLOCK_V + rows0
-    ok = tile < n_tiles
-    live = ok & (tl.load(lengths_ptr + bidx, mask=ok, other=0) > 0)
-    slot = tl.load(slots_ptr + bidx, mask=ok, other=0).to(tl.int64)
-    s_ptrs = (pool_ptr + slot * stride_ps + layer * stride_pl + hidx * stride_ph
-              + rows[:, None].to(tl.int64) * stride_pv + cols[None, :])
-    s = tl.load(s_ptrs, mask=live, other=0.0)
-    while tile < n_tiles:
-        # The next tile's state first.
-        nxt = tile + step
-        bh_n = nxt // TILES_PER_HEAD
-        bidx_n = (bh_n // H).to(tl.int64)
-        hidx_n = (bh_n % H).to(tl.int64)
-        rows_n = (nxt % TILES_PER_HEAD) * BLOCK_V + rows0
-        ok_n = nxt < n_tiles
-        live_n = ok_n & (tl.load(lengths_ptr + bidx_n, mask=ok_n, other=0) > 0)
-        slot_n = tl.load(slots_ptr + bidx_n, mask=ok_n, other=0).to(tl.int64)
-        s_ptrs_n = (pool_ptr + slot_n * stride_ps + layer * stride_pl + hidx_n * stride_ph
-                    + rows_n[:, None].to(tl.int64) * stride_pv + cols[None, :])
-        s_n = tl.load(s_ptrs_n, mask=live_n, other=0.0)
-
-        x_base = (bidx * H + hidx) * N
-        w = tl.load(w_ptr + x_base + cols, mask=live, other=0.0)
-        k = tl.load(k_ptr + x_base + cols, mask=live, other=0.0)
-        a = tl.load(a_ptr + x_base + cols, mask=live, other=0.0)
-        b = tl.load(b_ptr + x_base + cols, mask=live, other=0.0)
-        r = tl.load(r_ptr + x_base + cols, mask=live, other=0.0)
-        v = tl.load(v_ptr + x_base + rows, mask=live, other=0.0)
+    if DECODE:  # T = 1: straight-line code, the same arithmetic as one pass of the loop below
         sa = tl.sum(s * a[None, :], axis=1)
         s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
         o = tl.sum(s * r[None, :], axis=1)
         tl.store(o_ptr + x_base + rows, o, mask=live)
-        tl.store(s_ptrs, s, mask=live)
+    else:
+        # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
+        # neither computed nor stored (their outputs stay the zeros the wrapper allocated). (A `for`
+        # over a runtime bound does not run under Triton 3.6's interpreter with NumPy >= 2.4.)
+        # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their
+        # memory latency overlaps the dependent chain (reduce, update, reduce) instead of adding to
+        # it each step; Triton does not software-pipeline a while loop by itself.
+        t = 0
+        while t < n_steps:
+            off = x_base + t * stride_xt
+            if PREFETCH:
+                nxt = off + stride_xt
+                w_n, k_n, a_n, b_n, r_n, v_n = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, nxt,
+                                                          cols, rows, t + 1 < n_steps)
+            else:
+                w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows,
+                                              True)
+            sa = tl.sum(s * a[None, :], axis=1)
+            s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
+            o = tl.sum(s * r[None, :], axis=1)
+            tl.store(o_ptr + off + rows, o)
+            if PREFETCH:
+                w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
+            t += 1
 
-        tile, bidx, hidx, rows, live, s_ptrs, s = nxt, bidx_n, hidx_n, rows_n, live_n, s_ptrs_n, s_n
-
-
-def wkv7_pool_decode(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
-                     layer: int, lengths: torch.Tensor | None = None, *, block_v: int = 64,
-                     num_warps: int = 4, programs_per_sm: int = 4) -> torch.Tensor:
-    """One step (T = 1) of ``wkv7_pool_step`` by a persistent kernel (a candidate for decode; the
-    benchmark compares it with the pinned kernel). Same arguments; r .. b are [B, 1, H, N]."""
-    bsz, t, h, n = r.shape
-    if t != 1:
-        raise ValueError(f"wkv7_pool_decode takes one step, got T = {t}")
-    xs = [x.contiguous() for x in (r, w, k, v, a, b)]
-    if lengths is None:
-        lengths = torch.ones(bsz, dtype=torch.int32, device=r.device)
-    slots = slots.to(torch.int64).contiguous()
-    lengths = lengths.to(torch.int32).contiguous()
-    block_v = min(block_v, n)
-    o = torch.zeros_like(xs[0])
-    n_tiles = bsz * h * (n // block_v)
-    if n_tiles == 0:
-        return o
-    sms = (torch.cuda.get_device_properties(r.device).multi_processor_count if r.is_cuda else 2)
-    grid = (min(n_tiles, sms * programs_per_sm),)
-    _wkv7_pool_decode_kernel[grid](
-        *xs, o, pool, slots, lengths, layer, n_tiles,
-        pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        H=h, N=n, BLOCK_V=block_v, num_warps=num_warps,
-    )
-    return o
+    tl.store(s_ptrs, s, mask=live)
 
 
 def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
                    layer: int, lengths: torch.Tensor | None = None, *,
                    block_v: int = BLOCK_V, num_warps: int = NUM_WARPS,
-                   prefetch: bool = True, stream: bool = STREAM) -> torch.Tensor:
+                   prefetch: bool = True, flat: bool = FLAT, decode: bool | None = None) -> torch.Tensor:
     """Run T steps of RWKV-7 for B series whose states live in ``pool[slots, layer]``, in place.
 
     r, w, k, v, a, b: float32 [B, T, H, N] (w is the log-decay, <= 0); pool: float32
     [slots, layers, H, N, N], last dim contiguous; slots: int [B], distinct; layer: int;
     lengths: int [B], valid steps per series (the first lengths[i] steps; 0 leaves that state alone;
     None means all T). Returns o [B, T, H, N]; outputs of steps past a series' length are zero.
-    block_v, num_warps, prefetch, stream: launch configuration (stream: cache hints that the state is
-    read and written once), for benchmarks only; keep the defaults in the
+    block_v, num_warps, prefetch, flat, decode: launch configuration (flat: one grid axis, heads of a
+    series side by side; decode: straight-line code for T = 1, None means T == 1 and DECODE), for
+    benchmarks only; keep the defaults in the
     service, since results are reproducible bit for bit only under one fixed configuration.
 
     Equal (to float32 rounding) to ``model.wkv.wkv7_recurrent`` on ``pool[slots, layer]`` with
@@ -251,12 +175,16 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
     o = torch.zeros_like(xs[0])
     if bsz == 0 or t == 0:
         return o
-    grid = (bsz, h, n // block_v)
+    if decode is None:
+        decode = DECODE and t == 1
+    if decode and t != 1:
+        raise ValueError(f"decode needs T = 1, got {t}")
+    grid = (bsz * h * (n // block_v),) if flat else (bsz, h, n // block_v)
     _wkv7_pool_kernel[grid](
         *xs, o, pool, slots, lengths,
         layer, t,
         xs[0].stride(0), xs[0].stride(1), xs[0].stride(2),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        N=n, BLOCK_V=block_v, PREFETCH=prefetch, STREAM=stream, num_warps=num_warps,
+        h, N=n, BLOCK_V=block_v, PREFETCH=prefetch, FLAT=flat, DECODE=decode, num_warps=num_warps,
     )
     return o
