@@ -9,8 +9,8 @@ written / time; the per-step vectors are reported apart), the device-to-device c
 measured in the same run for scale, PyTorch eager (model.wkv.wkv7_recurrent with a gather of
 pool[slots] and a scatter back) and, if `fla` imports, fla's fused recurrent RWKV-7 (same gather and
 scatter). Correctness: the kernel against a float64 run of wkv7_recurrent (on up to 256 series).
---sweep also times other launch configurations (block_v, warps, the grid order `flat` and the
-straight-line `decode` path; the kernel's own default stays pinned). fla: raw (its states already
+--sweep also times other launch configurations (rows per program, warps; the kernel's own default
+stays pinned). fla: raw (its states already
 a contiguous batch) and with the gather from and scatter to a state pool that a server needs; its
 outputs are compared with ours.
 
@@ -32,7 +32,6 @@ import torch.nn.functional as F
 # kernels sets TRITON_INTERPRET when there is no CUDA, so triton is imported after it (in functions).
 from bench.common import copy_bandwidth, timer, write_json
 from kernels import BLOCK_V, NUM_WARPS, wkv7_pool_step
-from kernels.wkv7_pool import DECODE, FLAT
 from model.wkv import wkv7_recurrent
 
 CHECK_SERIES = 256
@@ -148,22 +147,13 @@ def sweep_case(name: str, bsz: int, t: int, device: str, measure, copy_bw: float
     x, pool, slots, lengths, _ = make_case(bsz, t, 8, 64, device)
     state_bytes = bsz * 8 * 64 * 64 * 4 * 2
     rows = []
-    for flat in (False, True):
-        for decode in ((False, True) if t == 1 else (False,)):
-            for bv, nw in ((32, 2), (64, 2), (64, 4), (64, 8)):
-                sec = measure(lambda bv=bv, nw=nw, f=flat, d=decode: wkv7_pool_step(
-                    *x, pool, slots, 0, lengths, block_v=bv, num_warps=nw, flat=f, decode=d))
-                rows.append({"case": name, "B": bsz, "T": t, "block_v": bv, "num_warps": nw,
-                             "flat": flat, "decode": decode, "us": sec * 1e6,
-                             "state_frac_of_copy": state_bytes / sec / copy_bw,
-                             "pinned": (bv, nw, flat, decode) == (BLOCK_V, NUM_WARPS, FLAT,
-                                                                  DECODE and t == 1)})
-        print(f"swept {name} B={bsz} T={t} flat={flat}", flush=True)
+    for bv, nw in ((32, 2), (32, 4), (64, 2), (64, 4), (64, 8)):
+        sec = measure(lambda bv=bv, nw=nw: wkv7_pool_step(*x, pool, slots, 0, lengths, block_v=bv,
+                                                          num_warps=nw))
+        rows.append({"case": name, "B": bsz, "T": t, "block_v": bv, "num_warps": nw, "us": sec * 1e6,
+                     "state_frac_of_copy": state_bytes / sec / copy_bw,
+                     "pinned": (bv, nw) == (BLOCK_V, NUM_WARPS)})
     return rows
-
-
-def variant(row: dict) -> str:
-    return f"flat={row['flat']:d} decode={row['decode']:d}"
 
 
 SWEEP_CASES = (("decode", 4096, 1), ("decode", 32768, 1), ("prefill", 64, 1024))
@@ -188,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         "mode": ("cpu-interpreter-smoke" if device == "cpu" else "gpu-smoke" if smoke else "gpu"),
         "torch": torch.__version__, "triton": triton.__version__,
-        "pinned_config": {"block_v": BLOCK_V, "num_warps": NUM_WARPS, "flat": FLAT, "decode": DECODE},
+        "pinned_config": {"block_v": BLOCK_V, "num_warps": NUM_WARPS},
         "fla": "available" if fla_fn is not None else f"not used ({fla_why or 'no GPU'})",
     }
     if device == "cpu":
@@ -235,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
         for s in result["sweep"]:
             mark = "*" if s["pinned"] else " "
             print(f"{mark} {s['case']:8} B={s['B']:5d} T={s['T']:5d} block_v={s['block_v']:3d} "
-                  f"warps={s['num_warps']} {variant(s):16}  {s['us']:10.1f} us  "
+                  f"warps={s['num_warps']}  {s['us']:10.1f} us  "
                   f"{s['state_frac_of_copy']:7.1%} of copy")
     out = Path(args.out)
     write_json(out, result)

@@ -40,8 +40,6 @@ import triton.language as tl
 # however the steps are batched or chunked. (For N < BLOCK_V the block is N rows.)
 BLOCK_V = 64
 NUM_WARPS = 4
-FLAT = True
-DECODE = True
 
 
 @triton.jit
@@ -62,20 +60,11 @@ def _wkv7_pool_kernel(
     layer, T,
     stride_xb, stride_xt, stride_xh,
     stride_ps, stride_pl, stride_ph, stride_pv,
-    H, N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr, FLAT: tl.constexpr,
-    DECODE: tl.constexpr,
+    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr,
 ):
-    if FLAT:  # one grid axis, row blocks fastest, then heads, then series: the programs running
-        # at one moment read neighbouring memory (a slot's heads lie side by side in the pool)
-        TILES: tl.constexpr = N // BLOCK_V
-        pid = tl.program_id(0).to(tl.int64)
-        pid_v = pid % TILES
-        pid_h = (pid // TILES) % H
-        pid_b = pid // (TILES * H)
-    else:
-        pid_b = tl.program_id(0).to(tl.int64)
-        pid_h = tl.program_id(1).to(tl.int64)
-        pid_v = tl.program_id(2)
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_h = tl.program_id(1).to(tl.int64)
+    pid_v = tl.program_id(2)
 
     rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # value index, this program's tile
     cols = tl.arange(0, N)                          # key index
@@ -90,35 +79,31 @@ def _wkv7_pool_kernel(
 
     x_base = pid_b * stride_xb + pid_h * stride_xh
     w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, x_base, cols, rows, live)
-    if DECODE:  # T = 1: straight-line code, the same arithmetic as one pass of the loop below
+    # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
+    # neither computed nor stored (their outputs stay the zeros the wrapper allocated). (A `for` over a
+    # runtime bound does not run under Triton 3.6's interpreter with NumPy >= 2.4.)
+    # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their memory
+    # latency overlaps the dependent chain (reduce, update, reduce) instead of adding to it each step;
+    # Triton does not software-pipeline a while loop by itself.
+    # (A straight-line T = 1 path was measured no faster on an H200 and, at 64 rows x 4 warps, not
+    # bit-equal to one pass of this loop, which would make results depend on the batch.)
+    t = 0
+    while t < n_steps:
+        off = x_base + t * stride_xt
+        if PREFETCH:
+            nxt = off + stride_xt
+            w_n, k_n, a_n, b_n, r_n, v_n = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, nxt,
+                                                      cols, rows, t + 1 < n_steps)
+        else:
+            w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows,
+                                          True)
         sa = tl.sum(s * a[None, :], axis=1)
         s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
         o = tl.sum(s * r[None, :], axis=1)
-        tl.store(o_ptr + x_base + rows, o, mask=live)
-    else:
-        # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
-        # neither computed nor stored (their outputs stay the zeros the wrapper allocated). (A `for`
-        # over a runtime bound does not run under Triton 3.6's interpreter with NumPy >= 2.4.)
-        # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their
-        # memory latency overlaps the dependent chain (reduce, update, reduce) instead of adding to
-        # it each step; Triton does not software-pipeline a while loop by itself.
-        t = 0
-        while t < n_steps:
-            off = x_base + t * stride_xt
-            if PREFETCH:
-                nxt = off + stride_xt
-                w_n, k_n, a_n, b_n, r_n, v_n = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, nxt,
-                                                          cols, rows, t + 1 < n_steps)
-            else:
-                w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, off, cols, rows,
-                                              True)
-            sa = tl.sum(s * a[None, :], axis=1)
-            s = s * tl.exp(w)[None, :] + sa[:, None] * b[None, :] + v[:, None] * k[None, :]
-            o = tl.sum(s * r[None, :], axis=1)
-            tl.store(o_ptr + off + rows, o)
-            if PREFETCH:
-                w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
-            t += 1
+        tl.store(o_ptr + off + rows, o)
+        if PREFETCH:
+            w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
+        t += 1
 
     tl.store(s_ptrs, s, mask=live)
 
@@ -127,16 +112,14 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
                    a: torch.Tensor, b: torch.Tensor, pool: torch.Tensor, slots: torch.Tensor,
                    layer: int, lengths: torch.Tensor | None = None, *,
                    block_v: int = BLOCK_V, num_warps: int = NUM_WARPS,
-                   prefetch: bool = True, flat: bool = FLAT, decode: bool | None = None) -> torch.Tensor:
+                   prefetch: bool = True) -> torch.Tensor:
     """Run T steps of RWKV-7 for B series whose states live in ``pool[slots, layer]``, in place.
 
     r, w, k, v, a, b: float32 [B, T, H, N] (w is the log-decay, <= 0); pool: float32
     [slots, layers, H, N, N], last dim contiguous; slots: int [B], distinct; layer: int;
     lengths: int [B], valid steps per series (the first lengths[i] steps; 0 leaves that state alone;
     None means all T). Returns o [B, T, H, N]; outputs of steps past a series' length are zero.
-    block_v, num_warps, prefetch, flat, decode: launch configuration (flat: one grid axis, heads of a
-    series side by side; decode: straight-line code for T = 1, None means T == 1 and DECODE), for
-    benchmarks only; keep the defaults in the
+    block_v, num_warps, prefetch: launch configuration, for benchmarks only; keep the defaults in the
     service, since results are reproducible bit for bit only under one fixed configuration.
 
     Equal (to float32 rounding) to ``model.wkv.wkv7_recurrent`` on ``pool[slots, layer]`` with
@@ -175,16 +158,12 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
     o = torch.zeros_like(xs[0])
     if bsz == 0 or t == 0:
         return o
-    if decode is None:
-        decode = DECODE and t == 1
-    if decode and t != 1:
-        raise ValueError(f"decode needs T = 1, got {t}")
-    grid = (bsz * h * (n // block_v),) if flat else (bsz, h, n // block_v)
+    grid = (bsz, h, n // block_v)
     _wkv7_pool_kernel[grid](
         *xs, o, pool, slots, lengths,
         layer, t,
         xs[0].stride(0), xs[0].stride(1), xs[0].stride(2),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        h, N=n, BLOCK_V=block_v, PREFETCH=prefetch, FLAT=flat, DECODE=decode, num_warps=num_warps,
+        N=n, BLOCK_V=block_v, PREFETCH=prefetch, num_warps=num_warps,
     )
     return o

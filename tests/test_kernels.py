@@ -137,29 +137,22 @@ def test_bit_identical_alone_or_batched_in_any_slot():
     assert torch.equal(pool[5, 1], alone_pool[0, 1])
 
 
-@pytest.mark.parametrize("block_v,num_warps,flat,decode", [
-    (32, 2, False, False), (64, 4, True, True), (64, 4, False, True), (64, 4, True, False),
-    (16, 1, True, True)])
-def test_launch_configurations_agree(block_v, num_warps, flat, decode):
-    """Each launch configuration the benchmark may pin matches the reference; the grid order (flat)
-    and the straight-line decode path change no bit of the result of the same tile shape."""
-    bsz, h, n = 3, 2, 64
-    x = make_inputs(bsz, 1, h, n, seed=31)
+@pytest.mark.parametrize("block_v,num_warps", [(32, 2), (64, 2), (16, 1)])
+def test_other_launch_configurations_match_reference(block_v, num_warps):
+    """The configurations the benchmark sweeps are correct too (only the pinned one is served)."""
+    bsz, t, h, n = 3, 2, 2, 64
+    x = make_inputs(bsz, t, h, n, seed=31)
     pool = make_pool(4, 2, h, n, seed=32)
     slots = torch.tensor([2, 0, 3], device=DEVICE)
-    lengths = torch.tensor([1, 0, 1], device=DEVICE)
+    lengths = torch.tensor([2, 0, 1], device=DEVICE)
     o_ref, s_ref, valid = reference(x, pool[slots, 1], lengths)
-    args = [x[name] for name in "rwkvab"]
-    mine, plain = pool.clone(), pool.clone()
-    o = wkv7_pool_step(*args, mine, slots, 1, lengths, block_v=block_v, num_warps=num_warps,
-                       flat=flat, decode=decode)
-    o_plain = wkv7_pool_step(*args, plain, slots, 1, lengths, block_v=block_v, num_warps=num_warps,
-                             flat=False, decode=False)
+    mine = pool.clone()
+    o = wkv7_pool_step(*(x[name] for name in "rwkvab"), mine, slots, 1, lengths, block_v=block_v,
+                       num_warps=num_warps)
     assert rel_err(o[valid], o_ref[valid]) < TOL
     assert rel_err(mine[slots[[0, 2]], 1], s_ref[[0, 2]]) < TOL
     assert not o[1].any() and torch.equal(mine[0], pool[0]), "a length-0 series is left alone"
     assert torch.equal(mine[1], pool[1]) and torch.equal(mine[:, 0], pool[:, 0])
-    assert torch.equal(o, o_plain) and torch.equal(mine, plain)
 
 
 def test_lengths_clamped_to_steps():
