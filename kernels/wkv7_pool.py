@@ -15,11 +15,11 @@ Design (what makes it fast on a GPU):
   back once per call, whatever T is. Decode (T = 1) is then a pure streaming pass over the state
   (2 x 4 N^2 bytes per head) and should run near the copy bandwidth; prefill reads and writes the
   state once for the whole chunk and is bound by the per-step vector loads and the two reductions.
-* BLOCK_V rows per program: N / BLOCK_V programs per head. Pinned at 32 rows and 2 warps (for N = 64 a
-  32 x 64 fp32 tile, 32 registers per thread: no spills). Measured on an H100 (bench/kernels.py
-  --sweep, H = 8, N = 64): decode of 4096 series moves the state at 84% of the device-to-device copy
-  bandwidth (16 rows: 78%, 64 rows: 88%); prefill of 64 x 1024 steps takes 1.36 ms (16 rows and 4
-  warps: 2.5 ms); 4 x 1024 steps 0.79 ms (best config found 0.62 ms, 16 rows).
+* BLOCK_V rows per program: N / BLOCK_V programs per head. Pinned at 64 rows and 4 warps (for N = 64
+  the whole head, a 64 x 64 fp32 tile, 32 registers per thread). Measured on an H100
+  (bench/kernels.py --sweep, H = 8, N = 64): decode of 4096 series moves the state at 88.5% of the
+  device-to-device copy bandwidth (32 rows: 84.5%, 16 rows: 78%), 32768 series at 89.3%; prefill of
+  64 x 1024 steps takes 1.31 ms (32 rows and 2 warps: 1.36 ms). On an H200: 84.1% and 85.2%.
 * The next step's vectors are loaded before this step's arithmetic (software pipelining by hand), so
   their latency overlaps the dependent chain; prefill of 4 x 1024 steps went from 0.88 to 0.79 ms
   at the pinned config (16 rows, 4 warps: 1.03 to 0.63 ms).
