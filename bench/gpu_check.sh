@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
-# (default bench/out). Budget: under 8 minutes (much of it Triton compiles).
+# (default bench/out). It took 162 s on an H100 (2026-11-27); each step has its own timeout, 520 s in all.
 #   1. bench.model_step: whole model step of the service default (rimer-general) at B = 1 .. 32768,
 #      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
 #      (profiler, with each kernel's duration), bit-identity alone vs batched; then again with
@@ -14,6 +14,10 @@
 #      interpreter);
 #   4. bench.model_step for the rimer-general-d128 candidate and rimer-small (the model of the
 #      earlier H100 figures).
+#
+# For the fla comparison, fetch its wheel first on a machine with network access (bench/wheels/ is
+# git-ignored; pass it to the GPU machine with the checkout):
+#     pip download fla-core==0.6.0 --no-deps -d bench/wheels
 #
 #     OUT=/some/dir bash bench/gpu_check.sh
 set -uo pipefail
