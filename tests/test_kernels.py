@@ -184,3 +184,15 @@ def test_interpreter_only_without_cuda():
     if not torch.cuda.is_available():
         assert os.environ.get("TRITON_INTERPRET") == "1"
     assert kernels.BLOCK_V >= 1 and kernels.NUM_WARPS >= 1
+
+
+def test_programmatic_dependent_launch_only_where_supported():
+    """PDL (inline PTX) is never used under the interpreter or before sm_90; on sm_90+ it is on
+    unless RIMER_PDL=0, and the launch keyword goes with the kernels' flag."""
+    import os
+
+    from kernels import pdl
+    supported = (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+                 and torch.cuda.get_device_capability() >= (9, 0))
+    assert pdl.ENABLED == (supported and os.environ.get("RIMER_PDL", "1") != "0")
+    assert pdl.LAUNCH == ({"launch_pdl": True} if pdl.ENABLED else {})
