@@ -2,7 +2,7 @@
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
 # (default bench/out). It took 162 s on an H100 (2026-11-27); each step has its own timeout, 520 s in all.
-#   1. bench.model_step: whole model step of the service default (rimer-general) at B = 1 .. 32768,
+#   1. bench.model_step: whole model step of the service default at B = 1 .. 32768,
 #      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
 #      (profiler, with each kernel's duration), bit-identity alone vs batched; then again with
 #      programmatic dependent launch off (RIMER_PDL=0), side by side;
@@ -12,8 +12,8 @@
 #      gather/scatter around it; launch configurations swept;
 #   3. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
 #      interpreter);
-#   4. bench.model_step for the rimer-general-d128 candidate and rimer-small (the model of the
-#      earlier H100 figures).
+#   4. bench.model_step for rimer-general (the lighter general model) and rimer-small (the model
+#      of the earlier H100 figures).
 #
 # For the fla comparison, fetch its wheel first on a machine with network access (bench/wheels/ is
 # git-ignored; pass it to the GPU machine with the checkout):
@@ -60,7 +60,7 @@ timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee 
 stamp "pytest kernels, fused, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
 timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
     tests/test_linear.py tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
-for w in rimer-general-d128 rimer-small; do
+for w in rimer-general rimer-small; do
     stamp "python -m bench.model_step --weights weights/$w" | tee -a "$OUT/model_step.log"
     timeout 70 "$PY" -m bench.model_step --weights "weights/$w" --out "$OUT/model_step-$w.json" \
         2>&1 | tee -a "$OUT/model_step.log" || status=1

@@ -40,7 +40,7 @@ from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
-from service.settings import DEFAULT_WEIGHTS  # the service default: rimer-general
+from service.settings import DEFAULT_WEIGHTS  # the service default
 
 CHECK_SERIES = 64
 
