@@ -13,7 +13,9 @@
 #   3. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
 #      interpreter);
 #   4. bench.model_step for rimer-general (the lighter general model) and rimer-small (the model
-#      of the earlier H100 figures).
+#      of the earlier H100 figures);
+#   5. bench.linear_tiles: the grouped linear by row tile (16/32/64) at 1 .. 32768 rows, and
+#      whether a smaller tile keeps every row's bits (the lead for a faster single append).
 #
 # For the fla comparison, fetch its wheel first on a machine with network access (bench/wheels/ is
 # git-ignored; pass it to the GPU machine with the checkout):
@@ -65,5 +67,8 @@ for w in rimer-general rimer-small; do
     timeout 70 "$PY" -m bench.model_step --weights "weights/$w" --out "$OUT/model_step-$w.json" \
         2>&1 | tee -a "$OUT/model_step.log" || status=1
 done
+stamp "python -m bench.linear_tiles" | tee "$OUT/linear_tiles.log"
+timeout 60 "$PY" -m bench.linear_tiles --out "$OUT/linear_tiles.json" 2>&1 | tee -a "$OUT/linear_tiles.log" \
+    || status=1
 stamp "gpu_check: exit $status" | tee -a "$OUT/pytest.log"
 exit $status

@@ -194,10 +194,13 @@ def pack_groups(groups: list[tuple], k: int, device) -> Groups:
 
 
 def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = None,
-                   n: int | None = None) -> torch.Tensor:
+                   n: int | None = None, *, block_m: int = BLOCK_M,
+                   num_warps: int = LINEAR_WARPS) -> torch.Tensor:
     """x [planes, M, C] or [M, C] (rows contiguous) -> y [M, n] with, for output block j,
     y[:, j] = act_j(x[plane_j, :, col_j: col_j + K] W_j^T + b_j) (+ residual). n defaults to the
-    packed width (groups padded to BLOCK_N); a single-group map may give its true width."""
+    packed width (groups padded to BLOCK_N); a single-group map may give its true width.
+    block_m, num_warps: the row tile and warps, for benchmarks (bench/linear_tiles.py); the model
+    keeps the pinned ones, since a row's bits are only promised under one configuration."""
     x3 = x if x.dim() == 3 else x[None]
     if x3.stride(2) != 1:
         raise ValueError("x's rows must be contiguous")
@@ -208,14 +211,14 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
     if residual is not None and (residual.shape != (m, n) or residual.stride(1) != 1):
         raise ValueError(f"residual must be [{m}, {n}] with contiguous rows")
     if m:
-        grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+        grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
         _grouped_linear_kernel[grid](
             x, g.weight, g.bias if g.bias is not None else g.weight,
             residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
             stride_xp, stride_xm, y.stride(0), residual.stride(0) if residual is not None else 0,
             K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None, PRECISION=PRECISION,
-            USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl.ENABLED,
-            num_warps=LINEAR_WARPS, **pdl.LAUNCH)
+            USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl.ENABLED,
+            num_warps=num_warps, **pdl.LAUNCH)
     return y
 
 

@@ -196,3 +196,16 @@ def test_programmatic_dependent_launch_only_where_supported():
                  and torch.cuda.get_device_capability() >= (9, 0))
     assert pdl.ENABLED == (supported and os.environ.get("RIMER_PDL", "1") != "0")
     assert pdl.LAUNCH == ({"launch_pdl": True} if pdl.ENABLED else {})
+
+
+def test_linear_tiles_benchmark_checks_row_bits(tmp_path):
+    """bench.linear_tiles runs here (interpreter smoke) and reports the bit checks a tile change
+    would need; on the CPU every tile gives every row the pinned one-row call's bits."""
+    import json
+
+    from bench import linear_tiles
+    out = tmp_path / "lt.json"
+    result = linear_tiles.main(["--out", str(out)])
+    assert json.loads(out.read_text())["cases"] == result["cases"]
+    assert {c["K"] for c in result["cases"]} == {64, 128}
+    assert all(c["rows_equal_across_tiles"] and c["row0_equals_one_row_call"] for c in result["cases"])
