@@ -10,9 +10,8 @@ measured in the same run for scale, PyTorch eager (model.wkv.wkv7_recurrent with
 pool[slots] and a scatter back) and, if `fla` imports, fla's fused recurrent RWKV-7 (same gather and
 scatter). Correctness: the kernel against a float64 run of wkv7_recurrent (on up to 256 series).
 --sweep also times other launch configurations (rows per program, warps; the kernel's own default
-stays pinned). fla: raw (its states already
-a contiguous batch) and with the gather from and scatter to a state pool that a server needs; its
-outputs are compared with ours.
+stays pinned). fla: raw (its states already a contiguous batch) and with the gather from and
+scatter to a state pool that a server needs; its outputs are compared with ours.
 
 Without CUDA only a tiny smoke configuration runs, under Triton's interpreter: it checks that the
 benchmark and the kernel run and agree; its times are meaningless and say nothing of the GPU.
@@ -69,22 +68,25 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float(max(diff.norm() / expected.norm(), diff.abs().max() / expected.abs().max()))
 
 
-def check(x, pool, slots, lengths) -> dict:
-    """The kernel on a copy of the pool against float64 wkv7_recurrent on the first series."""
+def check(x, pool, slots, lengths) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The kernel on a copy of the pool against float64 wkv7_recurrent on the first series; also
+    returns the kernel's outputs and new states of those series, for comparing fla with."""
     m = min(CHECK_SERIES, slots.shape[0])
     sub = [z[:m] for z in x]
     work = pool.clone()
     o = wkv7_pool_step(*sub, work, slots[:m], 0, lengths[:m])
+    state = work[slots[:m], 0]
     o_ref, s_ref = wkv7_recurrent(*(z.double() for z in sub), pool[slots[:m], 0].double())
     out = {"series_checked": m, "max_rel_err_o": rel_err(o, o_ref),
-           "max_rel_err_state": rel_err(work[slots[:m], 0], s_ref)}
-    return out
+           "max_rel_err_state": rel_err(state, s_ref)}
+    return out, o, state
 
 
 def run_case(name: str, bsz: int, t: int, h: int, n: int, device: str, measure, copy_bw: float,
              fla_fn) -> dict:
     x, pool, slots, lengths, (kk, alpha) = make_case(bsz, t, h, n, device)
-    row = {"case": name, "B": bsz, "T": t, "H": h, "N": n, **check(x, pool, slots, lengths)}
+    errors, o_mine, s_mine = check(x, pool, slots, lengths)
+    row = {"case": name, "B": bsz, "T": t, "H": h, "N": n, **errors}
     state_bytes = bsz * h * n * n * 4 * 2          # the state read once and written once
     io_bytes = bsz * t * h * n * 4 * 7             # r w k v a b read, o written
     row["state_bytes"], row["io_bytes"] = state_bytes, io_bytes
@@ -106,26 +108,28 @@ def run_case(name: str, bsz: int, t: int, h: int, n: int, device: str, measure, 
 
     if fla_fn is not None:
         try:
-            row.update(time_fla(fla_fn, x, kk, alpha, pool, slots, lengths, measure, row["kernel_us"]))
+            row.update(time_fla(fla_fn, x, kk, alpha, pool, slots, (o_mine, s_mine), measure,
+                                row["kernel_us"]))
         except Exception as e:  # noqa: BLE001 - a version mismatch should not sink the benchmark
             row["fla_error"] = f"{type(e).__name__}: {e}"[:300]
     return row
 
 
-def time_fla(fla_fn, x, kk, alpha, pool, slots, lengths, measure, kernel_us: float) -> dict:
+def time_fla(fla_fn, x, kk, alpha, pool, slots, mine, measure, kernel_us: float) -> dict:
     """fla's kernel raw (states already a contiguous batch) and as a server would use it with a
-    state pool: gather pool[slots], step, scatter back. fla keeps a state as [K, V], ours [V, K]."""
+    state pool: gather pool[slots], step, scatter back. fla keeps a state as [K, V], ours [V, K].
+    mine: our kernel's outputs and new states of the first series (from `check`), which fla's
+    must match for the comparison to be of the same computation."""
     r, w, k, v = x[:4]
     out = {}
-    m = min(CHECK_SERIES, slots.shape[0])
+    o_mine, s_mine = mine
+    m = o_mine.shape[0]
     s0 = pool[slots[:m], 0].transpose(-1, -2).contiguous()
     o_fla, s_fla = fla_fn(r[:m], w[:m], k[:m], v[:m], kk[:m], alpha[:m], scale=1.0,
                           initial_state=s0, output_final_state=True)
-    mine = pool.clone()
-    o_mine = wkv7_pool_step(*(z[:m] for z in x), mine, slots[:m], 0, lengths[:m])
-    out["fla_vs_ours_rel_diff_o"] = rel_err(o_fla, o_mine)       # same computation?
-    out["fla_vs_ours_rel_diff_state"] = rel_err(s_fla.transpose(-1, -2), mine[slots[:m], 0])
-    del mine, s0, o_fla, s_fla, o_mine
+    out["fla_vs_ours_rel_diff_o"] = rel_err(o_fla, o_mine)
+    out["fla_vs_ours_rel_diff_state"] = rel_err(s_fla.transpose(-1, -2), s_mine)
+    del s0, o_fla, s_fla
 
     batch = pool[slots, 0].transpose(-1, -2).contiguous()
     out["fla_raw_us"] = measure(lambda: fla_fn(r, w, k, v, kk, alpha, scale=1.0, initial_state=batch,

@@ -112,7 +112,7 @@ def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Te
         _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
             h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
             out.stride(0), eps, dest, slots, flags, dest.stride(0), D=d, BLOCK_D=triton.next_power_of_2(d),
-            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, PDL=pdl.ENABLED, num_warps=4, **pdl.LAUNCH)
+            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4, **pdl.KWARGS)
     return out
 
 
@@ -217,8 +217,8 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
             residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
             stride_xp, stride_xm, y.stride(0), residual.stride(0) if residual is not None else 0,
             K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None, PRECISION=PRECISION,
-            USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PDL=pdl.ENABLED,
-            num_warps=num_warps, **pdl.LAUNCH)
+            USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
+            **pdl.KWARGS)
     return y
 
 
@@ -343,8 +343,8 @@ def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch
         layer, t, a.stride(0), u.stride(0), vf.stride(0), o.stride(0),
         offs["r"], offs["k"], offs["v"], offs["w"], offs["a"], offs.get("vl", 0), offs["g"],
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None, PDL=pdl.ENABLED,
-        num_warps=4 if n >= 64 else 2, **pdl.LAUNCH,
+        DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None,
+        num_warps=4 if n >= 64 else 2, **pdl.KWARGS,
     )
     return o
 

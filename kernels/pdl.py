@@ -22,8 +22,10 @@ import triton.language as tl
 ENABLED = (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
            and torch.cuda.get_device_capability() >= (9, 0) and os.environ.get("RIMER_PDL", "1") != "0")
 
-# Keyword arguments for a kernel launch, and the kernels' PDL flag (a constexpr).
+# The launch attribute, and everything a step kernel's launch passes: its PDL flag (a constexpr,
+# so the wait compiles away when off) with the attribute.
 LAUNCH = {"launch_pdl": True} if ENABLED else {}
+KWARGS = {"PDL": ENABLED, **LAUNCH}
 
 
 @triton.jit

@@ -169,8 +169,8 @@ def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tens
             io.h, io.shift, io.stats, io.tail, io.tail_len, io.done, io.n_patches, values.stride(0),
             P=p, D=d, S=layers * d, LOG_P=_log2_exact(block_p), BLOCK_P=block_p,
             BLOCK_D=triton.next_power_of_2(d), BLOCK_S=triton.next_power_of_2(layers * d),
-            CAUSAL=causal, HAS_PE=pe is not None, PDL=pdl.ENABLED, num_warps=NUM_WARPS,
-            enable_fp_fusion=FP_FUSION, **pdl.LAUNCH)
+            CAUSAL=causal, HAS_PE=pe is not None, num_warps=NUM_WARPS,
+            enable_fp_fusion=FP_FUSION, **pdl.KWARGS)
     return io
 
 
@@ -252,7 +252,7 @@ def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, i
             h, head_w, head_b, consts, counts, slots, io.stats, io.tail, io.tail_len, io.done, io.n_patches,
             pool.next_patch, pool.norm, pool.n_patches, pool.tail, pool.tail_len, h.stride(0),
             P=p, D=d, BLOCK_P=triton.next_power_of_2(p), BLOCK_D=triton.next_power_of_2(d),
-            PDL=pdl.ENABLED, num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **pdl.LAUNCH)
+            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **pdl.KWARGS)
 
 
 def epilogue_reference(pool, slots, counts, h, io: StepIO, head_w, head_b, consts) -> None:
