@@ -35,7 +35,7 @@ import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import copy_bandwidth, timer
-from kernels import pdl
+from kernels import fused, pdl
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
-              "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "cases": []}
+              "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "linear_block_m": fused.BLOCK_M,
+              "cases": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if device == "cuda":  # first: the figure the issue asks for at B = 1
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     state_bytes = 2 * RimerState.zeros(model.cfg, 1).nbytes_per_series()
     print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if pdl.ENABLED else 'off'}  "
+          f"linear rows/tile {fused.BLOCK_M}  "
           f"copy {copy_bw / 1e9:.0f} GB/s  "
           f"state {state_bytes} B read+written per series-step")
     print(f"{'B':>6} {'graph us':>10} {'eager us':>10} {'torch us':>10} {'bound us':>9} {'of bound':>8} "

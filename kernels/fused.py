@@ -28,6 +28,7 @@ sum (NumPy's matmul is not row-invariant).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,14 @@ from kernels import pdl
 from kernels.linear import ACTIVATIONS, PRECISION, USE_DOT, matmul_tile
 from kernels.pdl import wait_then_release
 
-BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
+# The grouped linears' row tile. Pinned for the whole process (a row's bits are promised under one
+# configuration); RIMER_LINEAR_BLOCK_M (16, 32 or 64, read at import) picks it, so that the GPU
+# benchmark can time the whole step with each tile side by side (a one-row step pays for the tile's
+# padding rows; bench/gpu_check.sh).
+BLOCK_M = int(os.environ.get("RIMER_LINEAR_BLOCK_M", "64"))
+if BLOCK_M not in (16, 32, 64):
+    raise ValueError(f"RIMER_LINEAR_BLOCK_M must be 16, 32 or 64, not {BLOCK_M}")
+BLOCK_N, BLOCK_K = 64, 32
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
 ACT = ACTIVATIONS

@@ -4,6 +4,10 @@ On the GPU when there is one, else under Triton's interpreter (TRITON_INTERPRET=
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -54,7 +58,8 @@ def test_ln_mix_keep_writes_the_shift_into_the_pool_at_flagged_slots():
     assert torch.equal(got, fused.ln_mix(h, shift, 1, w, b, 1e-5, mix))  # the output is unchanged
 
 
-def test_grouped_linear_matches_reference_and_is_row_invariant():
+@pytest.mark.parametrize("block_m", [fused.BLOCK_M, 16])
+def test_grouped_linear_matches_reference_and_is_row_invariant(block_m):
     g = torch.Generator().manual_seed(1)
     m, d = 70, 32
     x = rnd(g, 3, m, d)
@@ -64,17 +69,28 @@ def test_grouped_linear_matches_reference_and_is_row_invariant():
     pk = fused.pack_groups(groups, d, DEVICE)
     assert pk.starts == [0, 64, 128]
     res = rnd(g, m, pk.weight.shape[0])
-    got = fused.grouped_linear(x, pk, residual=res)
+    got = fused.grouped_linear(x, pk, residual=res, block_m=block_m)
     assert rel_err(got, fused.grouped_linear_reference(x.double(), _double(pk), res.double())) <= 1e-5
     for (w, b, (plane, col), act), start in zip(groups, pk.starts):
         y = torch.nn.functional.linear(x[plane, :, col: col + w.shape[1]].double(), w.double(),
                                        None if b is None else b.double())
         y = {None: y, "tanh": torch.tanh(y), "sigmoid": torch.sigmoid(y)}[act]
         assert rel_err(got[:, start: start + w.shape[0]], y + res[:, start: start + w.shape[0]]) <= 1e-5
-    part = fused.grouped_linear(x[:, 63:66], pk, residual=res[63:66])
+    part = fused.grouped_linear(x[:, 63:66], pk, residual=res[63:66], block_m=block_m)  # across tiles
     assert torch.equal(part, got[63:66])
     one = fused.pack_groups([(rnd(g, 20, d), rnd(g, 20), (0, 0), None)], d, DEVICE)
     assert fused.grouped_linear(x[0], one, n=20).shape == (m, 20)
+
+
+def test_row_tile_pin_comes_from_the_environment():
+    """RIMER_LINEAR_BLOCK_M pins the grouped linears' row tile for the process; others are refused."""
+    code = "import kernels.fused as f; print(f.BLOCK_M)"
+    env = {**os.environ, "RIMER_LINEAR_BLOCK_M": "16"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "16", out.stderr[-2000:]
+    env["RIMER_LINEAR_BLOCK_M"] = "48"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "RIMER_LINEAR_BLOCK_M must be 16, 32 or 64" in out.stderr
 
 
 def _double(pk):
