@@ -60,15 +60,15 @@ def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, str
                    eps, keep_ptr, keep_slots_ptr, keep_flags_ptr, stride_keep,
                    D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, N_MIX: tl.constexpr,
                    KEEP: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
     # BLOCK_R rows per program; each row's statistics are a sum over its own BLOCK_D lanes.
     # (Helpers are written out inline: a @triton.jit call costs much time under the interpreter.)
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.arange(0, BLOCK_D)
     rmask = rows < M
     m = rmask[:, None] & (cols < D)[None, :]
-    lw = tl.load(lw_ptr + cols, mask=cols < D, other=0.0)[None, :]
+    lw = tl.load(lw_ptr + cols, mask=cols < D, other=0.0)[None, :]  # weights: before the wait
     lb = tl.load(lb_ptr + cols, mask=cols < D, other=0.0)[None, :]
+    wait_then_release(PDL)
     x = tl.load(h_ptr + rows[:, None] * D + cols[None, :], mask=m, other=0.0)
     mean = tl.sum(x, axis=1) / D
     xc = tl.where(m, x - mean[:, None], 0.0)
@@ -146,17 +146,20 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
                            PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                            PDL: tl.constexpr):
-    wait_then_release(PDL)
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
+    # The group table and the bias are the model's: read before the wait (see wait_then_release).
     xoff = tl.load(plane_ptr + pid_n) * stride_xp + tl.load(col_ptr + pid_n)  # this block's input
     act = tl.load(act_ptr + pid_n)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
+    wait_then_release(PDL)
     acc = matmul_tile(x_ptr + xoff, stride_xm, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT,
                       BLOCK_M, BLOCK_N, BLOCK_K)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
+        acc += bias[None, :]
     acc = tl.where(act == 1, 2.0 / (1.0 + tl.exp(-2.0 * acc)) - 1.0, acc)  # tanh(x) = 2 sigmoid(2x) - 1
     acc = tl.where(act == 2, 1.0 / (1.0 + tl.exp(-acc)), acc)
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
@@ -258,13 +261,16 @@ def _wkv7_fused_kernel(
     decay_scale, eps,
     N: tl.constexpr, HAS_VF: tl.constexpr, PDL: tl.constexpr,
 ):
-    wait_then_release(PDL)
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
     rows = tl.arange(0, N)  # value index
     cols = tl.arange(0, N)  # key index
     hoff = pid_h * N
 
+    # Before the wait (it overlaps the previous kernel, the LoRA up maps): the state, the lengths and
+    # the head's parameters. No kernel of the step that reaches here can still be writing them: the
+    # state is written only by this layer's recurrence, the lengths at least two launches back (see
+    # wait_then_release).
     n_steps = tl.minimum(tl.load(lengths_ptr + pid_b).to(tl.int32), T)
     live = n_steps > 0
     slot = tl.load(slots_ptr + pid_b).to(tl.int64)
@@ -277,6 +283,7 @@ def _wkv7_fused_kernel(
     r_k = tl.load(rk_ptr + hoff + cols)
     g_w = tl.load(gw_ptr + hoff + rows)
     g_b = tl.load(gb_ptr + hoff + rows)
+    wait_then_release(PDL)
 
     t = 0
     while t < n_steps:  # (a `for` to a runtime bound does not run under the 3.6 interpreter)

@@ -2,10 +2,12 @@
 
 A small step is a chain of 16 short kernels; between two of them the GPU normally drains the first
 grid before it starts launching the next. With PDL (a launch attribute, kept in CUDA graphs) the
-next kernel is launched while the current one runs, and each kernel's first instruction,
-``griddepcontrol.wait``, holds it until the previous grid has finished and its writes are visible.
-So launch latency overlaps work while every kernel still sees all of its predecessor's results
-(and, by the chain, all earlier ones'): results are bit for bit those without PDL.
+next kernel is launched while the current one runs, and ``griddepcontrol.wait``, before a kernel's
+first read of anything the step writes, holds it until the previous grid has finished and its
+writes are visible. A kernel reads its weights (and what only earlier launches write, such as the
+recurrent state) before the wait, so launch latency and those loads overlap the previous kernel,
+while every kernel still sees all of its predecessors' results: results are bit for bit those
+without PDL (the same loads and arithmetic, in another order in time).
 
 Off under Triton's interpreter (no inline PTX there), before sm_90, and with ``RIMER_PDL=0`` (read at
 import; the benchmark runs both settings side by side).
@@ -30,7 +32,14 @@ KWARGS = {"PDL": ENABLED, **LAUNCH}
 
 @triton.jit
 def wait_then_release(PDL: tl.constexpr):
-    """First thing in a kernel: wait for the previous grid, then let the next one launch."""
+    """Wait for the previous grid, then let the next one launch.
+
+    Called before a kernel's first read of anything a kernel of the step writes. Reads before it
+    overlap the previous kernel, so they are kept to what no such kernel can be writing: the
+    model's weights, the step's inputs (written before the graph), and what only a launch at least
+    two back writes: a kernel launches only once every program of the one before it has passed
+    this wait, so all earlier grids are complete by then. (A launch without PDL, such as a PyTorch
+    op, starts after its predecessor completes, and the next PDL launch after it.)"""
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()

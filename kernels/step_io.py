@@ -73,8 +73,14 @@ def _prologue_kernel(values_ptr, counts_ptr, slots_ptr,
                      P: tl.constexpr, D: tl.constexpr, S: tl.constexpr, LOG_P: tl.constexpr,
                      BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
                      CAUSAL: tl.constexpr, HAS_PE: tl.constexpr, PDL: tl.constexpr):
-    wait_then_release(PDL)
     # (Written out inline: a @triton.jit helper call costs much time under the interpreter.)
+    j = tl.arange(0, BLOCK_P)
+    jm = j < P
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    # The embedding's weights before the wait (the model's; the pool's fields only after it).
+    w = tl.load(embed_ptr + d[:, None] * P + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
+    wait_then_release(PDL)
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + b).to(tl.int64)
     count = tl.load(counts_ptr + b)
@@ -84,8 +90,6 @@ def _prologue_kernel(values_ptr, counts_ptr, slots_ptr,
     done = total >= P
 
     # The tail joined with the new values: points j of the first patch and P + j of the second.
-    j = tl.arange(0, BLOCK_P)
-    jm = j < P
     old = tl.load(tail_ptr + slot * P + j, mask=jm & (j < tail_len), other=0.0)
     new = tl.load(values_ptr + b * stride_v + tl.maximum(j - tail_len, 0),
                   mask=jm & (j >= tail_len) & (j < total), other=0.0)
@@ -125,9 +129,6 @@ def _prologue_kernel(values_ptr, counts_ptr, slots_ptr,
     # Normalise and embed: h = embed(xn) (+ the position's row).
     sd = tl.sqrt(var + tl.load(consts_ptr))
     xn = tl.where(jm, ((x - mean) / sd).to(tl.float32), 0.0)
-    d = tl.arange(0, BLOCK_D)
-    dm = d < D
-    w = tl.load(embed_ptr + d[:, None] * P + j[None, :], mask=dm[:, None] & jm[None, :], other=0.0)
     h = tl.sum(w * xn[None, :], axis=1)
     if HAS_PE:
         h += tl.load(pe_ptr + n_before * D + d, mask=dm, other=0.0)
@@ -212,24 +213,26 @@ def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slot
                      stride_h,
                      P: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                      PDL: tl.constexpr):
-    wait_then_release(PDL)
     b = tl.program_id(0).to(tl.int64)
-    slot = tl.load(slots_ptr + b).to(tl.int64)
-    extend = tl.load(counts_ptr + b) > 0
-    done = tl.load(done_ptr + b) > 0
     j = tl.arange(0, BLOCK_P)
     jm = j < P
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    # The head's weights and the step's inputs (slots, counts: written before the graph) before the wait.
+    w = tl.load(head_w_ptr + j[:, None] * D + d[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
+    head_b = tl.load(head_b_ptr + j, mask=jm, other=0.0)
+    slot = tl.load(slots_ptr + b).to(tl.int64)
+    extend = tl.load(counts_ptr + b) > 0
+    wait_then_release(PDL)
+    done = tl.load(done_ptr + b) > 0
 
     # Every row with new points: its tail.
     tl.store(tail_ptr + slot * P + j, tl.load(new_tail_ptr + b * P + j, mask=jm), mask=jm & extend)
     tl.store(tail_len_ptr + slot, tl.load(new_len_ptr + b), mask=extend)
 
     # A completed patch: the head's forecast of the next patch, de-normalised; statistics; count.
-    d = tl.arange(0, BLOCK_D)
-    dm = d < D
     h = tl.load(h_ptr + b * stride_h + d, mask=dm, other=0.0)
-    w = tl.load(head_w_ptr + j[:, None] * D + d[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
-    y = tl.sum(w * h[None, :], axis=1) + tl.load(head_b_ptr + j, mask=jm, other=0.0)
+    y = tl.sum(w * h[None, :], axis=1) + head_b
     mean = tl.load(stats_ptr + b * 2)
     var = tl.load(stats_ptr + b * 2 + 1)
     sd = tl.sqrt(var + tl.load(consts_ptr))
