@@ -34,9 +34,13 @@ EPILOGUE_TYPES = {"consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64, "stats
                   "new_len_ptr": I64, "done_ptr": I64, "new_n_ptr": I64, "norm_ptr": F64,
                   "n_patches_ptr": I64, "tail_len_ptr": I64}
 LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "i32", "eps": "fp32"}
+LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64,
+                "keep_flags_ptr": I64, "M": "i32", "N": "i32", "T": "i32", "eps": "fp32"}
+WKV_TYPES = {"slots_ptr": I64, "lengths_ptr": I64, "layer": "i32", "T": "i32", "decay_scale": "fp32",
+             "eps": "fp32"}
 # (patch_len, d_model, layers, causal, sinusoidal): tiny (tests), rimer-general, rimer-small, the original
-SHAPES = [(8, 32, 2, True, False), (32, 64, 2, True, False), (32, 256, 2, True, False),
-          (32, 512, 1, False, True)]
+SHAPES = [(8, 32, 2, True, False), (32, 64, 2, True, False), (32, 128, 2, True, False),
+          (32, 256, 2, True, False), (32, 512, 1, False, True)]
 
 
 def build(fn, types: dict, constexprs: dict, options: dict) -> str:
@@ -59,16 +63,29 @@ def main() -> int:
     for p, d, layers, causal, pe in SHAPES:
         bp, bd = triton.next_power_of_2(p), triton.next_power_of_2(d)
         ends = {"num_warps": step_io.NUM_WARPS, "enable_fp_fusion": step_io.FP_FUSION}
+        lin = dict(K=d, HAS_BIAS=True, HAS_RES=False, LN=0, SHIFT_ONLY=False, WRITE_LN=False, KEEP=False,
+                   PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
+                   BLOCK_K=fused.BLOCK_K, PDL=True)
+        lin_opts = {"num_warps": fused.LINEAR_WARPS}
         jobs = [
+            ("linear", fused._grouped_linear_kernel, LINEAR_TYPES, lin, lin_opts),
+            ("linear ln2", fused._grouped_linear_kernel, LINEAR_TYPES, {**lin, "LN": 1, "HAS_RES": True},
+             lin_opts),
+            ("linear ln1 step", fused._grouped_linear_kernel, LINEAR_TYPES,
+             {**lin, "LN": 2, "SHIFT_ONLY": True, "KEEP": True}, lin_opts),
+            ("linear ln1 seq", fused._grouped_linear_kernel, LINEAR_TYPES,
+             {**lin, "LN": 2, "WRITE_LN": True}, lin_opts),
+            ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
+             {"num_warps": 4}),
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
              dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
-                  BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe), ends),
+                  BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe, PDL=True), ends),
             ("epilogue", step_io._epilogue_kernel, EPILOGUE_TYPES,
-             dict(P=p, D=d, BLOCK_P=bp, BLOCK_D=bd), ends),
+             dict(P=p, D=d, BLOCK_P=bp, BLOCK_D=bd, PDL=True), ends),
             ("ln_mix keep", fused._ln_mix_kernel, LN_MIX_TYPES,
-             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=True), {"num_warps": 4}),
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=True, PDL=True), {"num_warps": 4}),
             ("ln_mix", fused._ln_mix_kernel, LN_MIX_TYPES,
-             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False), {"num_warps": 4}),
+             dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False, PDL=True), {"num_warps": 4}),
         ]
         for name, fn, types, constexprs, options in jobs:
             try:
@@ -76,7 +93,7 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - report every kernel, then fail
                 failed += 1
                 usage = f"FAILED {type(e).__name__}: {str(e)[:300]}"
-            print(f"P={p:3d} D={d:4d} L={layers} {name:<12} {usage}", flush=True)
+            print(f"P={p:3d} D={d:4d} L={layers} {name:<15} {usage}", flush=True)
     print("all built" if not failed else f"{failed} failed")
     return 1 if failed else 0
 

@@ -1,22 +1,24 @@
 """Fused kernels for the triton backend's block step, each beside its plain PyTorch reference.
 
 A Rimer block step on the GPU used to be a few hundred small kernels (element-wise passes over the
-[B, D] activations between linear maps). Here one block is seven launches:
+[B, D] activations between linear maps). Here one block is five launches:
 
-1. ``ln_mix``: LayerNorm 1, the token shift (the previous row's LayerNorm output, or the stored shift
-   for a chunk's first patch) and RWKV-7's six interpolations, one row per program -> [7, M, D]
-   (plane 0: the LayerNorm output, kept as the next shift; planes 1..6: xr, xw, xk, xv, xa, xg). In the
-   one-patch pool step (``keep``) it also writes plane 0 into the pool's token shift at each series'
-   slot, so no gather, select or scatter of the shift is left around it.
-2. ``grouped_linear`` of the six planes: r, k, v and the four LoRA down maps (with their tanh /
-   sigmoid) in one launch; every block of BLOCK_N output columns names its input plane.
-3. ``grouped_linear`` again: the four LoRA up maps (each reads its own down map's columns).
-4. ``wkv7_fused_step``: one program per (series, head) with the whole head's state in registers:
+1. ``grouped_linear`` of the six interpolations: r, k, v and the four LoRA down maps (with their
+   tanh / sigmoid) in one launch; every block of BLOCK_N output columns names its input plane. The
+   planes are computed on load (``LayerNormIn``): LayerNorm 1 of the block's input rows, the token
+   shift (the previous row's LayerNorm output, or the stored shift for a chunk's first patch) and
+   RWKV-7's interpolation for that plane (0: the LayerNorm output; 1..6: xr, xw, xk, xv, xa, xg).
+   In the one-patch pool step (``keep``) the first column block also writes the LayerNorm output
+   into the pool's token shift at each series' slot, so no gather or scatter of it is left around.
+2. ``grouped_linear`` again: the four LoRA up maps (each reads its own down map's columns).
+3. ``wkv7_fused_step``: one program per (series, head) with the whole head's state in registers:
    decay, in-context rate, kk = l2-normalise(k k_k), k = k (1 + (a - 1) k_a), the v_first mix, the
    recurrence, then GroupNorm per head, the bonus sum(r k r_k) v and the gate.
-5. ``grouped_linear`` (o_proj) with the residual added in the epilogue.
-6. ``ln_mix`` with no interpolations: LayerNorm 2.
-7. ``grouped_linear`` (the channel-mix linear, bias) with the residual added in the epilogue.
+4. ``grouped_linear`` (o_proj) with the residual added in the epilogue.
+5. ``grouped_linear`` (the channel-mix linear, bias) reading through LayerNorm 2, with the residual.
+
+``ln_mix`` computes the same planes in a launch of its own ([7, M, D] in memory); with
+RIMER_FUSE_LN=0 the block uses it for both LayerNorms (seven launches), for comparison.
 
 Every reduction is a ``tl.sum`` over a fixed-shape tile inside one program (a row, or a head of one
 series), and launch configurations are pinned: a series' results depend on that series alone, bit
@@ -47,6 +49,9 @@ BLOCK_M = int(os.environ.get("RIMER_LINEAR_BLOCK_M", "64"))
 if BLOCK_M not in (16, 32, 64):
     raise ValueError(f"RIMER_LINEAR_BLOCK_M must be 16, 32 or 64, not {BLOCK_M}")
 BLOCK_N, BLOCK_K = 64, 32
+# The block's LayerNorms inside the linear maps that read them (LayerNormIn; model.rimer.PoolStep), or
+# as ln_mix launches of their own: RIMER_FUSE_LN=0, read at import, for the benchmark's comparison.
+FUSE_LN = os.environ.get("RIMER_FUSE_LN", "1") != "0"
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
 ACT = ACTIVATIONS
@@ -142,22 +147,103 @@ def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None, keep=None):
 @triton.jit
 def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_ptr, act_ptr, M, N,
                            stride_xp, stride_xm, stride_ym, stride_rm,
+                           lnw_ptr, lnb_ptr, eps, shift_ptr, stride_shift, T, mix_ptr, ln_out_ptr,
+                           keep_ptr, keep_slots_ptr, keep_flags_ptr, stride_keep,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                           PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+                           LN: tl.constexpr, SHIFT_ONLY: tl.constexpr, WRITE_LN: tl.constexpr,
+                           KEEP: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                            PDL: tl.constexpr):
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     # The group table and the bias are the model's: read before the wait (see wait_then_release).
-    xoff = tl.load(plane_ptr + pid_n) * stride_xp + tl.load(col_ptr + pid_n)  # this block's input
+    plane = tl.load(plane_ptr + pid_n)
+    xoff = plane * stride_xp + tl.load(col_ptr + pid_n)  # this block's input
     act = tl.load(act_ptr + pid_n)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
         bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
     wait_then_release(PDL)
-    acc = matmul_tile(x_ptr + xoff, stride_xm, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT,
-                      BLOCK_M, BLOCK_N, BLOCK_K)
+    if LN == 0:
+        acc = matmul_tile(x_ptr + xoff, stride_xm, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT,
+                          BLOCK_M, BLOCK_N, BLOCK_K)
+    else:  # the input LayerNorm'd on load, and with LN == 2 token-shift mixed (see LayerNormIn)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        rmask = rm < M
+        prev = tl.maximum(rm - 1, 0)
+        first = (rm % T) == 0
+        mix_row = LN == 2 and not SHIFT_ONLY  # the row before is used
+        # Each row's statistics (and the row before's), summed in blocks of BLOCK_K: two passes. (Loops,
+        # not unrolled: unrolled, the compiler keeps every block's loads live across them, and spills.)
+        s = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        sp = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            m2 = rmask[:, None] & (rk < K)[None, :]
+            s += tl.sum(tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0), axis=1)
+            if mix_row:
+                sp += tl.sum(tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0),
+                             axis=1)
+        mean = s / K
+        mean_p = sp / K
+        q = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        qp = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            m2 = rmask[:, None] & (rk < K)[None, :]
+            xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
+                          - mean[:, None], 0.0)
+            q += tl.sum(xc * xc, axis=1)
+            if mix_row:
+                xc = tl.where(m2, tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
+                              - mean_p[:, None], 0.0)
+                qp += tl.sum(xc * xc, axis=1)
+        sd = tl.sqrt(q / K + eps)
+        sd_p = tl.sqrt(qp / K + eps)
+        if WRITE_LN or KEEP:
+            if pid_n == 0:  # the first column block writes the LayerNorm output (and the shift)
+                if KEEP:
+                    slot = tl.load(keep_slots_ptr + rm, mask=rmask, other=0).to(tl.int64)
+                    flag = tl.load(keep_flags_ptr + rm, mask=rmask, other=0) > 0
+                for k0 in range(0, K, BLOCK_K):  # (a pass of its own: fewer tiles live at once)
+                    rk = k0 + tl.arange(0, BLOCK_K)
+                    kmask = rk < K
+                    m2 = rmask[:, None] & kmask[None, :]
+                    lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
+                    lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
+                    xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2,
+                                              other=0.0) - mean[:, None], 0.0)
+                    y = xc / sd[:, None] * lw + lb
+                    if WRITE_LN:
+                        tl.store(ln_out_ptr + rm[:, None] * K + rk[None, :], y, mask=m2)
+                    if KEEP:
+                        tl.store(keep_ptr + slot[:, None] * stride_keep + rk[None, :], y,
+                                 mask=m2 & flag[:, None])
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            kmask = rk < K
+            m2 = rmask[:, None] & kmask[None, :]
+            lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
+            lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
+            xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
+                          - mean[:, None], 0.0)
+            y = xc / sd[:, None] * lw + lb
+            if LN == 2:
+                yp = tl.load(shift_ptr + (rm // T)[:, None] * stride_shift + rk[None, :], mask=m2, other=0.0)
+                if not SHIFT_ONLY:
+                    xpc = tl.where(m2, tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2,
+                                               other=0.0) - mean_p[:, None], 0.0)
+                    yp = tl.where(first[:, None], yp, xpc / sd_p[:, None] * lw + lb)
+                mj = tl.load(mix_ptr + plane * K + rk, mask=kmask, other=0.0)[None, :]
+                y = y + (yp - y) * mj
+            x = tl.where(m2, y, 0.0)
+            w = tl.load(w_ptr + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & kmask[:, None],
+                        other=0.0)
+            if USE_DOT:
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            else:
+                acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     if HAS_BIAS:
         acc += bias[None, :]
     acc = tl.where(act == 1, 2.0 / (1.0 + tl.exp(-2.0 * acc)) - 1.0, acc)  # tanh(x) = 2 sigmoid(2x) - 1
@@ -180,6 +266,7 @@ class Groups:
     def __init__(self, weight, bias, plane, col, act, starts):
         self.weight, self.bias, self.plane, self.col, self.act = weight, bias, plane, col, act
         self.starts = starts
+        self.col_max = int(col.max()) if len(col) else 0  # (host-side, so the step never syncs)
 
 
 def pack_groups(groups: list[tuple], k: int, device) -> Groups:
@@ -204,12 +291,32 @@ def pack_groups(groups: list[tuple], k: int, device) -> Groups:
                   torch.tensor(act, dtype=torch.int32, device=device), starts)
 
 
+class LayerNormIn:
+    """A grouped linear's input LayerNorm'd on load, which saves the launch (and the [7, M, D]
+    planes) of a separate ``ln_mix``: the map reads rows h [M, D] and uses y = LayerNorm(h) or, with
+    ``mix`` ([7, D], row 0 zeros; plane p of a block picks row p), ln_mix's planes
+    y + (y_prev - y) mix[p], y_prev the previous row's y within a series of t rows (shift[b] for its
+    first). Every column block computes its rows' statistics itself (a sum in blocks of BLOCK_K,
+    within the program: row-invariant). ``out`` [M, D] receives y; ``keep`` is ln_mix's (t = 1)."""
+
+    def __init__(self, weight, bias, eps: float, shift=None, t: int = 1, mix=None, out=None, keep=None):
+        if (mix is None) != (shift is None):
+            raise ValueError("the token-shift mix needs both mix and shift")
+        if keep is not None and (t != 1 or keep[0].stride(-1) != 1):
+            raise ValueError("keep needs one row per series (t = 1) and dest's rows contiguous")
+        if shift is not None and shift.stride(-1) != 1:
+            raise ValueError("shift's last dimension must be contiguous")
+        self.weight, self.bias, self.eps, self.shift, self.t = weight, bias, eps, shift, t
+        self.mix, self.out, self.keep = mix, out, keep
+
+
 def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = None,
-                   n: int | None = None, *, block_m: int = BLOCK_M,
+                   n: int | None = None, *, ln: LayerNormIn | None = None, block_m: int = BLOCK_M,
                    num_warps: int = LINEAR_WARPS) -> torch.Tensor:
     """x [planes, M, C] or [M, C] (rows contiguous) -> y [M, n] with, for output block j,
     y[:, j] = act_j(x[plane_j, :, col_j: col_j + K] W_j^T + b_j) (+ residual). n defaults to the
     packed width (groups padded to BLOCK_N); a single-group map may give its true width.
+    ln: x is rows h [M, K] normalised (and mixed) on load, every block at column 0 (LayerNormIn).
     block_m, num_warps: the row tile and warps, for benchmarks (bench/linear_tiles.py); the model
     keeps the pinned ones, since a row's bits are only promised under one configuration."""
     x3 = x if x.dim() == 3 else x[None]
@@ -221,19 +328,39 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
     y = torch.empty(m, n, device=x.device, dtype=torch.float32)
     if residual is not None and (residual.shape != (m, n) or residual.stride(1) != 1):
         raise ValueError(f"residual must be [{m}, {n}] with contiguous rows")
+    if ln is not None:
+        if x.dim() != 2 or x.shape[1] != k or g.col_max != 0:
+            raise ValueError("a LayerNorm'd input is rows [M, K] that every block reads from column 0")
+        if ln.out is not None and (ln.out.shape != (m, k) or not ln.out.is_contiguous()):
+            raise ValueError(f"ln.out must be a contiguous [{m}, {k}]")
     if m:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
+        none = LayerNormIn(y, y, 0.0)  # (placeholders: unused without ln)
+        use = ln if ln is not None else none
+        shift = use.shift if use.shift is not None else y
+        keep = use.keep if use.keep is not None else (y, y, y)
         _grouped_linear_kernel[grid](
             x, g.weight, g.bias if g.bias is not None else g.weight,
             residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
             stride_xp, stride_xm, y.stride(0), residual.stride(0) if residual is not None else 0,
-            K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None, PRECISION=PRECISION,
+            use.weight, use.bias, use.eps, shift, shift.stride(0), use.t,
+            use.mix if use.mix is not None else y, use.out if use.out is not None else y,
+            keep[0], keep[1], keep[2], keep[0].stride(0),
+            K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None,
+            LN=0 if ln is None else 1 if ln.mix is None else 2,
+            SHIFT_ONLY=ln is not None and ln.t == 1, WRITE_LN=ln is not None and ln.out is not None,
+            KEEP=ln is not None and ln.keep is not None, PRECISION=PRECISION,
             USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
             **pdl.KWARGS)
     return y
 
 
-def grouped_linear_reference(x, g: Groups, residual=None, n=None):
+def grouped_linear_reference(x, g: Groups, residual=None, n=None, ln: LayerNormIn | None = None):
+    if ln is not None:  # ln_mix's planes (its reference writes ln.keep), then the map
+        x = ln_mix_reference(x, ln.shift, ln.t, ln.weight, ln.bias, ln.eps,
+                             None if ln.mix is None else ln.mix[1:], keep=ln.keep)
+        if ln.out is not None:
+            ln.out.copy_(x[0])
     x3 = x if x.dim() == 3 else x[None]
     k = g.weight.shape[1]
     n = g.weight.shape[0] if n is None else n

@@ -82,6 +82,11 @@ class PoolStep:
     """The Triton step: batch-invariant linear maps; the recurrence updates the states
     `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
 
+    # True: the block's LayerNorms run inside the linear maps that read them (five launches per
+    # block); False: as separate ln_mix launches (seven). None: kernels.fused.FUSE_LN (the
+    # environment's RIMER_FUSE_LN, default on; the benchmark times both).
+    fuse_ln: bool | None = None
+
     def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
         import kernels  # Triton is a dependency of this backend only
 
@@ -94,28 +99,38 @@ class PoolStep:
         return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
     def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
-        """`Block.forward` in seven fused kernels (`block_rows`); h [B, T, D]."""
+        """`Block.forward` in five fused kernels (`block_rows`); h [B, T, D]."""
         bsz, t, d = h.shape
         lengths = valid.sum(1) if valid is not None else None
         h2, x_in, v_first = self.block_rows(block, h.reshape(bsz * t, d), t, shift, v_first, lengths)
         return h2.view(bsz, t, d), x_in.view(bsz, t, d), None, v_first
 
     def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
-                   lengths: torch.Tensor | None, keep: tuple | None = None):
-        """`Block.forward` on rows h2 [B T, D] in seven fused kernels (kernels/fused.py): LayerNorm 1 +
-        token shift + the six interpolations; r, k, v and the LoRA down maps in one grouped linear; the
-        LoRA up maps in another; the recurrence with the per-head work around it (decay, kk, k, v_first
-        mix, GroupNorm, bonus, gate); o_proj + residual; LayerNorm 2; the channel-mix linear + residual.
+                   lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True):
+        """`Block.forward` on rows h2 [B T, D] in five fused kernels (kernels/fused.py): r, k, v and
+        the LoRA down maps in one grouped linear, reading h2 through LayerNorm 1, the token shift and
+        the six interpolations; the LoRA up maps in another; the recurrence with the per-head work
+        around it (decay, kk, k, v_first mix, GroupNorm, bonus, gate); o_proj + residual; the
+        channel-mix linear reading through LayerNorm 2, + residual. (With fuse_ln False, the two
+        LayerNorms are launches of their own, `fused.ln_mix`: seven.)
         lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
         first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
-        shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D], v_first)."""
+        shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D] (None with
+        x_in False), v_first)."""
         from kernels import fused
 
         pk = _packed(block)
-        d = h2.shape[1]
-        mixed = fused.ln_mix(h2, shift, t, block.norm1.weight, block.norm1.bias, block.norm1.eps,
-                             block.attn.x_x, keep)
-        a = fused.grouped_linear(mixed, pk.down)
+        m, d = h2.shape
+        n1, n2 = block.norm1, block.norm2
+        fuse = fused.FUSE_LN if self.fuse_ln is None else self.fuse_ln
+        if fuse:
+            ln_out = torch.empty(m, d, device=h2.device) if x_in else None
+            a = fused.grouped_linear(h2, pk.down, ln=fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t,
+                                                                       pk.mix7, ln_out, keep))
+        else:
+            mixed = fused.ln_mix(h2, shift, t, n1.weight, n1.bias, n1.eps, block.attn.x_x, keep)
+            a = fused.grouped_linear(mixed, pk.down)
+            ln_out = mixed[0]
         u = fused.grouped_linear(a, pk.up)
         vf = None
         if v_first is not None:
@@ -124,11 +139,15 @@ class PoolStep:
         o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
                                   block.attn.layer, lengths, t)
         h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-        x2 = fused.ln_mix(h2, None, t, block.norm2.weight, block.norm2.bias, block.norm2.eps)
-        h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
+        if fuse:
+            ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
+            h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
+        else:
+            x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
+            h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
         if block.attn.layer == 0:
             v_first = (a, pk.offs["v"])
-        return h2, mixed[0], v_first
+        return h2, ln_out if x_in else None, v_first
 
 
 class _Packed:
@@ -163,6 +182,7 @@ class _Packed:
         self.up = fused.pack_groups(ups, width, dev)
         for (name, _, _, _), start in zip(downs, self.up.starts):
             self.offs[name] = start
+        self.mix7 = torch.cat([torch.zeros(1, d, device=dev), att.x_x]).contiguous()  # plane p: row p
         self.heads = fused.HeadParams(att.k_k, att.k_a, att.r_k, att.g_norm.weight, att.g_norm.bias,
                                       att.g_norm.eps)
         self.o_proj = fused.pack_groups([(att.o_proj.weight, None, (0, 0), None)], d, dev)
@@ -446,7 +466,7 @@ class Rimer(nn.Module):
         rows' slots must be distinct.
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
-        normalisation, embedding), seven per block (`PoolStep.block_rows`; the first writes the new
+        normalisation, embedding), five per block (`PoolStep.block_rows`; the first writes the new
         token shift into the pool), an epilogue (head, de-normalisation, the small fields written into
         the pool). Bit-identical for a series whatever its batch and slot; equal to `append_slots` to
         rounding (embed and head sum in another order), not bit for bit.
@@ -461,7 +481,7 @@ class Rimer(nn.Module):
         h, v_first = io.h, None
         for i, block in enumerate(self.blocks):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
-                                            keep=(pool.shift[:, i], slots, io.done))
+                                            keep=(pool.shift[:, i], slots, io.done), x_in=False)
         step_io.epilogue(pool, slots, counts, h, io, self.head.weight, self.head.bias, consts)
 
     def _step_consts(self, device) -> torch.Tensor:

@@ -93,6 +93,49 @@ def test_row_tile_pin_comes_from_the_environment():
     assert out.returncode != 0 and "RIMER_LINEAR_BLOCK_M must be 16, 32 or 64" in out.stderr
 
 
+@pytest.mark.parametrize("t", [1, 4])
+def test_grouped_linear_with_layer_norm_on_load_matches_ln_mix_then_the_map(t):
+    """LayerNormIn: the down map reading h and normalising and token-shift mixing on load equals
+    ln_mix's planes fed to the map; the LayerNorm output and the kept shift are ln_mix's too."""
+    g = torch.Generator().manual_seed(t)
+    bsz, d, layers = 3, 24, 2  # d not a multiple of BLOCK_K: masked lanes
+    h = rnd(g, bsz * t, d) + 0.5
+    shift = rnd(g, bsz, layers, d)[:, 1]  # a strided view, as state.shift[:, layer]
+    w, b = 1 + rnd(g, d, scale=0.2), rnd(g, d, scale=0.2)
+    mix7 = torch.cat([torch.zeros(1, d, device=DEVICE), rnd(g, 6, d)])
+    groups = [(rnd(g, 40, d, scale=0.3), None, (1, 0), None), (rnd(g, 8, d, scale=0.3), None, (3, 0), "tanh"),
+              (rnd(g, 20, d, scale=0.3), rnd(g, 20), (6, 0), "sigmoid")]
+    pk = fused.pack_groups(groups, d, DEVICE)
+    keep = None
+    if t == 1:
+        pool = rnd(g, 5, layers, d)
+        keep = (pool.clone()[:, 0], torch.tensor([4, 0, 2], device=DEVICE),
+                torch.tensor([1, 0, 1], device=DEVICE))
+        keep_ref = (keep[0].clone().double(), keep[1], keep[2])
+    out = torch.empty(bsz * t, d, device=DEVICE)
+    ln = fused.LayerNormIn(w, b, 1e-5, shift, t, mix7, out, keep)
+    got = fused.grouped_linear(h, pk, ln=ln)
+    ref_out = torch.empty(bsz * t, d, dtype=torch.float64, device=DEVICE)
+    want = fused.grouped_linear_reference(
+        h.double(), _double(pk), ln=fused.LayerNormIn(w.double(), b.double(), 1e-5, shift.double(), t,
+                                                      mix7.double(), ref_out, keep_ref if keep else None))
+    assert rel_err(got, want) <= 1e-5 and rel_err(out, ref_out) <= 1e-5
+    if keep is not None:
+        assert rel_err(keep[0], keep_ref[0]) <= 1e-5
+        assert torch.equal(keep[0][[4, 2]], out[[0, 2]])
+        assert torch.equal(keep[0][[0, 1, 3]], pool[[0, 1, 3], 0])
+    # a series alone gives the same bits as inside the batch
+    alone = fused.grouped_linear(h[t: 2 * t], pk, ln=fused.LayerNormIn(w, b, 1e-5, shift[1:2], t, mix7))
+    assert torch.equal(alone, got[t: 2 * t])
+    # no mix (LayerNorm 2 before the channel mix), with a residual
+    one = fused.pack_groups([(rnd(g, 20, d), rnd(g, 20), (0, 0), None)], d, DEVICE)
+    res = rnd(g, bsz * t, 20)
+    got = fused.grouped_linear(h, one, residual=res, n=20, ln=fused.LayerNormIn(w, b, 1e-5))
+    want = fused.grouped_linear_reference(h.double(), _double(one), res.double(), n=20,
+                                          ln=fused.LayerNormIn(w.double(), b.double(), 1e-5))
+    assert rel_err(got, want) <= 1e-5
+
+
 def _double(pk):
     return fused.Groups(pk.weight.double(), None if pk.bias is None else pk.bias.double(), pk.plane,
                         pk.col, pk.act, pk.starts)

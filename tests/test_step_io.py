@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from kernels import step_io
+from model.rimer import PoolStep
 from model.state import RimerState
 from tests.conftest import rel_err
 from tests.test_model import tiny_model, walk
@@ -142,7 +143,14 @@ def test_step_matches_append_slots_and_the_torch_backend(overrides):
         assert rel_err(getattr(pool, name)[:4], getattr(state, name)) <= 1e-4, name
 
 
-def test_step_bit_identical_alone_or_batched_in_any_slot():
+@pytest.fixture(params=[True, False], ids=["ln-in-linear", "ln-launches"])
+def fuse_ln(request, monkeypatch):
+    """Both placements of the block's LayerNorms (model.rimer.PoolStep.fuse_ln)."""
+    monkeypatch.setattr(PoolStep, "fuse_ln", request.param)
+    return request.param
+
+
+def test_step_bit_identical_alone_or_batched_in_any_slot(fuse_ln):
     """The fused step's promise: a series' state does not depend on its batch, slot or neighbours."""
     model = tiny_model().to(DEVICE)
     x, a, b = walk(21, 1), walk(30, 2), walk(9, 3)
@@ -169,3 +177,25 @@ def test_rows_without_points_change_nothing():
     for name, t in before.tensors().items():
         assert torch.equal(getattr(pool, name)[[0, 2, 3]], t[[0, 2, 3]]), name
     assert int(pool.n_patches[1]) == 3 and int(pool.tail_len[1]) == 0
+
+
+def test_layer_norms_in_the_linears_agree_with_their_own_launches(monkeypatch):
+    """The two placements of the block's LayerNorms give the same step to rounding, the fused one in
+    2 + 5 launches per block instead of 2 + 7 (prefill through `append_slots` too)."""
+    from bench.model_step import count_launches
+
+    model = tiny_model().to(DEVICE)
+    hist = {0: walk(21, 1), 1: walk(30, 2)}
+    news = [walk(6, 3), walk(9, 4)]
+    states, launches = {}, {}
+    for fuse in (True, False):
+        monkeypatch.setattr(PoolStep, "fuse_ln", fuse)
+        pool = pool_with_history(model, 3, hist)
+        values, counts = padded(news)
+        model.step_slots(pool, rows(0, 1), values, counts)
+        states[fuse] = pool
+        launches[fuse] = count_launches(model, DEVICE)["triton_launches"]
+    for name, t in states[False].tensors().items():
+        assert rel_err(getattr(states[True], name), t) <= 1e-5, name
+    layers = model.cfg.n_layers
+    assert launches == {True: 2 + 5 * layers, False: 2 + 7 * layers}
