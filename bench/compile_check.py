@@ -4,9 +4,11 @@
 
 The CPU tests run the kernels under Triton's interpreter, which accepts code the compiler refuses
 (shapes, types, constexpr arithmetic). This runs Triton's real front end and ptxas for the step's
-prologue and epilogue (kernels/step_io.py) and `ln_mix` (six mixes) with and without its shift
-write, at the shipped models' shapes and the tests' tiny one, and prints registers and local memory
-(spills) per kernel (from cuobjdump). It checks that they build, not that they run: bench/gpu_check.sh
+kernels with PDL on: the grouped linear plain and with its input LayerNorm'd on load (LayerNorm 2;
+LayerNorm 1 with the token shift, in the one-patch step and in a chunk), the fused recurrence,
+the prologue and epilogue (kernels/step_io.py) and `ln_mix` with and without its shift write, at
+the shipped models' shapes and the tests' tiny one, and prints registers and the stack (spills)
+per kernel (from cuobjdump). It checks that they build, not that they run: bench/gpu_check.sh
 does that on a GPU.
 """
 
@@ -76,7 +78,9 @@ def main() -> int:
             ("linear ln1 seq", fused._grouped_linear_kernel, LINEAR_TYPES,
              {**lin, "LN": 2, "WRITE_LN": True}, lin_opts),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
-             {"num_warps": 4}),
+             {"num_warps": fused.WKV_WARPS}),
+            ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
+             {"num_warps": 8}),
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
              dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
                   BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe, PDL=True), ends),

@@ -54,6 +54,13 @@ BLOCK_N, BLOCK_K = 64, 32
 FUSE_LN = os.environ.get("RIMER_FUSE_LN", "1") != "0"
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
+# Warps of the recurrence kernel (one program per series and head of 64). Pinned per process:
+# RIMER_WKV_WARPS (4 or 8, read at import). At 4 the compiler spills about 440 bytes per thread
+# for a 64 x 64 head (bench/compile_check.py); at 8 it does not, at twice the threads per program.
+# The GPU benchmark times both before one is chosen.
+WKV_WARPS = int(os.environ.get("RIMER_WKV_WARPS", "4"))
+if WKV_WARPS not in (4, 8):
+    raise ValueError(f"RIMER_WKV_WARPS must be 4 or 8, not {WKV_WARPS}")
 ACT = ACTIVATIONS
 DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0.607, 0]
 
@@ -486,7 +493,7 @@ def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch
         offs["r"], offs["k"], offs["v"], offs["w"], offs["a"], offs.get("vl", 0), offs["g"],
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
         DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None,
-        num_warps=4 if n >= 64 else 2, **pdl.KWARGS,
+        num_warps=WKV_WARPS if n >= 64 else 2, **pdl.KWARGS,
     )
     return o
 

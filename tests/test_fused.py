@@ -82,15 +82,22 @@ def test_grouped_linear_matches_reference_and_is_row_invariant(block_m):
     assert fused.grouped_linear(x[0], one, n=20).shape == (m, 20)
 
 
-def test_row_tile_pin_comes_from_the_environment():
-    """RIMER_LINEAR_BLOCK_M pins the grouped linears' row tile for the process; others are refused."""
-    code = "import kernels.fused as f; print(f.BLOCK_M)"
-    env = {**os.environ, "RIMER_LINEAR_BLOCK_M": "16"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.split()[-1] == "16", out.stderr[-2000:]
-    env["RIMER_LINEAR_BLOCK_M"] = "48"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+def test_launch_settings_come_from_the_environment():
+    """RIMER_LINEAR_BLOCK_M, RIMER_WKV_WARPS and RIMER_FUSE_LN pin the step's row tile, the
+    recurrence's warps and the LayerNorms' placement for the process; other values are refused."""
+    code = "import kernels.fused as f; print(f.BLOCK_M, f.WKV_WARPS, f.FUSE_LN)"
+
+    def run(**settings):
+        env = {**os.environ, **settings}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    out = run(RIMER_LINEAR_BLOCK_M="16", RIMER_WKV_WARPS="8", RIMER_FUSE_LN="0")
+    assert out.returncode == 0 and out.stdout.split()[-3:] == ["16", "8", "False"], out.stderr[-2000:]
+    out = run(RIMER_LINEAR_BLOCK_M="48")
     assert out.returncode != 0 and "RIMER_LINEAR_BLOCK_M must be 16, 32 or 64" in out.stderr
+    out = run(RIMER_WKV_WARPS="2")
+    assert out.returncode != 0 and "RIMER_WKV_WARPS must be 4 or 8" in out.stderr
 
 
 @pytest.mark.parametrize("t", [1, 4])
