@@ -36,7 +36,7 @@ EPILOGUE_TYPES = {"consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64, "stats
                   "new_len_ptr": I64, "done_ptr": I64, "new_n_ptr": I64, "norm_ptr": F64,
                   "n_patches_ptr": I64, "tail_len_ptr": I64}
 LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "i32", "eps": "fp32"}
-LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64,
+LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64, "up_row_ptr": I64,
                 "keep_flags_ptr": I64, "M": "i32", "N": "i32", "T": "i32", "eps": "fp32"}
 WKV_TYPES = {"slots_ptr": I64, "lengths_ptr": I64, "layer": "i32", "T": "i32", "decay_scale": "fp32",
              "eps": "fp32"}
@@ -65,7 +65,8 @@ def main() -> int:
     for p, d, layers, causal, pe in SHAPES:
         bp, bd = triton.next_power_of_2(p), triton.next_power_of_2(d)
         ends = {"num_warps": step_io.NUM_WARPS, "enable_fp_fusion": step_io.FP_FUSION}
-        lin = dict(K=d, HAS_BIAS=True, HAS_RES=False, LN=0, SHIFT_ONLY=False, WRITE_LN=False, KEEP=False,
+        lin = dict(K=d, HAS_BIAS=True, HAS_RES=False, UP=False, N_UP=fused.BLOCK_N, LN=0, SHIFT_ONLY=False,
+                   WRITE_LN=False, KEEP=False,
                    PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
                    BLOCK_K=fused.BLOCK_K, PDL=True)
         lin_opts = {"num_warps": fused.LINEAR_WARPS}
@@ -77,6 +78,12 @@ def main() -> int:
              {**lin, "LN": 2, "SHIFT_ONLY": True, "KEEP": True}, lin_opts),
             ("linear ln1 seq", fused._grouped_linear_kernel, LINEAR_TYPES,
              {**lin, "LN": 2, "WRITE_LN": True}, lin_opts),
+            ("down_up step", fused._grouped_linear_kernel, LINEAR_TYPES,
+             {**lin, "HAS_BIAS": False, "LN": 2, "SHIFT_ONLY": True, "KEEP": True, "UP": True,
+              "N_UP": triton.cdiv(d, fused.BLOCK_N) * fused.BLOCK_N}, lin_opts),
+            ("down_up seq", fused._grouped_linear_kernel, LINEAR_TYPES,
+             {**lin, "HAS_BIAS": False, "LN": 2, "WRITE_LN": True, "UP": True,
+              "N_UP": triton.cdiv(d, fused.BLOCK_N) * fused.BLOCK_N}, lin_opts),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": fused.WKV_WARPS}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),

@@ -1,7 +1,7 @@
 """Fused kernels for the triton backend's block step, each beside its plain PyTorch reference.
 
 A Rimer block step on the GPU used to be a few hundred small kernels (element-wise passes over the
-[B, D] activations between linear maps). Here one block is five launches:
+[B, D] activations between linear maps). Here one block is four launches:
 
 1. ``grouped_linear`` of the six interpolations: r, k, v and the four LoRA down maps (with their
    tanh / sigmoid) in one launch; every block of BLOCK_N output columns names its input plane. The
@@ -10,15 +10,17 @@ A Rimer block step on the GPU used to be a few hundred small kernels (element-wi
    RWKV-7's interpolation for that plane (0: the LayerNorm output; 1..6: xr, xw, xk, xv, xa, xg).
    In the one-patch pool step (``keep``) the first column block also writes the LayerNorm output
    into the pool's token shift at each series' slot, so no gather or scatter of it is left around.
-2. ``grouped_linear`` again: the four LoRA up maps (each reads its own down map's columns).
-3. ``wkv7_fused_step``: one program per (series, head) with the whole head's state in registers:
+   The four LoRA up maps run in the same launch (``down_up``): each LoRA's down map is one column
+   block, whose program applies the up map to it from registers.
+2. ``wkv7_fused_step``: one program per (series, head) with the whole head's state in registers:
    decay, in-context rate, kk = l2-normalise(k k_k), k = k (1 + (a - 1) k_a), the v_first mix, the
    recurrence, then GroupNorm per head, the bonus sum(r k r_k) v and the gate.
-4. ``grouped_linear`` (o_proj) with the residual added in the epilogue.
-5. ``grouped_linear`` (the channel-mix linear, bias) reading through LayerNorm 2, with the residual.
+3. ``grouped_linear`` (o_proj) with the residual added in the epilogue.
+4. ``grouped_linear`` (the channel-mix linear, bias) reading through LayerNorm 2, with the residual.
 
 ``ln_mix`` computes the same planes in a launch of its own ([7, M, D] in memory); with
-RIMER_FUSE_LN=0 the block uses it for both LayerNorms (seven launches), for comparison.
+RIMER_FUSE_LN=0 the block uses it for both LayerNorms and launches the up maps separately (seven
+launches), for comparison. (A model whose LoRA ranks exceed BLOCK_N launches its up maps apart.)
 
 Every reduction is a ``tl.sum`` over a fixed-shape tile inside one program (a row, or a head of one
 series), and launch configurations are pinned: a series' results depend on that series alone, bit
@@ -49,8 +51,9 @@ BLOCK_M = int(os.environ.get("RIMER_LINEAR_BLOCK_M", "64"))
 if BLOCK_M not in (16, 32, 64):
     raise ValueError(f"RIMER_LINEAR_BLOCK_M must be 16, 32 or 64, not {BLOCK_M}")
 BLOCK_N, BLOCK_K = 64, 32
-# The block's LayerNorms inside the linear maps that read them (LayerNormIn; model.rimer.PoolStep), or
-# as ln_mix launches of their own: RIMER_FUSE_LN=0, read at import, for the benchmark's comparison.
+# The block's LayerNorms inside the linear maps that read them (LayerNormIn) and the LoRA up maps in
+# the down map's launch (down_up; model.rimer.PoolStep), or as launches of their own: RIMER_FUSE_LN=0,
+# read at import, for the benchmark's comparison.
 FUSE_LN = os.environ.get("RIMER_FUSE_LN", "1") != "0"
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
@@ -156,7 +159,9 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
                            stride_xp, stride_xm, stride_ym, stride_rm,
                            lnw_ptr, lnb_ptr, eps, shift_ptr, stride_shift, T, mix_ptr, ln_out_ptr,
                            keep_ptr, keep_slots_ptr, keep_flags_ptr, stride_keep,
+                           up_row_ptr, up_w_ptr, up_b_ptr, u_ptr, stride_um,
                            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                           UP: tl.constexpr, N_UP: tl.constexpr,
                            LN: tl.constexpr, SHIFT_ONLY: tl.constexpr, WRITE_LN: tl.constexpr,
                            KEEP: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -171,6 +176,8 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     if HAS_BIAS:
         bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
+    if UP:
+        up_row = tl.load(up_row_ptr + pid_n)
     wait_then_release(PDL)
     if LN == 0:
         acc = matmul_tile(x_ptr + xoff, stride_xm, w_ptr, rm, rn, M, N, K, PRECISION, USE_DOT,
@@ -255,6 +262,20 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
         acc += bias[None, :]
     acc = tl.where(act == 1, 2.0 / (1.0 + tl.exp(-2.0 * acc)) - 1.0, acc)  # tanh(x) = 2 sigmoid(2x) - 1
     acc = tl.where(act == 2, 1.0 / (1.0 + tl.exp(-acc)), acc)
+    if UP:
+        # A LoRA's down block also applies its up map, from the block in registers: u[:, up_row + c] =
+        # acc W_up[up_row + c]^T + b_up (the map's N_UP outputs in chunks of BLOCK_N; K = BLOCK_N).
+        if up_row >= 0:
+            rku = tl.arange(0, BLOCK_N)
+            for n0 in tl.static_range(0, N_UP, BLOCK_N):
+                rnu = up_row + n0 + tl.arange(0, BLOCK_N)
+                wu = tl.load(up_w_ptr + rnu[None, :] * BLOCK_N + rku[:, None])
+                if USE_DOT:
+                    ou = tl.dot(acc, wu, input_precision=PRECISION)
+                else:
+                    ou = tl.sum(acc[:, :, None] * wu[None, :, :], axis=1)
+                ou += tl.load(up_b_ptr + rnu)[None, :]
+                tl.store(u_ptr + rm[:, None] * stride_um + rnu[None, :], ou, mask=(rm < M)[:, None])
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_RES:
         acc += tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=out_mask, other=0.0)
@@ -317,6 +338,32 @@ class LayerNormIn:
         self.mix, self.out, self.keep = mix, out, keep
 
 
+class UpMaps:
+    """Maps applied to single column blocks of a grouped linear's output, inside its kernel: the
+    LoRA up maps after their down maps (``down_up``), which saves a launch and the down outputs'
+    round trip through memory. ``maps`` is the up maps' packed ``Groups`` (K = BLOCK_N, every group
+    reading one whole block of the down map's output); rows [down blocks]: the first row of the up
+    group that reads that block, -1 for none (host-side list and a device tensor)."""
+
+    def __init__(self, down: Groups, maps: Groups):
+        if maps.weight.shape[1] != BLOCK_N or maps.bias is None:
+            raise ValueError("up maps need K = BLOCK_N (a rank of at most BLOCK_N) and a bias")
+        ends = maps.starts[1:] + [maps.weight.shape[0]]
+        widths = {e - s for s, e in zip(maps.starts, ends)}
+        if len(widths) != 1:
+            raise ValueError("up maps must have one padded width")
+        self.width = widths.pop()
+        cols = maps.col.tolist()
+        rows = [-1] * len(down.plane)
+        for start in maps.starts:
+            col = cols[start // BLOCK_N]
+            if col % BLOCK_N:
+                raise ValueError("an up map must read one whole block of the down map's output")
+            rows[col // BLOCK_N] = start
+        self.maps = maps
+        self.rows = torch.tensor(rows, dtype=torch.int64, device=maps.weight.device)
+
+
 def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = None,
                    n: int | None = None, *, ln: LayerNormIn | None = None, block_m: int = BLOCK_M,
                    num_warps: int = LINEAR_WARPS) -> torch.Tensor:
@@ -326,6 +373,19 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
     ln: x is rows h [M, K] normalised (and mixed) on load, every block at column 0 (LayerNormIn).
     block_m, num_warps: the row tile and warps, for benchmarks (bench/linear_tiles.py); the model
     keeps the pinned ones, since a row's bits are only promised under one configuration."""
+    return _grouped(x, g, residual, n, ln, None, block_m, num_warps)[0]
+
+
+def down_up(x: torch.Tensor, g: Groups, up: UpMaps, *, ln: LayerNormIn | None = None,
+            block_m: int = BLOCK_M, num_warps: int = LINEAR_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grouped_linear(x, g, ln=ln)`` and, in the same launch, the up maps on its blocks: returns
+    (y, u), u [M, up width] as ``grouped_linear(y, up.maps)`` (to rounding: each up map sums its
+    K = BLOCK_N inputs in one block)."""
+    return _grouped(x, g, None, None, ln, up, block_m, num_warps)
+
+
+def _grouped(x, g: Groups, residual, n, ln: LayerNormIn | None, up: UpMaps | None, block_m: int,
+             num_warps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     x3 = x if x.dim() == 3 else x[None]
     if x3.stride(2) != 1:
         raise ValueError("x's rows must be contiguous")
@@ -340,12 +400,19 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
             raise ValueError("a LayerNorm'd input is rows [M, K] that every block reads from column 0")
         if ln.out is not None and (ln.out.shape != (m, k) or not ln.out.is_contiguous()):
             raise ValueError(f"ln.out must be a contiguous [{m}, {k}]")
+    u = None
+    if up is not None:
+        if n != g.weight.shape[0] or len(up.rows) != triton.cdiv(n, BLOCK_N):
+            raise ValueError("up maps need the down map's full packed width")
+        u = torch.empty(m, up.maps.weight.shape[0], device=x.device, dtype=torch.float32)
     if m:
         grid = (triton.cdiv(m, block_m), triton.cdiv(n, BLOCK_N))
         none = LayerNormIn(y, y, 0.0)  # (placeholders: unused without ln)
         use = ln if ln is not None else none
         shift = use.shift if use.shift is not None else y
         keep = use.keep if use.keep is not None else (y, y, y)
+        up_args = ((up.rows, up.maps.weight, up.maps.bias, u, u.stride(0)) if up is not None
+                   else (y, y, y, y, 0))
         _grouped_linear_kernel[grid](
             x, g.weight, g.bias if g.bias is not None else g.weight,
             residual if residual is not None else y, y, g.plane, g.col, g.act, m, n,
@@ -353,13 +420,15 @@ def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = N
             use.weight, use.bias, use.eps, shift, shift.stride(0), use.t,
             use.mix if use.mix is not None else y, use.out if use.out is not None else y,
             keep[0], keep[1], keep[2], keep[0].stride(0),
+            *up_args,
             K=k, HAS_BIAS=g.bias is not None, HAS_RES=residual is not None,
+            UP=up is not None, N_UP=up.width if up is not None else BLOCK_N,
             LN=0 if ln is None else 1 if ln.mix is None else 2,
             SHIFT_ONLY=ln is not None and ln.t == 1, WRITE_LN=ln is not None and ln.out is not None,
             KEEP=ln is not None and ln.keep is not None, PRECISION=PRECISION,
             USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
             **pdl.KWARGS)
-    return y
+    return y, u
 
 
 def grouped_linear_reference(x, g: Groups, residual=None, n=None, ln: LayerNormIn | None = None):

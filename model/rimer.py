@@ -82,9 +82,10 @@ class PoolStep:
     """The Triton step: batch-invariant linear maps; the recurrence updates the states
     `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
 
-    # True: the block's LayerNorms run inside the linear maps that read them (five launches per
-    # block); False: as separate ln_mix launches (seven). None: kernels.fused.FUSE_LN (the
-    # environment's RIMER_FUSE_LN, default on; the benchmark times both).
+    # True: the block's LayerNorms run inside the linear maps that read them, and the LoRA up maps
+    # inside the down map's launch (four launches per block); False: ln_mix and up-map launches of
+    # their own (seven). None: kernels.fused.FUSE_LN (the environment's RIMER_FUSE_LN, default on;
+    # the benchmark times both).
     fuse_ln: bool | None = None
 
     def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
@@ -99,7 +100,7 @@ class PoolStep:
         return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
     def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
-        """`Block.forward` in five fused kernels (`block_rows`); h [B, T, D]."""
+        """`Block.forward` in four fused kernels (`block_rows`); h [B, T, D]."""
         bsz, t, d = h.shape
         lengths = valid.sum(1) if valid is not None else None
         h2, x_in, v_first = self.block_rows(block, h.reshape(bsz * t, d), t, shift, v_first, lengths)
@@ -107,12 +108,13 @@ class PoolStep:
 
     def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
                    lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True):
-        """`Block.forward` on rows h2 [B T, D] in five fused kernels (kernels/fused.py): r, k, v and
+        """`Block.forward` on rows h2 [B T, D] in four fused kernels (kernels/fused.py): r, k, v and
         the LoRA down maps in one grouped linear, reading h2 through LayerNorm 1, the token shift and
-        the six interpolations; the LoRA up maps in another; the recurrence with the per-head work
-        around it (decay, kk, k, v_first mix, GroupNorm, bonus, gate); o_proj + residual; the
-        channel-mix linear reading through LayerNorm 2, + residual. (With fuse_ln False, the two
-        LayerNorms are launches of their own, `fused.ln_mix`: seven.)
+        the six interpolations, with the LoRA up maps in the same launch; the recurrence with the
+        per-head work around it (decay, kk, k, v_first mix, GroupNorm, bonus, gate); o_proj +
+        residual; the channel-mix linear reading through LayerNorm 2, + residual. (With fuse_ln
+        False, the two LayerNorms are launches of their own, `fused.ln_mix`, and the up maps
+        another: seven.)
         lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
         first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
         shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D] (None with
@@ -125,13 +127,17 @@ class PoolStep:
         fuse = fused.FUSE_LN if self.fuse_ln is None else self.fuse_ln
         if fuse:
             ln_out = torch.empty(m, d, device=h2.device) if x_in else None
-            a = fused.grouped_linear(h2, pk.down, ln=fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t,
-                                                                       pk.mix7, ln_out, keep))
+            ln1 = fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t, pk.mix7, ln_out, keep)
+            if pk.up_maps is not None:  # the LoRA up maps in the same launch
+                a, u = fused.down_up(h2, pk.down, pk.up_maps, ln=ln1)
+            else:
+                a = fused.grouped_linear(h2, pk.down, ln=ln1)
+                u = fused.grouped_linear(a, pk.up)
         else:
             mixed = fused.ln_mix(h2, shift, t, n1.weight, n1.bias, n1.eps, block.attn.x_x, keep)
             a = fused.grouped_linear(mixed, pk.down)
             ln_out = mixed[0]
-        u = fused.grouped_linear(a, pk.up)
+            u = fused.grouped_linear(a, pk.up)
         vf = None
         if v_first is not None:
             buf, col = v_first
@@ -182,6 +188,8 @@ class _Packed:
         self.up = fused.pack_groups(ups, width, dev)
         for (name, _, _, _), start in zip(downs, self.up.starts):
             self.offs[name] = start
+        # With every rank within one column block, each up map runs inside its down block's program.
+        self.up_maps = fused.UpMaps(self.down, self.up) if width == fused.BLOCK_N else None
         self.mix7 = torch.cat([torch.zeros(1, d, device=dev), att.x_x]).contiguous()  # plane p: row p
         self.heads = fused.HeadParams(att.k_k, att.k_a, att.r_k, att.g_norm.weight, att.g_norm.bias,
                                       att.g_norm.eps)
@@ -466,7 +474,7 @@ class Rimer(nn.Module):
         rows' slots must be distinct.
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
-        normalisation, embedding), five per block (`PoolStep.block_rows`; the first writes the new
+        normalisation, embedding), four per block (`PoolStep.block_rows`; the first writes the new
         token shift into the pool), an epilogue (head, de-normalisation, the small fields written into
         the pool). Bit-identical for a series whatever its batch and slot; equal to `append_slots` to
         rounding (embed and head sum in another order), not bit for bit.

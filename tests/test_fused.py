@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kernels import fused
 from tests.conftest import rel_err
@@ -141,6 +142,43 @@ def test_grouped_linear_with_layer_norm_on_load_matches_ln_mix_then_the_map(t):
     want = fused.grouped_linear_reference(h.double(), _double(one), res.double(), n=20,
                                           ln=fused.LayerNormIn(w.double(), b.double(), 1e-5))
     assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("with_ln", [False, True])
+def test_down_up_applies_the_up_maps_in_the_same_launch(with_ln):
+    """down_up: a LoRA's down block also runs its up map from registers; equals the two maps launched
+    one after the other, and a series' rows keep their bits alone or in a batch."""
+    g = torch.Generator().manual_seed(11)
+    m, d = 5, 32
+    h = rnd(g, m, d) + 0.5
+    x = rnd(g, 7, m, d)
+    groups = [(rnd(g, 40, d, scale=0.3), None, (1, 0), None),  # like r: no up map
+              (rnd(g, 32, d, scale=0.3), None, (2, 0), "tanh"),  # LoRA downs, padded to 64 columns
+              (rnd(g, 64, d, scale=0.3), None, (6, 0), "sigmoid")]
+    down = fused.pack_groups([(F.pad(w, (0, 0, 0, 64 - w.shape[0])) if i else w, b, pc, act)
+                              for i, (w, b, pc, act) in enumerate(groups)], d, DEVICE)
+    ups = fused.pack_groups([(rnd(g, d, 64, scale=0.3), rnd(g, d), (0, down.starts[j]), None)
+                             for j in (1, 2)], 64, DEVICE)
+    upm = fused.UpMaps(down, ups)
+    assert upm.rows.tolist() == [-1, ups.starts[0], ups.starts[1]]
+    w, b = 1 + rnd(g, d, scale=0.2), rnd(g, d, scale=0.2)
+    mix7 = torch.cat([torch.zeros(1, d, device=DEVICE), rnd(g, 6, d)])
+    shift = rnd(g, m, d)
+
+    def ln(rows=slice(None)):
+        return fused.LayerNormIn(w, b, 1e-5, shift[rows], 1, mix7) if with_ln else None
+
+    inp = h if with_ln else x
+    a, u = fused.down_up(inp, down, upm, ln=ln())
+    assert torch.equal(a, fused.grouped_linear(inp, down, ln=ln()))
+    ln64 = (fused.LayerNormIn(w.double(), b.double(), 1e-5, shift.double(), 1, mix7.double()) if with_ln
+            else None)
+    a64 = fused.grouped_linear_reference(inp.double(), _double(down), ln=ln64)
+    assert rel_err(u, fused.grouped_linear_reference(a64, _double(ups))) <= 1e-5
+    assert rel_err(u, fused.grouped_linear(a, ups)) <= 1e-5
+    part = inp[2:4] if with_ln else x[:, 2:4]
+    a2, u2 = fused.down_up(part, down, upm, ln=ln(slice(2, 4)))
+    assert torch.equal(u2, u[2:4]) and torch.equal(a2, a[2:4])
 
 
 def _double(pk):
