@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, data, normalisation
+from model import checkpoint, data, normalisation, synthetic
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
@@ -81,6 +81,13 @@ class WindowSampler:
             start = self.rng.integers(len(s) - length + 1)
             out[i] = s[start: start + length]
         return torch.from_numpy(out)
+
+
+def synthetic_split(count: int, length: int) -> np.ndarray:
+    """[length, count] synthetic series (model/synthetic.py), each standardised as the datasets'
+    train splits are; seeds 1_000_000 + i, apart from the ones model.long_history tests on."""
+    cols = [synthetic.series(length, 1_000_000 + i) for i in range(count)]
+    return np.stack([(c - c.mean()) / (c.std() + 1e-8) for c in cols], axis=1).astype(np.float32)
 
 
 def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "normalised"
@@ -308,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="sample every variable alike, or every dataset alike")
     ap.add_argument("--dataset-weights", type=float, nargs="+", default=None,
                     help="with --balance datasets: how often each dataset is drawn, relatively")
+    ap.add_argument("--synthetic", type=int, default=0,
+                    help="add this many synthetic series (model/synthetic.py, seeds fixed) to the "
+                         "training series; validation stays on the datasets")
+    ap.add_argument("--synthetic-length", type=int, default=8640, help="points per synthetic series")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--init", default=None,
                     help="start from these weights (ours; fine-tuning) instead of a random init; "
@@ -338,7 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.dataset_weights and (len(args.dataset_weights) != len(sets) or args.balance != "datasets"
                                  or min(args.dataset_weights) <= 0):
         ap.error("--dataset-weights needs --balance datasets and one positive weight per dataset")
-    train = WindowSampler([d.split("train") for d in sets], rng, args.balance, args.dataset_weights)
+    if args.synthetic < 0 or args.synthetic_length < args.patch_len * (args.max_patches + 1):
+        ap.error("--synthetic must be >= 0 and --synthetic-length hold the longest training window")
+    if args.synthetic and args.balance == "datasets":
+        ap.error("--synthetic draws its series among the datasets' variables: use --balance series")
+    extra = [synthetic_split(args.synthetic, args.synthetic_length)] if args.synthetic else []
+    train = WindowSampler([d.split("train") for d in sets] + extra, rng, args.balance, args.dataset_weights)
     val = WindowSampler([d.split("val") for d in sets], np.random.default_rng(args.seed + 1))
     longest_val = min(len(x) for x in val.series) // args.patch_len
     val_batches = [val.batch(64, args.patch_len * min(n, longest_val)) for n in (8, 24, 48)]

@@ -192,3 +192,26 @@ def test_scaled_loss_is_the_error_of_the_denormalised_forecast_in_data_units():
         a = train.next_patch_loss(model, x, units=units)
         b = train.next_patch_loss(model, 3.0 * x, units=units)
         assert torch.allclose(b, a * 3.0 ** power, rtol=1e-3), units
+
+
+def test_synthetic_series_join_the_training_draws(tmp_path, monkeypatch):
+    """--synthetic adds that many standardised synthetic series (fixed seeds) to what training
+    windows are drawn from; validation stays on the datasets."""
+    split = train.synthetic_split(3, 2000)
+    assert split.shape == (2000, 3) and np.allclose(split.mean(0), 0, atol=1e-5)
+    assert np.allclose(split.std(0), 1, atol=1e-4) and np.array_equal(split, train.synthetic_split(3, 2000))
+    assert not np.allclose(split[:, 0], split[:, 1])
+    seen = []
+    real_init = train.WindowSampler.__init__
+
+    def spy(self, splits, *a, **k):
+        seen.append([s.shape[1] for s in splits])
+        real_init(self, splits, *a, **k)
+
+    monkeypatch.setattr(train.WindowSampler, "__init__", spy)
+    base = ["--datasets", "ETTh1", "--d-model", "64", "--layers", "1", "--batch", "4", "--max-patches", "4",
+            "--val-every", "1", "--threads", "1", "--steps", "1"]
+    train.main([*base, "--out", str(tmp_path / "m"), "--synthetic", "5", "--synthetic-length", "400"])
+    assert seen == [[7, 5], [7]]  # train: ETTh1's 7 variables + 5 synthetic; validation: ETTh1 only
+    with pytest.raises(SystemExit):  # too short for the longest training window
+        train.main([*base, "--out", str(tmp_path / "n"), "--synthetic", "2", "--synthetic-length", "100"])
