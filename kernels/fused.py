@@ -68,7 +68,7 @@ ACT = ACTIVATIONS
 DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0.607, 0]
 
 
-# ---- 1. LayerNorm + token shift + interpolations -------------------------------------------------
+# ---- LayerNorm + token shift + interpolations as a launch of its own (RIMER_FUSE_LN=0) -----------
 
 @triton.jit
 def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, stride_shift, stride_plane,
@@ -124,19 +124,24 @@ def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Te
     n_mix = 0 if mix is None else mix.shape[0]
     h = h.contiguous()
     out = torch.empty(1 + n_mix, m, d, device=h.device, dtype=torch.float32)
-    if keep is not None and (t != 1 or keep[0].stride(-1) != 1):
-        raise ValueError("keep needs one row per series (t = 1) and dest's rows contiguous")
+    _check_shift_keep(shift, t, keep)
     if m:
         if shift is None:
             shift = h  # unused
-        if shift.stride(-1) != 1:
-            raise ValueError("shift's last dimension must be contiguous")
         dest, slots, flags = keep if keep is not None else (h, h, h)  # (unused without keep)
         _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
             h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
             out.stride(0), eps, dest, slots, flags, dest.stride(0), D=d, BLOCK_D=triton.next_power_of_2(d),
             BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4, **pdl.KWARGS)
     return out
+
+
+def _check_shift_keep(shift, t: int, keep) -> None:
+    """What ln_mix and LayerNormIn need of the token shift and of `keep` (the shift's pool rows)."""
+    if keep is not None and (t != 1 or keep[0].stride(-1) != 1):
+        raise ValueError("keep needs one row per series (t = 1) and dest's rows contiguous")
+    if shift is not None and shift.stride(-1) != 1:
+        raise ValueError("shift's last dimension must be contiguous")
 
 
 def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None, keep=None):
@@ -152,7 +157,29 @@ def ln_mix_reference(h, shift, t, weight, bias, eps, mix=None, keep=None):
     return torch.cat([y[None], y[None] + (prev[None] - y[None]) * mix[:, None]])
 
 
-# ---- 2, 3, 5, 7. Grouped, row-invariant linear maps -----------------------------------------------
+# ---- 1, 3, 4. Grouped, row-invariant linear maps (and ln_mix's planes on load) -------------------
+
+@triton.jit
+def _row_stats(x_ptr, rows, stride_xm, rmask, eps, K: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """LayerNorm statistics (mean, sqrt(var + eps)) of rows [BLOCK_M] of x [*, K], summed in blocks
+    of BLOCK_K, in two passes. (Loops, not unrolled: unrolled, the compiler keeps every block's loads
+    live across them, and spills.)"""
+    s = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        m2 = rmask[:, None] & (rk < K)[None, :]
+        s += tl.sum(tl.load(x_ptr + rows[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0), axis=1)
+    mean = s / K
+    q = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        m2 = rmask[:, None] & (rk < K)[None, :]
+        xc = tl.where(m2, tl.load(x_ptr + rows[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
+                      - mean[:, None], 0.0)
+        q += tl.sum(xc * xc, axis=1)
+    return mean, tl.sqrt(q / K + eps)
+
 
 @triton.jit
 def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_ptr, act_ptr, M, N,
@@ -187,34 +214,11 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
         rmask = rm < M
         prev = tl.maximum(rm - 1, 0)
         first = (rm % T) == 0
-        mix_row = LN == 2 and not SHIFT_ONLY  # the row before is used
-        # Each row's statistics (and the row before's), summed in blocks of BLOCK_K: two passes. (Loops,
-        # not unrolled: unrolled, the compiler keeps every block's loads live across them, and spills.)
-        s = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        sp = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            m2 = rmask[:, None] & (rk < K)[None, :]
-            s += tl.sum(tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0), axis=1)
-            if mix_row:
-                sp += tl.sum(tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0),
-                             axis=1)
-        mean = s / K
-        mean_p = sp / K
-        q = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        qp = tl.zeros((BLOCK_M,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + tl.arange(0, BLOCK_K)
-            m2 = rmask[:, None] & (rk < K)[None, :]
-            xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
-                          - mean[:, None], 0.0)
-            q += tl.sum(xc * xc, axis=1)
-            if mix_row:
-                xc = tl.where(m2, tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
-                              - mean_p[:, None], 0.0)
-                qp += tl.sum(xc * xc, axis=1)
-        sd = tl.sqrt(q / K + eps)
-        sd_p = tl.sqrt(qp / K + eps)
+        # Each row's statistics (and, in a chunk, the row before's), summed in blocks of BLOCK_K.
+        mean, sd = _row_stats(x_ptr, rm, stride_xm, rmask, eps, K, BLOCK_M, BLOCK_K)
+        if LN == 2:
+            if not SHIFT_ONLY:  # (nested: a constexpr test, so the names reach the loop below)
+                mean_p, sd_p = _row_stats(x_ptr, prev, stride_xm, rmask, eps, K, BLOCK_M, BLOCK_K)
         if WRITE_LN or KEEP:
             if pid_n == 0:  # the first column block writes the LayerNorm output (and the shift)
                 if KEEP:
@@ -330,10 +334,7 @@ class LayerNormIn:
     def __init__(self, weight, bias, eps: float, shift=None, t: int = 1, mix=None, out=None, keep=None):
         if (mix is None) != (shift is None):
             raise ValueError("the token-shift mix needs both mix and shift")
-        if keep is not None and (t != 1 or keep[0].stride(-1) != 1):
-            raise ValueError("keep needs one row per series (t = 1) and dest's rows contiguous")
-        if shift is not None and shift.stride(-1) != 1:
-            raise ValueError("shift's last dimension must be contiguous")
+        _check_shift_keep(shift, t, keep)
         self.weight, self.bias, self.eps, self.shift, self.t = weight, bias, eps, shift, t
         self.mix, self.out, self.keep = mix, out, keep
 
@@ -452,7 +453,7 @@ def grouped_linear_reference(x, g: Groups, residual=None, n=None, ln: LayerNormI
     return y + residual if residual is not None else y
 
 
-# ---- 4. The recurrence with the per-head work fused in ------------------------------------------
+# ---- 2. The recurrence with the per-head work fused in -------------------------------------------
 
 @triton.jit
 def _wkv7_fused_kernel(
