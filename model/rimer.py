@@ -268,7 +268,12 @@ class TimeMix(nn.Module):
 
 
 class Block(nn.Module):
-    """h + TimeMix(LN1 h), then h + Linear(LN2 h): the original's "channel mix" is one linear map."""
+    """h + TimeMix(LN1 h), then h + Linear(LN2 h): the original's "channel mix" is one linear map.
+
+    `dropout` (set by the trainer through `Rimer.set_dropout`; not a weight, not saved) drops
+    elements of both residual branches in training mode only, so inference never sees it."""
+
+    dropout = 0.0
 
     def __init__(self, cfg: RimerConfig, layer: int):
         super().__init__()
@@ -282,9 +287,14 @@ class Block(nn.Module):
             return step.block(self, h, shift, v_first, valid)
         x = self.norm1(h)
         out, v_first, wkv = self.attn(x, shift, wkv, v_first, valid, step)
-        h = h + out
-        h = h + step.linear(self.norm2(h), self.ffn.weight, self.ffn.bias)
+        h = h + self._drop(out)
+        h = h + self._drop(step.linear(self.norm2(h), self.ffn.weight, self.ffn.bias))
         return h, x, wkv, v_first
+
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        if self.dropout > 0.0 and self.training:
+            return F.dropout(branch, self.dropout, training=True)
+        return branch
 
 
 def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
@@ -316,6 +326,13 @@ class Rimer(nn.Module):
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
+
+    def set_dropout(self, p: float) -> None:
+        """Residual-branch dropout for training (see `Block`); eval mode ignores it."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        for block in self.blocks:
+            block.dropout = p
 
     # ---- the network on normalised patches -------------------------------------------------
 

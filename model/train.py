@@ -90,8 +90,19 @@ def synthetic_split(count: int, length: int) -> np.ndarray:
     return np.stack([(c - c.mean()) / (c.std() + 1e-8) for c in cols], axis=1).astype(np.float32)
 
 
-def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "normalised"
-                    ) -> torch.Tensor:
+def pointwise_error(diff: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Squared error, or (`kind="huber"`) twice the Huber loss with delta 1: the same for errors
+    within one normalised unit, linear beyond, so a few surprising patches weigh less."""
+    if kind == "mse":
+        return diff ** 2
+    if kind == "huber":
+        size = diff.abs()
+        return torch.where(size <= 1.0, diff ** 2, 2.0 * size - 1.0)
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "normalised",
+                    kind: str = "mse") -> torch.Tensor:
     """MSE of each patch's output against the next patch, both in that patch's normalised units
     (or, with `units="scaled"`, in the units of `x`, see `chunk_errors`).
 
@@ -112,14 +123,14 @@ def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "
     total, count = x.new_zeros(()), 0
     for lo in range(0, n - 1, step):
         hi = min(lo + step, n - 1)  # the last patch has no target
-        err, state = chunk_errors(model, state, patches[:, lo: hi + 1], units)
+        err, state = chunk_errors(model, state, patches[:, lo: hi + 1], units, kind)
         total = total + err.sum() if bptt > 0 else err.mean()
         count += err.numel()
     return total / count if bptt > 0 else total
 
 
 def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor,
-                 units: str = "normalised"):
+                 units: str = "normalised", kind: str = "mse"):
     """Squared errors of each patch's forecast of the next, in that patch's normalised units,
     after advancing `state` by all but the last of `patches` [B, T + 1, P] (the last is only a
     target); and the advanced state, detached (truncated BPTT).
@@ -127,11 +138,11 @@ def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor,
     `units="scaled"` multiplies each error by its patch's causal variance: the error of the
     de-normalised forecast, in the units of the data (train-scaled, as the benchmark scores it),
     so that volatile stretches weigh as much as they do in the benchmark's MSE. Targets are
-    clipped in normalised units either way."""
+    clipped in normalised units either way. `kind` picks the error (`pointwise_error`)."""
     adv = model._advance(state, patches[:, :-1])
     var = adv.stats[..., 1:2] + model.cfg.norm_eps
     target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / torch.sqrt(var)).float()
-    err = (adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP)) ** 2
+    err = pointwise_error(adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP), kind)
     if units == "scaled":
         err = err * var.float()
     return err, RimerState(**{k: v.detach() for k, v in adv.state.tensors().items()})
@@ -145,8 +156,8 @@ class Streams:
     point of a random series (picked as `WindowSampler` picks)."""
 
     def __init__(self, sampler: WindowSampler, model: Rimer, count: int, chunk: int,
-                 units: str = "normalised"):
-        self.sampler, self.model, self.chunk, self.units = sampler, model, chunk, units
+                 units: str = "normalised", kind: str = "mse"):
+        self.sampler, self.model, self.chunk, self.units, self.kind = sampler, model, chunk, units, kind
         self.points = (chunk + 1) * model.cfg.patch_len
         self.pos = np.zeros(count, dtype=np.int64)
         self.which = np.zeros(count, dtype=np.int64)  # each stream's series: sampler.series[which]
@@ -168,7 +179,7 @@ class Streams:
                 self._restart(i)
         x = np.stack([self.sampler.series[j][o: o + self.points] for j, o in zip(self.which, self.pos)])
         patches = torch.from_numpy(x).view(len(x), self.chunk + 1, -1)
-        err, self.state = chunk_errors(self.model, self.state, patches, self.units)
+        err, self.state = chunk_errors(self.model, self.state, patches, self.units, self.kind)
         self.pos += self.chunk * self.model.cfg.patch_len
         return err.mean()
 
@@ -304,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss-units", choices=["normalised", "scaled"], default="normalised",
                     help="next-patch errors in each patch's normalised units, or de-normalised "
                          "to the data's (train-scaled) units, as the benchmark scores them")
+    ap.add_argument("--loss", choices=["mse", "huber"], default="mse",
+                    help="next-patch error: squared, or Huber (delta 1, in normalised units)")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="residual-branch dropout while training (0 <= p < 1); inference never drops")
     ap.add_argument("--ema", type=float, default=0.0,
                     help="validate and ship an exponential moving average of the weights (e.g. 0.995)")
     ap.add_argument("--val-average", choices=("series", "datasets"), default="series",
@@ -361,8 +376,14 @@ def main(argv: list[str] | None = None) -> None:
     val_splits = [d.split("val", lookback=512) for d in sets]
     averaged = Rimer(cfg)
     averaged.load_state_dict(model.state_dict())
+    averaged.eval()  # only ever scored
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
-    streams = (Streams(train, model, args.streams, args.bptt, args.loss_units)
+    if not 0.0 <= args.dropout < 1.0:
+        ap.error("--dropout must be in [0, 1)")
+    if args.loss == "huber" and args.loss_units == "scaled":
+        ap.error("--loss huber works in normalised units: drop --loss-units scaled")
+    model.set_dropout(args.dropout)
+    streams = (Streams(train, model, args.streams, args.bptt, args.loss_units, args.loss)
                if args.stream_every else None)
     flags = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}
     if (resume_dir / "progress.json").exists():
@@ -370,9 +391,10 @@ def main(argv: list[str] | None = None) -> None:
         if "flags" not in info:
             ap.error(f"{resume_dir} was left by an older trainer that did not record its "
                      "settings, so it cannot be resumed safely; give a fresh --out")
-        if info["flags"] != flags:
-            changed = sorted(k for k in flags.keys() | info["flags"].keys()
-                             if info["flags"].get(k) != flags.get(k))
+        # a flag added since the run was saved counts as left at its default
+        saved = {**{k: ap.get_default(k) for k in flags}, **info["flags"]}
+        if saved != flags:
+            changed = sorted(k for k in flags.keys() | saved.keys() if saved.get(k) != flags.get(k))
             ap.error(f"{resume_dir} holds a run made with other settings ({', '.join(changed)}); "
                      "run the same command to resume it, or give a fresh --out")
         tensors = torch.load(resume_dir / "train_state.pt", weights_only=True)
@@ -399,11 +421,11 @@ def main(argv: list[str] | None = None) -> None:
             loss = rollout_loss(model, x, context)
         elif args.long_every and step % args.long_every == args.long_every - 1:
             x = train.batch(max(4, args.batch // 4), args.long_patches * args.patch_len)
-            loss = next_patch_loss(model, x, bptt=args.bptt, units=args.loss_units)
+            loss = next_patch_loss(model, x, bptt=args.bptt, units=args.loss_units, kind=args.loss)
         else:
             n = int(rng.integers(args.min_patches, args.max_patches + 1))
             x = train.batch(args.batch, n * args.patch_len)
-            loss = next_patch_loss(model, x, units=args.loss_units)
+            loss = next_patch_loss(model, x, units=args.loss_units, kind=args.loss)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -215,3 +215,52 @@ def test_synthetic_series_join_the_training_draws(tmp_path, monkeypatch):
     assert seen == [[7, 5], [7]]  # train: ETTh1's 7 variables + 5 synthetic; validation: ETTh1 only
     with pytest.raises(SystemExit):  # too short for the longest training window
         train.main([*base, "--out", str(tmp_path / "n"), "--synthetic", "2", "--synthetic-length", "100"])
+
+
+def test_dropout_acts_in_training_only_and_is_not_saved(tmp_path):
+    """--dropout perturbs the training forward pass (two passes differ) but not eval mode, which
+    matches a model without dropout bit for bit; it is not part of the saved weights."""
+    model = tiny_model()
+    x = torch.stack([walk(8 * 10, s) for s in range(2)])
+    with torch.no_grad():
+        plain = model.whole_normalised(x).preds
+        model.set_dropout(0.3)
+        model.train()
+        first, second = model.whole_normalised(x).preds, model.whole_normalised(x).preds
+        assert not torch.equal(first, plain) and not torch.equal(first, second)
+        model.eval()
+        assert torch.equal(model.whole_normalised(x).preds, plain)
+    checkpoint.save(model, tmp_path / "m", {})
+    loaded, _ = checkpoint.load(tmp_path / "m")
+    assert all(block.dropout == 0.0 for block in loaded.blocks)
+    with pytest.raises(ValueError):
+        model.set_dropout(1.0)
+
+
+def test_huber_loss_matches_squared_error_within_one_unit_and_grows_linearly_beyond():
+    diff = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.25, 1.0, 2.0])
+    huber = train.pointwise_error(diff, "huber")
+    inside = diff.abs() <= 1
+    assert torch.equal(huber[inside], diff[inside] ** 2)
+    assert torch.allclose(huber[~inside], 2 * diff[~inside].abs() - 1)
+    assert torch.equal(train.pointwise_error(diff, "mse"), diff ** 2)
+    model = tiny_model()
+    x = torch.stack([walk(8 * 12, s) for s in range(3)])
+    assert train.next_patch_loss(model, x, kind="huber") <= train.next_patch_loss(model, x)
+
+
+def test_a_flag_added_since_a_run_was_saved_resumes_at_its_default(tmp_path):
+    """A train_state saved before --dropout/--loss existed resumes when they are left at their
+    defaults, and is refused when one is changed."""
+    args = ["--datasets", "ETTh1", "--out", str(tmp_path / "m"), "--d-model", "64",
+            "--layers", "1", "--batch", "4", "--max-patches", "4", "--val-every", "2",
+            "--save-every", "2", "--threads", "1", "--steps", "2"]
+    train.main(args)
+    progress_file = tmp_path / "m" / "train_state" / "progress.json"
+    progress = json.loads(progress_file.read_text())
+    del progress["flags"]["dropout"], progress["flags"]["loss"]
+    progress_file.write_text(json.dumps(progress))
+    with pytest.raises(SystemExit):
+        train.main([*args, "--steps", "3", "--dropout", "0.1"])
+    train.main([*args, "--steps", "3"])
+    assert json.loads(progress_file.read_text())["step"] == 3
