@@ -6,10 +6,10 @@ The CPU tests run the kernels under Triton's interpreter, which accepts code the
 (shapes, types, constexpr arithmetic). This runs Triton's real front end and ptxas for the step's
 kernels with PDL on: the grouped linear plain and with its input LayerNorm'd on load (LayerNorm 2;
 LayerNorm 1 with the token shift, in the one-patch step and in a chunk), the fused recurrence,
-the prologue and epilogue (kernels/step_io.py) and `ln_mix` with and without its shift write, at
-the shipped models' shapes and the tests' tiny one, and prints registers and the stack (spills)
-per kernel (from cuobjdump). It checks that they build, not that they run: bench/gpu_check.sh
-does that on a GPU.
+the block's last launch (kernels/block_out.py), the prologue and epilogue (kernels/step_io.py)
+and `ln_mix` with and without its shift write, at the shipped models' shapes and the tests' tiny
+one, and prints registers and the stack (spills) per kernel (from cuobjdump). It checks that they
+build, not that they run: bench/gpu_check.sh does that on a GPU.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import fused, step_io  # noqa: E402
+from kernels import block_out, fused, step_io  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 I64, F64 = "*i64", "*fp64"
@@ -38,6 +38,7 @@ EPILOGUE_TYPES = {"consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64, "stats
 LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "i32", "eps": "fp32"}
 LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64, "up_row_ptr": I64,
                 "keep_flags_ptr": I64, "M": "i32", "N": "i32", "T": "i32", "eps": "fp32"}
+BLOCK_OUT_TYPES = {"M": "i32", "eps": "fp32"}
 WKV_TYPES = {"slots_ptr": I64, "lengths_ptr": I64, "layer": "i32", "T": "i32", "decay_scale": "fp32",
              "eps": "fp32"}
 # (patch_len, d_model, layers, causal, sinusoidal): tiny (tests), rimer-general, rimer-small, the original
@@ -84,6 +85,10 @@ def main() -> int:
             ("down_up seq", fused._grouped_linear_kernel, LINEAR_TYPES,
              {**lin, "HAS_BIAS": False, "LN": 2, "WRITE_LN": True, "UP": True,
               "N_UP": triton.cdiv(d, fused.BLOCK_N) * fused.BLOCK_N}, lin_opts),
+            ("block_out", block_out._block_out_kernel, BLOCK_OUT_TYPES,
+             dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M,
+                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, PDL=True),
+             {"num_warps": block_out.NUM_WARPS}),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": fused.WKV_WARPS}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),

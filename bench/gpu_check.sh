@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
-# (default bench/out). It took 162 s on an H100 (2026-11-27) before the four one-setting runs
-# of step 1 (about 100 s more); each step has its own timeout.
+# (default bench/out). It took 162 s on an H100 (2026-11-27) before the five one-setting runs
+# of step 1 (about 125 s more); each step has its own timeout.
 #   1. bench.model_step: whole model step of the service default at B = 1 .. 32768,
 #      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
 #      (profiler, with each kernel's duration), bit-identity alone vs batched; then again with
 #      programmatic dependent launch off (RIMER_PDL=0), side by side; then with one setting
-#      changed each: the block's LayerNorms as launches of their own (RIMER_FUSE_LN=0), the
+#      changed each: o_proj and the channel mix as two launches (RIMER_FUSE_OUT=0), the
+#      block's LayerNorms as launches of their own too (RIMER_FUSE_LN=0), the
 #      grouped linears' row tile pinned at 16 and at 32 rows (RIMER_LINEAR_BLOCK_M), the
 #      recurrence at 8 warps (RIMER_WKV_WARPS); and the GPU tests of the fused step under the
 #      16-row pin (bit-identity alone vs batched);
@@ -61,9 +62,10 @@ timeout 130 "$PY" -m bench.model_step --out "$OUT/model_step.json" 2>&1 | tee -a
 stamp "RIMER_PDL=0 python -m bench.model_step (default weights, PDL off for comparison)" | tee -a "$OUT/model_step.log"
 RIMER_PDL=0 timeout 60 "$PY" -m bench.model_step --out "$OUT/model_step-nopdl.json" 2>&1 \
     | tee -a "$OUT/model_step.log" || status=1
-# The same with one setting changed each: the LayerNorms as launches of their own; the grouped
-# linears' row tile pinned at 16 and 32 rows; the recurrence kernel at 8 warps.
-for setting in RIMER_FUSE_LN=0 RIMER_LINEAR_BLOCK_M=16 RIMER_LINEAR_BLOCK_M=32 RIMER_WKV_WARPS=8; do
+# The same with one setting changed each: o_proj and the channel mix as two launches; the LayerNorms
+# as launches of their own; the grouped linears' row tile pinned at 16 and 32 rows; the recurrence
+# kernel at 8 warps.
+for setting in RIMER_FUSE_OUT=0 RIMER_FUSE_LN=0 RIMER_LINEAR_BLOCK_M=16 RIMER_LINEAR_BLOCK_M=32 RIMER_WKV_WARPS=8; do
     stamp "$setting python -m bench.model_step (default weights)" | tee -a "$OUT/model_step.log"
     name=$(echo "${setting#RIMER_}" | tr 'A-Z=_' 'a-z--')  # e.g. model_step-fuse-ln-0.json
     env "$setting" timeout 60 "$PY" -m bench.model_step --out "$OUT/model_step-$name.json" 2>&1 \
@@ -71,13 +73,14 @@ for setting in RIMER_FUSE_LN=0 RIMER_LINEAR_BLOCK_M=16 RIMER_LINEAR_BLOCK_M=32 R
 done
 stamp "RIMER_LINEAR_BLOCK_M=16 pytest fused, step, backend (GPU)" | tee "$OUT/pytest-bm16.log"
 RIMER_LINEAR_BLOCK_M=16 timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py \
-    tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest-bm16.log" || status=1
+    tests/test_step_io.py tests/test_block_out.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest-bm16.log" \
+    || status=1
 stamp "python -m bench.kernels --sweep" | tee "$OUT/kernels.log"
 timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/kernels.log" \
     || status=1
 stamp "pytest kernels, fused, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
 timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
-    tests/test_linear.py tests/test_step_io.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+    tests/test_linear.py tests/test_step_io.py tests/test_block_out.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
 for w in rimer-general rimer-small; do
     stamp "python -m bench.model_step --weights weights/$w" | tee -a "$OUT/model_step.log"
     timeout 70 "$PY" -m bench.model_step --weights "weights/$w" --out "$OUT/model_step-$w.json" \

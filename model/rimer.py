@@ -87,6 +87,9 @@ class PoolStep:
     # their own (seven). None: kernels.fused.FUSE_LN (the environment's RIMER_FUSE_LN, default on;
     # the benchmark times both).
     fuse_ln: bool | None = None
+    # With fuse_ln: True, o_proj and the channel mix in one launch (kernels/block_out.py; three
+    # launches per block); False, two. None: kernels.block_out.FUSE_OUT (RIMER_FUSE_OUT, default on).
+    fuse_out: bool | None = None
 
     def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
         import kernels  # Triton is a dependency of this backend only
@@ -108,23 +111,25 @@ class PoolStep:
 
     def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
                    lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True):
-        """`Block.forward` on rows h2 [B T, D] in four fused kernels (kernels/fused.py): r, k, v and
-        the LoRA down maps in one grouped linear, reading h2 through LayerNorm 1, the token shift and
-        the six interpolations, with the LoRA up maps in the same launch; the recurrence with the
-        per-head work around it (decay, kk, k, v_first mix, GroupNorm, bonus, gate); o_proj +
-        residual; the channel-mix linear reading through LayerNorm 2, + residual. (With fuse_ln
-        False, the two LayerNorms are launches of their own, `fused.ln_mix`, and the up maps
-        another: seven.)
+        """`Block.forward` on rows h2 [B T, D] in three fused kernels (kernels/fused.py,
+        kernels/block_out.py): r, k, v and the LoRA down maps in one grouped linear, reading h2
+        through LayerNorm 1, the token shift and the six interpolations, with the LoRA up maps in
+        the same launch; the recurrence with the per-head work around it (decay, kk, k, v_first
+        mix, GroupNorm, bonus, gate); o_proj + residual and then the channel-mix linear reading
+        through LayerNorm 2, + residual. (With fuse_out False the last two are launches of their
+        own: four. With fuse_ln False, the two LayerNorms are launches of their own,
+        `fused.ln_mix`, and the up maps another: seven.)
         lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
         first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
         shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D] (None with
         x_in False), v_first)."""
-        from kernels import fused
+        from kernels import block_out, fused
 
         pk = _packed(block)
         m, d = h2.shape
         n1, n2 = block.norm1, block.norm2
         fuse = fused.FUSE_LN if self.fuse_ln is None else self.fuse_ln
+        fuse_out = fuse and (block_out.FUSE_OUT if self.fuse_out is None else self.fuse_out)
         if fuse:
             ln_out = torch.empty(m, d, device=h2.device) if x_in else None
             ln1 = fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t, pk.mix7, ln_out, keep)
@@ -144,11 +149,15 @@ class PoolStep:
             vf = buf[:, col: col + d]
         o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
                                   block.attn.layer, lengths, t)
-        h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-        if fuse:
+        if fuse_out:
+            h2 = block_out.block_out(o, h2, block.attn.o_proj.weight, block.ffn.weight, block.ffn.bias,
+                                     n2.weight, n2.bias, n2.eps)
+        elif fuse:
+            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
             ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
             h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
         else:
+            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
             x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
             h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
         if block.attn.layer == 0:

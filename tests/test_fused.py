@@ -84,17 +84,22 @@ def test_grouped_linear_matches_reference_and_is_row_invariant(block_m):
 
 
 def test_launch_settings_come_from_the_environment():
-    """RIMER_LINEAR_BLOCK_M, RIMER_WKV_WARPS and RIMER_FUSE_LN pin the step's row tile, the
-    recurrence's warps and the LayerNorms' placement for the process; other values are refused."""
-    code = "import kernels.fused as f; print(f.BLOCK_M, f.WKV_WARPS, f.FUSE_LN)"
+    """RIMER_LINEAR_BLOCK_M, RIMER_WKV_WARPS, RIMER_FUSE_LN and RIMER_FUSE_OUT pin the step's row
+    tile, the recurrence's warps and the LayerNorms' and last linears' placement for the process;
+    other values are refused."""
+    code = ("import kernels.fused as f, kernels.block_out as b; "
+            "print(f.BLOCK_M, f.WKV_WARPS, f.FUSE_LN, b.FUSE_OUT)")
 
     def run(**settings):
-        env = {**os.environ, **settings}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RIMER_")}, **settings}
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                               timeout=120)
 
-    out = run(RIMER_LINEAR_BLOCK_M="16", RIMER_WKV_WARPS="8", RIMER_FUSE_LN="0")
-    assert out.returncode == 0 and out.stdout.split()[-3:] == ["16", "8", "False"], out.stderr[-2000:]
+    out = run(RIMER_LINEAR_BLOCK_M="16", RIMER_WKV_WARPS="8", RIMER_FUSE_LN="0", RIMER_FUSE_OUT="0")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-4:] == ["16", "8", "False", "False"]
+    out = run()
+    assert out.returncode == 0 and out.stdout.split()[-4:] == ["64", "4", "True", "True"]
     out = run(RIMER_LINEAR_BLOCK_M="48")
     assert out.returncode != 0 and "RIMER_LINEAR_BLOCK_M must be 16, 32 or 64" in out.stderr
     out = run(RIMER_WKV_WARPS="2")

@@ -1,0 +1,105 @@
+"""The end of a block in one launch: o_proj + residual, then the channel-mix linear reading through
+LayerNorm 2, + residual, beside its plain PyTorch reference.
+
+In kernels/fused.py these are two grouped linears (launches 3 and 4 of a block). A one-row step
+pays each launch's latency and dependent loads in full, so here one program owns a tile of rows and
+all of their D columns: it writes the o_proj sum (h mid) for its rows, waits for its own threads
+(``tl.debug_barrier``), takes those rows' LayerNorm statistics, and computes the channel mix for
+every column block. The arithmetic is the two linears' own, in the same order (``matmul_tile``'s
+sums over K in blocks of BLOCK_K, ``_row_stats``' two passes, bias then residual), so a row's bits
+depend on that row alone, and a block is three launches instead of four. Every program reads each
+of its rows' h mid once per output block: from cache, D / BLOCK_N times.
+
+RIMER_FUSE_OUT=0 (read at import) keeps the two launches, for the benchmark's comparison.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels import pdl
+from kernels.fused import BLOCK_K, BLOCK_M, BLOCK_N, _row_stats
+from kernels.linear import PRECISION, USE_DOT, matmul_tile
+from kernels.pdl import wait_then_release
+
+FUSE_OUT = os.environ.get("RIMER_FUSE_OUT", "1") != "0"
+# Warps per program, pinned with the row tile: at 64 rows and 4 warps the compiler spills (440 bytes
+# per thread at D = 64, 56 at 32 rows; bench/compile_check.py); 8 warps do not; at 16 rows 4 do not.
+NUM_WARPS = 4 if BLOCK_M == 16 else 8
+
+
+@triton.jit
+def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, eps, mid_ptr, y_ptr, M,
+                      D: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PDL: tl.constexpr):
+    rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rm < M
+    wait_then_release(PDL)
+    # 1. h mid = o Wo^T + h, every column block of this program's rows
+    for n0 in range(0, D, BLOCK_N):  # (not unrolled: fewer tiles live, no spills)
+        rn = n0 + tl.arange(0, BLOCK_N)
+        acc = matmul_tile(o_ptr, D, wo_ptr, rm, rn, M, D, D, PRECISION, USE_DOT, BLOCK_M, BLOCK_N, BLOCK_K)
+        at = rm[:, None] * D + rn[None, :]
+        out_mask = rmask[:, None] & (rn < D)[None, :]
+        acc += tl.load(h_ptr + at, mask=out_mask, other=0.0)
+        tl.store(mid_ptr + at, acc, mask=out_mask)
+    tl.debug_barrier()  # this program's writes of h mid, visible to all of its threads
+    # 2. h mid + LayerNorm(h mid) Wf^T + bf, the input normalised on load
+    mean, sd = _row_stats(mid_ptr, rm, D, rmask, eps, D, BLOCK_M, BLOCK_K)
+    for n0 in range(0, D, BLOCK_N):  # (not unrolled: fewer tiles live, no spills)
+        rn = n0 + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, D, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            kmask = rk < D
+            m2 = rmask[:, None] & kmask[None, :]
+            lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
+            lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
+            xc = tl.where(m2, tl.load(mid_ptr + rm[:, None] * D + rk[None, :], mask=m2, other=0.0)
+                          - mean[:, None], 0.0)
+            x = tl.where(m2, xc / sd[:, None] * lw + lb, 0.0)
+            w = tl.load(wf_ptr + rn[None, :] * D + rk[:, None], mask=(rn < D)[None, :] & kmask[:, None],
+                        other=0.0)
+            if USE_DOT:
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            else:
+                acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+        acc += tl.load(bf_ptr + rn, mask=rn < D, other=0.0)[None, :]
+        at = rm[:, None] * D + rn[None, :]
+        out_mask = rmask[:, None] & (rn < D)[None, :]
+        acc += tl.load(mid_ptr + at, mask=out_mask, other=0.0)
+        tl.store(y_ptr + at, acc, mask=out_mask)
+
+
+def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weight: torch.Tensor,
+              ffn_bias: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float
+              ) -> torch.Tensor:
+    """o, h [M, D] (contiguous) -> h2 + LayerNorm(h2) Wf^T + bf with h2 = o Wo^T + h; every
+    weight float32 and contiguous ([D, D] and [D])."""
+    m, d = o.shape
+    if h.shape != (m, d) or not (o.is_contiguous() and h.is_contiguous()):
+        raise ValueError("block_out needs contiguous o and h of one shape [M, D]")
+    for name, w, shape in (("o_weight", o_weight, (d, d)), ("ffn_weight", ffn_weight, (d, d)),
+                           ("ffn_bias", ffn_bias, (d,)), ("ln_weight", ln_weight, (d,)),
+                           ("ln_bias", ln_bias, (d,))):
+        if w.shape != shape or w.dtype != torch.float32 or not w.is_contiguous():
+            raise ValueError(f"block_out: {name} must be a contiguous float32 {list(shape)}")
+    y = torch.empty(m, d, device=h.device, dtype=torch.float32)
+    if m:
+        mid = torch.empty(m, d, device=h.device, dtype=torch.float32)
+        _block_out_kernel[(triton.cdiv(m, BLOCK_M),)](
+            o, h, o_weight, ffn_weight, ffn_bias, ln_weight, ln_bias, eps, mid, y, m, D=d,
+            PRECISION=PRECISION, USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            num_warps=NUM_WARPS, **pdl.KWARGS)
+    return y
+
+
+def block_out_reference(o, h, o_weight, ffn_weight, ffn_bias, ln_weight, ln_bias, eps):
+    h2 = F.linear(o, o_weight) + h
+    return h2 + F.linear(F.layer_norm(h2, (h2.shape[1],), ln_weight, ln_bias, eps), ffn_weight, ffn_bias)
