@@ -1,7 +1,8 @@
 """Fused kernels for the triton backend's block step, each beside its plain PyTorch reference.
 
 A Rimer block step on the GPU used to be a few hundred small kernels (element-wise passes over the
-[B, D] activations between linear maps). Here one block is four launches:
+[B, D] activations between linear maps). Here one block is four launches (three with 3 and 4 in
+one, kernels/block_out.py, the default):
 
 1. ``grouped_linear`` of the six interpolations: r, k, v and the four LoRA down maps (with their
    tanh / sigmoid) in one launch; every block of BLOCK_N output columns names its input plane. The

@@ -83,9 +83,9 @@ class PoolStep:
     `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
 
     # True: the block's LayerNorms run inside the linear maps that read them, and the LoRA up maps
-    # inside the down map's launch (four launches per block); False: ln_mix and up-map launches of
-    # their own (seven). None: kernels.fused.FUSE_LN (the environment's RIMER_FUSE_LN, default on;
-    # the benchmark times both).
+    # inside the down map's launch (three or four launches per block, see fuse_out); False: ln_mix
+    # and up-map launches of their own (seven). None: kernels.fused.FUSE_LN (the environment's
+    # RIMER_FUSE_LN, default on; the benchmark times both).
     fuse_ln: bool | None = None
     # With fuse_ln: True, o_proj and the channel mix in one launch (kernels/block_out.py; three
     # launches per block); False, two. None: kernels.block_out.FUSE_OUT (RIMER_FUSE_OUT, default on).
@@ -103,7 +103,7 @@ class PoolStep:
         return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
 
     def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
-        """`Block.forward` in four fused kernels (`block_rows`); h [B, T, D]."""
+        """`Block.forward` in three fused kernels (`block_rows`); h [B, T, D]."""
         bsz, t, d = h.shape
         lengths = valid.sum(1) if valid is not None else None
         h2, x_in, v_first = self.block_rows(block, h.reshape(bsz * t, d), t, shift, v_first, lengths)
@@ -500,7 +500,7 @@ class Rimer(nn.Module):
         rows' slots must be distinct.
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
-        normalisation, embedding), four per block (`PoolStep.block_rows`; the first writes the new
+        normalisation, embedding), three per block (`PoolStep.block_rows`; the first writes the new
         token shift into the pool), an epilogue (head, de-normalisation, the small fields written into
         the pool). Bit-identical for a series whatever its batch and slot; equal to `append_slots` to
         rounding (embed and head sum in another order), not bit for bit.
