@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
               "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "linear_block_m": fused.BLOCK_M,
-              "fuse_ln": fused.FUSE_LN, "fuse_out": block_out.FUSE_OUT, "wkv_warps": fused.WKV_WARPS,
+              "fuse_ln": fused.FUSE_LN, "fuse_out": block_out.FUSE_OUT and fused.FUSE_LN,
+              "wkv_warps": fused.WKV_WARPS,
               "cases": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     state_bytes = 2 * RimerState.zeros(model.cfg, 1).nbytes_per_series()
     print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if pdl.ENABLED else 'off'}  "
           f"linear rows/tile {fused.BLOCK_M}  LayerNorm in linears {fused.FUSE_LN}  "
-          f"o_proj+ffn in one {block_out.FUSE_OUT}  "
+          f"o_proj+ffn in one {block_out.FUSE_OUT and fused.FUSE_LN}  "
           f"wkv warps {fused.WKV_WARPS}  "
           f"copy {copy_bw / 1e9:.0f} GB/s  "
           f"state {state_bytes} B read+written per series-step")
