@@ -3,9 +3,10 @@
     python -m model.train --datasets ETTh1 ETTh2 ETTm1 weather --steps 1500 --out weights/rimer-small
 
 Windows of varied length (a streamed series grows without bound) are drawn from the train split
-of each dataset, each variable its own series; the loss is the MSE of every patch's forecast of
-the next patch in normalised units. The validation split picks the best step. Fixed seeds; a
-resumable checkpoint is written every `--save-every` steps to `<out>/train_state/`.
+of each dataset, each variable its own series; the loss is the MSE (`--loss huber`: Huber) of
+every patch's forecast of the next patch in normalised units. The validation split picks the best
+step. Fixed seeds; a resumable checkpoint is written every `--save-every` steps to
+`<out>/train_state/`.
 """
 
 from __future__ import annotations
@@ -103,8 +104,9 @@ def pointwise_error(diff: torch.Tensor, kind: str = "mse") -> torch.Tensor:
 
 def next_patch_loss(model: Rimer, x: torch.Tensor, bptt: int = 0, units: str = "normalised",
                     kind: str = "mse") -> torch.Tensor:
-    """MSE of each patch's output against the next patch, both in that patch's normalised units
-    (or, with `units="scaled"`, in the units of `x`, see `chunk_errors`).
+    """MSE (or, with `kind="huber"`, the Huber error) of each patch's output against the next
+    patch, both in that patch's normalised units (or, with `units="scaled"`, in the units of `x`,
+    see `chunk_errors`).
 
     Targets are clipped to +-TARGET_CLIP: after a flat stretch the causal scale is tiny and the
     next patch can sit thousands of "standard deviations" away, which would swamp the loss.
