@@ -4,8 +4,9 @@
 
 The CPU tests run the kernels under Triton's interpreter, which accepts code the compiler refuses
 (shapes, types, constexpr arithmetic). This runs Triton's real front end and ptxas for the step's
-kernels with PDL on: the grouped linear plain and with its input LayerNorm'd on load (LayerNorm 2;
-LayerNorm 1 with the token shift, in the one-patch step and in a chunk), the fused recurrence,
+kernels with PDL on (and the pool recurrence of bench/kernels.py): the grouped linear plain and
+with its input LayerNorm'd on load (LayerNorm 2; LayerNorm 1 with the token shift, in the
+one-patch step and in a chunk), the fused recurrence,
 the block's last launch (kernels/block_out.py), the prologue and epilogue (kernels/step_io.py)
 and `ln_mix` with and without its shift write, at the shipped models' shapes and the tests' tiny
 one, and prints registers and the stack (spills) per kernel (from cuobjdump). It checks that they
@@ -25,7 +26,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import block_out, fused, step_io  # noqa: E402
+from kernels import block_out, fused, step_io, wkv7_pool  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 I64, F64 = "*i64", "*fp64"
@@ -38,6 +39,7 @@ EPILOGUE_TYPES = {"consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64, "stats
 LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "i32", "eps": "fp32"}
 LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64, "up_row_ptr": I64,
                 "keep_flags_ptr": I64, "M": "i32", "N": "i32", "T": "i32", "eps": "fp32"}
+POOL_TYPES = {"slots_ptr": I64, "lengths_ptr": "*i32", "layer": "i32", "T": "i32"}
 BLOCK_OUT_TYPES = {"M": "i32", "eps": "fp32"}
 WKV_TYPES = {"slots_ptr": I64, "lengths_ptr": I64, "layer": "i32", "T": "i32", "decay_scale": "fp32",
              "eps": "fp32"}
@@ -93,6 +95,12 @@ def main() -> int:
              {"num_warps": fused.WKV_WARPS}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": 8}),
+            ("wkv7 pool", wkv7_pool._wkv7_pool_kernel, POOL_TYPES,
+             dict(N=64, BLOCK_V=wkv7_pool.BLOCK_V, PREFETCH=True, HAS_LENGTHS=True),
+             {"num_warps": wkv7_pool.NUM_WARPS}),
+            ("wkv7 pool all-T", wkv7_pool._wkv7_pool_kernel, POOL_TYPES,
+             dict(N=64, BLOCK_V=wkv7_pool.BLOCK_V, PREFETCH=True, HAS_LENGTHS=False),
+             {"num_warps": wkv7_pool.NUM_WARPS}),
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
              dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
                   BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe, PDL=True), ends),

@@ -23,6 +23,9 @@ Design (what makes it fast on a GPU):
 * The next step's vectors are loaded before this step's arithmetic (software pipelining by hand), so
   their latency overlaps the dependent chain; prefill of 4 x 1024 steps went from 0.88 to 0.79 ms
   at the pinned config (16 rows, 4 warps: 1.03 to 0.63 ms).
+* The output is not pre-zeroed: the kernel writes zeros for steps past a series' length itself, so
+  a call is one kernel (the memset it replaced wrote B H N 4 bytes per step, about 0.8% of decode's
+  state traffic, plus a launch; not yet timed on a GPU). Without lengths no lengths array is built.
 * Both reductions (S a and S r) are ``tl.sum`` over the full key axis of a fixed-shape tile, no atomics,
   and the launch configuration is pinned (no autotune). A series' result depends only on its own
   inputs and state: it is bit-identical whether it runs alone or in a batch, in any slot.
@@ -60,7 +63,7 @@ def _wkv7_pool_kernel(
     layer, T,
     stride_xb, stride_xt, stride_xh,
     stride_ps, stride_pl, stride_ph, stride_pv,
-    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr,
+    N: tl.constexpr, BLOCK_V: tl.constexpr, PREFETCH: tl.constexpr, HAS_LENGTHS: tl.constexpr,
 ):
     pid_b = tl.program_id(0).to(tl.int64)
     pid_h = tl.program_id(1).to(tl.int64)
@@ -69,7 +72,10 @@ def _wkv7_pool_kernel(
     rows = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # value index, this program's tile
     cols = tl.arange(0, N)                          # key index
 
-    n_steps = tl.minimum(tl.load(lengths_ptr + pid_b).to(tl.int32), T)
+    if HAS_LENGTHS:
+        n_steps = tl.minimum(tl.load(lengths_ptr + pid_b).to(tl.int32), T)
+    else:
+        n_steps = T
     live = n_steps > 0
     slot = tl.load(slots_ptr + pid_b).to(tl.int64)
 
@@ -80,7 +86,7 @@ def _wkv7_pool_kernel(
     x_base = pid_b * stride_xb + pid_h * stride_xh
     w, k, a, b, r, v = _load_step(w_ptr, k_ptr, a_ptr, b_ptr, r_ptr, v_ptr, x_base, cols, rows, live)
     # A while loop to the series' own length: the valid steps are a prefix, so steps past it are
-    # neither computed nor stored (their outputs stay the zeros the wrapper allocated). (A `for` over a
+    # not computed (their outputs are written as zeros below). (A `for` over a
     # runtime bound does not run under Triton 3.6's interpreter with NumPy >= 2.4.)
     # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their memory
     # latency overlaps the dependent chain (reduce, update, reduce) instead of adding to it each step;
@@ -103,6 +109,9 @@ def _wkv7_pool_kernel(
         tl.store(o_ptr + off + rows, o)
         if PREFETCH:
             w, k, a, b, r, v = w_n, k_n, a_n, b_n, r_n, v_n
+        t += 1
+    while t < T:  # steps past the series' length: zeros (the output is not pre-zeroed: no memset)
+        tl.store(o_ptr + x_base + t * stride_xt + rows, tl.zeros((BLOCK_V,), dtype=tl.float32))
         t += 1
 
     tl.store(s_ptrs, s, mask=live)
@@ -145,17 +154,16 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
     block_v = min(block_v, n)
     if slots.shape != (bsz,):
         raise ValueError(f"slots must be [{bsz}], got {tuple(slots.shape)}")
-    if lengths is None:
-        lengths = torch.full((bsz,), t, dtype=torch.int32, device=r.device)
-    elif lengths.shape != (bsz,):
+    if lengths is not None and lengths.shape != (bsz,):
         raise ValueError(f"lengths must be [{bsz}], got {tuple(lengths.shape)}")
-    devices = {x.device for x in (*xs, pool, slots, lengths)}
+    devices = {x.device for x in (*xs, pool, slots, *(() if lengths is None else (lengths,)))}
     if len(devices) != 1:
         raise ValueError(f"all tensors must be on one device, got {devices}")
     slots = slots.to(torch.int64).contiguous()
-    lengths = lengths.to(torch.int32).contiguous()
+    has_lengths = lengths is not None  # (None: every series runs all T steps, no lengths array)
+    lengths = lengths.to(torch.int32).contiguous() if has_lengths else slots
 
-    o = torch.zeros_like(xs[0])
+    o = torch.empty_like(xs[0])  # every element is written by the kernel
     if bsz == 0 or t == 0:
         return o
     grid = (bsz, h, n // block_v)
@@ -164,6 +172,6 @@ def wkv7_pool_step(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
         layer, t,
         xs[0].stride(0), xs[0].stride(1), xs[0].stride(2),
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
-        N=n, BLOCK_V=block_v, PREFETCH=prefetch, num_warps=num_warps,
+        N=n, BLOCK_V=block_v, PREFETCH=prefetch, HAS_LENGTHS=has_lengths, num_warps=num_warps,
     )
     return o

@@ -61,7 +61,7 @@ def step(x: dict, pool: torch.Tensor, slots, layer: int, lengths) -> torch.Tenso
 
 
 @pytest.mark.parametrize("n", [16, 64])
-def test_matches_reference_in_place(n):
+def test_matches_reference_in_place(n, monkeypatch):
     bsz, t, h, layers, n_slots, layer = 3, 5, 2, 2, 6, 1
     x = make_inputs(bsz, t, h, n, seed=n)
     pool = make_pool(n_slots, layers, h, n, seed=n + 1)
@@ -70,9 +70,12 @@ def test_matches_reference_in_place(n):
     lengths = torch.tensor([5, 0, 3])
 
     o_ref, s_ref, valid = reference(x, before[slots, layer], lengths)
-    o = step(x, pool, slots, layer, lengths)
+    # the output is allocated uninitialised: poison it, so that every element must be written
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty_like", lambda like: torch.full_like(like, float("nan")))
+        o = step(x, pool, slots, layer, lengths)
 
-    assert o.shape == (bsz, t, h, n) and o.dtype == torch.float32
+    assert o.shape == (bsz, t, h, n) and o.dtype == torch.float32 and not o.isnan().any()
     assert rel_err(o[valid], o_ref[valid]) < TOL
     for i in (0, 2):  # the series that ran, full and partial
         assert rel_err(pool[slots[i], layer], s_ref[i]) < TOL
