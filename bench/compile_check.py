@@ -40,7 +40,9 @@ LN_MIX_TYPES = {"keep_slots_ptr": I64, "keep_flags_ptr": I64, "M": "i32", "T": "
 LINEAR_TYPES = {"plane_ptr": I64, "col_ptr": I64, "act_ptr": "*i32", "keep_slots_ptr": I64, "up_row_ptr": I64,
                 "keep_flags_ptr": I64, "M": "i32", "N": "i32", "T": "i32", "eps": "fp32"}
 POOL_TYPES = {"slots_ptr": I64, "lengths_ptr": "*i32", "layer": "i32", "T": "i32"}
-BLOCK_OUT_TYPES = {"M": "i32", "eps": "fp32"}
+BLOCK_OUT_TYPES = {"M": "i32", "eps": "fp32", "consts_ptr": F64, "counts_ptr": I64, "slots_ptr": I64,
+                   "stats_ptr": F64, "new_len_ptr": I64, "done_ptr": I64, "new_n_ptr": I64, "norm_ptr": F64,
+                   "n_patches_ptr": I64, "tail_len_ptr": I64}
 WKV_TYPES = {"slots_ptr": I64, "lengths_ptr": I64, "layer": "i32", "T": "i32", "decay_scale": "fp32",
              "eps": "fp32"}
 # (patch_len, d_model, layers, causal, sinusoidal): tiny (tests), rimer-general, rimer-small, the original
@@ -89,8 +91,12 @@ def main() -> int:
               "N_UP": triton.cdiv(d, fused.BLOCK_N) * fused.BLOCK_N}, lin_opts),
             ("block_out", block_out._block_out_kernel, BLOCK_OUT_TYPES,
              dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M,
-                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, PDL=True),
+                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, HEAD=False, P=1, BLOCK_P=16, PDL=True),
              {"num_warps": block_out.NUM_WARPS}),
+            ("block_out+epi", block_out._block_out_kernel, BLOCK_OUT_TYPES,
+             dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M,
+                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, HEAD=True, P=p, BLOCK_P=max(16, bp),
+                  PDL=True), {"num_warps": block_out.NUM_WARPS}),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": fused.WKV_WARPS}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),

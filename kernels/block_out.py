@@ -7,8 +7,10 @@ all of their D columns: it writes the o_proj sum (h mid) for its rows, waits for
 (``tl.debug_barrier``), takes those rows' LayerNorm statistics, and computes the channel mix for
 every column block. The arithmetic is the two linears' own, in the same order (``matmul_tile``'s
 sums over K in blocks of BLOCK_K, ``_row_stats``' two passes, bias then residual), so a row's bits
-depend on that row alone, and a block is three launches instead of four. Every program reads each
-of its rows' h mid once per output block: from cache, D / BLOCK_N times.
+depend on that row alone, and a block is three launches instead of four. In the one-patch step
+the last block's launch also runs the step's epilogue (kernels/step_io.py: the head, the
+de-normalisation and the pool's small fields), once its rows are final: one launch fewer again.
+Every program reads each of its rows' h mid once per output block: from cache, D / BLOCK_N times.
 
 RIMER_FUSE_OUT=0 (read at import) keeps the two launches, for the benchmark's comparison.
 """
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import pdl
+from kernels import pdl, step_io
 from kernels.fused import BLOCK_K, BLOCK_M, BLOCK_N, _row_stats
 from kernels.linear import PRECISION, USE_DOT, matmul_tile
 from kernels.pdl import wait_then_release
@@ -35,9 +37,12 @@ NUM_WARPS = 4 if BLOCK_M == 16 else 8
 
 @triton.jit
 def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, eps, mid_ptr, y_ptr, M,
+                      head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slots_ptr, stats_ptr,
+                      new_tail_ptr, new_len_ptr, done_ptr, new_n_ptr,
+                      next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr, tail_len_ptr,
                       D: tl.constexpr, PRECISION: tl.constexpr, USE_DOT: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      PDL: tl.constexpr):
+                      HEAD: tl.constexpr, P: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr):
     rm = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rm < M
     wait_then_release(PDL)
@@ -75,13 +80,42 @@ def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, ep
         out_mask = rmask[:, None] & (rn < D)[None, :]
         acc += tl.load(mid_ptr + at, mask=out_mask, other=0.0)
         tl.store(y_ptr + at, acc, mask=out_mask)
+    if HEAD:  # 3. the step's epilogue (kernels/step_io.py) on these rows, in the same launch
+        tl.debug_barrier()  # this program's rows of y, visible to all of its threads
+        rp = tl.arange(0, BLOCK_P)
+        pm = rp < P
+        pred = matmul_tile(y_ptr, D, head_w_ptr, rm, rp, M, P, D, PRECISION, USE_DOT, BLOCK_M, BLOCK_P,
+                           BLOCK_K)
+        pred += tl.load(head_b_ptr + rp, mask=pm, other=0.0)[None, :]
+        slot = tl.load(slots_ptr + rm, mask=rmask, other=0).to(tl.int64)
+        extend = rmask & (tl.load(counts_ptr + rm, mask=rmask, other=0) > 0)
+        done = rmask & (tl.load(done_ptr + rm, mask=rmask, other=0) > 0)
+        # every row with new points: its tail
+        m_ext = extend[:, None] & pm[None, :]
+        tail = tl.load(new_tail_ptr + rm[:, None] * P + rp[None, :], mask=m_ext, other=0.0)
+        tl.store(tail_ptr + slot[:, None] * P + rp[None, :], tail, mask=m_ext)
+        tl.store(tail_len_ptr + slot, tl.load(new_len_ptr + rm, mask=extend, other=0), mask=extend)
+        # a completed patch: the forecast of the next one, de-normalised; statistics; count
+        mean = tl.load(stats_ptr + rm * 2, mask=done, other=0.0)
+        var = tl.load(stats_ptr + rm * 2 + 1, mask=done, other=1.0)
+        sd = tl.sqrt(var + tl.load(consts_ptr))
+        m_done = done[:, None] & pm[None, :]
+        tl.store(next_patch_ptr + slot[:, None] * P + rp[None, :],
+                 (pred.to(tl.float64) * sd[:, None] + mean[:, None]).to(tl.float32), mask=m_done)
+        tl.store(norm_ptr + slot * 2, mean, mask=done)
+        tl.store(norm_ptr + slot * 2 + 1, var, mask=done)
+        tl.store(n_patches_ptr + slot, tl.load(new_n_ptr + rm, mask=done, other=0), mask=done)
 
 
 def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weight: torch.Tensor,
-              ffn_bias: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float
-              ) -> torch.Tensor:
+              ffn_bias: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+              epilogue: step_io.Epilogue | None = None) -> torch.Tensor:
     """o, h [M, D] (contiguous) -> h2 + LayerNorm(h2) Wf^T + bf with h2 = o Wo^T + h; every
-    weight float32 and contiguous ([D, D] and [D])."""
+    weight float32 and contiguous ([D, D] and [D]).
+
+    epilogue: the one-patch step's last block (M = its B rows) also runs `step_io.epilogue` on the
+    result, writing the pool's small fields, in the same launch (the head summed as a row-invariant
+    tile product, so next_patch agrees with the separate epilogue to rounding)."""
     m, d = o.shape
     if h.shape != (m, d) or not (o.is_contiguous() and h.is_contiguous()):
         raise ValueError("block_out needs contiguous o and h of one shape [M, D]")
@@ -91,11 +125,24 @@ def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weig
         if w.shape != shape or w.dtype != torch.float32 or not w.is_contiguous():
             raise ValueError(f"block_out: {name} must be a contiguous float32 {list(shape)}")
     y = torch.empty(m, d, device=h.device, dtype=torch.float32)
+    p = 1
+    if epilogue is not None:
+        ep, pool, io = epilogue, epilogue.pool, epilogue.io
+        p = ep.head_w.shape[0]
+        if ep.head_w.shape != (p, d) or not ep.head_w.is_contiguous() or len(ep.slots) != m:
+            raise ValueError(f"the epilogue needs a contiguous head [P, {d}] and one slot per row")
+        if not (pool.next_patch.is_contiguous() and pool.tail.is_contiguous()):
+            raise ValueError("the pool's next_patch and tail must be contiguous")
+        head = (ep.head_w, ep.head_b, ep.consts, ep.counts, ep.slots, io.stats, io.tail, io.tail_len,
+                io.done, io.n_patches, pool.next_patch, pool.norm, pool.n_patches, pool.tail, pool.tail_len)
+    else:
+        head = (y,) * 15  # (unused)
     if m:
         mid = torch.empty(m, d, device=h.device, dtype=torch.float32)
         _block_out_kernel[(triton.cdiv(m, BLOCK_M),)](
-            o, h, o_weight, ffn_weight, ffn_bias, ln_weight, ln_bias, eps, mid, y, m, D=d,
+            o, h, o_weight, ffn_weight, ffn_bias, ln_weight, ln_bias, eps, mid, y, m, *head, D=d,
             PRECISION=PRECISION, USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            HEAD=epilogue is not None, P=p, BLOCK_P=max(16, triton.next_power_of_2(p)),
             num_warps=NUM_WARPS, **pdl.KWARGS)
     return y
 

@@ -258,6 +258,23 @@ def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, i
             num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **pdl.KWARGS)
 
 
+@dataclass
+class Epilogue:
+    """`epilogue`'s arguments but the network's last hidden rows h: what the last block's launch
+    needs to run the epilogue itself (kernels/block_out.py), or `run(h)` after it."""
+
+    pool: object  # model.state.RimerState
+    slots: torch.Tensor
+    counts: torch.Tensor
+    io: StepIO
+    head_w: torch.Tensor
+    head_b: torch.Tensor
+    consts: torch.Tensor
+
+    def run(self, h: torch.Tensor) -> None:
+        epilogue(self.pool, self.slots, self.counts, h, self.io, self.head_w, self.head_b, self.consts)
+
+
 def epilogue_reference(pool, slots, counts, h, io: StepIO, head_w, head_b, consts) -> None:
     """The same in PyTorch (index_put_ of the rows that change)."""
     from model import normalisation

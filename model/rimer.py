@@ -110,7 +110,8 @@ class PoolStep:
         return h2.view(bsz, t, d), x_in.view(bsz, t, d), None, v_first
 
     def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
-                   lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True):
+                   lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True,
+                   epilogue=None):
         """`Block.forward` on rows h2 [B T, D] in three fused kernels (kernels/fused.py,
         kernels/block_out.py): r, k, v and the LoRA down maps in one grouped linear, reading h2
         through LayerNorm 1, the token shift and the six interpolations, with the LoRA up maps in
@@ -121,8 +122,10 @@ class PoolStep:
         `fused.ln_mix`, and the up maps another: seven.)
         lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
         first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
-        shift into the pool there). Returns (new h2, the LayerNorm-1 output [B T, D] (None with
-        x_in False), v_first)."""
+        shift into the pool there). epilogue: the one-patch step's `step_io.Epilogue`, for its last
+        block: run on the block's output, in the block's last launch where o_proj and the channel
+        mix share one. Returns (new h2, the LayerNorm-1 output [B T, D] (None with x_in False),
+        v_first)."""
         from kernels import block_out, fused
 
         pk = _packed(block)
@@ -151,7 +154,8 @@ class PoolStep:
                                   block.attn.layer, lengths, t)
         if fuse_out:
             h2 = block_out.block_out(o, h2, block.attn.o_proj.weight, block.ffn.weight, block.ffn.bias,
-                                     n2.weight, n2.bias, n2.eps)
+                                     n2.weight, n2.bias, n2.eps, epilogue)
+            epilogue = None  # (done)
         elif fuse:
             h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
             ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
@@ -160,6 +164,8 @@ class PoolStep:
             h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
             x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
             h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
+        if epilogue is not None:
+            epilogue.run(h2)
         if block.attn.layer == 0:
             v_first = (a, pk.offs["v"])
         return h2, ln_out if x_in else None, v_first
@@ -501,9 +507,10 @@ class Rimer(nn.Module):
 
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
         normalisation, embedding), three per block (`PoolStep.block_rows`; the first writes the new
-        token shift into the pool), an epilogue (head, de-normalisation, the small fields written into
-        the pool). Bit-identical for a series whatever its batch and slot; equal to `append_slots` to
-        rounding (embed and head sum in another order), not bit for bit.
+        token shift into the pool), the epilogue (head, de-normalisation, the small fields written
+        into the pool) in the last block's last launch (a launch of its own with RIMER_FUSE_OUT=0).
+        Bit-identical for a series whatever its batch and slot; equal to `append_slots` to rounding
+        (embed and head sum in another order), not bit for bit.
         """
         from kernels import step_io
 
@@ -513,10 +520,11 @@ class Rimer(nn.Module):
                               consts, self.cfg.norm == "causal")
         step = PoolStep(pool.wkv, slots)
         h, v_first = io.h, None
+        last = step_io.Epilogue(pool, slots, counts, io, self.head.weight, self.head.bias, consts)
         for i, block in enumerate(self.blocks):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
-                                            keep=(pool.shift[:, i], slots, io.done), x_in=False)
-        step_io.epilogue(pool, slots, counts, h, io, self.head.weight, self.head.bias, consts)
+                                            keep=(pool.shift[:, i], slots, io.done), x_in=False,
+                                            epilogue=last if i == len(self.blocks) - 1 else None)
 
     def _step_consts(self, device) -> torch.Tensor:
         """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument
