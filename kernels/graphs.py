@@ -6,8 +6,9 @@ append then costs the GPU time of its kernels and no Python or launch overhead. 
 series runs in the smallest bucket that holds it (larger batches in chunks of the largest bucket);
 padding rows name one spare slot of the pool with no new points, which changes nothing (their
 recurrence length is 0 and the step's kernels write nothing for a row without new points).
-The step is Triton launches only (a prologue, three per block, an epilogue: kernels/step_io.py), so a
-replay is that many kernels and no PyTorch glue.
+The step is Triton launches only (a prologue and three per block, the last one running the
+epilogue: kernels/step_io.py, kernels/block_out.py), so a replay is that many kernels and no
+PyTorch glue.
 
 GPU only: capture needs CUDA. Rows within one replay must name distinct slots.
 """

@@ -15,7 +15,8 @@ series row:
 * ``epilogue``: the head linear (d_model -> patch_len), de-normalisation, and the new small fields
   written straight into the pool at the slot: next_patch, norm and n_patches for rows whose patch
   completed; tail and tail_len for every row with new points. Rows with no new points (padding rows,
-  which may all name one spare slot) write nothing.
+  which may all name one spare slot) write nothing. By default it runs inside the last block's
+  launch (kernels/block_out.py, given an `Epilogue`); this launch of its own with RIMER_FUSE_OUT=0.
 
 The token shift of each layer is written by that layer's first ``ln_mix`` (kernels/fused.py), the
 matrices by the recurrence kernel: nothing else of the pool changes.
