@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from kernels import pdl, step_io
-from kernels.fused import BLOCK_K, BLOCK_M, BLOCK_N, _row_stats
+from kernels.fused import BLOCK_K, BLOCK_M, BLOCK_N, _ln_tile, _row_stats
 from kernels.linear import PRECISION, USE_DOT, matmul_tile
 from kernels.pdl import wait_then_release
 
@@ -63,12 +63,8 @@ def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, ep
         for k0 in range(0, D, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             kmask = rk < D
-            m2 = rmask[:, None] & kmask[None, :]
-            lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
-            lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
-            xc = tl.where(m2, tl.load(mid_ptr + rm[:, None] * D + rk[None, :], mask=m2, other=0.0)
-                          - mean[:, None], 0.0)
-            x = tl.where(m2, xc / sd[:, None] * lw + lb, 0.0)
+            y, m2 = _ln_tile(mid_ptr, rm, D, rk, rmask, kmask, mean, sd, lnw_ptr, lnb_ptr)
+            x = tl.where(m2, y, 0.0)
             w = tl.load(wf_ptr + rn[None, :] * D + rk[:, None], mask=(rn < D)[None, :] & kmask[:, None],
                         other=0.0)
             if USE_DOT:

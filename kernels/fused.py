@@ -183,6 +183,18 @@ def _row_stats(x_ptr, rows, stride_xm, rmask, eps, K: tl.constexpr, BLOCK_M: tl.
 
 
 @triton.jit
+def _ln_tile(x_ptr, rows, stride_xm, rk, rmask, kmask, mean, sd, lnw_ptr, lnb_ptr):
+    """LayerNorm(x)[rows, rk] from its rows' statistics (`_row_stats`): a [rows, BLOCK_K] tile, and
+    its mask. (Masked lanes hold the bias; callers that sum over them mask them out.)"""
+    m2 = rmask[:, None] & kmask[None, :]
+    lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
+    lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
+    xc = tl.where(m2, tl.load(x_ptr + rows[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
+                  - mean[:, None], 0.0)
+    return xc / sd[:, None] * lw + lb, m2
+
+
+@triton.jit
 def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_ptr, act_ptr, M, N,
                            stride_xp, stride_xm, stride_ym, stride_rm,
                            lnw_ptr, lnb_ptr, eps, shift_ptr, stride_shift, T, mix_ptr, ln_out_ptr,
@@ -227,13 +239,7 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
                     flag = tl.load(keep_flags_ptr + rm, mask=rmask, other=0) > 0
                 for k0 in range(0, K, BLOCK_K):  # (a pass of its own: fewer tiles live at once)
                     rk = k0 + tl.arange(0, BLOCK_K)
-                    kmask = rk < K
-                    m2 = rmask[:, None] & kmask[None, :]
-                    lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
-                    lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
-                    xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2,
-                                              other=0.0) - mean[:, None], 0.0)
-                    y = xc / sd[:, None] * lw + lb
+                    y, m2 = _ln_tile(x_ptr, rm, stride_xm, rk, rmask, rk < K, mean, sd, lnw_ptr, lnb_ptr)
                     if WRITE_LN:
                         tl.store(ln_out_ptr + rm[:, None] * K + rk[None, :], y, mask=m2)
                     if KEEP:
@@ -242,18 +248,13 @@ def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_p
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + tl.arange(0, BLOCK_K)
             kmask = rk < K
-            m2 = rmask[:, None] & kmask[None, :]
-            lw = tl.load(lnw_ptr + rk, mask=kmask, other=0.0)[None, :]
-            lb = tl.load(lnb_ptr + rk, mask=kmask, other=0.0)[None, :]
-            xc = tl.where(m2, tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=m2, other=0.0)
-                          - mean[:, None], 0.0)
-            y = xc / sd[:, None] * lw + lb
+            y, m2 = _ln_tile(x_ptr, rm, stride_xm, rk, rmask, kmask, mean, sd, lnw_ptr, lnb_ptr)
             if LN == 2:
                 yp = tl.load(shift_ptr + (rm // T)[:, None] * stride_shift + rk[None, :], mask=m2, other=0.0)
                 if not SHIFT_ONLY:
-                    xpc = tl.where(m2, tl.load(x_ptr + prev[:, None] * stride_xm + rk[None, :], mask=m2,
-                                               other=0.0) - mean_p[:, None], 0.0)
-                    yp = tl.where(first[:, None], yp, xpc / sd_p[:, None] * lw + lb)
+                    y_prev, _ = _ln_tile(x_ptr, prev, stride_xm, rk, rmask, kmask, mean_p, sd_p, lnw_ptr,
+                                         lnb_ptr)
+                    yp = tl.where(first[:, None], yp, y_prev)
                 mj = tl.load(mix_ptr + plane * K + rk, mask=kmask, other=0.0)[None, :]
                 y = y + (yp - y) * mj
             x = tl.where(m2, y, 0.0)
