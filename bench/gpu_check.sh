@@ -21,7 +21,9 @@
 #   4. bench.model_step for rimer-general (the lighter general model) and rimer-small (the model
 #      of the earlier H100 figures);
 #   5. bench.linear_tiles: the grouped linear by row tile (16/32/64) at 1 .. 32768 rows, and
-#      whether a smaller tile keeps every row's bits (the lead for a faster single append).
+#      whether a smaller tile keeps every row's bits (the lead for a faster single append);
+#   6. bench.step_settings: one table of every whole-step run above (settings, kernels, single
+#      append, B = 4096 and 32768 against the bound, bit-identity), to choose the pins from.
 #
 # For the fla comparison, fetch its wheel first on a machine with network access (bench/wheels/ is
 # git-ignored; pass it to the GPU machine with the checkout):
@@ -89,5 +91,7 @@ done
 stamp "python -m bench.linear_tiles" | tee "$OUT/linear_tiles.log"
 timeout 60 "$PY" -m bench.linear_tiles --out "$OUT/linear_tiles.json" 2>&1 | tee -a "$OUT/linear_tiles.log" \
     || status=1
+stamp "python -m bench.step_settings (the whole-step runs side by side)" | tee "$OUT/step_settings.log"
+timeout 30 "$PY" -m bench.step_settings "$OUT" 2>&1 | tee -a "$OUT/step_settings.log" || status=1
 stamp "gpu_check: exit $status" | tee -a "$OUT/pytest.log"
 exit $status
