@@ -86,21 +86,9 @@ def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, ep
         slot = tl.load(slots_ptr + rm, mask=rmask, other=0).to(tl.int64)
         extend = rmask & (tl.load(counts_ptr + rm, mask=rmask, other=0) > 0)
         done = rmask & (tl.load(done_ptr + rm, mask=rmask, other=0) > 0)
-        # every row with new points: its tail
-        m_ext = extend[:, None] & pm[None, :]
-        tail = tl.load(new_tail_ptr + rm[:, None] * P + rp[None, :], mask=m_ext, other=0.0)
-        tl.store(tail_ptr + slot[:, None] * P + rp[None, :], tail, mask=m_ext)
-        tl.store(tail_len_ptr + slot, tl.load(new_len_ptr + rm, mask=extend, other=0), mask=extend)
-        # a completed patch: the forecast of the next one, de-normalised; statistics; count
-        mean = tl.load(stats_ptr + rm * 2, mask=done, other=0.0)
-        var = tl.load(stats_ptr + rm * 2 + 1, mask=done, other=1.0)
-        sd = tl.sqrt(var + tl.load(consts_ptr))
-        m_done = done[:, None] & pm[None, :]
-        tl.store(next_patch_ptr + slot[:, None] * P + rp[None, :],
-                 (pred.to(tl.float64) * sd[:, None] + mean[:, None]).to(tl.float32), mask=m_done)
-        tl.store(norm_ptr + slot * 2, mean, mask=done)
-        tl.store(norm_ptr + slot * 2 + 1, var, mask=done)
-        tl.store(n_patches_ptr + slot, tl.load(new_n_ptr + rm, mask=done, other=0), mask=done)
+        step_io._store_fields(rm, slot, extend, done, pred, rp, pm, consts_ptr, stats_ptr, new_tail_ptr,
+                              new_len_ptr, new_n_ptr, next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr,
+                              tail_len_ptr, P)
 
 
 def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weight: torch.Tensor,

@@ -208,6 +208,29 @@ def prologue_reference(pool, slots, values, counts, embed, pe, consts, causal: b
 # ---- epilogue ---------------------------------------------------------------------------------
 
 @triton.jit
+def _store_fields(rows, slot, extend, done, pred, rp, pm, consts_ptr, stats_ptr, new_tail_ptr,
+                  new_len_ptr, new_n_ptr, next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr, tail_len_ptr,
+                  P: tl.constexpr):
+    """The epilogue's writes into the pool for step rows `rows` [R] at their slots: every row with new
+    points (`extend`) its tail; a completed patch (`done`) the head's output pred [R, BLOCK_P] (columns
+    rp, pm the real ones) de-normalised as the next patch, the statistics and the count. Shared by
+    the epilogue's own launch and the last block's (kernels/block_out.py)."""
+    m_ext = extend[:, None] & pm[None, :]
+    tail = tl.load(new_tail_ptr + rows[:, None] * P + rp[None, :], mask=m_ext, other=0.0)
+    tl.store(tail_ptr + slot[:, None] * P + rp[None, :], tail, mask=m_ext)
+    tl.store(tail_len_ptr + slot, tl.load(new_len_ptr + rows, mask=extend, other=0), mask=extend)
+    mean = tl.load(stats_ptr + rows * 2, mask=done, other=0.0)
+    var = tl.load(stats_ptr + rows * 2 + 1, mask=done, other=1.0)
+    sd = tl.sqrt(var + tl.load(consts_ptr))
+    tl.store(next_patch_ptr + slot[:, None] * P + rp[None, :],
+             (pred.to(tl.float64) * sd[:, None] + mean[:, None]).to(tl.float32),
+             mask=done[:, None] & pm[None, :])
+    tl.store(norm_ptr + slot * 2, mean, mask=done)
+    tl.store(norm_ptr + slot * 2 + 1, var, mask=done)
+    tl.store(n_patches_ptr + slot, tl.load(new_n_ptr + rows, mask=done, other=0), mask=done)
+
+
+@triton.jit
 def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slots_ptr,
                      stats_ptr, new_tail_ptr, new_len_ptr, done_ptr, new_n_ptr,
                      next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr, tail_len_ptr,
@@ -215,6 +238,7 @@ def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slot
                      P: tl.constexpr, D: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
                      PDL: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
+    row = b + tl.arange(0, 1)  # this program's row, as a vector of one for _store_fields
     j = tl.arange(0, BLOCK_P)
     jm = j < P
     d = tl.arange(0, BLOCK_D)
@@ -222,25 +246,14 @@ def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slot
     # The head's weights and the step's inputs (slots, counts: written before the graph) before the wait.
     w = tl.load(head_w_ptr + j[:, None] * D + d[None, :], mask=jm[:, None] & dm[None, :], other=0.0)
     head_b = tl.load(head_b_ptr + j, mask=jm, other=0.0)
-    slot = tl.load(slots_ptr + b).to(tl.int64)
-    extend = tl.load(counts_ptr + b) > 0
+    slot = tl.load(slots_ptr + row).to(tl.int64)
+    extend = tl.load(counts_ptr + row) > 0
     wait_then_release(PDL)
-    done = tl.load(done_ptr + b) > 0
-
-    # Every row with new points: its tail.
-    tl.store(tail_ptr + slot * P + j, tl.load(new_tail_ptr + b * P + j, mask=jm), mask=jm & extend)
-    tl.store(tail_len_ptr + slot, tl.load(new_len_ptr + b), mask=extend)
-
-    # A completed patch: the head's forecast of the next patch, de-normalised; statistics; count.
+    done = tl.load(done_ptr + row) > 0
     h = tl.load(h_ptr + b * stride_h + d, mask=dm, other=0.0)
-    y = tl.sum(w * h[None, :], axis=1) + head_b
-    mean = tl.load(stats_ptr + b * 2)
-    var = tl.load(stats_ptr + b * 2 + 1)
-    sd = tl.sqrt(var + tl.load(consts_ptr))
-    tl.store(next_patch_ptr + slot * P + j, (y.to(tl.float64) * sd + mean).to(tl.float32), mask=jm & done)
-    tl.store(norm_ptr + slot * 2, mean, mask=done)
-    tl.store(norm_ptr + slot * 2 + 1, var, mask=done)
-    tl.store(n_patches_ptr + slot, tl.load(new_n_ptr + b), mask=done)
+    y = tl.sum(w * h[None, :], axis=1) + head_b  # the head's forecast of the next patch
+    _store_fields(row, slot, extend, done, y[None, :], j, jm, consts_ptr, stats_ptr, new_tail_ptr,
+                  new_len_ptr, new_n_ptr, next_patch_ptr, norm_ptr, n_patches_ptr, tail_ptr, tail_len_ptr, P)
 
 
 def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, io: StepIO,
