@@ -152,20 +152,19 @@ class PoolStep:
             vf = buf[:, col: col + d]
         o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
                                   block.attn.layer, lengths, t)
-        if fuse_out:
+        if fuse_out:  # (the epilogue, if any, in the same launch)
             h2 = block_out.block_out(o, h2, block.attn.o_proj.weight, block.ffn.weight, block.ffn.bias,
                                      n2.weight, n2.bias, n2.eps, epilogue)
-            epilogue = None  # (done)
-        elif fuse:
-            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-            ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
-            h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
         else:
             h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-            x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
-            h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
-        if epilogue is not None:
-            epilogue.run(h2)
+            if fuse:
+                ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
+                h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
+            else:
+                x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
+                h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
+            if epilogue is not None:
+                epilogue.run(h2)
         if block.attn.layer == 0:
             v_first = (a, pk.offs["v"])
         return h2, ln_out if x_in else None, v_first
