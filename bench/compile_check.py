@@ -75,6 +75,9 @@ def main() -> int:
                    PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
                    BLOCK_K=fused.BLOCK_K, PDL=True)
         lin_opts = {"num_warps": fused.LINEAR_WARPS}
+        out = dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
+                   BLOCK_K=fused.BLOCK_K, HEAD=False, P=1, BLOCK_P=16, PDL=True)
+        out_opts = {"num_warps": block_out.NUM_WARPS}
         jobs = [
             ("linear", fused._grouped_linear_kernel, LINEAR_TYPES, lin, lin_opts),
             ("linear ln2", fused._grouped_linear_kernel, LINEAR_TYPES, {**lin, "LN": 1, "HAS_RES": True},
@@ -89,24 +92,13 @@ def main() -> int:
             ("down_up seq", fused._grouped_linear_kernel, LINEAR_TYPES,
              {**lin, "HAS_BIAS": False, "LN": 2, "WRITE_LN": True, "UP": True,
               "N_UP": triton.cdiv(d, fused.BLOCK_N) * fused.BLOCK_N}, lin_opts),
-            ("block_out", block_out._block_out_kernel, BLOCK_OUT_TYPES,
-             dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M,
-                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, HEAD=False, P=1, BLOCK_P=16, PDL=True),
-             {"num_warps": block_out.NUM_WARPS}),
+            ("block_out", block_out._block_out_kernel, BLOCK_OUT_TYPES, out, out_opts),
             ("block_out+epi", block_out._block_out_kernel, BLOCK_OUT_TYPES,
-             dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M,
-                  BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, HEAD=True, P=p, BLOCK_P=max(16, bp),
-                  PDL=True), {"num_warps": block_out.NUM_WARPS}),
+             {**out, "HEAD": True, "P": p, "BLOCK_P": max(16, bp)}, out_opts),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": fused.WKV_WARPS}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": 8}),
-            ("wkv7 pool", wkv7_pool._wkv7_pool_kernel, POOL_TYPES,
-             dict(N=64, BLOCK_V=wkv7_pool.BLOCK_V, PREFETCH=True, HAS_LENGTHS=True),
-             {"num_warps": wkv7_pool.NUM_WARPS}),
-            ("wkv7 pool all-T", wkv7_pool._wkv7_pool_kernel, POOL_TYPES,
-             dict(N=64, BLOCK_V=wkv7_pool.BLOCK_V, PREFETCH=True, HAS_LENGTHS=False),
-             {"num_warps": wkv7_pool.NUM_WARPS}),
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,
              dict(P=p, D=d, S=layers * d, LOG_P=bp.bit_length() - 1, BLOCK_P=bp, BLOCK_D=bd,
                   BLOCK_S=triton.next_power_of_2(layers * d), CAUSAL=causal, HAS_PE=pe, PDL=True), ends),
@@ -117,6 +109,12 @@ def main() -> int:
             ("ln_mix", fused._ln_mix_kernel, LN_MIX_TYPES,
              dict(D=d, BLOCK_D=bd, BLOCK_R=fused.LN_ROWS, N_MIX=6, KEEP=False, PDL=True), {"num_warps": 4}),
         ]
+        if d == SHAPES[0][1]:  # the pool recurrence (bench/kernels.py's) has no model shape: once
+            pool = dict(N=64, BLOCK_V=wkv7_pool.BLOCK_V, PREFETCH=True)
+            jobs += [("wkv7 pool", wkv7_pool._wkv7_pool_kernel, POOL_TYPES, {**pool, "HAS_LENGTHS": True},
+                      {"num_warps": wkv7_pool.NUM_WARPS}),
+                     ("wkv7 pool all-T", wkv7_pool._wkv7_pool_kernel, POOL_TYPES,
+                      {**pool, "HAS_LENGTHS": False}, {"num_warps": wkv7_pool.NUM_WARPS})]
         for name, fn, types, constexprs, options in jobs:
             try:
                 usage = build(fn, types, constexprs, options)
