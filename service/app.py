@@ -11,6 +11,7 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import schemas, timeline
 from service.auth import ApiKeyAuth, load_keys
@@ -108,6 +109,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return JSONResponse({"detail": detail, "field": field or None, "errors": clean},
                             status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException):
+        # FastAPI's own 400 for a body it cannot parse at all (bytes that are not UTF-8, JSON
+        # nested past the parser's depth) names no field; it is the body's. 404/405: no field.
+        field = "body" if exc.status_code == 400 else None
+        return JSONResponse({"detail": exc.detail, "field": field}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
     def engine_of(request: Request) -> Engine:
         e = getattr(request.app.state, "engine", None)
         if e is None:
@@ -116,7 +125,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     def check_horizon(horizon: int | None, field: str = "horizon") -> None:
         if horizon is not None and horizon > settings.max_horizon:
-            raise EngineError(422, f"horizon {horizon} is above the limit of "
+            shown = f" {horizon}" if horizon < 10**12 else ""  # (not a 4,000-digit echo)
+            raise EngineError(422, f"horizon{shown} is above the limit of "
                                    f"{settings.max_horizon}", field)
 
     def check_points(count: int, field: str) -> None:
@@ -204,10 +214,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     async def run_ops(request: Request, ops: list[Op], op: str, single=None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
-        a one-op request (the engine's per-series path) or one engine batch."""
+        a one-op request (the engine's per-series path) or one engine batch. A request of more
+        than --batch-max-points values also takes the thread pool: the scheduler's one worker
+        would otherwise hold every other client's batch until it is done (its series are
+        locked by this layer meanwhile, so no batch touches them)."""
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
-        if scheduler is not None:
+        large = sum(len(o.values or ()) for o in ops) > settings.batch_max_points
+        if scheduler is not None and not large:
             return await scheduler.submit(ops)
         if single is not None:
             return [await run_in_threadpool(metrics.timed, op, *single)]

@@ -31,7 +31,22 @@ Freq = Annotated[int | str, PlainValidator(_freq),
                                            {"type": "string", "maxLength": timeline.MAX_FREQ_CHARS}],
                                  "description": "seconds, or a number with a unit: s, min, h, "
                                                 "d, w ('15min', '1h')"})]
-Values = list[float | None]
+# Points are held in float32 by the model (its range ends at 3.4e38); 1e30 leaves room for the
+# statistics and the forecast's de-normalisation. JSON numbers only: no "1" or true for 1.0.
+MAX_ABS_VALUE = 1e30
+
+
+def _bounded(value: float) -> float:
+    if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
+        raise ValueError(f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds "
+                         f"points in float32); got {value:.6g}")
+    return value
+
+
+Value = Annotated[float, Field(strict=True), AfterValidator(_bounded),
+                  WithJsonSchema({"type": "number", "minimum": -MAX_ABS_VALUE,
+                                  "maximum": MAX_ABS_VALUE})]
+Values = list[Value | None]
 TIMESTAMPS_RULE = ("one ISO 8601 timestamp per value (naive ones are UTC), strictly increasing, "
                    "on the series' grid; gaps are filled (see the README)")
 FREQ_RULE = ("the frequency of a new series' timestamps (inferred from them when left out); "
@@ -49,7 +64,7 @@ class SeriesIn(Strict):
 
 class ForecastRequest(Strict):
     series: list[SeriesIn] = Field(min_length=1)
-    horizon: int = Field(96, ge=1, description="points to forecast")
+    horizon: int = Field(96, ge=1, strict=True, description="points to forecast")
 
 
 class SeriesForecast(BaseModel):
@@ -70,7 +85,8 @@ class AppendRequest(Strict):
     timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE + "; left out "
                                                "for a series with timestamps: the next grid points")
     freq: Freq | None = Field(None, description=FREQ_RULE)
-    horizon: int | None = Field(None, ge=1, description="also return a forecast of this many points")
+    horizon: int | None = Field(None, ge=1, strict=True,
+                                description="also return a forecast of this many points")
 
 
 class Forecast(BaseModel):
@@ -95,8 +111,8 @@ class BulkItem(Strict):
 class BulkAppendRequest(Strict):
     series: list[BulkItem] = Field(min_length=1, description="appends, applied in order (an id "
                                    "may repeat: its appends apply in order)")
-    horizon: int | None = Field(None, ge=1, description="also return each series' forecast of "
-                                "this many points")
+    horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
+                                "forecast of this many points")
 
 
 class BulkAppendResponse(BaseModel):

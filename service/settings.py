@@ -38,6 +38,7 @@ class Settings:
     access_log: bool = False  # uvicorn's line per request
     batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
     max_batch: int = 1024
+    batch_max_points: int = 4096  # larger requests skip the micro-batcher
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -88,6 +89,9 @@ HELP = {
                        "series to coalesce into one model call (waited only while requests are "
                        "concurrent); 0: off, each request calls the engine on its own",
     "max_batch": "most series operations coalesced into one batch",
+    "batch_max_points": "requests appending more values than this skip the micro-batcher and run "
+                        "on their own, so that one large append does not hold up the batches of "
+                        "small ones",
 }
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -146,6 +150,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--batch-window-ms must be 0 (off) or more")
     if values["max_batch"] < 1:
         ap.error("--max-batch must be at least 1")
+    if values["batch_max_points"] < 0:
+        ap.error("--batch-max-points must be 0 (every append on its own) or more")
     if values["api_keys_file"]:
         from service.auth import read_keys_file
         try:

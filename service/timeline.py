@@ -56,7 +56,7 @@ _DAY_US = 86_400 * US
 MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1) + _DAY_US
 MAX_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 UNITS = {"s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
-_FREQ = re.compile(r"^\s*(\d{1,12})\s*([a-z]*)\s*$")
+_FREQ = re.compile(r"^\s*([0-9]{1,12})\s*([a-z]*)\s*$")
 
 
 class TimelineError(Exception):

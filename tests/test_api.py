@@ -156,3 +156,61 @@ def test_a_body_that_is_not_a_json_object_is_named_as_the_body(client, raw):
     location is a character offset, which must not read as a field)."""
     r = client.post("/forecast", content=raw, headers={"content-type": "application/json"})
     assert_error(r, 422, "body")
+
+
+def test_values_beyond_float32_range_are_refused(client):
+    """A finite float64 above float32's range would become infinity inside the model and ruin a
+    streaming series for good (every later forecast null): refused, naming the value, and the
+    series is left as it was. The bound's edge is served with finite forecasts."""
+    assert client.post("/series/big/append", json={"values": ramp(40)}).status_code == 200
+    before = client.get("/series/big/forecast", params={"horizon": 8}).json()
+    for bad in (1e31, -1e39, 1e300):
+        assert_error(client.post("/series/big/append", json={"values": [1.0, bad]}), 422,
+                     "values[1]")
+        assert_error(client.post("/series/append", json={"series": [
+            {"id": "big", "values": [1.0]}, {"id": "b2", "values": [bad]}]}), 422,
+            "series[1].values[0]")
+        assert_error(client.post("/forecast", json={"series": [
+            {"id": "a", "values": [bad] * 40}], "horizon": 4}), 422, "series[0].values[0]")
+    assert client.get("/series/big/forecast", params={"horizon": 8}).json() == before
+    assert_error(client.get("/series/b2"), 404, "id")
+    edge = [1e30 * (-1) ** i for i in range(64)]
+    r = client.post("/series/big/append", json={"values": edge, "horizon": 8})
+    assert r.status_code == 200, r.text
+    assert all(isinstance(v, float) for v in r.json()["forecast"]["mean"])  # not null
+    r = client.post("/forecast", json={"series": [{"id": "a", "values": edge}], "horizon": 8})
+    assert all(isinstance(v, float) for v in r.json()["forecasts"][0]["mean"])
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"values": ["1"]}, "values[0]"),
+    ({"values": [1.0, " 2 "]}, "values[1]"),
+    ({"values": [True]}, "values[0]"),
+    ({"values": ramp(40), "horizon": "8"}, "horizon"),
+    ({"values": ramp(40), "horizon": True}, "horizon"),
+    ({"values": ramp(40), "horizon": 8.0}, "horizon"),
+    ({"values": [1.0], "timestamps": ["2024-05-01T00:00:00Z"], "freq": "\u0661h"}, "freq"),
+])
+def test_json_types_are_not_coerced(client, body, field):
+    """A string or a boolean where a number belongs is a client's mistake to hear about, not a
+    value to guess (pydantic's lax mode would read "1" as 1.0 and true as 1)."""
+    assert_error(client.post("/series/t/append", json=body), 422, field)
+    assert_error(client.get("/series/t"), 404, "id")
+
+
+@pytest.mark.parametrize("raw", [b'{"values": [1.0]}\xff\xfe', b'{"values": ' + b"[" * 100_000])
+def test_an_unparseable_body_is_named_as_the_body(client, raw):
+    """Bytes that are not UTF-8, or JSON nested past the parser's depth: FastAPI's own 400, with
+    the field every error names."""
+    r = client.post("/series/u/append", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 422), r.text
+    assert_error(r, r.status_code, "body")
+
+
+def test_a_huge_horizon_is_not_echoed(client):
+    huge = "9" * 4000
+    r = client.post("/series/h/append", content='{"values": [1.0], "horizon": ' + huge + "}",
+                    headers={"content-type": "application/json"})
+    assert_error(r, 422, "horizon")
+    assert len(r.text) < 500
+    assert "above the limit of 500" in r.json()["detail"]

@@ -93,8 +93,45 @@ def test_batch_flags():
     s = parse(["--batch-window-ms", "0", "--max-batch", "64"])
     assert (s.batch_window_ms, s.max_batch) == (0.0, 64)
     assert (parse([]).batch_window_ms, parse([]).max_batch) == (2.0, 1024)
-    with pytest.raises(SystemExit):
-        parse(["--max-batch", "0"])
+    assert parse(["--batch-max-points", "100"]).batch_max_points == 100
+    for bad in (["--max-batch", "0"], ["--batch-max-points", "-1"]):
+        with pytest.raises(SystemExit):
+            parse(bad)
+
+
+def test_a_large_append_does_not_hold_up_small_ones(loaded):
+    """The batcher has one worker: a request of more than --batch-max-points values runs on its
+    own thread instead, so other series' appends go on while it computes. Here the large append's
+    model call is held until the small append has been answered (with no bypass, the small one
+    would queue behind it and the wait would time out)."""
+    model, manifest = loaded
+    settings = replace(LIMITS, batch_window_ms=2.0, batch_max_points=64, max_points_per_request=500)
+    release, large_started = threading.Event(), threading.Event()
+    real_append = model.append
+
+    def held(state, values):
+        if max(len(v) for v in values) > 64:
+            large_started.set()
+            assert release.wait(30), "the small append never came through"
+        return real_append(state, values)
+
+    try:
+        model.append = held
+        with client_for(loaded, settings) as c:
+            big: dict = {}
+            t = threading.Thread(target=lambda: big.update(r=c.post(
+                "/series/large/append", json={"values": series(200, 1)})))
+            t.start()
+            assert large_started.wait(30)
+            small = c.post("/series/small/append", json={"values": series(40, 2), "horizon": 4})
+            assert small.status_code == 200 and not release.is_set()  # answered meanwhile
+            release.set()
+            t.join(30)
+            assert big["r"].status_code == 200 and big["r"].json()["length"] == 200
+            assert c.get("/series/large").json()["length"] == 200
+    finally:
+        release.set()
+        del model.append
 
 
 # ---- the engine's batches ----------------------------------------------------------------------
