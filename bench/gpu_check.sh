@@ -2,7 +2,8 @@
 # GPU check of the triton backend, for a GPU machine without network access (PyTorch and Triton
 # preinstalled). In order of importance, each under its own timeout; logs and JSON go to $OUT
 # (default bench/out). It took 162 s on an H100 (2026-11-27) before the five one-setting runs
-# of step 1 (about 125 s more; a sixth, two settings at once, about 25 s); each step has its own timeout.
+# of step 1 (about 125 s more) and a sixth of two settings at once (about 25 s); each step has
+# its own timeout.
 #   1. bench.model_step: whole model step of the service default at B = 1 .. 32768,
 #      CUDA graphs, the state-traffic bound, single-append GPU time, kernels per one-patch step
 #      (profiler, with each kernel's duration), bit-identity alone vs batched; then again with
