@@ -360,6 +360,7 @@ class Engine:
                         else:
                             entry.set_state(new_state)
                         self._set_meta(series_id, meta)
+                        entry.touched = time.monotonic()  # (idle since it ends, not since it began)
                 except BaseException:
                     self._forget_if_empty(series_id, entry)
                     raise
@@ -417,7 +418,9 @@ class Engine:
                 if entry.pending:
                     with self._journal_lock():  # a snapshot reads pending under this lock
                         entry.set_state(self._folded(entry))
-                return length, self.model.forecast(entry.state, horizon)[0].cpu().tolist()
+                mean = self.model.forecast(entry.state, horizon)[0].cpu().tolist()
+                entry.touched = time.monotonic()
+                return length, mean
         finally:
             self._shrink()
 
@@ -643,6 +646,7 @@ class Engine:
                             elif op.values is not None:  # deferred: a copy into the tail
                                 entry.pending.extend(op.values)
                                 entry.length = op.length
+                            entry.touched = time.monotonic()
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
                         results[r] = exc
@@ -876,6 +880,7 @@ class Engine:
                     sp.pool.write_(rows, before)
                 raise
             sp.length[series_id] = new_length
+            sp.touched[series_id] = time.monotonic()  # (idle since it ends, not since it began)
             return new_length, mean, ticket
 
     def _pool_slot(self, series_id: str, created: bool = False) -> int:
@@ -914,6 +919,7 @@ class Engine:
             self.check_forecastable(length, horizon, "horizon")
             slot = self._pool_slot(series_id)
             mean = self.model.forecast_slots(sp.pool, sp.rows([slot]), horizon, sp.scratch[:1])
+            sp.touched[series_id] = time.monotonic()
             return length, mean[0].tolist()
 
     def _pool_forecast_histories(self, tensors: list[torch.Tensor], horizon: int) -> list[list[float]]:

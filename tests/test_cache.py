@@ -5,6 +5,7 @@ spills to host memory and disk and back; corrupt spill files are refused; idle s
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -103,6 +104,50 @@ def test_idle_series_expire(loaded):
         engine.describe("x0")
     engine.close()
     assert not engine.spill.directory.exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("via", ["append", "apply_batch", "forecast"])
+def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via):
+    """An append (or forecast) that computes for longer than the expiry must not leave its series
+    to be expired the moment it is answered: the expiry that waited for it finds it touched. Here
+    the expiry starts while the model call is held, with a cutoff after the request began."""
+    if backend == "triton":
+        pytest.importorskip("kernels")
+        model, name = tiny_model(), "append_slots"
+        engine = Engine(model, {"name": "tiny"}, 4, backend="triton", scratch_slots=2,
+                        cuda_graphs=False)
+    else:
+        model, name = loaded[0], "append"
+        engine = Engine(model, loaded[1], 4, backend="torch")
+    if via == "forecast":
+        name = "forecast_slots" if backend == "triton" else "forecast"
+    p = model.cfg.patch_len
+    engine.append("s", series(2 * p, 1), None)
+    real = getattr(model, name)
+    expired: list = []
+
+    def held(*args, **kwargs):
+        time.sleep(0.1)  # the request began more than max_idle ago when the expiry starts
+        expiry = threading.Thread(target=lambda: expired.extend(engine.expire_idle(0.05)))
+        expiry.start()
+        time.sleep(0.2)  # it has taken its cutoff and waits for this series' lock
+        held.expiry = expiry
+        return real(*args, **kwargs)
+
+    setattr(model, name, held)
+    try:
+        if via == "append":
+            engine.append("s", series(3 * p, 2)[2 * p:], None)
+        elif via == "apply_batch":
+            [[_]] = engine.apply_batch([[Op("s", series(3 * p, 2)[2 * p:])]])
+        else:
+            engine.forecast_series("s", 4)
+    finally:
+        delattr(model, name)
+    held.expiry.join(10)
+    assert expired == []
+    assert engine.describe("s")["length"] == (2 * p if via == "forecast" else 3 * p)
 
 
 def test_triton_pool_spills_and_reloads_exactly(tmp_path):
