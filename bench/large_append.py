@@ -2,13 +2,15 @@
 
     python -m bench.large_append [--points 500000] [--small 20] [--out bench/results/large_append.json]
 
-Starts `python -m service --device cpu` twice (shipped default weights, micro-batching on, its
-default 2 ms window): once with the default --batch-max-points (a large append runs on its own
-thread) and once with --batch-max-points above the large append's size (it goes through the
-batcher's one worker, as every append did before the option existed). On each: one client sends a
-single append of --points values to a new series; meanwhile another sends --small one-point
-appends (with a 4-point forecast) to another series, one after the other, and times each. Prints
-the large append's time and the small ones' latency (median and max), and writes JSON.
+Starts `python -m service --device cpu` three times (shipped default weights, micro-batching on,
+its default 2 ms window): with the default --batch-max-points (a large append is planned and
+computed off the event loop and the batcher's worker), the same with an ISO timestamp per value
+in the large append (checking those takes seconds), and with --batch-max-points above the large
+append's size (it goes through the batcher's one worker and is planned on the event loop, as every
+append was before the option existed). On each: one client sends a single append of --points
+values to a new series; meanwhile another sends --small one-point appends (with a 4-point
+forecast) to another series, one after the other, and times each. Prints the large append's time
+and the small ones' latency (median and max), and writes JSON.
 """
 
 from __future__ import annotations
@@ -20,13 +22,20 @@ import statistics
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.common import cpu_name, write_json
 from bench.http import Server, git_state, http_post, walk
 
 
-def run(args: list[str], points: int, small: int, log_dir: str, name: str) -> dict:
+def iso_hours(n: int) -> list[str]:
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    return [(start + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(n)]
+
+
+def run(args: list[str], points: int, small: int, log_dir: str, name: str,
+        timestamps: bool = False) -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     server = Server(args, env, log_dir, name)
     try:
@@ -34,7 +43,10 @@ def run(args: list[str], points: int, small: int, log_dir: str, name: str) -> di
         status, _ = http_post(url + "/series/small/append",
                               json.dumps({"values": walk(64, 1)}).encode())
         assert status == 200, status
-        big_body = json.dumps({"values": walk(points, 2)}).encode()
+        big = {"values": walk(points, 2)}
+        if timestamps:
+            big["timestamps"] = iso_hours(points)
+        big_body = json.dumps(big).encode()
         large: dict = {}
 
         def send_large():
@@ -55,7 +67,8 @@ def run(args: list[str], points: int, small: int, log_dir: str, name: str) -> di
         during = t.is_alive()
         t.join()
         assert large["status"] == 200, large
-        return {"server_args": args, "large_points": points, "large_seconds": large["seconds"],
+        return {"server_args": args, "large_points": points, "large_timestamps": timestamps,
+                "large_body_bytes": len(big_body), "large_seconds": large["seconds"],
                 "small_requests": small, "small_all_while_large_ran": during,
                 "small_median_ms": 1e3 * statistics.median(latencies),
                 "small_max_ms": 1e3 * max(latencies)}
@@ -71,12 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     rows = {}
     with tempfile.TemporaryDirectory() as logs:
-        for name, extra in (("own thread (default)", []),
-                            ("through the batcher", ["--batch-max-points", str(args.points)])):
-            rows[name] = run(extra, args.points, args.small, logs, name.split()[0])
-    print(f"{'large append':<22} {'large s':>8} {'small p50 ms':>13} {'small max ms':>13}  all during")
+        for k, (name, extra, stamped) in enumerate((
+                ("own thread (default)", [], False),
+                ("own thread, timestamps", [], True),
+                ("through the batcher", ["--batch-max-points", str(args.points)], False))):
+            rows[name] = run(extra, args.points, args.small, logs, f"server{k}", stamped)
+    print(f"{'large append':<24} {'large s':>8} {'small p50 ms':>13} {'small max ms':>13}  all during")
     for name, r in rows.items():
-        print(f"{name:<22} {r['large_seconds']:>8.1f} {r['small_median_ms']:>13.1f} "
+        print(f"{name:<24} {r['large_seconds']:>8.1f} {r['small_median_ms']:>13.1f} "
               f"{r['small_max_ms']:>13.1f}  {r['small_all_while_large_ran']}")
     result = {"benchmark": "large_append", "cpu": cpu_name(), "cpus": os.cpu_count(),
               "commit": git_state(), "cases": rows}

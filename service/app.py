@@ -144,8 +144,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         # nothing else creates or deletes this series meanwhile.
         return series_id in e.meta or e.held_length(series_id) is not None
 
+    def is_large(values: int) -> bool:
+        return values > settings.batch_max_points
+
+    async def off_loop(large: bool, fn, *args):
+        """`fn(*args)`, in the thread pool for a large request: checking and planning 500,000
+        timestamps takes seconds, which on the event loop would stall every other client."""
+        return await run_in_threadpool(fn, *args) if large else fn(*args)
+
     async def plan_append(e: Engine, series_id: str, item, budget: int, prefix: str,
-                          chain: dict[str, dict]) -> timeline.Plan:
+                          chain: dict[str, dict], large: bool) -> timeline.Plan:
         """Gaps and nulls filled, and the metadata after the append; `chain` holds the metadata
         earlier items of the same request leave (a bulk append may name a series twice)."""
         if series_id in chain:
@@ -153,8 +161,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         else:
             meta = e.meta.get(series_id)
             exists = meta is not None or series_exists(e, series_id)
-        planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
-                                       budget, prefix)
+        planned = await off_loop(large, timeline.plan_append, meta, exists, item.values,
+                                 item.timestamps, item.freq, budget, prefix)
         chain[series_id] = planned.meta
         return planned
 
@@ -196,13 +204,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
               response_model_exclude_none=True)
     async def forecast(body: schemas.ForecastRequest, request: Request):
         check_many(body)
-        histories, stamps, budget = [], [], settings.max_gap_points
-        for i, s in enumerate(body.series):  # the streaming rules, from an empty series
-            planned = timeline.plan_append(None, False, s.values, s.timestamps, s.freq, budget,
-                                           f"series[{i}]")
-            budget -= planned.filled
-            histories.append(planned.values)
-            stamps.append(timeline.forecast_timestamps(planned.meta, body.horizon))
+
+        def plan() -> tuple[list, list]:
+            histories, stamps, budget = [], [], settings.max_gap_points
+            for i, s in enumerate(body.series):  # the streaming rules, from an empty series
+                planned = timeline.plan_append(None, False, s.values, s.timestamps, s.freq,
+                                               budget, f"series[{i}]")
+                budget -= planned.filled
+                histories.append(planned.values)
+                stamps.append(timeline.forecast_timestamps(planned.meta, body.horizon))
+            return histories, stamps
+
+        histories, stamps = await off_loop(is_large(sum(len(s.values) for s in body.series)), plan)
         check_points(sum(len(h) for h in histories), "series")
         e = engine_of(request)
         means = await run_in_threadpool(metrics.timed, "forecast", e.forecast_histories,
@@ -220,8 +233,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         locked by this layer meanwhile, so no batch touches them)."""
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
-        large = sum(len(o.values or ()) for o in ops) > settings.batch_max_points
-        if scheduler is not None and not large:
+        if scheduler is not None and not is_large(sum(len(o.values or ()) for o in ops)):
             return await scheduler.submit(ops)
         if single is not None:
             return [await run_in_threadpool(metrics.timed, op, *single)]
@@ -239,8 +251,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
         async def work():
             plans, chain, budget = [], {}, settings.max_gap_points
+            large = is_large(sum(len(s.values) for s in body.series))
             for i, s in enumerate(body.series):
-                plans.append(await plan_append(e, s.id, s, budget, f"series[{i}]", chain))
+                plans.append(await plan_append(e, s.id, s, budget, f"series[{i}]", chain, large))
                 budget -= plans[-1].filled
             check_points(sum(len(p.values) for p in plans), "series")
             stamps = [timeline.forecast_timestamps(p.meta, body.horizon, f"series[{i}].horizon")
@@ -280,7 +293,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         e = engine_of(request)
 
         async def work():
-            p = await plan_append(e, series_id, body, settings.max_gap_points, "", {})
+            p = await plan_append(e, series_id, body, settings.max_gap_points, "", {},
+                                  is_large(len(body.values)))
             check_points(len(p.values), "values")
             stamps = timeline.forecast_timestamps(p.meta, body.horizon) if body.horizon else None
             [(length, mean)] = await run_ops(

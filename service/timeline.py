@@ -98,7 +98,8 @@ def parse_freq(value: int | str) -> int:
                              f"({', '.join(UNITS)}; 'min' for minutes)")
         value = int(m[1]) * UNITS.get(m[2], 1)
     if not 1 <= value <= MAX_FREQ_S:
-        raise ValueError(f"freq must be 1 second to 366 days ({MAX_FREQ_S} s); got {value} s")
+        got = f"; got {value} s" if abs(value) < 10**15 else ""  # (not a 4,000-digit echo)
+        raise ValueError(f"freq must be 1 second to 366 days ({MAX_FREQ_S} s){got}")
     return value
 
 
@@ -161,15 +162,30 @@ def _join(field: str, i: int) -> str:
     return f"{field}[{i}]"
 
 
+def parse_stamps(stamps: Sequence[Stamp | str], field: str) -> list[Stamp]:
+    """Each timestamp parsed (parse_timestamp); a bad one is a 422 naming `field[i]`."""
+    out = []
+    for i, s in enumerate(stamps):
+        try:
+            out.append(s if isinstance(s, Stamp) else parse_timestamp(s))
+        except ValueError as exc:
+            raise TimelineError(422, str(exc), f"{field}[{i}]") from None
+    return out
+
+
 def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
-                stamps: Sequence[Stamp] | None = None, freq: int | None = None,
+                stamps: Sequence[Stamp | str] | None = None, freq: int | None = None,
                 gap_budget: int = 10_000, prefix: str = "") -> Plan:
     """Apply the rules to one append. `meta`: the series' metadata now (None if it has none);
-    `exists`: the series holds points; `freq`: seconds (parse_freq), if given; `gap_budget`: how
-    many points gaps may still add in this request. Raises TimelineError; changes nothing."""
+    `exists`: the series holds points; `stamps`: Stamps or ISO 8601 strings (parsed here);
+    `freq`: seconds (parse_freq), if given; `gap_budget`: how many points gaps may still add in
+    this request. Raises TimelineError; changes nothing."""
 
     def name(f: str) -> str:
         return f"{prefix}.{f}" if prefix else f
+
+    if stamps is not None:
+        stamps = parse_stamps(stamps, name("timestamps"))
 
     meta = meta or {}
     old_freq = meta.get("freq") if exists else None

@@ -214,3 +214,12 @@ def test_a_huge_horizon_is_not_echoed(client):
     assert_error(r, 422, "horizon")
     assert len(r.text) < 500
     assert "above the limit of 500" in r.json()["detail"]
+
+
+def test_a_huge_freq_is_not_echoed(client):
+    huge = "9" * 4000
+    body = ('{"values": [1.0, 2.0], "timestamps": ["2024-01-01T00:00:00Z", "2024-01-01T01:00:00Z"],'
+            ' "freq": ' + huge + "}")
+    r = client.post("/series/h/append", content=body, headers={"content-type": "application/json"})
+    assert_error(r, 422, "freq")
+    assert len(r.text) < 1000 and "366 days" in r.json()["detail"]

@@ -134,6 +134,41 @@ def test_a_large_append_does_not_hold_up_small_ones(loaded):
         del model.append
 
 
+def test_large_requests_are_planned_off_the_event_loop(loaded, monkeypatch):
+    """Checking and planning a large request's timestamps takes seconds (500,000 of them: about
+    3 s): it runs in the thread pool, so the event loop goes on answering other clients. Small
+    requests stay on the loop (no thread hop)."""
+    import asyncio
+
+    from service import timeline
+    on_loop: list[bool] = []
+    real = timeline.plan_append
+
+    def recording(*args, **kwargs):
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timeline, "plan_append", recording)
+    settings = replace(LIMITS, batch_max_points=64, max_points_per_request=500, max_series=10)
+    stamps = [f"2024-01-01T{h:02d}:{m:02d}:00Z" for h in range(24) for m in range(0, 60, 5)]
+    with client_for(loaded, settings) as c:
+        for n, expect_on_loop in ((64, True), (65, False)):
+            on_loop.clear()
+            body = {"values": series(n, 1), "timestamps": stamps[:n]}
+            assert c.post(f"/series/p{n}/append", json=body).status_code == 200
+            r = c.post("/series/append", json={"series": [{"id": f"q{n}", **body}]})
+            assert r.status_code == 200
+            r = c.post("/forecast", json={"series": [{"id": "f", **body}], "horizon": 4})
+            assert r.status_code == 200
+            assert on_loop == [expect_on_loop] * 3
+        bad = {"values": series(65, 1), "timestamps": stamps[:64] + ["not a time"]}
+        assert_error(c.post("/series/bad/append", json=bad), 422, "timestamps[64]")
+
+
 # ---- the engine's batches ----------------------------------------------------------------------
 
 def test_batch_isolates_rejected_requests_and_keeps_order(loaded):
