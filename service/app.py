@@ -123,6 +123,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             raise EngineError(503, "the model is not loaded yet; see GET /readyz")
         return e
 
+    def check_plain_ints(request: Request, *names: str) -> None:
+        """Query integers as plain digits: FastAPI would read `8_0` as 80 and `8.0` or `+8` as 8."""
+        for name in names:
+            for raw in request.query_params.getlist(name):
+                if not (raw.isascii() and raw.isdigit()):
+                    raise EngineError(422, f"{name} must be a whole number in plain digits", name)
+
     def check_horizon(horizon: int | None, field: str = "horizon") -> None:
         if horizon is not None and horizon > settings.max_horizon:
             shown = f" {horizon}" if horizon < 10**12 else ""  # (not a 4,000-digit echo)
@@ -278,6 +285,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                           cursor: str | None = Query(None, description="`next_cursor` of the "
                                                      "previous page")):
         """Streaming series held, with their lengths, in id order, a page at a time."""
+        check_plain_ints(request, "limit")
         page = engine_of(request).list_series(limit + 1, cursor)
         more = len(page) > limit
         page = page[:limit]
@@ -315,6 +323,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
              response_model_exclude_none=True)
     async def series_forecast(request: Request, series_id: str = SeriesId,
                               horizon: int = Query(96, ge=1)):
+        check_plain_ints(request, "horizon")
         check_horizon(horizon)
         e = engine_of(request)
 

@@ -125,6 +125,12 @@ def test_forecast_of_unknown_or_short_series(client):
     client.post("/series/short/append", json={"values": ramp(10)})
     assert_error(client.get("/series/short/forecast", params={"horizon": 4}), 422, "horizon")
     assert_error(client.get("/series/short/forecast", params={"horizon": 0}), 422, "horizon")
+    client.post("/series/short/append", json={"values": ramp(40)})
+    assert client.get("/series/short/forecast", params={"horizon": 8}).status_code == 200
+    for bad in ("8_0", "8.0", "+8", " 8", "\u0668"):  # (80, 8, 8, 8, 8 to a lax parser)
+        assert_error(client.get("/series/short/forecast", params={"horizon": bad}), 422,
+                     "horizon")
+    assert_error(client.get("/series", params={"limit": "1_0"}), 422, "limit")
 
 
 def test_series_count_is_bounded(client):
