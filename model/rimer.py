@@ -331,6 +331,10 @@ class Advance:
 
 
 class Rimer(nn.Module):
+    # Runs `_network` in place of the PyTorch modules when set: the onnx backend's
+    # model.onnx_network.OnnxNetwork (same signature; inference only, no gradients).
+    network_runtime = None
+
     def __init__(self, cfg: RimerConfig):
         super().__init__()
         self.cfg = cfg
@@ -340,6 +344,15 @@ class Rimer(nn.Module):
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
+
+    def check_positions(self, n_patches: torch.Tensor, t: int) -> None:
+        """A sinusoidal model's table must cover the `t` patches after `n_patches` [B]."""
+        last = int(n_patches.max()) + t if len(n_patches) else 0
+        if last > self.cfg.max_positions:
+            raise PositionLimitError(
+                f"this model's sinusoidal position embedding covers {self.cfg.max_positions} "
+                f"patches ({self.cfg.max_positions * self.cfg.patch_len} points, forecast "
+                f"included); the input needs {last}")
 
     def set_dropout(self, p: float) -> None:
         """Residual-branch dropout for training (see `Block`); eval mode ignores it."""
@@ -360,12 +373,8 @@ class Rimer(nn.Module):
         bsz, t, _ = xn.shape
         h = step.linear(xn, self.embed.weight)
         if cfg.pos_emb == "sinusoidal":
-            last = int(state.n_patches.max()) + t if bsz and check_positions else 0
-            if last > cfg.max_positions:
-                raise PositionLimitError(
-                    f"this model's sinusoidal position embedding covers {cfg.max_positions} "
-                    f"patches ({cfg.max_positions * cfg.patch_len} points, forecast included); "
-                    f"the input needs {last}")
+            if check_positions:
+                self.check_positions(state.n_patches, t)
             pos = state.n_patches[:, None] + torch.arange(t, device=xn.device)[None]
             h = h + self.pe[pos]
         counts = valid.sum(1) if valid is not None else torch.full((bsz,), t, device=xn.device)
@@ -404,7 +413,10 @@ class Rimer(nn.Module):
         mean = stats[..., 0:1]
         sd = normalisation.scale(stats[..., 1:2], cfg.norm_eps)
         xn = ((patches.double() - mean) / sd).to(patches.dtype)
-        preds, wkv, shift = self._network(xn, state, valid, step, check_positions)
+        if self.network_runtime is not None and step is TorchStep:  # the onnx backend
+            preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions)
+        else:
+            preds, wkv, shift = self._network(xn, state, valid, step, check_positions)
         counts = mask.sum(1)
         last_idx = (counts - 1).clamp(min=0)
         rows = torch.arange(bsz, device=patches.device)

@@ -1,7 +1,7 @@
 """The engine: owns the loaded model and the streaming series' states; no HTTP here.
 
 Every model computation goes through `model.Rimer`; the engine only batches series, checks limits
-the model imposes, and keeps states. Two backends:
+the model imposes, and keeps states. Three backends:
 
 * `torch`: a dict id -> RimerState; an append computes the new state from the old one
   (`Rimer.append`) and swaps it in only when it succeeded, so a failed append changes nothing.
@@ -12,6 +12,8 @@ the model imposes, and keeps states. Two backends:
   refused for is checked before the pool is touched, so a rejected append changes nothing.
   Lengths are kept on the host, so the checks need no device round trip. One lock serialises
   pool operations.
+* `onnx` (CPU): the torch backend's states and code, with the network itself run by ONNX Runtime
+  from the graph shipped beside the weights (model/onnx_network.py; `Rimer.network_runtime`).
 
 With a data directory (service/store.py) the engine has a `journal`: an accepted append or delete
 is written to the write-ahead log under the journal's lock together with the state change it
@@ -23,6 +25,7 @@ to and from the host for snapshots, whatever the backend.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -40,6 +43,8 @@ from model import checkpoint
 from model.rimer import Rimer
 from model.state import RimerState
 from service.cache import SpillError, SpillTiers
+
+log = logging.getLogger("rimer.engine")
 
 
 class EngineError(Exception):
@@ -102,7 +107,7 @@ class Journal(Protocol):
     def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
 
 
-BACKENDS = ("torch", "triton", "auto")
+BACKENDS = ("torch", "triton", "onnx", "auto")
 EXPORT_CHUNK = 1024  # rows copied from the pool to the host at a time
 SCRATCH_SLOTS = 256  # rows of the pool for forecasts and POST /forecast (series per batch)
 
@@ -112,6 +117,8 @@ def resolve_backend(name: str, device: torch.device) -> str:
         raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
     if name == "auto":
         return "triton" if device.type == "cuda" else "torch"
+    if name == "onnx" and device.type != "cpu":
+        raise ValueError("the onnx backend runs on the CPU (--device cpu)")
     return name
 
 
@@ -160,6 +167,9 @@ class Engine:
         self.max_series = max_series
         self.capacity = max_series if capacity is None else max(1, min(capacity, max_series))
         self.backend = resolve_backend(backend, self.device)
+        if self.backend == "onnx" and model.network_runtime is None:
+            raise ValueError("the onnx backend needs the model's ONNX graph attached "
+                             "(Engine.load does it: model.onnx_network.OnnxNetwork)")
         self.spill: SpillTiers | None = None
         self._temp_spill_dir: str | None = None
         if self.capacity < max_series:
@@ -185,7 +195,21 @@ class Engine:
     def load(cls, weights: str, device: str, max_series: int, backend: str = "auto",
              **cache) -> Engine:
         model, manifest = checkpoint.load(weights, resolve_device(device))
-        return cls(model, manifest, max_series, backend, **cache)
+        chosen = resolve_backend(backend, model.head.weight.device)
+        if backend == "auto" and chosen == "torch":  # on the CPU: onnx where a graph is shipped
+            from model.onnx_network import graph_path
+            chosen = "onnx" if graph_path(weights).is_file() else "torch"
+        if chosen == "onnx":
+            from model.onnx_network import OnnxNetwork, OnnxNetworkError
+            try:
+                model.network_runtime = OnnxNetwork.for_checkpoint(model, weights,
+                                                                   torch.get_num_threads())
+            except (OnnxNetworkError, ImportError) as exc:
+                if backend == "onnx":
+                    raise
+                log.warning("serving with the torch backend: %s", exc)
+                chosen = "torch"
+        return cls(model, manifest, max_series, chosen, **cache)
 
     def close(self) -> None:
         """Remove a temporary spill directory."""

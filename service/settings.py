@@ -14,7 +14,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-ge
 class Settings:
     weights: str = str(DEFAULT_WEIGHTS)
     device: str = "auto"  # cpu | cuda | auto
-    backend: str = "auto"  # torch | triton | auto (triton on CUDA, else torch)
+    backend: str = "auto"  # torch | triton | onnx | auto (triton on CUDA, else torch)
     host: str = "127.0.0.1"
     port: int = 8000
     max_horizon: int = 2048
@@ -49,7 +49,8 @@ HELP = {
     "weights": "checkpoint to serve: a directory of ours or an original Rimer .pth",
     "device": "cpu, cuda, or auto (cuda when available)",
     "backend": "torch, triton (state pool on the device, Triton kernels, CUDA graphs on a GPU), "
-               "or auto (triton on CUDA, else torch)",
+               "onnx (CPU: the network run by ONNX Runtime from the graph shipped beside the "
+               "weights), or auto (triton on CUDA, else torch)",
     "host": "address to listen on",
     "port": "port to listen on",
     "max_horizon": "largest forecast horizon accepted",
@@ -131,8 +132,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         values[f.name] = type(f.default)(getattr(args, f.name))
     if values["device"] not in ("cpu", "cuda", "auto"):
         ap.error("--device must be cpu, cuda or auto")
-    if values["backend"] not in ("torch", "triton", "auto"):
-        ap.error("--backend must be torch, triton or auto")
+    if values["backend"] not in ("torch", "triton", "onnx", "auto"):
+        ap.error("--backend must be torch, triton, onnx or auto")
     for name in ("max_series", "cache_capacity"):
         if values[name] < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")

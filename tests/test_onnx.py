@@ -1,0 +1,137 @@
+"""The onnx backend: the network exported to ONNX and run by ONNX Runtime computes what the
+PyTorch modules do (beside `Rimer._network`, through the engine, and against the original Rimer's
+reference outputs), shipped graphs are current, and a stale or missing graph is never served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from model import checkpoint
+from model.onnx_network import OnnxNetwork, OnnxNetworkError, export, graph_path
+from model.rimer import TorchStep
+from model.state import RimerState
+from service.engine import Engine
+from service.settings import parse
+from tests.conftest import DEFAULT_WEIGHTS, ORIGINAL_PTH, rel_err
+from tests.test_model import tiny_model
+from tests.test_parity import TOLERANCE, _as_series
+from tests.test_streaming import series
+
+pytest.importorskip("onnxruntime")
+WEIGHTS = sorted(p for p in DEFAULT_WEIGHTS.parent.iterdir() if (p / "manifest.json").is_file())
+
+
+@pytest.mark.parametrize("weights", WEIGHTS, ids=lambda p: p.name)
+def test_every_shipped_model_has_a_current_graph(weights):
+    """Built from these very weights (the sidecar's sha256), so `auto` serves onnx for each."""
+    model, _ = checkpoint.load(weights)
+    OnnxNetwork.for_checkpoint(model, weights)  # raises if missing or stale
+
+
+def random_state(cfg, bsz: int, seed: int) -> RimerState:
+    g = torch.Generator().manual_seed(seed)
+    state = RimerState.zeros(cfg, bsz)
+    state.wkv = torch.randn(state.wkv.shape, generator=g) * 0.2
+    state.shift = torch.randn(state.shift.shape, generator=g)
+    state.n_patches = torch.randint(0, 50, (bsz,), generator=g)
+    return state
+
+
+def test_onnx_network_matches_the_torch_network():
+    """A chunk of T patches with per-series counts (0 included): outputs where valid, and the
+    states each series is left with, as `_network` computes them."""
+    model, _ = checkpoint.load(DEFAULT_WEIGHTS)
+    runtime = OnnxNetwork.for_checkpoint(model, DEFAULT_WEIGHTS)
+    cfg = model.cfg
+    bsz, t = 5, 4
+    state = random_state(cfg, bsz, 1)
+    xn = torch.randn(bsz, t, cfg.patch_len, generator=torch.Generator().manual_seed(2))
+    counts = torch.tensor([4, 0, 1, 3, 4])
+    valid = torch.arange(t)[None] < counts[:, None]
+    with torch.no_grad():
+        want_pred, want_wkv, want_shift = model._network(xn, state, valid, TorchStep)
+    got_pred, got_wkv, got_shift = runtime(xn, state, valid)
+    assert rel_err(got_pred[valid], want_pred[valid]) <= 1e-5
+    assert rel_err(got_wkv, want_wkv) <= 1e-5 and rel_err(got_shift, want_shift) <= 1e-5
+    assert torch.equal(got_wkv[1], state.wkv[1]) and torch.equal(got_shift[1], state.shift[1])
+
+
+def test_onnx_engine_matches_the_torch_engine():
+    onnx = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "onnx")
+    assert onnx.backend == "onnx"
+    torch_engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "torch")
+    assert torch_engine.model.network_runtime is None
+    x = series(900, 3)
+    for e in (onnx, torch_engine):
+        e.append("a", x[:500], None)
+    for k in range(500, 900, 57):  # appends that complete 0, 1 or 2 patches, with forecasts
+        got = onnx.append("a", x[k:k + 57], 24)[1]
+        want = torch_engine.append("a", x[k:k + 57], 24)[1]
+        assert rel_err(torch.tensor(got), torch.tensor(want)) <= 1e-5
+    histories = [x[:500], x[:77], x[:32]]
+    got = onnx.forecast_histories(histories, 96)
+    want = torch_engine.forecast_histories(histories, 96)
+    assert rel_err(torch.tensor(got), torch.tensor(want)) <= 1e-5
+
+
+def test_auto_serves_onnx_on_the_cpu_where_a_current_graph_is_shipped(tmp_path, caplog):
+    assert Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "auto").backend == "onnx"
+    bare = tmp_path / "bare"
+    shutil.copytree(DEFAULT_WEIGHTS, bare, ignore=shutil.ignore_patterns("network.onnx*", "eval-*"))
+    assert Engine.load(str(bare), "cpu", 10, "auto").backend == "torch"
+    with pytest.raises(OnnxNetworkError, match="no ONNX graph"):
+        Engine.load(str(bare), "cpu", 10, "onnx")
+    stale = tmp_path / "stale"
+    shutil.copytree(DEFAULT_WEIGHTS, stale, ignore=shutil.ignore_patterns("eval-*"))
+    meta = json.loads((stale / "network.onnx.json").read_text())
+    meta["source_sha256"] = "0" * 64
+    (stale / "network.onnx.json").write_text(json.dumps(meta))
+    assert Engine.load(str(stale), "cpu", 10, "auto").backend == "torch"  # with a warning
+    assert "other weights" in caplog.text
+    with pytest.raises(OnnxNetworkError, match="other weights"):
+        Engine.load(str(stale), "cpu", 10, "onnx")
+    assert parse(["--backend", "onnx"]).backend == "onnx"
+
+
+def test_export_of_a_new_checkpoint_and_a_changed_one_is_refused(tmp_path):
+    model = tiny_model(seed=4)
+    directory = checkpoint.save(model, tmp_path / "tiny", {"name": "tiny"})
+    export(directory)
+    loaded, _ = checkpoint.load(directory)
+    runtime = OnnxNetwork.for_checkpoint(loaded, directory)
+    state = random_state(loaded.cfg, 3, 5)
+    xn = torch.randn(3, 2, loaded.cfg.patch_len)
+    with torch.no_grad():
+        want = model._network(xn, state, None, TorchStep)
+    for g, w in zip(runtime(xn, state, None), want):
+        assert rel_err(g, w) <= 1e-5
+    checkpoint.save(tiny_model(seed=5), directory, {"name": "tiny"})  # new weights, old graph
+    with pytest.raises(OnnxNetworkError, match="other weights"):
+        OnnxNetwork.for_checkpoint(loaded, directory)
+
+
+@pytest.fixture(scope="module")
+def original_onnx(tmp_path_factory):
+    """The original Rimer checkpoint (window normalisation, sinusoidal positions) with its graph
+    exported beside a copy of it."""
+    pth = tmp_path_factory.mktemp("original") / ORIGINAL_PTH.name
+    shutil.copy(ORIGINAL_PTH, pth)
+    export(pth)
+    assert graph_path(pth).is_file()
+    model, _ = checkpoint.load(pth)
+    model.network_runtime = OnnxNetwork.for_checkpoint(model, pth)
+    return model
+
+
+@pytest.mark.parametrize("length", [256, 2048])
+def test_onnx_reproduces_the_original(original_onnx, golden, length):
+    """The reference outputs of the original Rimer code, through ONNX Runtime (the positions
+    input and the window statistics included)."""
+    x, y = golden[f"x_{length}"], golden[f"y_{length}"]
+    with torch.no_grad():
+        out = original_onnx.whole(_as_series(x))
+    assert rel_err(out, _as_series(y)) <= TOLERANCE[length]
