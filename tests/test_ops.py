@@ -85,7 +85,8 @@ def test_metrics_count_requests_by_route_template(client):
     assert value(text, "rimer_points_appended_total") == 80
     assert value(text, "rimer_points_forecast_total", op="forecast") == 5
     assert value(text, "rimer_ready") == 1
-    assert value(text, "rimer_model_info", model=DEFAULT_NAME, backend="torch", device="cpu") == 1
+    # (auto on the CPU: onnx, since the default weights ship a current graph)
+    assert value(text, "rimer_model_info", model=DEFAULT_NAME, backend="onnx", device="cpu") == 1
     client.delete("/series/plant-1.temp")
     assert value(client.get("/metrics").text, "rimer_series_held") == 1
 
@@ -132,7 +133,7 @@ def test_readyz_503_until_the_weights_are_loaded():
     with TestClient(app) as after:
         r = after.get("/readyz")
         assert r.status_code == 200
-        assert r.json() == {"status": "ready", "model": DEFAULT_NAME, "backend": "torch",
+        assert r.json() == {"status": "ready", "model": DEFAULT_NAME, "backend": "onnx",
                             "device": "cpu"}
         assert after.get("/healthz").json() == {"status": "ok"}
 
