@@ -99,34 +99,50 @@ def export(weights: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
-class OnnxNetwork:
-    """ONNX Runtime in place of `Rimer._network` (set as `model.network_runtime`)."""
-
-    def __init__(self, model: Rimer, graph: str | Path, source: str | Path, threads: int = 1):
+def open_session(weights: str | Path, threads: int = 1):
+    """An ONNX Runtime session of the checkpoint's graph, once the graph is known to come from
+    these weights (the sidecar's sha256) and to be intact (its own); any failure to get there is
+    an OnnxNetworkError saying what to do."""
+    graph, source = graph_path(weights), source_file(weights)
+    meta = Path(str(graph) + ".json")
+    again = f"python -m model.onnx_network --weights {weights}"
+    if not graph.is_file() or not meta.is_file():
+        raise OnnxNetworkError(f"no ONNX graph at {graph} (with its {meta.name}); export it "
+                               f"with: {again}")
+    try:
+        info = json.loads(meta.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise OnnxNetworkError(f"{meta} cannot be read ({exc}); export again: {again}") from None
+    if info.get("source_sha256") != checkpoint.sha256_of(source):
+        raise OnnxNetworkError(f"{graph} was exported from other weights than {source} "
+                               f"(sha256 differs); export it again: {again}")
+    if info.get("graph_sha256") != checkpoint.sha256_of(graph):
+        raise OnnxNetworkError(f"{graph} does not match the sha256 in {meta.name}; export it "
+                               f"again: {again}")
+    try:
         import onnxruntime as ort
 
-        graph, source = Path(graph), Path(source)
-        meta = Path(str(graph) + ".json")
-        if not graph.is_file() or not meta.is_file():
-            raise OnnxNetworkError(f"no ONNX graph at {graph} (with its {meta.name}); export it "
-                                   f"with: python -m model.onnx_network --weights <checkpoint>")
-        info = json.loads(meta.read_text())
-        if info.get("source_sha256") != checkpoint.sha256_of(source):
-            raise OnnxNetworkError(f"{graph} was exported from other weights than {source} "
-                                   f"(sha256 differs); export it again: {info.get('exported_by')}")
-        if info.get("graph_sha256") != checkpoint.sha256_of(graph):
-            raise OnnxNetworkError(f"{graph} does not match the sha256 in {meta.name}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads  # 0: one per core (ONNX Runtime's default)
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ImportError, or ONNX Runtime's own load errors
+        raise OnnxNetworkError(f"ONNX Runtime cannot load {graph}: {exc}".strip()) from None
+
+
+class OnnxNetwork:
+    """ONNX Runtime in place of `Rimer._network` (set as `model.network_runtime`)."""
+
+    def __init__(self, model: Rimer, session):
+        self.session = session
         self.model = model
         self.positions = model.cfg.pos_emb == "sinusoidal"
-        self.threads = threads
 
     @classmethod
     def for_checkpoint(cls, model: Rimer, weights: str | Path, threads: int = 1) -> OnnxNetwork:
-        return cls(model, graph_path(weights), source_file(weights), threads)
+        return cls(model, open_session(weights, threads))
 
     def __call__(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
                  check_positions: bool = True):

@@ -3,18 +3,43 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import torch
 import uvicorn
 
 from service.app import create_app
-from service.settings import parse
+from service.settings import Settings, parse
+
+
+def preflight(settings: Settings) -> str | None:
+    """A configuration mistake found before serving, as one line; None if there is none. (The
+    weights are loaded in the app's startup, where a mistake would end in a server traceback.)"""
+    weights = Path(settings.weights)
+    if not weights.exists():
+        return f"--weights: no checkpoint at {weights}"
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        return "--device cuda: CUDA is not available on this machine"
+    if settings.backend == "onnx":
+        if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
+            return "--backend onnx runs on the CPU: add --device cpu"
+        from model.onnx_network import OnnxNetworkError, open_session
+        try:
+            open_session(weights)
+        except OnnxNetworkError as exc:
+            return f"--backend onnx: {exc}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse(argv)
     # The service's own loggers (rimer.*: recovery, snapshots, log warnings) beside uvicorn's.
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+    mistake = preflight(settings)
+    if mistake is not None:
+        print(f"python -m service: error: {mistake}", file=sys.stderr)
+        sys.exit(2)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",

@@ -199,12 +199,14 @@ class Engine:
         if backend == "auto" and chosen == "torch":  # on the CPU: onnx where a graph is shipped
             from model.onnx_network import graph_path
             chosen = "onnx" if graph_path(weights).is_file() else "torch"
+            if chosen == "torch":
+                log.info("no ONNX graph beside %s: serving with the torch backend", weights)
         if chosen == "onnx":
             from model.onnx_network import OnnxNetwork, OnnxNetworkError
             try:
                 model.network_runtime = OnnxNetwork.for_checkpoint(model, weights,
                                                                    torch.get_num_threads())
-            except (OnnxNetworkError, ImportError) as exc:
+            except OnnxNetworkError as exc:
                 if backend == "onnx":
                     raise
                 log.warning("serving with the torch backend: %s", exc)

@@ -135,3 +135,44 @@ def test_onnx_reproduces_the_original(original_onnx, golden, length):
     with torch.no_grad():
         out = original_onnx.whole(_as_series(x))
     assert rel_err(out, _as_series(y)) <= TOLERANCE[length]
+
+
+@pytest.mark.parametrize("damage", ["sidecar not json", "sidecar a list", "graph unloadable"])
+def test_an_unreadable_graph_is_refused_by_onnx_and_skipped_by_auto(tmp_path, damage):
+    copy = tmp_path / "w"
+    shutil.copytree(DEFAULT_WEIGHTS, copy, ignore=shutil.ignore_patterns("eval-*"))
+    sidecar = copy / "network.onnx.json"
+    if damage == "sidecar not json":
+        sidecar.write_text('{"source_sha256": ')
+    elif damage == "sidecar a list":
+        sidecar.write_text("[]")
+    else:  # intact hashes, bytes ONNX Runtime cannot parse (as a graph of a newer opset would be)
+        graph = copy / "network.onnx"
+        graph.write_bytes(b"\xff" * 64 + graph.read_bytes()[64:])
+        meta = json.loads(sidecar.read_text())
+        meta["graph_sha256"] = checkpoint.sha256_of(graph)
+        sidecar.write_text(json.dumps(meta))
+    with pytest.raises(OnnxNetworkError, match="export|cannot load"):
+        Engine.load(str(copy), "cpu", 10, "onnx")
+    assert Engine.load(str(copy), "cpu", 10, "auto").backend == "torch"
+
+
+def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
+    """A mistake in the flags is one line on stderr and exit 2, not a traceback from the app's
+    startup."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    stale = tmp_path / "stale"
+    shutil.copytree(DEFAULT_WEIGHTS, stale, ignore=shutil.ignore_patterns("eval-*"))
+    meta = json.loads((stale / "network.onnx.json").read_text())
+    meta["source_sha256"] = "0" * 64
+    (stale / "network.onnx.json").write_text(json.dumps(meta))
+    for args, says in ((["--weights", str(tmp_path / "nowhere")], "no checkpoint at"),
+                       (["--weights", str(stale), "--backend", "onnx"], "other weights")):
+        run = subprocess.run([sys.executable, "-m", "service", "--device", "cpu", "--port", "1",
+                              *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2, run.stderr
+        assert says in run.stderr and "Traceback" not in run.stderr
+        assert run.stderr.strip().count("\n") == 0  # one line
