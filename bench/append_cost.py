@@ -1,6 +1,7 @@
 """Cost of one append against history length, next to recomputing the whole history.
 
-    python -m bench.append_cost [--lengths 1000 10000 100000 1000000] [--out bench/out/append_cost.json]
+    python -m bench.append_cost [--lengths 1000 10000 100000 1000000] [--backend auto|torch|onnx]
+                                [--out bench/out/append_cost.json]
 
 For each history length a streaming series is built in the engine, then timed, round-robin over the
 lengths so that load on the machine hits each alike: appends of one point (the common case: it
@@ -32,10 +33,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lengths", type=int, nargs="+", default=[1000, 10_000, 100_000, 1_000_000])
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--backend", default="auto", help="the engine's backend (auto: the service's "
+                    "CPU default)")
     ap.add_argument("--out", default="bench/out/append_cost.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    engine = Engine.load(args.weights, "cpu", max_series=len(args.lengths) + 1)
+    engine = Engine.load(args.weights, "cpu", max_series=len(args.lengths) + 1,
+                         backend=args.backend)
     p = engine.patch_len
     rng = np.random.default_rng(0)
     histories, build = {}, {}
@@ -84,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         r["append_1_patch_ratio_to_first"] = r["append_1_patch_us"] / base["append_1_patch_us"]
         r["append_1_point_ratio_to_first"] = r["append_1_point_us"] / base["append_1_point_us"]
         r["recompute_over_append_patch"] = r["recompute_whole_ms"] * 1e3 / r["append_1_patch_us"]
-    result = {"benchmark": "append_cost", "model": engine.name, "config": engine.model.cfg.to_dict(),
+    result = {"benchmark": "append_cost", "model": engine.name, "backend": engine.backend,
+              "config": engine.model.cfg.to_dict(),
               "machine": f"{platform.machine()} CPU ({cpu_name()}), "
                          f"torch threads 1", "torch": torch.__version__, "rows": rows}
     print(f"{'history':>9} {'1 point us':>11} {'1 patch us':>11} {'ratio':>6} {'fcst96 us':>10} "
