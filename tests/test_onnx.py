@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import checkpoint
-from model.onnx_network import OnnxNetwork, OnnxNetworkError, export, graph_path
+from model.onnx_network import CHUNK, OnnxNetwork, OnnxNetworkError, export, graph_path
 from model.rimer import TorchStep
 from model.state import RimerState
 from service.engine import Engine, Op
@@ -60,6 +60,22 @@ def test_onnx_network_matches_the_torch_network():
     assert torch.equal(got_wkv[1], state.wkv[1]) and torch.equal(got_shift[1], state.shift[1])
 
 
+def test_the_chunk_graph_computes_the_same_bits_as_one_patch_at_a_time():
+    """Which graph runs depends on the batch (CHUNK patches per call only where every series has
+    them), so the two must agree bit for bit for results not to depend on the batch."""
+    model, _ = checkpoint.load(DEFAULT_WEIGHTS)
+    chunked = OnnxNetwork.for_checkpoint(model, DEFAULT_WEIGHTS)
+    stepped = OnnxNetwork(model, {1: chunked.sessions[1]})
+    state = random_state(model.cfg, 3, 7)
+    xn = torch.randn(3, CHUNK + 3, model.cfg.patch_len, generator=torch.Generator().manual_seed(8))
+    for got, want in zip(chunked(xn, state, None), stepped(xn, state, None)):
+        assert torch.equal(got, want)
+    with torch.no_grad():  # and both are the network
+        want = model._network(xn, state, None, TorchStep)
+    for got, w in zip(chunked(xn, state, None), want):
+        assert rel_err(got, w) <= 1e-5
+
+
 def test_onnx_engine_matches_the_torch_engine():
     onnx = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "onnx")
     assert onnx.backend == "onnx"
@@ -81,7 +97,7 @@ def test_onnx_engine_matches_the_torch_engine():
 def test_auto_serves_onnx_on_the_cpu_where_a_current_graph_is_shipped(tmp_path, caplog):
     assert Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "auto").backend == "onnx"
     bare = tmp_path / "bare"
-    shutil.copytree(DEFAULT_WEIGHTS, bare, ignore=shutil.ignore_patterns("network.onnx*", "eval-*"))
+    shutil.copytree(DEFAULT_WEIGHTS, bare, ignore=shutil.ignore_patterns("network*", "eval-*"))
     assert Engine.load(str(bare), "cpu", 10, "auto").backend == "torch"
     with pytest.raises(OnnxNetworkError, match="no ONNX graph"):
         Engine.load(str(bare), "cpu", 10, "onnx")
@@ -150,7 +166,7 @@ def test_an_unreadable_graph_is_refused_by_onnx_and_skipped_by_auto(tmp_path, da
         graph = copy / "network.onnx"
         graph.write_bytes(b"\xff" * 64 + graph.read_bytes()[64:])
         meta = json.loads(sidecar.read_text())
-        meta["graph_sha256"] = checkpoint.sha256_of(graph)
+        meta["graphs"]["network.onnx"]["sha256"] = checkpoint.sha256_of(graph)
         sidecar.write_text(json.dumps(meta))
     with pytest.raises(OnnxNetworkError, match="export|cannot load"):
         Engine.load(str(copy), "cpu", 10, "onnx")
@@ -185,6 +201,7 @@ def test_onnx_results_do_not_depend_on_the_batch():
     (about 4e-5 at horizon 2048 here), which a long rollout can amplify."""
     e = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx")
     xs = [series(100 + 53 * i, i) for i in range(40)]
+    xs[7] = series(1500, 99)  # alone: CHUNK patches per call; beside shorter ones: one at a time
     alone = e.forecast_histories([xs[7]], 200)[0]
     for n in (8, 9, 17, 40):
         assert e.forecast_histories(xs[:n], 200)[7] == alone
