@@ -13,7 +13,7 @@ the model imposes, and keeps states. Three backends:
   Lengths are kept on the host, so the checks need no device round trip. One lock serialises
   pool operations.
 * `onnx` (CPU): the torch backend's states and code, with the network itself run by ONNX Runtime
-  from the graph shipped beside the weights (model/onnx_network.py; `Rimer.network_runtime`).
+  from the graphs shipped beside the weights (model/onnx_network.py; `Rimer.network_runtime`).
 
 With a data directory (service/store.py) the engine has a `journal`: an accepted append or delete
 is written to the write-ahead log under the journal's lock together with the state change it
