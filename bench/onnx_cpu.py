@@ -21,6 +21,7 @@ import statistics
 import time
 from pathlib import Path
 
+import onnxruntime
 import torch
 
 from bench.common import cpu_name, write_json
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"forecasts differ by {diff:.1e} (max relative)")
     result = {"benchmark": "onnx_cpu", "weights": args.weights, "cpu": cpu_name(),
               "cpus": os.cpu_count(), "threads": args.threads, "reps": args.reps,
-              "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__,
+              "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
               "max_rel_diff_forecast": diff, "cases": rows}
     write_json(Path(args.out), result)
     return result

@@ -84,6 +84,9 @@ def export(weights: str | Path) -> Path:
     naming the weights' sha256 and each graph's; returns the one-patch graph's path."""
     model, manifest = checkpoint.load(weights, "cpu")
     cfg = model.cfg
+    positions = cfg.pos_emb == "sinusoidal"
+    names = ["xn", "wkv", "shift"] + (["n_patches"] if positions else [])
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
     started = time.perf_counter()
     graphs = {}
     for patches in (1, CHUNK):
@@ -92,11 +95,8 @@ def export(weights: str | Path) -> Path:
         args = [torch.zeros(bsz, patches, cfg.patch_len),
                 torch.zeros(bsz, cfg.n_layers, cfg.n_heads, cfg.head_size, cfg.head_size),
                 torch.zeros(bsz, cfg.n_layers, cfg.d_model)]
-        names = ["xn", "wkv", "shift"]
-        if cfg.pos_emb == "sinusoidal":
+        if positions:
             args.append(torch.zeros(bsz, dtype=torch.int64))
-            names.append("n_patches")
-        batch = torch.export.Dim("batch", min=1, max=1 << 20)
         with torch.no_grad():
             torch.onnx.export(Patches(model).eval(), tuple(args), str(out), dynamo=True,
                               opset_version=OPSET, input_names=names,
@@ -113,7 +113,7 @@ def export(weights: str | Path) -> Path:
     return graph_path(weights)
 
 
-def open_session(weights: str | Path, threads: int = 1) -> dict[int, object]:
+def open_sessions(weights: str | Path, threads: int = 1) -> dict[int, object]:
     """ONNX Runtime sessions of the checkpoint's graphs, by patches per call, once the graphs are
     known to come from these weights (the sidecar's sha256) and to be intact (their own); any
     failure to get there is an OnnxNetworkError saying what to do."""
@@ -163,7 +163,7 @@ class OnnxNetwork:
 
     @classmethod
     def for_checkpoint(cls, model: Rimer, weights: str | Path, threads: int = 1) -> OnnxNetwork:
-        return cls(model, open_session(weights, threads))
+        return cls(model, open_sessions(weights, threads))
 
     def __call__(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
                  check_positions: bool = True):

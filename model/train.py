@@ -380,11 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     averaged.load_state_dict(model.state_dict())
     averaged.eval()  # only ever scored
     step, best, best_step, wall0 = 0, float("inf"), -1, 0.0
-    if not 0.0 <= args.dropout < 1.0:
-        ap.error("--dropout must be in [0, 1)")
     if args.loss == "huber" and args.loss_units == "scaled":
         ap.error("--loss huber works in normalised units: drop --loss-units scaled")
-    model.set_dropout(args.dropout)
+    try:
+        model.set_dropout(args.dropout)
+    except ValueError as exc:
+        ap.error(f"--dropout: {exc}")
     streams = (Streams(train, model, args.streams, args.bptt, args.loss_units, args.loss)
                if args.stream_every else None)
     flags = {k: v for k, v in vars(args).items() if k not in FREE_ON_RESUME}

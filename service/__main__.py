@@ -24,9 +24,9 @@ def preflight(settings: Settings) -> str | None:
     if settings.backend == "onnx":
         if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
             return "--backend onnx runs on the CPU: add --device cpu"
-        from model.onnx_network import OnnxNetworkError, open_session
+        from model.onnx_network import OnnxNetworkError, open_sessions
         try:
-            open_session(weights)
+            open_sessions(weights)
         except OnnxNetworkError as exc:
             return f"--backend onnx: {exc}"
     return None

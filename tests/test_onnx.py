@@ -94,18 +94,28 @@ def test_onnx_engine_matches_the_torch_engine():
     assert rel_err(torch.tensor(got), torch.tensor(want)) <= 1e-5
 
 
-def test_auto_serves_onnx_on_the_cpu_where_a_current_graph_is_shipped(tmp_path, caplog):
-    assert Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "auto").backend == "onnx"
-    bare = tmp_path / "bare"
-    shutil.copytree(DEFAULT_WEIGHTS, bare, ignore=shutil.ignore_patterns("network*", "eval-*"))
-    assert Engine.load(str(bare), "cpu", 10, "auto").backend == "torch"
-    with pytest.raises(OnnxNetworkError, match="no ONNX graph"):
-        Engine.load(str(bare), "cpu", 10, "onnx")
-    stale = tmp_path / "stale"
-    shutil.copytree(DEFAULT_WEIGHTS, stale, ignore=shutil.ignore_patterns("eval-*"))
+def weights_copy(to, *leave_out: str):
+    """The default weights copied to `to` (evaluation reports and `leave_out` patterns left out)."""
+    shutil.copytree(DEFAULT_WEIGHTS, to, ignore=shutil.ignore_patterns("eval-*", *leave_out))
+    return to
+
+
+def stale_copy(tmp_path):
+    """A copy of the default weights whose graphs claim to come from other weights."""
+    stale = weights_copy(tmp_path / "stale")
     meta = json.loads((stale / "network.onnx.json").read_text())
     meta["source_sha256"] = "0" * 64
     (stale / "network.onnx.json").write_text(json.dumps(meta))
+    return stale
+
+
+def test_auto_serves_onnx_on_the_cpu_where_a_current_graph_is_shipped(tmp_path, caplog):
+    assert Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "auto").backend == "onnx"
+    bare = weights_copy(tmp_path / "bare", "network*")
+    assert Engine.load(str(bare), "cpu", 10, "auto").backend == "torch"
+    with pytest.raises(OnnxNetworkError, match="no ONNX graph"):
+        Engine.load(str(bare), "cpu", 10, "onnx")
+    stale = stale_copy(tmp_path)
     assert Engine.load(str(stale), "cpu", 10, "auto").backend == "torch"  # with a warning
     assert "other weights" in caplog.text
     with pytest.raises(OnnxNetworkError, match="other weights"):
@@ -155,8 +165,7 @@ def test_onnx_reproduces_the_original(original_onnx, golden, length):
 
 @pytest.mark.parametrize("damage", ["sidecar not json", "sidecar a list", "graph unloadable"])
 def test_an_unreadable_graph_is_refused_by_onnx_and_skipped_by_auto(tmp_path, damage):
-    copy = tmp_path / "w"
-    shutil.copytree(DEFAULT_WEIGHTS, copy, ignore=shutil.ignore_patterns("eval-*"))
+    copy = weights_copy(tmp_path / "w")
     sidecar = copy / "network.onnx.json"
     if damage == "sidecar not json":
         sidecar.write_text('{"source_sha256": ')
@@ -180,11 +189,7 @@ def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
     import sys
 
     from tests.conftest import ROOT
-    stale = tmp_path / "stale"
-    shutil.copytree(DEFAULT_WEIGHTS, stale, ignore=shutil.ignore_patterns("eval-*"))
-    meta = json.loads((stale / "network.onnx.json").read_text())
-    meta["source_sha256"] = "0" * 64
-    (stale / "network.onnx.json").write_text(json.dumps(meta))
+    stale = stale_copy(tmp_path)
     for args, says in ((["--weights", str(tmp_path / "nowhere")], "no checkpoint at"),
                        (["--weights", str(stale), "--backend", "onnx"], "other weights")):
         run = subprocess.run([sys.executable, "-m", "service", "--device", "cpu", "--port", "1",
