@@ -66,11 +66,13 @@ class SeriesEntry:
     # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
     pending: list[float] = field(default_factory=list)
 
-    def set_state(self, state: RimerState) -> None:
+    def set_state(self, state: RimerState, length: int | None = None) -> None:
         """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
-        contiguous, and CPU kernels may round differently with other strides."""
+        contiguous, and CPU kernels may round differently with other strides. `length`: the
+        state's points, when the caller knows them (else read from the state)."""
         tensors = {k: v.contiguous() for k, v in state.tensors().items()}
-        self.state, self.length = RimerState(**tensors), int(state.length[0])
+        self.state = RimerState(**tensors)
+        self.length = int(state.length[0]) if length is None else length
         self.pending = []
 
 
@@ -308,6 +310,25 @@ class Engine:
             self._resident.move_to_end(series_id)
             entry.touched = time.monotonic()
             return entry.state
+
+    def _on_device_all(self, entries: dict[str, SeriesEntry]) -> dict[str, RimerState]:
+        """`_on_device` for many entries (their locks held), under one hold of the table lock."""
+        with self._table_lock:
+            resident, now, states = self._resident, time.monotonic(), {}
+            for series_id, entry in entries.items():
+                if entry.state is None:
+                    try:
+                        entry.set_state(self.spill.take(series_id).to(self.device))
+                    except SpillError as exc:
+                        raise EngineError(500, str(exc), "id") from exc
+                    self.cache_stats["misses"] += 1
+                else:
+                    self.cache_stats["hits"] += 1
+                resident[series_id] = None
+                resident.move_to_end(series_id)
+                entry.touched = now
+                states[series_id] = entry.state
+            return states
 
     def _shrink(self) -> None:
         """Torch: spill least recently used states until the device holds `capacity`; states
@@ -566,6 +587,7 @@ class Engine:
         changes here); the rejected ones, by index. Sets each accepted op's `length`."""
         sim: dict[str, int | None] = {}
         errors: dict[int, EngineError] = {}
+        positions_end = self._positions_end()
         for r, ops in enumerate(requests):
             local: dict[str, int | None] = {}
             created = 0
@@ -588,7 +610,8 @@ class Engine:
                     new = cur + len(op.values)
                     if op.horizon is not None:
                         self.check_forecastable(new, op.horizon, op.field("horizon"))
-                    self._check_positions(new, op.field("values"))
+                    if new >= positions_end:
+                        self._check_positions(new, op.field("values"))
                     local[sid] = op.length = new
             except EngineError as exc:
                 errors[r] = exc
@@ -652,11 +675,14 @@ class Engine:
                     if k == len(rounds):
                         rounds.append([])
                     rounds[k].append(op)
-            states = {sid: self._on_device(sid, e) for sid, e in entries.items()}
-            pending = {sid: list(e.pending) for sid, e in entries.items()}
+            states = self._on_device_all(entries)
+            # (the rounds rebind these lists, never change them: the entries stay as they are
+            # until every computation has succeeded)
+            pending = {sid: e.pending for sid, e in entries.items()}
             for ops in rounds:
                 self._torch_round(ops, states, pending)
             with self._journal_lock():
+                now = time.monotonic()
                 for r in accepted:
                     done = []
                     try:
@@ -668,11 +694,11 @@ class Engine:
                                                                        op.length, op.meta)
                                 self._set_meta(op.series_id, op.meta)
                             if op.state is not None:  # computed: pending points folded in
-                                entry.set_state(op.state)
+                                entry.set_state(op.state, op.length)
                             elif op.values is not None:  # deferred: a copy into the tail
                                 entry.pending.extend(op.values)
                                 entry.length = op.length
-                            entry.touched = time.monotonic()
+                            entry.touched = now
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
                         results[r] = exc
@@ -695,6 +721,7 @@ class Engine:
         own: one model call for those that complete no patch (the matrices are neither read
         nor changed), one for those that do; then forecasts, one call per horizon. Sets
         `op.state` and `op.mean`; `states` and `pending` move on."""
+        p = self.patch_len
         computed: list[tuple[Op, list[float]]] = []
         for op in ops:
             sid = op.series_id
@@ -702,8 +729,8 @@ class Engine:
                 if pending[sid]:
                     computed.append((op, pending[sid]))
                     pending[sid] = []
-            elif op.horizon is None and self._tail_only(op.length - len(op.values), op.length):
-                pending[sid] = pending[sid] + op.values
+            elif op.horizon is None and (op.length - len(op.values)) // p == op.length // p:
+                pending[sid] = pending[sid] + op.values  # completes no patch (`_tail_only`)
             else:
                 computed.append((op, pending[sid] + op.values))
                 pending[sid] = []
@@ -711,8 +738,9 @@ class Engine:
         def tensors(group):
             return [torch.tensor(v, dtype=torch.float32) for _, v in group]
 
-        tail_only = [(op, v) for op, v in computed if self._tail_only(op.length - len(v), op.length)]
-        stepped = [(op, v) for op, v in computed if not self._tail_only(op.length - len(v), op.length)]
+        tail_only, stepped = [], []
+        for op, v in computed:
+            (tail_only if self._tail_only(op.length - len(v), op.length) else stepped).append((op, v))
         if tail_only:
             new = self._append_tails([states[op.series_id] for op, _ in tail_only],
                                      [v for _, v in tail_only])
@@ -854,6 +882,11 @@ class Engine:
                 self._series[series_id] = entry
 
     # ---- triton backend: the states in a pool on the device --------------------------------
+
+    def _positions_end(self) -> float:
+        """The shortest length `_check_positions` refuses (infinity when none is)."""
+        cfg = self.model.cfg
+        return (cfg.max_positions + 1) * cfg.patch_len if cfg.pos_emb == "sinusoidal" else math.inf
 
     def _check_positions(self, length: int, field: str) -> None:
         cfg = self.model.cfg

@@ -42,7 +42,9 @@ computes from is the one its append replaces, even with concurrent requests on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -299,45 +301,60 @@ def describe(meta: dict | None) -> dict:
 
 
 class SeriesLocks:
-    """Per-series asyncio locks of the HTTP layer, taken in id order (no deadlock between requests
-    naming several series). An entry lives only while someone holds or waits for it."""
+    """Per-series locks of the HTTP layer (asyncio, one event loop), taken in id order (no deadlock
+    between requests naming several series). An id is held while it is in the table, with the
+    futures of those waiting for it in arrival order; a free id is taken without awaiting, and a
+    release hands it straight to the first live waiter. (One asyncio.Lock per id and request
+    cost 1.7 ms of a 1,000-series bulk append.)"""
 
     def __init__(self):
-        self._locks: dict[str, list] = {}  # id -> [asyncio.Lock, holders and waiters]
+        self._held: dict[str, deque[asyncio.Future] | None] = {}  # held id -> its waiters
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._held)
 
     async def acquire(self, ids: Iterable[str]) -> list[str]:
         """Take every id's lock; the ids, sorted, to pass to `release`."""
-        ordered, got = sorted(set(ids)), []
+        ordered = sorted(set(ids))
+        got = 0
         try:
             for sid in ordered:
-                entry = self._locks.get(sid)
-                if entry is None:
-                    entry = self._locks[sid] = [asyncio.Lock(), 0]
-                entry[1] += 1
-                try:
-                    await entry[0].acquire()
-                except BaseException:
-                    self._drop(sid)
-                    raise
-                got.append(sid)
+                if sid not in self._held:
+                    self._held[sid] = None  # free: taken (a queue comes with the first waiter)
+                else:
+                    await self._wait(sid)
+                got += 1
         except BaseException:
-            self.release(got)
+            self.release(ordered[:got])
             raise
         return ordered
 
+    async def _wait(self, sid: str) -> None:
+        waiters = self._held[sid]
+        if waiters is None:
+            waiters = self._held[sid] = deque()
+        future = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release([sid])  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):  # (a release may have dropped it)
+                    waiters.remove(future)
+            raise
+
     def release(self, ids: Iterable[str]) -> None:
         for sid in ids:
-            self._locks[sid][0].release()
-            self._drop(sid)
-
-    def _drop(self, sid: str) -> None:
-        entry = self._locks[sid]
-        entry[1] -= 1
-        if entry[1] == 0:
-            del self._locks[sid]
+            waiters = self._held[sid]
+            while waiters:  # (None: no one ever waited)
+                future = waiters.popleft()
+                if not future.done():
+                    future.set_result(None)  # the lock passes to this waiter
+                    break
+            else:
+                del self._held[sid]
 
     async def run(self, ids: Iterable[str], work):
         """`await work()` holding the ids' locks. The work runs as a task shielded from the

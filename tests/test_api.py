@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.app import create_app, json_response
 from service.engine import Engine
 from service.settings import Settings
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ORIGINAL_PTH
@@ -41,6 +43,23 @@ def test_forecast_shape(client):
     assert body["model"] == DEFAULT_NAME and body["horizon"] == 7
     assert [f["id"] for f in body["forecasts"]] == ["a", "b"]
     assert all(len(f["mean"]) == 7 for f in body["forecasts"])
+
+
+def test_answers_leave_out_null_fields_and_write_non_finite_floats_as_null(client):
+    """Bulk appends and /forecast write their JSON directly (not through the response model):
+    the fields a series without timestamps lacks are left out, as the models say, and a
+    non-finite float would be null, as pydantic writes it, never a bare NaN (invalid JSON)."""
+    r = client.post("/series/append", json={"series": [{"id": "n1", "values": ramp(40)}],
+                                            "horizon": 3})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    [item] = r.json()["series"]
+    assert set(item) == {"id", "length", "forecast"} and set(item["forecast"]) == {"mean"}
+    r = client.post("/series/append", json={"series": [{"id": "n1", "values": [1.0]}]})
+    assert r.json() == {"series": [{"id": "n1", "length": 41}]}
+    r = client.post("/forecast", json={"series": [{"id": "a", "values": ramp(40)}], "horizon": 3})
+    assert set(r.json()["forecasts"][0]) == {"id", "mean"}
+    raw = json_response({"mean": [1.5, float("nan"), float("-inf")], "n": 2}).body
+    assert json.loads(raw) == {"mean": [1.5, None, None], "n": 2}
 
 
 def test_series_lifecycle(client):

@@ -180,6 +180,33 @@ def test_series_locks_serialise_and_outlive_a_cancelled_caller():
     asyncio.run(scenario())
 
 
+def test_series_locks_pass_over_cancelled_waiters_in_arrival_order():
+    """A waiter that goes away is skipped; the lock goes to the next one, in arrival order. A
+    waiter cancelled just after the lock was handed to it passes it on (nothing is leaked)."""
+    async def scenario():
+        locks, order = timeline.SeriesLocks(), []
+        held = await locks.acquire(["x"])
+
+        async def waiter(name: str):
+            got = await locks.acquire(["x", name])  # x first (id order), then its own id
+            order.append(name)
+            locks.release(got)
+
+        tasks = {n: asyncio.ensure_future(waiter(n)) for n in ("y1", "y2", "y3", "y4")}
+        await asyncio.sleep(0)
+        tasks["y2"].cancel()  # gives up while waiting
+        await asyncio.sleep(0)
+        locks.release(held)  # handed to y1 ...
+        tasks["y1"].cancel()  # ... which is cancelled before it resumes: it passes x on
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert order == ["y3", "y4"]
+        assert tasks["y1"].cancelled() and tasks["y2"].cancelled()
+        assert len(locks) == 0
+        assert await locks.acquire(["x"]) == ["x"]  # free again, at once
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))  # (a leaked lock would hang: fail instead)
+
+
 # ---- through the API -------------------------------------------------------------------------
 
 LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=400,
