@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -595,31 +596,38 @@ class Rimer(nn.Module):
 
 class _Split:
     """New points joined to each series' tail and cut into complete patches (in chunks of at most
-    MAX_CHUNK_PATCHES) and a new tail; built on the host, whatever the state's device."""
+    MAX_CHUNK_PATCHES) and a new tail; built on the host, whatever the state's device. The
+    per-series slicing is done in NumPy views of torch-allocated buffers (a few small torch ops
+    per series cost 2 ms for a batch of 31 one-point appends, 35 ms for 1,000 tails)."""
 
     def __init__(self, tail: torch.Tensor, tail_len: torch.Tensor, values: list[torch.Tensor], p: int):
         tail, lens = tail.cpu(), tail_len.cpu().tolist()
+        old = tail.numpy()
         self.p = p
-        self.joined = [torch.cat([tail[b, : lens[b]], values[b].to("cpu", tail.dtype)])
-                       for b in range(len(values))]
-        self.n_complete = torch.tensor([len(j) // p for j in self.joined], dtype=torch.int64)
-        self.tail_len = torch.tensor([len(j) % p for j in self.joined], dtype=torch.int64)
+        self.joined = [np.concatenate([old[b, : lens[b]], v.to("cpu", tail.dtype).numpy()])
+                       for b, v in enumerate(values)]
+        self.counts = [len(j) // p for j in self.joined]  # complete patches per series
+        rest = [len(j) % p for j in self.joined]
+        self.n_complete = torch.tensor(self.counts, dtype=torch.int64)
+        self.tail_len = torch.tensor(rest, dtype=torch.int64)
         self.tail = torch.zeros_like(tail)
-        for b, j in enumerate(self.joined):
-            r = int(self.tail_len[b])
-            self.tail[b, :r] = j[len(j) - r:]
+        new = self.tail.numpy()  # (a view: filled in place)
+        for b, (j, r) in enumerate(zip(self.joined, rest)):
+            if r:
+                new[b, :r] = j[len(j) - r:]
 
     def chunks(self, device):
         """(patches [B, t, P], valid [B, t] or None when all are real) per chunk, on `device`."""
         p, bsz = self.p, len(self.joined)
-        total = int(self.n_complete.max()) if bsz else 0
+        total = max(self.counts, default=0)
         for start in range(0, total, MAX_CHUNK_PATCHES):
             t = min(MAX_CHUNK_PATCHES, total - start)
             patches = torch.zeros(bsz, t, p, dtype=self.tail.dtype)
-            for b, j in enumerate(self.joined):
-                lo, hi = start, min(start + t, int(self.n_complete[b]))
-                if hi > lo:
-                    patches[b, : hi - lo] = j[lo * p: hi * p].view(-1, p)
+            view = patches.numpy()
+            for b, (j, n) in enumerate(zip(self.joined, self.counts)):
+                hi = min(start + t, n)
+                if hi > start:
+                    view[b, : hi - start] = j[start * p: hi * p].reshape(-1, p)
             counts = (self.n_complete - start).clamp(min=0, max=t)
             valid = torch.arange(t)[None] < counts[:, None]
             yield patches.to(device), None if bool(valid.all()) else valid.to(device)

@@ -76,7 +76,7 @@ class SeriesEntry:
         self.pending = []
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Op:
     """One series' part of a batched request: append `values` (None: forecast only), and forecast
     `horizon` points after it when given. `prefix` names the item in errors ("series[3]")."""
