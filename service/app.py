@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import math
 from contextlib import asynccontextmanager
 from pathlib import Path as PathLib
 
+import pydantic_core
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +26,7 @@ from service.store import Store, StoreError
 from service.timeline import TimelineError
 
 log = logging.getLogger("rimer.service")
+GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold once the service has started (see lifespan)
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
 
 
@@ -43,27 +43,15 @@ def _field_path(error: dict) -> str:
     return out
 
 
-def _nulls_for_non_finite(content):
-    """`content` with NaN and infinities as None (JSON null, as pydantic writes them)."""
-    if isinstance(content, float):
-        return content if math.isfinite(content) else None
-    if isinstance(content, dict):
-        return {k: _nulls_for_non_finite(v) for k, v in content.items()}
-    if isinstance(content, list):
-        return [_nulls_for_non_finite(v) for v in content]
-    return content
-
-
 def json_response(content: dict) -> Response:
-    """`content` (built by this layer, no None fields) as JSON, written directly. Returned from a
-    route, it skips FastAPI's validation of our own output against the route's response model,
-    which took 5 ms of a 1,000-series bulk append (more than the model step of its ~31 completed
-    patches); the model still documents the route."""
-    try:
-        body = json.dumps(content, allow_nan=False, separators=(",", ":"))
-    except ValueError:  # a non-finite float somewhere
-        body = json.dumps(_nulls_for_non_finite(content), allow_nan=False, separators=(",", ":"))
-    return Response(body, media_type="application/json")
+    """`content` (built by this layer, no None fields) as JSON, written by pydantic-core (non-finite
+    floats as null, as pydantic writes them). Returned from a route, it skips FastAPI's validation
+    of our own output against the route's response model, which took 5 ms of a 1,000-series bulk
+    append (more than the model step of its ~31 completed patches); the model still documents the
+    route. pydantic-core writes floats 15x faster than the json module (96,000 floats: 6.8 against
+    102 ms), the bulk of a many-series forecast."""
+    return Response(pydantic_core.to_json(content, inf_nan_mode="null"),
+                    media_type="application/json")
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -94,6 +82,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             # cyclic collector's full passes, which otherwise walk them every few bulk requests.
             gc.collect()
             gc.freeze()
+            # And collect the young generation every 50,000 allocations, not 700: a bulk append
+            # of 1,000 series allocates tens of thousands of short-lived objects (freed by their
+            # reference counts, not by the collector), and each full pass also walks every
+            # series' entry. Measured through HTTP (1,000-series bulk appends, 3 alternating
+            # runs each): +12% points/s one client at a time, +21% with 4 at once.
+            gc.set_threshold(*GC_THRESHOLDS)
         yield
         if expiry is not None:
             expiry.close()
