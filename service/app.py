@@ -275,24 +275,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         check_many(body)
         e = engine_of(request)
 
-        def plan_all() -> list[timeline.Plan]:
-            plans, chain, budget = [], {}, settings.max_gap_points
+        def plan_all() -> list[Op]:
+            ops, chain, budget = [], {}, settings.max_gap_points
             for i, s in enumerate(body.series):
-                plans.append(plan_append(e, s.id, s, budget, f"series[{i}]", chain))
-                budget -= plans[-1].filled
-            return plans
+                prefix = f"series[{i}]"
+                planned = plan_append(e, s.id, s, budget, prefix, chain)
+                budget -= planned.filled
+                ops.append(Op(s.id, planned.values, body.horizon, prefix, meta=planned.meta))
+            return ops
 
         async def work():
-            plans = await off_loop(is_large(sum(len(s.values) for s in body.series)), plan_all)
-            check_points(sum(len(p.values) for p in plans), "series")
-            stamps = [timeline.forecast_timestamps(p.meta, body.horizon, f"series[{i}].horizon")
-                      if body.horizon else None for i, p in enumerate(plans)]
-            ops = [Op(s.id, p.values, body.horizon, f"series[{i}]", meta=p.meta)
-                   for i, (s, p) in enumerate(zip(body.series, plans))]
-            return plans, stamps, await run_ops(request, ops, "bulk_append")
+            ops = await off_loop(is_large(sum(len(s.values) for s in body.series)), plan_all)
+            check_points(sum(len(op.values) for op in ops), "series")
+            stamps = [timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
+                      if body.horizon else None for op in ops]
+            return ops, stamps, await run_ops(request, ops, "bulk_append")
 
-        plans, stamps, results = await series_locks.run([s.id for s in body.series], work)
-        metrics.points_appended.inc(sum(len(p.values) for p in plans))
+        ops, stamps, results = await series_locks.run([s.id for s in body.series], work)
+        metrics.points_appended.inc(sum(len(op.values) for op in ops))
         out, forecast = [], 0
         for s, (length, mean), t in zip(body.series, results, stamps):
             item = {"id": s.id, "length": length}
