@@ -224,3 +224,52 @@ def test_onnx_results_do_not_depend_on_the_batch():
         single.append("s3", next(op.values for op in ops if op.series_id == "s3"), None)
     got = batched.apply_batch([[Op(f"s{i}", None, 96) for i in range(20)]])[0][3][1]
     assert got == single.forecast_series("s3", 96)[1]
+
+
+class _BatchDependent:
+    """A model whose results change in the last bits with the batch size (as torch's CPU matrix
+    products may): what `appends_are_batch_invariant` must catch."""
+
+    def __init__(self, model):
+        self.model, self.cfg, self.head = model, model.cfg, model.head
+
+    def append(self, state, values):
+        out = self.model.append(state, values)
+        out.norm = out.norm * (1 + 1e-15 * len(values))
+        return out
+
+
+def test_journaled_appends_are_batched_only_where_batching_keeps_the_bits(tmp_path):
+    """With a write-ahead log, an onnx engine computes the series of a batch that complete a
+    patch in one model call (its start-up check found ONNX Runtime batch-invariant here), and
+    replaying the log one append at a time rebuilds the same states, bit for bit: forecasts after
+    recovery equal those before. A model whose bits depend on the batch fails the check."""
+    from service.engine import appends_are_batch_invariant
+    from service.store import Store
+
+    e = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx")
+    assert e.batch_invariant
+    assert not appends_are_batch_invariant(_BatchDependent(e.model))
+    calls = []
+    runtime = e.model.network_runtime
+    e.model.network_runtime = lambda *a: calls.append(a[0].shape[0]) or runtime(*a)
+    store = Store(tmp_path, e, snapshot_interval_s=0)
+    store.open()
+    xs = [series(300 + 7 * i, i) for i in range(12)]
+    pos = [0] * 12
+    for k in (40, 1, 31, 64, 2, 33):  # uneven pieces, several series completing patches
+        ops = []
+        for i in range(12):
+            piece = xs[i][pos[i]:pos[i] + k + i % 5]
+            pos[i] += len(piece)
+            ops.append(Op(f"s{i}", piece))
+        assert not any(isinstance(r, Exception) for r in e.apply_batch([ops]))
+    assert max(calls) > 1  # batched calls, not one series at a time
+    ids = [f"s{i}" for i in range(12)]
+    before = {i: e.forecast_series(i, 48) for i in ids}
+    store.close(snapshot=False)  # as after a crash: everything from the log
+    again = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx")
+    store2 = Store(tmp_path, again, snapshot_interval_s=0)
+    assert store2.open()["replayed"] == 6 * 12
+    assert {i: again.forecast_series(i, 48) for i in ids} == before
+    store2.close()
