@@ -61,7 +61,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from model.state import STATE_VERSION, RimerState
-from service.engine import Engine, EngineError
+from service.engine import Engine, EngineError, Op
 
 log = logging.getLogger("rimer.store")
 
@@ -76,6 +76,7 @@ APPEND = struct.Struct("<QI")  # resulting length, number of values
 META = struct.Struct("<I")  # bytes of the metadata's JSON (version 2)
 KIND_APPEND, KIND_DELETE = 1, 2
 MAX_PAYLOAD = 1 << 30
+REPLAY_BATCH = 4096  # most log records replayed in one engine batch
 SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "rimer-snapshot", "2"  # 2: series metadata
 SNAPSHOT_READABLE = ("1", "2")
 WAL_NAME = re.compile(r"^wal-(\d{16})\.log$")
@@ -454,6 +455,12 @@ class Store:
             raise StoreError(f"data directory {d}: write-ahead log segment(s) {missing} are "
                              f"missing (expected {wal_path(d, wal_from).name} onwards)")
         replayed = 0
+        # Consecutive appends are replayed as one engine batch (each series' in log order) where
+        # the engine found its backend batch-invariant: the same bits as one at a time, with a
+        # model call per batch instead of per completed patch (101,000 one-point appends of
+        # 1,000 series: 8.5 s one at a time).
+        batched = getattr(self.engine, "batch_invariant", False)
+        pending: list[tuple[Path, Record]] = []
         for number in live:
             path = wal_path(d, number)
             last = number == live[-1]
@@ -464,8 +471,18 @@ class Store:
                 if record.seq != seq + 1:
                     raise StoreError(f"{path}: record {offset} has sequence number {record.seq}, "
                                      f"expected {seq + 1} (records are missing)")
-                self._replay(path, record)
+                if batched and record.kind != KIND_DELETE:
+                    pending.append((path, record))
+                    if len(pending) >= REPLAY_BATCH:
+                        self._replay_batch(pending)
+                        pending = []
+                else:
+                    self._replay_batch(pending)
+                    pending = []
+                    self._replay(path, record)
                 seq, replayed = record.seq, replayed + 1
+            self._replay_batch(pending)  # (a batch ends with its segment)
+            pending = []
             if cut is not None:
                 if segment == -1:
                     path.unlink()
@@ -483,6 +500,20 @@ class Store:
                  "%d series held", restored, replayed, seconds, self.engine.series_held)
         return {"restored": restored, "replayed": replayed, "seconds": seconds}
 
+    def _replay_batch(self, records: list[tuple[Path, Record]]) -> None:
+        """Appends (no deletes) in one `Engine.apply_batch` request, checked like `_replay`. A
+        refused batch changed nothing: replayed one at a time, to name the record at fault."""
+        if not records:
+            return
+        ops = [Op(r.series_id, r.values, None, meta=r.meta) for _, r in records]
+        [result] = self.engine.apply_batch([ops])
+        if isinstance(result, EngineError):
+            for path, record in records:
+                self._replay(path, record)
+            return
+        for (path, record), (length, _) in zip(records, result):
+            self._check_length(path, record, length)
+
     def _replay(self, path: Path, record: Record) -> None:
         try:
             if record.kind == KIND_DELETE:
@@ -496,6 +527,10 @@ class Store:
         except EngineError as exc:
             raise StoreError(f"{path}: replaying record {record.seq} (series "
                              f"{record.series_id!r}) failed: {exc.message}") from exc
+        self._check_length(path, record, length)
+
+    @staticmethod
+    def _check_length(path: Path, record: Record, length: int) -> None:
         if length != record.length:
             raise StoreError(f"{path}: replaying record {record.seq} gave series "
                              f"{record.series_id!r} {length} points; the log says {record.length}")

@@ -269,7 +269,39 @@ def test_journaled_appends_are_batched_only_where_batching_keeps_the_bits(tmp_pa
     before = {i: e.forecast_series(i, 48) for i in ids}
     store.close(snapshot=False)  # as after a crash: everything from the log
     again = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx")
+    replay_calls = []
+    runtime2 = again.model.network_runtime
+    again.model.network_runtime = lambda *a: replay_calls.append(a[0].shape[0]) or runtime2(*a)
     store2 = Store(tmp_path, again, snapshot_interval_s=0)
     assert store2.open()["replayed"] == 6 * 12
+    assert max(replay_calls) > 1  # the log replayed in batches too
+    again.model.network_runtime = runtime2
     assert {i: again.forecast_series(i, 48) for i in ids} == before
-    store2.close()
+    store2.close(snapshot=False)
+
+
+def test_batched_replay_names_the_record_at_fault(tmp_path):
+    """Replayed in batches, a record that does not add up, or one the engine refuses, is still
+    reported by its own sequence number, and the server does not start on it."""
+    from service.store import Store, StoreError
+
+    def log_of(directory, extra=None):
+        e = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx")
+        store = Store(directory, e, snapshot_interval_s=0)
+        store.open()
+        for i in range(8):  # records 1..8, one per series
+            e.append(f"s{i}", series(40 + i, i), None)
+        if extra:
+            extra(e)
+        store.close(snapshot=False)
+
+    log_of(tmp_path / "a", lambda e: e.journal.write_append("s2", [1.0], 999))  # record 9
+    with pytest.raises(StoreError, match=r"replaying record 9 gave series 's2' 43 points; the "
+                                         r"log says 999"):
+        Store(tmp_path / "a", Engine.load(str(DEFAULT_WEIGHTS), "cpu", 100, "onnx"),
+              snapshot_interval_s=0).open()
+    log_of(tmp_path / "b")
+    small = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 5, "onnx")  # holds 5 series, the log has 8
+    with pytest.raises(StoreError, match=r"replaying record 6 \(series 's5'\) failed: the "
+                                         r"service holds its maximum of 5"):
+        Store(tmp_path / "b", small, snapshot_interval_s=0).open()
