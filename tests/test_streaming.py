@@ -75,3 +75,26 @@ def test_append_with_forecast_matches_get_forecast(client):
     assert r.status_code == 200
     g = client.get("/series/x1/forecast", params={"horizon": 24})
     assert r.json()["forecast"]["mean"] == g.json()["mean"]
+
+
+@pytest.mark.parametrize("window_ms", [0.0, 2.0], ids=["unbatched", "batched"])
+def test_a_short_position_table_is_a_422_on_either_path_and_does_not_stop_the_start(window_ms):
+    """A streaming model with a sinusoidal position table of a few patches: the engine's start-up
+    batch check stays inside the table, and an append past it is a 422 naming `values` whether it
+    goes through the batcher or the single-append path (it was a PositionLimitError, a 500)."""
+    from service.engine import EngineError, appends_are_batch_invariant
+    from tests.test_model import tiny_model
+
+    model = tiny_model(pos_emb="sinusoidal", max_positions=4, norm="causal")
+    assert appends_are_batch_invariant(model) in (True, False)  # does not raise
+    p = model.cfg.patch_len
+    engine = Engine(model, {"name": "short-table"}, max_series=4)
+    assert engine.append("direct", series(4 * p, 1), None)[0] == 4 * p  # the whole table
+    with pytest.raises(EngineError) as refused:
+        engine.append("direct", series(p, 2), None)
+    assert (refused.value.status, refused.value.field) == (422, "values")
+    with TestClient(create_app(Settings(batch_window_ms=window_ms), engine)) as c:
+        assert c.post("/series/s/append", json={"values": series(4 * p, 3)}).status_code == 200
+        r = c.post("/series/s/append", json={"values": series(p, 4)})
+        assert r.status_code == 422 and r.json()["field"] == "values", r.text
+        assert c.get("/series/s").json()["length"] == 4 * p  # nothing applied
