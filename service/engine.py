@@ -650,7 +650,7 @@ class Engine:
                         self._check_positions(new, op.field("values"))
                     local[sid] = op.length = new
             except EngineError as exc:
-                errors[r] = exc
+                errors[r] = exc.with_traceback(None)  # (no frame kept: no cycle through the batch)
                 continue
             sim.update(local)
             held += created
