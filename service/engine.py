@@ -332,19 +332,7 @@ class Engine:
     def _on_device(self, series_id: str, entry: SeriesEntry) -> RimerState:
         """The series' state on the device, taken back from a lower tier if spilled; the caller
         holds `entry.lock` (so no one else moves it). Call `_shrink` once the lock is let go."""
-        with self._table_lock:
-            if entry.state is None:
-                try:
-                    entry.set_state(self.spill.take(series_id).to(self.device))
-                except SpillError as exc:
-                    raise EngineError(500, str(exc), "id") from exc
-                self.cache_stats["misses"] += 1
-            else:
-                self.cache_stats["hits"] += 1
-            self._resident[series_id] = None
-            self._resident.move_to_end(series_id)
-            entry.touched = time.monotonic()
-            return entry.state
+        return self._on_device_all({series_id: entry})[series_id]
 
     def _on_device_all(self, entries: dict[str, SeriesEntry]) -> dict[str, RimerState]:
         """`_on_device` for many entries (their locks held), under one hold of the table lock."""
