@@ -54,6 +54,11 @@ def json_response(content: dict) -> Response:
                     media_type="application/json")
 
 
+def _with_stamps(item: dict, stamps: list[str] | None) -> dict:
+    """`item` with its forecast's `timestamps` when the series has them (no null field)."""
+    return item if stamps is None else {**item, "timestamps": stamps}
+
+
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` may be given (tests), else it is loaded from `settings` at startup."""
 
@@ -248,8 +253,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                                         histories, body.horizon)
         metrics.points_forecast.labels("forecast").inc(body.horizon * len(body.series))
         return json_response({"model": e.name, "horizon": body.horizon, "forecasts": [
-            {"id": s.id, "mean": m, **({"timestamps": t} if t is not None else {})}
-            for s, m, t in zip(body.series, means, stamps)]})
+            _with_stamps({"id": s.id, "mean": m}, t) for s, m, t in zip(body.series, means, stamps)]})
 
     async def run_ops(request: Request, ops: list[Op], op: str, single=None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
@@ -297,7 +301,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         for s, (length, mean), t in zip(body.series, results, stamps):
             item = {"id": s.id, "length": length}
             if mean is not None:
-                item["forecast"] = {"mean": mean, **({"timestamps": t} if t is not None else {})}
+                item["forecast"] = _with_stamps({"mean": mean}, t)
                 forecast += len(mean)
             out.append(item)
         if forecast:

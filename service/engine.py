@@ -163,10 +163,10 @@ def appends_are_batch_invariant(model: Rimer) -> bool:
     p, g = cfg.patch_len, torch.Generator().manual_seed(0)
     # (a sinusoidal position table covers max_positions patches: the check stays inside it)
     most = cfg.max_positions - 1 if cfg.pos_emb == "sinusoidal" else 20
-    patches = tuple(max(1, min(k, most)) for k in (1, 2, 5, 17, 20, 3, 16, 1, 9))
-    values = [torch.randn(k * p + k % p, generator=g) * 3 + 10 for k in patches]
     if most < 1:
         return False  # (a table of one patch: no room for the check; assume not invariant)
+    patches = tuple(min(k, most) for k in (1, 2, 5, 17, 20, 3, 16, 1, 9))
+    values = [torch.randn(k * p + k % p, generator=g) * 3 + 10 for k in patches]
     states = RimerState.zeros(cfg, len(values), device)
     for _ in range(2):
         batched = model.append(states, values)
@@ -745,7 +745,6 @@ class Engine:
         own: one model call for those that complete no patch (the matrices are neither read
         nor changed), one for those that do; then forecasts, one call per horizon. Sets
         `op.state` and `op.mean`; `states` and `pending` move on."""
-        p = self.patch_len
         computed: list[tuple[Op, list[float]]] = []
         for op in ops:
             sid = op.series_id
@@ -753,8 +752,8 @@ class Engine:
                 if pending[sid]:
                     computed.append((op, pending[sid]))
                     pending[sid] = []
-            elif op.horizon is None and (op.length - len(op.values)) // p == op.length // p:
-                pending[sid] = pending[sid] + op.values  # completes no patch (`_tail_only`)
+            elif op.horizon is None and self._tail_only(op.length - len(op.values), op.length):
+                pending[sid] = pending[sid] + op.values
             else:
                 computed.append((op, pending[sid] + op.values))
                 pending[sid] = []
@@ -909,13 +908,13 @@ class Engine:
     # ---- triton backend: the states in a pool on the device --------------------------------
 
     def _positions_end(self) -> float:
-        """The shortest length `_check_positions` refuses (infinity when none is)."""
+        """The shortest length past the sinusoidal position table (infinity without one)."""
         cfg = self.model.cfg
         return (cfg.max_positions + 1) * cfg.patch_len if cfg.pos_emb == "sinusoidal" else math.inf
 
     def _check_positions(self, length: int, field: str) -> None:
         cfg = self.model.cfg
-        if cfg.pos_emb == "sinusoidal" and length // cfg.patch_len > cfg.max_positions:
+        if length >= self._positions_end():
             raise EngineError(422, f"this model's sinusoidal position embedding covers "
                                    f"{cfg.max_positions} patches of {cfg.patch_len} points; the "
                                    f"series would have {length} points", field)

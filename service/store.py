@@ -459,7 +459,7 @@ class Store:
         # the engine found its backend batch-invariant: the same bits as one at a time, with a
         # model call per batch instead of per completed patch (101,000 one-point appends of
         # 1,000 series: 8.5 s one at a time).
-        batched = getattr(self.engine, "batch_invariant", False)
+        batched = self.engine.batch_invariant
         pending: list[tuple[Path, Record]] = []
         for number in live:
             path = wal_path(d, number)
@@ -475,14 +475,11 @@ class Store:
                     pending.append((path, record))
                     if len(pending) >= REPLAY_BATCH:
                         self._replay_batch(pending)
-                        pending = []
                 else:
                     self._replay_batch(pending)
-                    pending = []
                     self._replay(path, record)
                 seq, replayed = record.seq, replayed + 1
             self._replay_batch(pending)  # (a batch ends with its segment)
-            pending = []
             if cut is not None:
                 if segment == -1:
                     path.unlink()
@@ -501,8 +498,9 @@ class Store:
         return {"restored": restored, "replayed": replayed, "seconds": seconds}
 
     def _replay_batch(self, records: list[tuple[Path, Record]]) -> None:
-        """Appends (no deletes) in one `Engine.apply_batch` request, checked like `_replay`. A
-        refused batch changed nothing: replayed one at a time, to name the record at fault."""
+        """Appends (no deletes) in one `Engine.apply_batch` request, checked like `_replay`, and
+        `records` emptied. A refused batch changed nothing: replayed one at a time, to name the
+        record at fault."""
         if not records:
             return
         ops = [Op(r.series_id, r.values, None, meta=r.meta) for _, r in records]
@@ -510,9 +508,10 @@ class Store:
         if isinstance(result, EngineError):
             for path, record in records:
                 self._replay(path, record)
-            return
-        for (path, record), (length, _) in zip(records, result):
-            self._check_length(path, record, length)
+        else:
+            for (path, record), (length, _) in zip(records, result):
+                self._check_length(path, record, length)
+        records.clear()
 
     def _replay(self, path: Path, record: Record) -> None:
         try:
