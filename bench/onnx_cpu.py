@@ -8,7 +8,8 @@ Runtime's alike; the service's default is 1) and are timed round-robin, case by 
 changes on a shared machine hit both alike. Cases, through `service.engine.Engine` (what a request
 runs, without HTTP): an append of one patch (32 points) to a series with history; a forecast of 96
 points of that series; a batch of 64 series appending one patch each (`apply_batch`, as the
-micro-batcher calls it); a stateless forecast of 96 points after 512 points of history. Prints
+micro-batcher calls it); forecasts of 96 points of 256 series in one batch; stateless forecasts
+of 96 points after 512 and after 4,096 points of history. Prints
 median milliseconds and the torch / onnx ratio, and the largest relative difference between the
 two backends' forecasts, and writes JSON.
 """
@@ -47,15 +48,20 @@ def main(argv: list[str] | None = None) -> dict:
     history = walk(4096, 1)
     new = walk(32 * (args.reps + 10), 2)
     batch_ids = [f"b{i}" for i in range(64)]
+    wide_ids = [f"w{i}" for i in range(256)]
     for e in engines.values():
         e.append("s", history, None)
         e.apply_batch([[Op(i, walk(512, 3 + k)) for k, i in enumerate(batch_ids)]])
+        e.apply_batch([[Op(i, walk(500 + k % 32, 400 + k)) for k, i in enumerate(wide_ids)]])
     cases = {
         "append 1 patch, B = 1": lambda e, r: e.append("s", new[r * p:(r + 1) * p], None),
         "forecast 96, B = 1": lambda e, r: e.forecast_series("s", 96),
         "append 1 patch each, B = 64": lambda e, r: e.apply_batch(
             [[Op(i, new[r * p:(r + 1) * p]) for i in batch_ids]]),
+        "forecast 96 each, B = 256": lambda e, r: e.apply_batch(
+            [[Op(i, None, 96) for i in wide_ids]]),
         "stateless forecast 96 after 512": lambda e, r: e.forecast_histories([history[:512]], 96),
+        "stateless forecast 96 after 4096": lambda e, r: e.forecast_histories([history], 96),
     }
     times: dict[str, dict[str, list[float]]] = {c: {b: [] for b in engines} for c in cases}
     for case, fn in cases.items():

@@ -20,6 +20,7 @@ causal (ours): per patch n, an exponentially weighted mean and variance of all p
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -33,42 +34,73 @@ def window_stats(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.stack([mean, var], dim=1)
 
 
+class _Torch:
+    """The few array functions the statistics need, for torch tensors (any device)."""
+
+    f64 = staticmethod(lambda x: x.double())
+    where = staticmethod(torch.where)
+    maximum = staticmethod(lambda x, lo: x.clamp(min=lo))
+    cat = staticmethod(lambda xs: torch.cat(xs, dim=-1))
+    empty = staticmethod(lambda shape, like: torch.empty(shape, dtype=torch.float64, device=like.device))
+
+
+class _NumPy:
+    """The same for NumPy arrays: on the CPU the statistics run in NumPy, whose operators cost
+    about a microsecond where torch's cost five to ten; a patch's statistics are some fifty of
+    them, so for one series they took longer in torch than the network itself. The same IEEE
+    float64 operations in the same order: the same bits as torch (tests/test_model.py)."""
+
+    f64 = staticmethod(lambda x: x.astype(np.float64))
+    where = staticmethod(np.where)
+    maximum = staticmethod(np.maximum)
+    cat = staticmethod(lambda xs: np.concatenate(xs, axis=-1))
+    empty = staticmethod(lambda shape, like: np.empty(shape, dtype=np.float64))
+
+
 def causal_update(stats: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
                   valid: torch.Tensor, norm_window: int) -> torch.Tensor:
     """Statistics after each patch of a chunk.
 
     stats [B, 2] f64 before the chunk; patches [B, T, P]; n_before [B] patches seen before the
     chunk; valid [B, T] which patches are real. Returns [B, T, 2]: the statistics to normalise
-    patch t with (for invalid patches, the last valid statistics, unchanged).
+    patch t with (for invalid patches, the last valid statistics, unchanged). Computed in NumPy
+    for CPU tensors (see `_NumPy`), in torch on other devices.
     """
-    x = patches.double()
+    if patches.device.type == "cpu":
+        return torch.from_numpy(_causal(_NumPy, stats.numpy(), patches.detach().numpy(),
+                                        n_before.numpy(), valid.numpy(), norm_window))
+    return _causal(_Torch, stats, patches, n_before, valid, norm_window)
+
+
+def _causal(xp, stats, patches, n_before, valid, norm_window: int):
+    x = xp.f64(patches)
     p = x.shape[-1]
-    m = _tree_sum(x) / p
-    v = _tree_sum((x - m[..., None]) ** 2) / p
+    m = _tree_sum(x, xp) / p
+    v = _tree_sum((x - m[..., None]) ** 2, xp) / p
     floor = 1.0 / norm_window
-    out = torch.empty(*m.shape, 2, dtype=torch.float64, device=m.device)
+    out = xp.empty((*m.shape, 2), m)
     mean, var = stats[:, 0], stats[:, 1]
     for t in range(m.shape[1]):
-        alpha = (1.0 / (n_before + t + 1).double()).clamp(min=floor)
+        alpha = xp.maximum(1.0 / xp.f64(n_before + t + 1), floor)
         diff = m[:, t] - mean
         new_mean = mean + alpha * diff
         new_var = (1 - alpha) * var + alpha * v[:, t] + alpha * (1 - alpha) * diff * diff
         keep = valid[:, t]
-        mean = torch.where(keep, new_mean, mean)
-        var = torch.where(keep, new_var, var)
+        mean = xp.where(keep, new_mean, mean)
+        var = xp.where(keep, new_var, var)
         out[:, t, 0] = mean
         out[:, t, 1] = var
     return out
 
 
-def _tree_sum(x: torch.Tensor) -> torch.Tensor:
+def _tree_sum(x, xp=_Torch):
     """Sum over the last axis by pairwise elementwise adds: the same order for every row whatever
     the batch (library reductions pick their order by shape, so a series' statistics could change
     in the last bit with its batch's size, and the triton backend promises bit-identical results)."""
     while x.shape[-1] > 1:
         half = x.shape[-1] // 2
         pair = x[..., :half] + x[..., half: 2 * half]
-        x = torch.cat([pair, x[..., 2 * half:]], dim=-1) if x.shape[-1] % 2 else pair
+        x = xp.cat([pair, x[..., 2 * half:]]) if x.shape[-1] % 2 else pair
     return x[..., 0]
 
 

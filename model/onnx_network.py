@@ -1,8 +1,10 @@
 """The network as ONNX graphs, run by ONNX Runtime: the `onnx` backend on CPU.
 
 What is exported is `Rimer._network` on T patches per series, twice: T = 1 and T = CHUNK (the
-recurrence unrolled). Inputs: normalised patches [B, T, P], matrices [B, layers, H, N, N] and token
-shifts [B, layers, D] (and, for a model with sinusoidal positions, each series' patch count [B]);
+recurrence unrolled), with the recurrence in `model.wkv.wkv7_products`'s form (fewer operators
+over whole matrices than the reference's; bench/ab_cpu.py measures the difference). Inputs:
+normalised patches [B, T, P], matrices [B, layers, H, N, N] and token shifts [B, layers, D] (and,
+for a model with sinusoidal positions, each series' patch count [B]);
 outputs: normalised outputs [B, T, P], new matrices, new shifts; the batch is dynamic. Everything
 around it (the float64 causal statistics, tails, chunking, the forecast rollout) stays in
 model/rimer.py and runs as for the torch backend: `OnnxNetwork` takes the place of `_network`
@@ -34,6 +36,7 @@ from torch import nn
 from model import checkpoint
 from model.rimer import Rimer, TorchStep
 from model.state import RimerState
+from model.wkv import wkv7_products
 
 OPSET = 18
 # Patches per call of the second graph (the recurrence unrolled): a long history or a chunk of
@@ -62,6 +65,14 @@ def source_file(weights: str | Path) -> Path:
     return weights / "model.safetensors" if weights.is_dir() else weights
 
 
+class GraphStep(TorchStep):
+    """The torch step with the recurrence as `wkv7_products`: what is exported."""
+
+    @staticmethod
+    def recurrence(layer: int, r, w, k, v, a, b, wkv: torch.Tensor, valid: torch.Tensor | None):
+        return wkv7_products(r, w, k, v, a, b, wkv, valid)
+
+
 class Patches(nn.Module):
     """`Rimer._network` on T patches per series (T fixed by the example it is exported with), every
     one valid, with plain tensors in and out: what is exported."""
@@ -76,7 +87,7 @@ class Patches(nn.Module):
         state = RimerState(wkv=wkv, shift=shift, n_patches=zeros if n_patches is None else n_patches,
                            tail=xn[:, 0], tail_len=zeros,
                            norm=torch.zeros(bsz, 2, dtype=torch.float64), next_patch=xn[:, 0])
-        return self.model._network(xn, state, None, TorchStep, check_positions=False)
+        return self.model._network(xn, state, None, GraphStep, check_positions=False)
 
 
 def export(weights: str | Path) -> Path:

@@ -30,3 +30,34 @@ def wkv7_recurrent(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.T
         s = s_new
         outs.append(torch.einsum("bhvk,bhk->bhv", s, r[:, t]))
     return torch.stack(outs, dim=1), s
+
+
+def wkv7_products(r: torch.Tensor, w: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  a: torch.Tensor, b: torch.Tensor, state: torch.Tensor,
+                  valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wkv7_recurrent`, rearranged so that fewer operators touch the whole [B, H, N, N] state
+    (each such operator is a pass over memory): what the onnx backend's graphs run. Per step the
+    reference makes five elementwise passes and two contractions; this makes two elementwise
+    passes, one rank-2 product and two contractions of the old state:
+
+        o_t = S_{t-1} (e^{w_t} * r_t) + (S_{t-1} a_t)(b_t . r_t) + v_t (k_t . r_t)
+        S_t = S_{t-1} * e^{w_t} + [S_{t-1} a_t, v_t] [b_t; k_t]
+
+    (o_t = S_t r_t expanded, so the new state is not read again). Same arguments and results as
+    `wkv7_recurrent`, to float rounding; where `valid` is False the output is another
+    meaningless value."""
+    decay = torch.exp(w)
+    s = state
+    outs = []
+    for t in range(r.shape[1]):
+        sa = torch.einsum("bhvk,bhk->bhv", s, a[:, t])
+        o = (torch.einsum("bhvk,bhk->bhv", s, decay[:, t] * r[:, t])
+             + sa * (b[:, t] * r[:, t]).sum(-1, keepdim=True)
+             + v[:, t] * (k[:, t] * r[:, t]).sum(-1, keepdim=True))
+        s_new = s * decay[:, t, :, None, :] + torch.stack([sa, v[:, t]], dim=-1) @ torch.stack(
+            [b[:, t], k[:, t]], dim=-2)
+        if valid is not None:
+            s_new = torch.where(valid[:, t, None, None, None], s_new, s)
+        s = s_new
+        outs.append(o)
+    return torch.stack(outs, dim=1), s

@@ -145,3 +145,39 @@ def test_sinusoidal_model_refuses_positions_beyond_its_table():
     x = walk(8 * 7, 8)
     with pytest.raises(PositionLimitError, match="covers 6 patches"):
         model.append(model.init_state([x]), [x])
+
+
+def test_the_statistics_in_numpy_are_the_bits_of_the_statistics_in_torch():
+    """On the CPU `causal_update` runs in NumPy; the triton backend's device runs the torch
+    form. Same IEEE operations in the same order: equal bit for bit, including odd patch lengths
+    (the pairwise sum's leftover) and patches that are not valid."""
+    from model import normalisation
+    g = torch.Generator().manual_seed(3)
+    for bsz, t, p in ((1, 1, 32), (4, 6, 24), (3, 5, 7)):
+        stats = torch.rand(bsz, 2, dtype=torch.float64, generator=g) * 10
+        patches = torch.randn(bsz, t, p, generator=g) * 100 + 30
+        before = torch.randint(0, 40, (bsz,), generator=g)
+        valid = torch.rand(bsz, t, generator=g) > 0.3
+        valid[0, 0] = True
+        got = normalisation.causal_update(stats, patches, before, valid, 4)
+        want = normalisation._causal(normalisation._Torch, stats, patches, before, valid, 4)
+        assert got.dtype == torch.float64 and torch.equal(got, want)
+        assert got[0, 0, 1] != stats[0, 1]  # (it did update)
+
+
+def test_the_products_form_of_the_recurrence_is_the_recurrence():
+    """`wkv7_products` (the onnx graphs' form) against the reference, in float64."""
+    from model.wkv import wkv7_products, wkv7_recurrent
+    g = torch.Generator().manual_seed(4)
+    bsz, t, h, n = 3, 5, 2, 16
+    r, w, k, v, a, b = (torch.randn(bsz, t, h, n, generator=g, dtype=torch.float64) * 0.5
+                        for _ in range(6))
+    w = -torch.rand(bsz, t, h, n, generator=g, dtype=torch.float64)
+    state = torch.randn(bsz, h, n, n, generator=g, dtype=torch.float64)
+    valid = torch.rand(bsz, t, generator=g) > 0.3
+    for mask in (None, valid):
+        want_o, want_s = wkv7_recurrent(r, w, k, v, a, b, state, mask)
+        got_o, got_s = wkv7_products(r, w, k, v, a, b, state, mask)
+        keep = mask if mask is not None else torch.ones(bsz, t, dtype=torch.bool)
+        assert rel_err(got_o[keep], want_o[keep]) <= 1e-12
+        assert rel_err(got_s, want_s) <= 1e-12
