@@ -1,16 +1,16 @@
 """The network as ONNX graphs, run by ONNX Runtime: the `onnx` backend on CPU.
 
-What is exported is `Rimer._network` on T patches per series, twice: T = 1 and T = CHUNK (the
-recurrence unrolled), with the recurrence in `model.wkv.wkv7_products`'s form (fewer operators
-over whole matrices than the reference's; bench/ab_cpu.py measures the difference). Inputs:
-normalised patches [B, T, P], matrices [B, layers, H, N, N] and token shifts [B, layers, D] (and,
-for a model with sinusoidal positions, each series' patch count [B]);
-outputs: normalised outputs [B, T, P], new matrices, new shifts; the batch is dynamic. Everything
-around it (the float64 causal statistics, tails, chunking, the forecast rollout) stays in
-model/rimer.py and runs as for the torch backend: `OnnxNetwork` takes the place of `_network`
-(`Rimer.network_runtime`), running CHUNK patches per call where every series of the batch has
-them and one at a time otherwise, keeping each series' state where its patches have run out, as
-`_network`'s `valid` mask does.
+What is exported is `Rimer._network` on T patches per series, twice: T = 1, with the recurrence in
+`model.wkv.wkv7_products`'s form (fewer operators over whole matrices than the reference's), and
+T = CHUNK, with the recurrence as one chunk (`model.wkv.wkv7_chunk`: the matrices read and written
+once per call, not per patch). bench/ab_cpu.py measures the difference. Inputs: normalised patches
+[B, T, P], matrices [B, layers, H, N, N] and token shifts [B, layers, D] (and, for a model with
+sinusoidal positions, each series' patch count [B]); outputs: normalised outputs [B, T, P], new
+matrices, new shifts; the batch is dynamic. Everything around it (the float64 causal statistics,
+tails, chunking, the forecast rollout) stays in model/rimer.py and runs as for the torch backend:
+`OnnxNetwork` takes the place of `_network` (`Rimer.network_runtime`). Each series runs its
+patches CHUNK per call while it has that many left and then one per call, on its own rows of the
+batch, so which graph computed what depends on the series alone, never on the batch it came in.
 
 The graphs are exported once per checkpoint and shipped beside it (`network.onnx` and
 `network-chunk16.onnx` in a weights directory; `<file>.onnx` and `<file>-chunk16.onnx` beside an
@@ -36,12 +36,11 @@ from torch import nn
 from model import checkpoint
 from model.rimer import Rimer, TorchStep
 from model.state import RimerState
-from model.wkv import wkv7_products
+from model.wkv import wkv7_chunk, wkv7_products
 
 OPSET = 18
-# Patches per call of the second graph (the recurrence unrolled): a long history or a chunk of
-# appends runs CHUNK patches per call where every series in the batch has them (2.2x faster than
-# one at a time for one series on the CPU), one at a time otherwise.
+# Patches per call of the chunk graph: a long history or a long append runs CHUNK patches per call
+# while it has that many left (much faster than one at a time: bench/RESULTS.md).
 CHUNK = 16
 
 
@@ -66,10 +65,14 @@ def source_file(weights: str | Path) -> Path:
 
 
 class GraphStep(TorchStep):
-    """The torch step with the recurrence as `wkv7_products`: what is exported."""
+    """The torch step with the recurrence in the graphs' forms: what is exported. The one-patch
+    graph steps (`wkv7_products`); the chunk graph, where every patch is valid, runs its CHUNK
+    patches as one chunk (`wkv7_chunk`: the matrices read and written once per call)."""
 
     @staticmethod
     def recurrence(layer: int, r, w, k, v, a, b, wkv: torch.Tensor, valid: torch.Tensor | None):
+        if valid is None and r.shape[1] > 1:
+            return wkv7_chunk(r, w, k, v, a, b, wkv)
         return wkv7_products(r, w, k, v, a, b, wkv, valid)
 
 
@@ -178,33 +181,85 @@ class OnnxNetwork:
 
     def __call__(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
                  check_positions: bool = True):
-        """`Rimer._network`'s contract: xn [B, T, P] -> (outputs [B, T, P], new wkv, new shift).
-        CHUNK patches at a time where every series has them all, else one at a time (the two
-        graphs compute the same bits: tests/test_onnx.py)."""
+        """`Rimer._network`'s contract: xn [B, T, P] -> (outputs [B, T, P], new wkv, new shift);
+        `valid`, a prefix of each row, or None. Each series runs its own patches CHUNK per call of
+        the chunk graph while it has CHUNK left, then one per call of the one-patch graph: a
+        schedule that depends on its own patch count only, never on the rest of the batch. The two
+        graphs compute the recurrence in different forms (so differ in the last bits); ONNX
+        Runtime's products give each row the same bits whatever the other rows
+        (tests/test_onnx.py), so a series' results are the same bits alone or in any batch."""
         bsz, t, _ = xn.shape
         if self.positions and check_positions:
             self.model.check_positions(state.n_patches, t)
-        wkv, shift = state.wkv.contiguous(), state.shift.contiguous()
-        preds = []
-        step = 0
+        if valid is None or bool(valid.all()):  # every row the same schedule: plain slices
+            return self._uniform(xn, state, t)
+        counts = valid.sum(1)
+        chunks = counts // CHUNK if CHUNK in self.sessions else torch.zeros_like(counts)
+        singles = counts - chunks * CHUNK
+        run = _Run(self, xn, state)
+        for c in range(int(chunks.max()) if bsz else 0):
+            run(CHUNK, chunks > c, torch.full_like(counts, c * CHUNK))
+        for j in range(int(singles.max()) if bsz else 0):
+            run(1, singles > j, chunks * CHUNK + j)
+        return run.outputs()
+
+    def _uniform(self, xn: torch.Tensor, state: RimerState, t: int):
+        wkv, shift, preds, step = state.wkv, state.shift, [], 0
         while step < t:
-            n = CHUNK if CHUNK in self.sessions and step + CHUNK <= t and (
-                valid is None or bool(valid[:, step:step + CHUNK].all())) else 1
-            feeds = {"xn": xn[:, step:step + n].contiguous().numpy(), "wkv": wkv.numpy(),
-                     "shift": shift.numpy()}
-            if self.positions:  # (rows past their last patch: any valid position, discarded)
-                pos = (state.n_patches + step).clamp(max=self.model.cfg.max_positions - n)
-                feeds["n_patches"] = pos.numpy()
-            pred, new_wkv, new_shift = (torch.from_numpy(a)
-                                        for a in self.sessions[n].run(None, feeds))
-            if n == 1 and valid is not None and not bool(valid[:, step].all()):
-                keep = valid[:, step]
-                new_wkv = torch.where(keep[:, None, None, None, None], new_wkv, wkv)
-                new_shift = torch.where(keep[:, None, None], new_shift, shift)
-            wkv, shift = new_wkv, new_shift
+            n = CHUNK if CHUNK in self.sessions and t - step >= CHUNK else 1
+            feeds = {"xn": xn[:, step:step + n].contiguous().numpy(),
+                     "wkv": wkv.contiguous().numpy(), "shift": shift.contiguous().numpy()}
+            if self.positions:
+                feeds["n_patches"] = (state.n_patches + step).numpy()
+            pred, wkv, shift = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
             preds.append(pred)
             step += n
-        return torch.cat(preds, dim=1), wkv, shift
+        return (preds[0] if len(preds) == 1 else torch.cat(preds, dim=1)), wkv, shift
+
+
+class _Run:
+    """The graph calls of one `OnnxNetwork` call: each on the rows given, at each row's own
+    patch offset; the batch's matrices and shifts move on only in those rows."""
+
+    def __init__(self, net: OnnxNetwork, xn: torch.Tensor, state: RimerState):
+        self.net, self.xn, self.state = net, xn, state
+        self.wkv, self.shift = state.wkv, state.shift
+        self.owned = False  # wkv and shift are still the caller's (copied before a partial update)
+        self.preds: torch.Tensor | None = None
+
+    def __call__(self, n: int, rows_mask: torch.Tensor, starts: torch.Tensor) -> None:
+        bsz, t, _ = self.xn.shape
+        every = bool(rows_mask.all())
+        rows = torch.arange(bsz) if every else rows_mask.nonzero()[:, 0]
+        at = starts[rows, None] + torch.arange(n)  # [R, n]: each row's patches in this call
+        same_start = bool((at[:, 0] == at[0, 0]).all())
+        first = int(at[0, 0])
+        x = self.xn[:, first:first + n] if every and same_start else self.xn[rows[:, None], at]
+        wkv, shift = (self.wkv, self.shift) if every else (self.wkv[rows], self.shift[rows])
+        feeds = {"xn": x.contiguous().numpy(), "wkv": wkv.contiguous().numpy(),
+                 "shift": shift.contiguous().numpy()}
+        if self.net.positions:
+            pos = (self.state.n_patches[rows] + at[:, 0]).clamp(
+                max=self.net.model.cfg.max_positions - n)
+            feeds["n_patches"] = pos.numpy()
+        pred, new_wkv, new_shift = (torch.from_numpy(o)
+                                    for o in self.net.sessions[n].run(None, feeds))
+        if every:
+            self.wkv, self.shift, self.owned = new_wkv, new_shift, True
+        else:
+            if not self.owned:
+                self.wkv, self.shift, self.owned = self.wkv.clone(), self.shift.clone(), True
+            self.wkv[rows], self.shift[rows] = new_wkv, new_shift
+        if self.preds is None and every and same_start and n == t:
+            self.preds = pred
+            return
+        if self.preds is None:  # (patches no call reaches: not valid; zeros)
+            self.preds = torch.zeros_like(self.xn)
+        self.preds[rows[:, None], at] = pred
+
+    def outputs(self):
+        preds = self.preds if self.preds is not None else torch.zeros_like(self.xn)
+        return preds, self.wkv, self.shift
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -181,3 +181,23 @@ def test_the_products_form_of_the_recurrence_is_the_recurrence():
         keep = mask if mask is not None else torch.ones(bsz, t, dtype=torch.bool)
         assert rel_err(got_o[keep], want_o[keep]) <= 1e-12
         assert rel_err(got_s, want_s) <= 1e-12
+
+
+def test_the_chunk_form_of_the_recurrence_is_the_recurrence():
+    """`wkv7_chunk` (the onnx chunk graph's form) against the reference in float64, for chunk
+    lengths on both sides of the powers of two its triangular inverse is built from, with this
+    model's strongest decay (w = -e^-0.5 at every step: 1 / g_t is largest)."""
+    from model.wkv import wkv7_chunk, wkv7_recurrent
+    g = torch.Generator().manual_seed(5)
+    bsz, h, n = 2, 2, 16
+    for t in (1, 2, 3, 8, 16, 17):
+        r, w, k, v, a, b = (torch.randn(bsz, t, h, n, generator=g, dtype=torch.float64) * 0.5
+                            for _ in range(6))
+        w = -math.exp(-0.5) * torch.rand(bsz, t, h, n, generator=g, dtype=torch.float64)
+        w[0] = -math.exp(-0.5)
+        state = torch.randn(bsz, h, n, n, generator=g, dtype=torch.float64)
+        want_o, want_s = wkv7_recurrent(r, w, k, v, a, b, state)
+        got_o, got_s = wkv7_chunk(r, w, k, v, a, b, state)
+        assert rel_err(got_o, want_o) <= 1e-12 and rel_err(got_s, want_s) <= 1e-12, t
+        got_o, got_s = wkv7_chunk(*(x.float() for x in (r, w, k, v, a, b, state)))
+        assert rel_err(got_o, want_o) <= 1e-5 and rel_err(got_s, want_s) <= 1e-5, t
