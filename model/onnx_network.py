@@ -214,6 +214,8 @@ class OnnxNetwork:
             pred, wkv, shift = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
             preds.append(pred)
             step += n
+        if not preds:  # (no patches)
+            return torch.zeros_like(xn), wkv, shift
         return (preds[0] if len(preds) == 1 else torch.cat(preds, dim=1)), wkv, shift
 
 
