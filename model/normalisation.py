@@ -62,13 +62,14 @@ def causal_update(stats: torch.Tensor, patches: torch.Tensor, n_before: torch.Te
     """Statistics after each patch of a chunk.
 
     stats [B, 2] f64 before the chunk; patches [B, T, P]; n_before [B] patches seen before the
-    chunk; valid [B, T] which patches are real. Returns [B, T, 2]: the statistics to normalise
-    patch t with (for invalid patches, the last valid statistics, unchanged). Computed in NumPy
-    for CPU tensors (see `_NumPy`), in torch on other devices.
+    chunk; valid [B, T] which patches are real, or None: all. Returns [B, T, 2]: the statistics
+    to normalise patch t with (for invalid patches, the last valid statistics, unchanged).
+    Computed in NumPy for CPU tensors (see `_NumPy`), in torch on other devices.
     """
     if patches.device.type == "cpu":
         return torch.from_numpy(_causal(_NumPy, stats.numpy(), patches.detach().numpy(),
-                                        n_before.numpy(), valid.numpy(), norm_window))
+                                        n_before.numpy(), None if valid is None else valid.numpy(),
+                                        norm_window))
     return _causal(_Torch, stats, patches, n_before, valid, norm_window)
 
 
@@ -85,9 +86,11 @@ def _causal(xp, stats, patches, n_before, valid, norm_window: int):
         diff = m[:, t] - mean
         new_mean = mean + alpha * diff
         new_var = (1 - alpha) * var + alpha * v[:, t] + alpha * (1 - alpha) * diff * diff
-        keep = valid[:, t]
-        mean = xp.where(keep, new_mean, mean)
-        var = xp.where(keep, new_var, var)
+        if valid is None:
+            mean, var = new_mean, new_var
+        else:
+            mean = xp.where(valid[:, t], new_mean, mean)
+            var = xp.where(valid[:, t], new_var, var)
         out[:, t, 0] = mean
         out[:, t, 1] = var
     return out

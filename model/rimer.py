@@ -404,10 +404,8 @@ class Rimer(nn.Module):
         """
         cfg = self.cfg
         bsz, t, _ = patches.shape
-        mask = valid if valid is not None else torch.ones(bsz, t, dtype=torch.bool,
-                                                          device=patches.device)
         if cfg.norm == "causal":
-            stats = normalisation.causal_update(state.norm, patches, state.n_patches, mask,
+            stats = normalisation.causal_update(state.norm, patches, state.n_patches, valid,
                                                 cfg.norm_window)
         else:
             stats = state.norm[:, None, :].expand(bsz, t, 2)
@@ -418,7 +416,15 @@ class Rimer(nn.Module):
             preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions)
         else:
             preds, wkv, shift = self._network(xn, state, valid, step, check_positions)
-        counts = mask.sum(1)
+        if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
+            last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
+            return Advance(RimerState(wkv=wkv, shift=shift, n_patches=state.n_patches + t,
+                                      tail=state.tail, tail_len=state.tail_len,
+                                      norm=stats[:, -1].clone(),
+                                      next_patch=last_pred.to(state.next_patch.dtype)),
+                           preds, stats)
+        counts = valid.sum(1) if valid is not None else torch.zeros(bsz, dtype=torch.int64,
+                                                                    device=patches.device)
         last_idx = (counts - 1).clamp(min=0)
         rows = torch.arange(bsz, device=patches.device)
         last_pred = (preds[rows, last_idx].double() * sd[rows, last_idx] + mean[rows, last_idx])

@@ -163,6 +163,11 @@ def test_the_statistics_in_numpy_are_the_bits_of_the_statistics_in_torch():
         want = normalisation._causal(normalisation._Torch, stats, patches, before, valid, 4)
         assert got.dtype == torch.float64 and torch.equal(got, want)
         assert got[0, 0, 1] != stats[0, 1]  # (it did update)
+        every = torch.ones(bsz, t, dtype=torch.bool)  # valid=None: every patch real
+        want = normalisation._causal(normalisation._Torch, stats, patches, before, every, 4)
+        assert torch.equal(normalisation.causal_update(stats, patches, before, None, 4), want)
+        assert torch.equal(normalisation._causal(normalisation._Torch, stats, patches, before,
+                                                 None, 4), want)
 
 
 def test_the_products_form_of_the_recurrence_is_the_recurrence():
