@@ -1,7 +1,8 @@
 """HTTP throughput and latency of streaming appends against a real server on loopback.
 
     python -m bench.http [--seconds 5] [--warmup 1] [--concurrency 1 16 64] [--bulk-concurrency 1 4]
-                         [--bulk-series 1000] [--client raw|httpx] [--out bench/results/http.json]
+                         [--bulk-series 1000] [--forecast-concurrency 1] [--forecast-points 512]
+                         [--client raw|httpx] [--out bench/results/http.json]
     python -m bench.http --quick          # smoke run: tiny durations, fewer series
 
 Starts `python -m service --device cpu` (shipped default weights unless --weights) as a subprocess
@@ -13,7 +14,10 @@ connections (keep-alive, one connection per client worker):
   2. bulk appends, `POST /series/append` with --bulk-series series x 1 point per request, at each
      --bulk-concurrency; each bulk worker has its own series, created beforehand likewise
      staggered (about 1/32 of them complete a patch, running the network, in each request);
-  3. micro-batching: single appends at the largest --concurrency on a second server started with
+  3. stateless forecasts, `POST /forecast` of one series of --forecast-points points (a new random
+     walk per request, of a cycle of 8), horizon 96, at each --forecast-concurrency (none: skipped);
+     its points/s are history points consumed;
+  4. micro-batching: single appends at the largest --concurrency on a second server started with
      `--batch-window-ms 0` (off), against the same case on the first (`--batch-window-ms 2`,
      the default), and the ratio of their throughputs.
 Per case: requests/s, points/s, client-side latency p50/p99 (send to last response byte), the
@@ -60,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 SINGLE_PATH = "/series/{}/append"
 BULK_PATH = "/series/append"
+FORECAST_PATH = "/forecast"
 SHARED_NOTE = ("client and server share this machine's {cpus} CPU cores (other jobs may be running "
                "too): throughput and latency include the client's own CPU use and that contention")
 
@@ -197,6 +202,13 @@ def bulk_workload(workers: int, n: int, prefix: str, cycle: int = 8) -> Workload
         return [json.dumps({"series": [{"id": sid, "values": [float(v)]}
                                        for sid, v in zip(ids, row)]}).encode() for row in values]
     return Workload("bulk", lambda w: BULK_PATH, bodies_of, n, workers)
+
+
+def forecast_workload(workers: int, points: int, cycle: int = 8) -> Workload:
+    def bodies_of(w: int) -> list[bytes]:
+        return [json.dumps({"series": [{"id": "a", "values": walk(points, 5000 + 100 * w + i)}],
+                            "horizon": 96}).encode() for i in range(cycle)]
+    return Workload("forecast", lambda w: FORECAST_PATH, bodies_of, points, workers)
 
 
 def create_series(url: str, ids: list[str], initial: int, max_per_request: int = 1000) -> None:
@@ -435,6 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="client workers for single appends; the largest is also run unbatched")
     ap.add_argument("--bulk-concurrency", type=int, nargs="*", default=[1, 4])
     ap.add_argument("--bulk-series", type=int, default=1000, help="series (1 point each) per bulk request")
+    ap.add_argument("--forecast-concurrency", type=int, nargs="*", default=[1],
+                    help="client workers for stateless forecasts (none: skip the case)")
+    ap.add_argument("--forecast-points", type=int, default=512,
+                    help="history points per stateless forecast request")
     ap.add_argument("--initial-points", type=int, default=40,
                     help="points each series is created with (plus its index mod 32)")
     ap.add_argument("--batch-window-ms", type=float, default=2.0,
@@ -502,6 +518,9 @@ def main(argv: list[str] | None = None) -> dict:
                     created = max(created, c)
                     rows.append(measure(server, bulk_workload(c, args.bulk_series, prefix), args,
                                         "bulk", BULK_PATH, window))
+                for c in (args.forecast_concurrency if batching else []):
+                    rows.append(measure(server, forecast_workload(c, args.forecast_points), args,
+                                        "forecast", FORECAST_PATH, window))
             except BaseException:
                 print(f"server log tail:\n{server.log_tail()}", file=sys.stderr)
                 raise

@@ -246,11 +246,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 stamps.append(timeline.forecast_timestamps(planned.meta, body.horizon))
             return histories, stamps
 
-        histories, stamps = await off_loop(is_large(sum(len(s.values) for s in body.series)), plan)
+        large = is_large(sum(len(s.values) for s in body.series))
+        histories, stamps = await off_loop(large, plan)
         check_points(sum(len(h) for h in histories), "series")
         e = engine_of(request)
-        means = await run_in_threadpool(metrics.timed, "forecast", e.forecast_histories,
-                                        histories, body.horizon)
+        scheduler = getattr(request.app.state, "scheduler", None)
+        if scheduler is not None and not large:  # coalesced with concurrent ones
+            means = await scheduler.forecast(histories, body.horizon)
+        else:
+            means = await run_in_threadpool(metrics.timed, "forecast", e.forecast_histories,
+                                            histories, body.horizon)
         metrics.points_forecast.labels("forecast").inc(body.horizon * len(body.series))
         return json_response({"model": e.name, "horizon": body.horizon, "forecasts": [
             _with_stamps({"id": s.id, "mean": m}, t) for s, m, t in zip(body.series, means, stamps)]})

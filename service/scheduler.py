@@ -1,5 +1,6 @@
 """Micro-batching: concurrent appends and forecasts of streaming series, coalesced into one engine
-call (`Engine.apply_batch`).
+call (`Engine.apply_batch`), and concurrent stateless forecasts (`POST /forecast`), coalesced into
+one `Engine.forecast_histories` call per horizon.
 
 Requests (each a list of `Op`s: one for a single append or forecast, many for a bulk append) are
 queued by the HTTP handlers and taken by one worker thread. It takes the first request waiting,
@@ -8,7 +9,9 @@ waits up to `window_ms` for more, until `max_batch` ops are gathered; a lone req
 load goes straight through, paying no window. A request is never split across batches. The
 engine applies the batch's requests in queue order (ops on one series in arrival order), checks
 each request whole against the state its predecessors leave, and answers each one with its
-results or its own error, so a rejected request affects no other.
+results or its own error, so a rejected request affects no other. Stateless forecasts touch no
+series, so their place in the queue does not matter; a group whose engine call is refused is
+answered request by request, each with its own result or error.
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ log = logging.getLogger("rimer.scheduler")
 
 @dataclass(eq=False)
 class _Pending:
-    ops: list[Op]
+    ops: list[Op]  # (empty for a stateless forecast)
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    histories: list[list[float]] | None = None  # a stateless forecast's series
+    horizon: int = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.ops) if self.histories is None else len(self.histories)
 
 
 def _resolve(future: asyncio.Future, outcome) -> None:
@@ -57,13 +66,20 @@ class Scheduler:
         self._queue.put(pending)
         return await pending.future
 
+    async def forecast(self, histories: list[list[float]], horizon: int) -> list[list[float]]:
+        """`Engine.forecast_histories(histories, horizon)`, coalesced with concurrent ones."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending([], loop.create_future(), loop, histories, horizon)
+        self._queue.put(pending)
+        return await pending.future
+
     def close(self) -> None:
         """Finish what is queued, then stop the worker."""
         self._queue.put(None)
         self._thread.join(timeout=60)
 
     def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
-        batch, size, stop = [first], len(first.ops), False
+        batch, size, stop = [first], first.size, False
         deadline = time.monotonic() + (self.window if self._last_requests > 1 else 0.0)
         while size < self.max_batch:
             remaining = deadline - time.monotonic()
@@ -75,7 +91,7 @@ class Scheduler:
                 stop = True
                 break
             batch.append(nxt)
-            size += len(nxt.ops)
+            size += nxt.size
         return batch, stop
 
     def _run(self) -> None:
@@ -87,14 +103,55 @@ class Scheduler:
             batch, stop = self._gather(first)
             self._last_requests = len(batch)
             start = time.perf_counter()
-            try:
-                outcomes = self.engine.apply_batch([p.ops for p in batch])
-            except BaseException as exc:  # unexpected: every request of the batch gets it
-                log.exception("batch of %d requests failed", len(batch))
-                err = exc if isinstance(exc, EngineError) else EngineError(500, f"internal error: {exc}")
-                outcomes = [err] * len(batch)
+            appends = [p for p in batch if p.histories is None]
+            outcomes: dict[int, object] = {}
+            if appends:
+                try:
+                    results = self.engine.apply_batch([p.ops for p in appends])
+                except BaseException as exc:  # unexpected: every request of the batch gets it
+                    log.exception("batch of %d requests failed", len(appends))
+                    results = [_internal(exc)] * len(appends)
+                outcomes.update((id(p), r) for p, r in zip(appends, results))
+            by_horizon: dict[int, list[_Pending]] = {}
+            for p in batch:
+                if p.histories is not None:
+                    by_horizon.setdefault(p.horizon, []).append(p)
+            for horizon, group in by_horizon.items():
+                outcomes.update(self._forecast_group(horizon, group))
             if self.metrics is not None:
-                self.metrics.observe_batch(len(batch), sum(len(p.ops) for p in batch),
+                self.metrics.observe_batch(len(batch), sum(p.size for p in batch),
                                            time.perf_counter() - start)
-            for p, outcome in zip(batch, outcomes):
-                p.loop.call_soon_threadsafe(_resolve, p.future, outcome)
+            for p in batch:
+                p.loop.call_soon_threadsafe(_resolve, p.future, outcomes[id(p)])
+
+    def _forecast_group(self, horizon: int, group: list[_Pending]) -> dict[int, object]:
+        """One engine call for the group's stateless forecasts; if it is refused, one per
+        request, so each gets its own result or error."""
+        if len(group) > 1:
+            try:
+                means = self.engine.forecast_histories(
+                    [h for p in group for h in p.histories], horizon)
+            except EngineError:
+                pass  # (someone's input: find whose, below)
+            except BaseException as exc:
+                log.exception("stateless forecast of %d requests failed", len(group))
+                return {id(p): _internal(exc) for p in group}
+            else:
+                out, at = {}, 0
+                for p in group:
+                    out[id(p)] = means[at:at + len(p.histories)]
+                    at += len(p.histories)
+                return out
+        out = {}
+        for p in group:
+            try:
+                out[id(p)] = self.engine.forecast_histories(p.histories, horizon)
+            except BaseException as exc:
+                if not isinstance(exc, EngineError):
+                    log.exception("stateless forecast failed")
+                out[id(p)] = exc if isinstance(exc, EngineError) else _internal(exc)
+        return out
+
+
+def _internal(exc: BaseException) -> EngineError:
+    return exc if isinstance(exc, EngineError) else EngineError(500, f"internal error: {exc}")

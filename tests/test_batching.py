@@ -317,3 +317,50 @@ def test_appends_that_complete_no_patch_wait_for_one(loaded):
     reference = model.append(model.init_state([torch.tensor(x[:63])]), [torch.tensor(x[:63])])
     expected = model.forecast(reference, 12)[0].tolist()
     assert got[0] == 63 and rel_err(torch.tensor(got[1]), torch.tensor(expected)) <= 1e-5
+
+
+def test_concurrent_stateless_forecasts_share_one_engine_call():
+    """`POST /forecast`s waiting together run as one `forecast_histories` per horizon; on the
+    onnx backend each answer is the same bits as the request alone. A group that holds a bad
+    request is answered request by request: the bad one gets its own error (naming its own item),
+    the others their forecasts."""
+    import asyncio
+
+    from service.scheduler import Scheduler
+
+    e = Engine.load(str(DEFAULT_WEIGHTS), "cpu", 10, "onnx")
+    alone = e.forecast_histories
+    calls, gate = [], threading.Event()
+
+    def counted(histories, horizon):
+        calls.append((len(histories), horizon))
+        if len(calls) == 1:
+            gate.wait(10)  # hold the worker until the others are queued
+        return alone(histories, horizon)
+
+    e.forecast_histories = counted
+    scheduler = Scheduler(e, window_ms=20, max_batch=64)
+    xs = [series(300 + 41 * i, 50 + i) for i in range(5)]
+    asks = [([xs[1]], 24), ([xs[2], xs[3]], 24), ([xs[4]], 24),  # one call of 4 series
+            ([xs[0]], 12), ([xs[1][:5]], 12)]  # too short: the horizon-12 group splits
+
+    async def run():
+        first = asyncio.create_task(scheduler.forecast([xs[0]], 24))
+        while not calls:
+            await asyncio.sleep(0.01)
+        rest = [asyncio.create_task(scheduler.forecast(h, n)) for h, n in asks]
+        await asyncio.sleep(0.1)
+        gate.set()
+        return await asyncio.gather(first, *rest, return_exceptions=True)
+
+    try:
+        got = asyncio.run(run())
+    finally:
+        scheduler.close()
+    assert calls[0] == (1, 24) and (4, 24) in calls and (2, 12) in calls
+    assert (1, 12) in calls  # (the split group's good request, alone)
+    assert got[0] == alone([xs[0]], 24)
+    for (histories, horizon), answer in zip(asks[:4], got[1:5]):
+        assert answer == alone(histories, horizon)
+    bad = got[5]
+    assert isinstance(bad, EngineError) and bad.status == 422 and bad.field == "series[0].values"
