@@ -37,6 +37,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from model import checkpoint
@@ -107,6 +108,7 @@ class Journal(Protocol):
                      meta: dict | None = None) -> int: ...
     def write_delete(self, series_id: str) -> int: ...
     def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
+    def fail(self, reason: str) -> None: ...  # refuse every change from now on (until a restart)
 
 
 BACKENDS = ("torch", "triton", "onnx", "auto")
@@ -795,30 +797,182 @@ class Engine:
                 op.mean = mean
 
     def _pool_batch(self, requests: list[list[Op]]):
-        """Triton: checked whole like torch, then applied op by op (not batched into one kernel
-        call yet) under the pool's lock, so nothing else comes between the check and the changes."""
+        """Triton: checked whole like torch, then applied batched under the pool's lock (nothing
+        else comes between the check and the changes). Every series named is brought onto the
+        device first; with a journal the appends are then written to the log (write-ahead: what
+        a broken log refuses is never computed, and what it holds is applied, as on torch);
+        then each round (the k-th op of every series) is one `step_slots` by CUDA-graph replay
+        for the appends of under one patch past the tail, one `append_slots` for the others,
+        and one `forecast_slots` per horizon. Each series takes the path it would take alone
+        (`_pool_append`) and the kernels are batch-invariant, so the bits are the same as op by
+        op. A batch naming more series than the device holds is applied op by op."""
         sp = self._pool
-        results: list = []
-        ticket = None
         with sp.lock:
             errors = self._plan(requests, sp.length.get, len(sp.length))
-            for r, ops in enumerate(requests):
-                if r in errors:
-                    results.append(errors[r])
-                    continue
-                done = []
+            results: list = [errors.get(r) for r in range(len(requests))]
+            accepted = [r for r in range(len(requests)) if r not in errors]
+            named = list(dict.fromkeys(op.series_id for r in accepted for op in requests[r]))
+            if len(named) > self.capacity:
+                return self._pool_batch_by_op(requests, results, accepted)
+            slots, created, unreadable = self._pool_bring(named)
+            if unreadable:  # a spilled state could not be read: the requests naming it fail
+                for r in accepted:
+                    bad = next((unreadable[op.series_id] for op in requests[r]
+                                if op.series_id in unreadable), None)
+                    if bad is not None:
+                        results[r] = bad
+                accepted = [r for r in accepted if results[r] is None]
+            todo, accepted, ticket = self._pool_log(requests, results, accepted)
+            used = {op.series_id for op in todo}
+            for sid in [s for s in created if s not in used]:  # refused after all: no slot kept
+                sp.free.append(sp.slot.pop(sid))
+                sp.touched.pop(sid, None)
+            created = [s for s in created if s in used]
+            rounds: list[list[Op]] = []
+            seen: dict[str, int] = {}
+            for op in todo:
+                k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(op)
+            try:
+                if created:
+                    sp.pool.write_(sp.rows([slots[s] for s in created]),
+                                   RimerState.zeros(self.model.cfg, len(created), self.device))
+                for ops in rounds:
+                    self._pool_round(ops, slots)
+            except BaseException as exc:  # unexpected (the plan was checked)
+                for sid in created:
+                    if sid not in sp.length:
+                        sp.free.append(sp.slot.pop(sid))
+                        sp.touched.pop(sid, None)
+                if self.journal is not None and todo:
+                    # The log holds appends that may not all be applied: refuse changes until a
+                    # restart rebuilds the states from it.
+                    self.journal.fail(f"a batch failed after it was logged: {exc!r}")
+                raise
+            now = time.monotonic()
+            with self._journal_lock():
+                for op in todo:
+                    self._set_meta(op.series_id, op.meta)
+                    sp.touched[op.series_id] = now  # (idle since it ends, not since it began)
+            for r in accepted:
+                results[r] = [(op.length, op.mean) for op in requests[r]]
+        return results, ticket
+
+    def _pool_bring(self, named: list[str]) -> tuple[dict[str, int], list[str], dict[str, EngineError]]:
+        """A slot for each series (pool lock held; at most `capacity` of them): the resident
+        first, so bringing back the spilled never spills one of them. Returns the slots, the
+        series created (rows not yet zeroed) and the errors of states that could not be read."""
+        sp = self._pool
+        slots: dict[str, int] = {}
+        created: list[str] = []
+        unreadable: dict[str, EngineError] = {}
+        for sid in sorted(named, key=lambda s: s not in sp.slot):
+            new = sid not in sp.length
+            try:
+                slots[sid] = self._pool_slot(sid, new)
+            except EngineError as exc:
+                unreadable[sid] = exc
+                continue
+            if new:
+                created.append(sid)
+        return slots, created, unreadable
+
+    def _pool_log(self, requests: list[list[Op]], results: list, accepted: list[int]
+                  ) -> tuple[list[Op], list[int], int | None]:
+        """Write the accepted requests' appends to the log, in order. Returns the ops to apply
+        (with a journal: those before the log broke, as on torch, where a request the log breaks
+        in keeps the ops written before), the requests to answer with results, and the last
+        ticket. The requests from the break on are answered with its error."""
+        todo = [op for r in accepted for op in requests[r]]
+        if self.journal is None:
+            return todo, accepted, None
+        todo, ticket = [], None
+        with self.journal.lock:
+            for i, r in enumerate(accepted):
                 try:
-                    for op in ops:
-                        if op.values is None:
-                            done.append(self._pool_forecast_series(op.series_id, op.horizon))
-                            continue
-                        length, mean, t = self._pool_append(op.series_id, op.values, op.horizon,
-                                                            op.meta)
-                        ticket = t if t is not None else ticket
-                        done.append((length, mean))
+                    for op in requests[r]:
+                        if op.values is not None:
+                            ticket = self.journal.write_append(op.series_id, op.values,
+                                                               op.length, op.meta)
+                        todo.append(op)
                 except EngineError as exc:
-                    done = exc
-                results.append(done)
+                    for rest in accepted[i:]:
+                        results[rest] = exc
+                    return todo, accepted[:i], ticket
+        return todo, accepted, ticket
+
+    def _pool_round(self, ops: list[Op], slots: dict[str, int]) -> None:
+        """At most one op per series: the appends (one `append_slots`, whose rows are put back
+        if it fails, then graph replays where `_pool_append` would replay; lengths move on with
+        the states), then forecasts, one `forecast_slots` per horizon, in chunks of the scratch
+        rows. Sets `op.mean`."""
+        sp, p = self._pool, self.patch_len
+        steps, longs = [], []
+        for op in ops:
+            if op.values:
+                fits = (sp.graphs is not None
+                        and sp.length.get(op.series_id, 0) % p + len(op.values) < 2 * p)
+                (steps if fits else longs).append(op)
+        if longs:
+            held = sp.rows([slots[op.series_id] for op in longs if op.series_id in sp.length])
+            before = sp.pool.select(held) if len(held) else None  # put back on a failure
+            try:
+                self.model.append_slots(sp.pool, sp.rows([slots[op.series_id] for op in longs]),
+                                        [torch.tensor(op.values, dtype=torch.float32)
+                                         for op in longs])
+            except BaseException:
+                if before is not None:
+                    sp.pool.write_(held, before)
+                raise
+            for op in longs:
+                sp.length[op.series_id] = op.length
+        if steps:
+            counts = [len(op.values) for op in steps]
+            values = np.zeros((len(steps), max(counts)), dtype=np.float32)
+            for b, op in enumerate(steps):
+                values[b, : counts[b]] = op.values
+            sp.graphs.run(sp.rows([slots[op.series_id] for op in steps]),
+                          torch.from_numpy(values).to(self.device),
+                          torch.tensor(counts, dtype=torch.int64, device=self.device))
+            for op in steps:
+                sp.length[op.series_id] = op.length
+        for op in ops:  # (the appends of no points too: a new series exists from its first)
+            if op.values is not None:
+                sp.length[op.series_id] = op.length
+        by_horizon: dict[int, list[Op]] = {}
+        for op in ops:
+            if op.horizon is not None:
+                by_horizon.setdefault(op.horizon, []).append(op)
+        room = len(sp.scratch)
+        for horizon, group in by_horizon.items():
+            for a in range(0, len(group), room):
+                part = group[a:a + room]
+                means = self.model.forecast_slots(
+                    sp.pool, sp.rows([slots[op.series_id] for op in part]), horizon,
+                    sp.scratch[: len(part)]).tolist()
+                for op, mean in zip(part, means):
+                    op.mean = mean
+
+    def _pool_batch_by_op(self, requests: list[list[Op]], results: list, accepted: list[int]):
+        """The checked requests applied op by op (`_pool_append`; pool lock held): for a batch
+        of more series than the device holds, which spill and come back one at a time."""
+        ticket = None
+        for r in accepted:
+            done = []
+            try:
+                for op in requests[r]:
+                    if op.values is None:
+                        done.append(self._pool_forecast_series(op.series_id, op.horizon))
+                        continue
+                    length, mean, t = self._pool_append(op.series_id, op.values, op.horizon,
+                                                        op.meta)
+                    ticket = t if t is not None else ticket
+                    done.append((length, mean))
+            except EngineError as exc:
+                done = exc
+            results[r] = done
         return results, ticket
 
     # ---- every series' state, to and from the host (snapshots) ------------------------------

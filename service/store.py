@@ -247,6 +247,14 @@ class WriteAheadLog:
                 self.metrics.wal_bytes.inc(len(data))
             return self.seq
 
+    def fail(self, reason: str) -> None:
+        """Refuse every change from now on: the engine could not apply what the log holds, so
+        only a restart (which replays it) makes the states and the log agree again."""
+        with self.lock:
+            self.broken = self.broken or reason
+        log.error("write-ahead log %s: %s; changes are refused until the service is restarted",
+                  wal_path(self.directory, self.segment), reason)
+
     def write_append(self, series_id: str, values: list[float], length: int,
                      meta: dict | None = None) -> int:
         return self._write(Record(KIND_APPEND, 0, series_id, length, values, meta), "append")

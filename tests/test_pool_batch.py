@@ -1,0 +1,182 @@
+"""The triton backend's batched path (`Engine.apply_batch` on the slot pool): a micro-batch of
+requests is applied as a few batched kernel calls, and must give every series the same bits as
+applying its requests one by one, refuse what the plan or the log refuses without touching it,
+and leave nothing half-applied when the computation itself fails. On the CPU the kernels run
+under Triton's interpreter (no CUDA graphs, so every append takes `append_slots`); on a GPU the
+same tests also cover the graph-replay path."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from service import store
+from service.engine import Engine, EngineError, Op
+from tests.test_backend import DEVICE, MANIFEST, P, assert_states_equal
+from tests.test_model import tiny_model, walk
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model().to(DEVICE)
+
+
+def triton_engine(model, **kw) -> Engine:
+    return Engine(model, MANIFEST, kw.pop("max_series", 8), backend="triton", scratch_slots=2, **kw)
+
+
+def seeded(model, **kw) -> Engine:
+    """Three series of uneven lengths (a: 2 patches + 3, b: 1 patch + 5, c: 4 points)."""
+    e = triton_engine(model, **kw)
+    for sid, n, seed in (("a", 2 * P + 3, 1), ("b", P + 5, 2), ("c", 4, 3)):
+        e.append(sid, walk(n, seed).tolist(), None)
+    return e
+
+
+def vals(n: int, seed: int) -> list[float]:
+    return walk(n, seed).tolist()
+
+
+def requests() -> list[list[Op]]:
+    """Four requests: one naming a series twice (two rounds), a rejected one (unknown series),
+    a new series, forecasts of two horizons, and a forecast-only op."""
+    return [
+        [Op("a", vals(3, 10), 5, "series[0]"), Op("n1", vals(P + 4, 11), None, "series[1]"),
+         Op("b", None, 4, "series[2]")],
+        [Op("a", vals(P, 12), 4, "series[0]"), Op("c", vals(2, 13), None, "series[1]")],
+        [Op("b", vals(2, 14), None, "series[0]"), Op("nope", None, 3, "series[1]")],
+        [Op("n2", vals(2 * P + 1, 15), 5, "series[0]"), Op("b", vals(1, 16), 5, "series[1]")],
+    ]
+
+
+def op_by_op(e: Engine, reqs: list[list[Op]], refused: set[int]) -> list:
+    """What `Engine.append` and `Engine.forecast_series` give op by op (the per-op path a log
+    replay takes), for the requests not in `refused`."""
+    out = []
+    for r, ops in enumerate(reqs):
+        if r in refused:
+            out.append(None)
+            continue
+        out.append([e.forecast_series(op.series_id, op.horizon) if op.values is None
+                    else e.append(op.series_id, op.values, op.horizon) for op in ops])
+    return out
+
+
+def states_of(e: Engine, ids: list[str]):
+    sp = e._pool
+    return sp.pool.select(sp.rows([sp.slot[i] for i in ids]))
+
+
+def test_batched_equals_request_by_request_bit_for_bit(model):
+    batched, alone = seeded(model), seeded(model)
+    calls = {"append_slots": 0}
+    real = model.append_slots
+
+    def counting(*args, **kw):
+        calls["append_slots"] += 1
+        return real(*args, **kw)
+
+    model.append_slots = counting
+    try:
+        got = batched.apply_batch(requests())
+    finally:
+        del model.append_slots
+    want = op_by_op(alone, requests(), refused={2})
+    assert isinstance(got[2], EngineError) and got[2].status == 404
+    assert got[2].field == "series[1].id"
+    for g, w in zip(got, want):
+        if w is None:
+            continue
+        assert [length for length, _ in g] == [length for length, _ in w]
+        for (_, mg), (_, mw) in zip(g, w):
+            assert (mg is None) == (mw is None)
+            if mg is not None:
+                assert torch.equal(torch.tensor(mg), torch.tensor(mw))
+    ids = ["a", "b", "c", "n1", "n2"]
+    assert_states_equal(states_of(batched, ids), states_of(alone, ids))
+    for sid in ids:
+        assert batched.describe(sid) == alone.describe(sid)
+    assert "nope" not in batched._pool.length
+    # One append_slots per round where appends took it (two rounds), not one per append; on a
+    # GPU the short appends replay graphs instead.
+    assert calls["append_slots"] <= 2
+
+
+def test_more_series_than_the_device_holds_go_op_by_op_with_the_same_bits(model, tmp_path):
+    small = seeded(model, capacity=2, spill_dir=str(tmp_path / "spill"))
+    roomy = seeded(model)
+    got = small.apply_batch(requests())
+    want = roomy.apply_batch(requests())
+    for g, w in zip(got, want):
+        if isinstance(w, EngineError):
+            assert isinstance(g, EngineError) and g.status == w.status
+            continue
+        assert g == w
+    for sid in ("a", "b", "n1", "n2"):
+        assert small.forecast_series(sid, 7) == roomy.forecast_series(sid, 7)
+    assert small.describe("c") == roomy.describe("c")
+
+
+def with_log(e: Engine, directory) -> store.WriteAheadLog:
+    e.journal = store.WriteAheadLog(directory, 0, 0, "always")
+    return e.journal
+
+
+def test_a_broken_log_applies_what_it_holds_and_nothing_after(model, tmp_path,
+                                                                          monkeypatch):
+    e = seeded(model)
+    wal = with_log(e, tmp_path)
+    before = {sid: states_of(e, [sid]).clone() for sid in ("a", "b", "c")}
+    writes = {"n": 0}
+    real_write = os.write
+
+    def failing_write(fd, data):
+        writes["n"] += 1
+        if writes["n"] == 3:  # the third record: the second op of the second request
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(store.os, "write", failing_write)
+    reqs = [[Op("a", vals(3, 20), None)],
+            [Op("b", vals(2, 21), None), Op("x", vals(4, 22), None)],
+            [Op("c", vals(1, 23), None)]]
+    got = e.apply_batch(reqs)
+    # Every request of the batch is refused: the log can no longer make even the first durable.
+    assert all(isinstance(g, EngineError) and g.status == 503 for g in got)
+    # The log holds a's append and b's (written before the break): both applied, as on torch;
+    # x (refused at the break) was never created, c never touched.
+    assert e.describe("a")["length"] == 2 * P + 6 and e.describe("b")["length"] == P + 7
+    assert "x" not in e._pool.length and "x" not in e._pool.slot
+    assert len(e._pool.free) == e.capacity - 3
+    assert_states_equal(states_of(e, ["c"]), before["c"])
+    assert not torch.equal(states_of(e, ["a"]).tail, before["a"].tail)
+    assert wal.broken is not None
+    [refused] = e.apply_batch([[Op("c", vals(1, 24), None)]])
+    assert isinstance(refused, EngineError) and refused.status == 503
+
+
+def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_path):
+    e = seeded(model)
+    wal = with_log(e, tmp_path)
+    before = states_of(e, ["a", "b", "c"]).clone()
+    free = list(e._pool.free)
+
+    def broken(*args, **kw):
+        raise RuntimeError("device lost")
+
+    model.append_slots = broken
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            e.apply_batch([[Op("a", vals(2 * P, 30), None), Op("new", vals(P, 31), None)],
+                           [Op("b", vals(2 * P, 32), 3)]])
+    finally:
+        del model.append_slots
+    assert_states_equal(states_of(e, ["a", "b", "c"]), before)
+    assert "new" not in e._pool.slot and sorted(e._pool.free) == sorted(free)
+    assert [e.describe(s)["length"] for s in "abc"] == [2 * P + 3, P + 5, 4]
+    # The log holds appends that were not applied: changes are refused until a restart.
+    assert wal.broken is not None and "device lost" in wal.broken
+    [refused] = e.apply_batch([[Op("c", vals(1, 33), None)]])
+    assert isinstance(refused, EngineError) and refused.status == 503
