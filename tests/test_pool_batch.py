@@ -163,7 +163,10 @@ def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_
     before = states_of(e, ["a", "b", "c"]).clone()
     free = list(e._pool.free)
 
-    def broken(*args, **kw):
+    real = model.append_slots
+
+    def broken(*args, **kw):  # fails after it changed the pool
+        real(*args, **kw)
         raise RuntimeError("device lost")
 
     model.append_slots = broken
