@@ -18,10 +18,13 @@
 #      32768, prefill 64 x 1024) against copy bandwidth, eager PyTorch and, when the fla-core wheel
 #      was carried in bench/wheels/ (installed from that file, no network), fla raw and with the
 #      gather/scatter around it; launch configurations swept;
-#   3. the fused-kernel, kernel, linear, one-patch step and backend tests on the GPU (not the
-#      interpreter);
-#   4. bench.model_step for rimer-general (the lighter general model) and rimer-small (the model
-#      of the earlier H100 figures);
+#   3. the fused-kernel, kernel, linear, one-patch step, backend and pool-batch tests on the GPU
+#      (not the interpreter);
+#   3b. bench.engine_batch: the service's micro-batches on the pool (a bulk append of 1,000 and
+#      4,096 series, forecasts, a patch each) applied batched against op by op (the engine before
+#      2026-11-28), bit-identical between the two;
+#   4. bench.model_step for rimer-general (the lighter general model; rimer-small, the model of
+#      the earlier H100 figures, dropped to keep the run under 6 minutes);
 #   5. bench.linear_tiles: the grouped linear by row tile (16/32/64) at 1 .. 32768 rows, and
 #      whether a smaller tile keeps every row's bits (the lead for a faster single append);
 #   6. bench.step_settings: one table of every whole-step run above (settings, kernels, single
@@ -88,8 +91,12 @@ timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee 
     || status=1
 stamp "pytest kernels, fused, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
 timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
-    tests/test_linear.py tests/test_step_io.py tests/test_block_out.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
-for w in rimer-general rimer-small; do
+    tests/test_linear.py tests/test_step_io.py tests/test_block_out.py tests/test_backend.py \
+    tests/test_pool_batch.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+stamp "python -m bench.engine_batch (micro-batches on the pool: batched vs op by op)" | tee "$OUT/engine_batch.log"
+timeout 100 "$PY" -m bench.engine_batch --out "$OUT/engine_batch.json" 2>&1 | tee -a "$OUT/engine_batch.log" \
+    || status=1
+for w in rimer-general; do
     stamp "python -m bench.model_step --weights weights/$w" | tee -a "$OUT/model_step.log"
     timeout 70 "$PY" -m bench.model_step --weights "weights/$w" --out "$OUT/model_step-$w.json" \
         2>&1 | tee -a "$OUT/model_step.log" || status=1

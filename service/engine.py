@@ -201,10 +201,12 @@ class Engine:
         if self.backend == "onnx" and model.network_runtime is None:
             raise ValueError("the onnx backend needs the model's ONNX graph attached "
                              "(Engine.load does it: model.onnx_network.OnnxNetwork)")
-        # Whether `model.append` gives a series the same bits in a batch as alone, checked on this
-        # machine at start: then appends are computed batched even with a write-ahead log, whose
-        # replay runs one append at a time (the onnx backend; torch's CPU products are not).
-        self.batch_invariant = self.backend == "onnx" and appends_are_batch_invariant(model)
+        # Whether appends give a series the same bits in a batch as alone: then they are computed
+        # batched even with a write-ahead log, and the log is replayed in batches. The onnx
+        # backend: checked on this machine at start (torch's CPU products are not); triton: its
+        # kernels are row-invariant by construction (tests/test_pool_batch.py, on the GPU too).
+        self.batch_invariant = self.backend == "triton" or (
+            self.backend == "onnx" and appends_are_batch_invariant(model))
         if self.backend == "onnx" and not self.batch_invariant:
             log.warning("ONNX Runtime's results depend on the batch size on this machine: with "
                         "--data-dir, appends that complete a patch are computed one series at a "

@@ -183,3 +183,12 @@ def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_
     assert wal.broken is not None and "device lost" in wal.broken
     [refused] = e.apply_batch([[Op("c", vals(1, 33), None)]])
     assert isinstance(refused, EngineError) and refused.status == 503
+
+
+def test_engine_batch_benchmark_checks_bits_before_timing(model):
+    """bench.engine_batch (run on a GPU by gpu_check.sh) on one tiny case: both paths timed, and
+    the states and answers of the batched path compared with op by op."""
+    from bench import engine_batch
+    row = engine_batch.run_case(model, MANIFEST, DEVICE, 3, P, None, rounds=1)
+    assert row["bit_identical"] and row["series"] == 3
+    assert len(row["times_s"]["batched"]) == len(row["times_s"]["by_op"]) == 1
