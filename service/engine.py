@@ -907,16 +907,17 @@ class Engine:
 
     def _pool_round(self, ops: list[Op], slots: dict[str, int]) -> None:
         """At most one op per series: the appends (one `append_slots`, whose rows are put back
-        if it fails, then graph replays where `_pool_append` would replay; lengths move on with
-        the states), then forecasts, one `forecast_slots` per horizon, in chunks of the scratch
-        rows. Sets `op.mean`."""
+        if it fails; the points of appends that complete no patch copied into the tails; graph
+        replays where `_pool_append` would replay; lengths move on with the states), then
+        forecasts, one `forecast_slots` per horizon, in chunks of the scratch rows. Sets
+        `op.mean`."""
         sp, p = self._pool, self.patch_len
-        steps, longs = [], []
+        tails, steps, longs = [], [], []
         for op in ops:
             if op.values:
-                fits = (sp.graphs is not None
-                        and sp.length.get(op.series_id, 0) % p + len(op.values) < 2 * p)
-                (steps if fits else longs).append(op)
+                reach = sp.length.get(op.series_id, 0) % p + len(op.values)
+                (tails if reach < p else steps if sp.graphs is not None and reach < 2 * p
+                 else longs).append(op)
         if longs:
             held = sp.rows([slots[op.series_id] for op in longs if op.series_id in sp.length])
             before = sp.pool.select(held) if len(held) else None  # put back on a failure
@@ -930,6 +931,8 @@ class Engine:
                 raise
             for op in longs:
                 sp.length[op.series_id] = op.length
+        if tails:
+            self._pool_extend_tails(tails, slots)
         if steps:
             counts = [len(op.values) for op in steps]
             values = np.zeros((len(steps), max(counts)), dtype=np.float32)
@@ -956,6 +959,25 @@ class Engine:
                     sp.scratch[: len(part)]).tolist()
                 for op, mean in zip(part, means):
                     op.mean = mean
+
+    def _pool_extend_tails(self, ops: list[Op], slots: dict[str, int]) -> None:
+        """Appends that complete no patch: their points copied into the pool's tails (two
+        indexed writes for the whole batch). Nothing else of a state changes then, so these are
+        the bits the network's path would give (an exact copy), without running the network for
+        rows that have nothing to compute (in a bulk append of one point, 31 in 32 series)."""
+        sp, p, dev = self._pool, self.patch_len, self.device
+        rows, cols, flat = [], [], []
+        for op in ops:
+            slot, start, n = slots[op.series_id], sp.length.get(op.series_id, 0) % p, len(op.values)
+            rows += [slot] * n
+            cols += range(start, start + n)
+            flat += op.values
+        sp.pool.tail[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(
+            flat, dtype=sp.pool.tail.dtype, device=dev)
+        sp.pool.tail_len[sp.rows([slots[op.series_id] for op in ops])] = torch.tensor(
+            [op.length % p for op in ops], dtype=sp.pool.tail_len.dtype, device=dev)
+        for op in ops:
+            sp.length[op.series_id] = op.length
 
     def _pool_batch_by_op(self, requests: list[list[Op]], results: list, accepted: list[int]):
         """The checked requests applied op by op (`_pool_append`; pool lock held): for a batch
