@@ -1137,6 +1137,7 @@ class Engine:
                 if created:
                     del sp.slot[series_id]
                     sp.free.append(slot)
+                    sp.touched.pop(series_id, None)  # (else expiry would try it for ever)
                 elif before is not None:  # unexpected failure: put the series' state back
                     sp.pool.write_(rows, before)
                 raise

@@ -155,6 +155,12 @@ def test_a_broken_log_applies_what_it_holds_and_nothing_after(model, tmp_path,
     assert wal.broken is not None
     [refused] = e.apply_batch([[Op("c", vals(1, 24), None)]])
     assert isinstance(refused, EngineError) and refused.status == 503
+    with pytest.raises(EngineError) as single:  # a new series alone (op by op), refused too
+        e.append("y", vals(3, 25), None)
+    assert single.value.status == 503
+    # No trace of the refused new series (idle expiry walks `touched`).
+    assert set(e._pool.touched) == set(e._pool.length) == {"a", "b", "c"}
+    assert len(e._pool.free) + len(e._pool.slot) == e.capacity
 
 
 def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_path):
