@@ -132,7 +132,9 @@ def _prologue_kernel(values_ptr, counts_ptr, slots_ptr,
     xn = tl.where(jm, ((x - mean) / sd).to(tl.float32), 0.0)
     h = tl.sum(w * xn[None, :], axis=1)
     if HAS_PE:
-        h += tl.load(pe_ptr + n_before * D + d, mask=dm, other=0.0)
+        # (only a completed patch has a position: a series at the table's end may still fill
+        # its tail, and its row must not read past the table)
+        h += tl.load(pe_ptr + n_before * D + d, mask=dm & done, other=0.0)
     tl.store(h_ptr + b * D + d, h, mask=dm)
 
     # The slot's token shifts (all layers), for the layers' ln_mix.
@@ -198,8 +200,8 @@ def prologue_reference(pool, slots, values, counts, embed, pe, consts, causal: b
         stats = norm
     xn = ((patch.double() - stats[:, :1]) / normalisation.scale(stats[:, 1:], eps)).float()
     h = F.linear(xn, embed)
-    if pe is not None:
-        h = h + pe[n_before]
+    if pe is not None:  # (a completed patch's position only: see the kernel)
+        h = h + torch.where(done[:, None], pe[n_before.clamp(max=len(pe) - 1)], 0.0)
     return StepIO(h=h, shift=pool.shift[slots], stats=stats,
                   tail=torch.where(done[:, None], joined[:, p:], patch), tail_len=total - p * done,
                   done=done.long(), n_patches=n_before + done)

@@ -190,7 +190,7 @@ class OnnxNetwork:
         (tests/test_onnx.py), so a series' results are the same bits alone or in any batch."""
         bsz, t, _ = xn.shape
         if self.positions and check_positions:
-            self.model.check_positions(state.n_patches, t)
+            self.model.check_positions(state.n_patches, t, valid.sum(1) if valid is not None else None)
         if valid is None or bool(valid.all()):  # every row the same schedule: plain slices
             return self._uniform(xn, state, t)
         counts = valid.sum(1)
@@ -209,8 +209,9 @@ class OnnxNetwork:
             n = CHUNK if CHUNK in self.sessions and t - step >= CHUNK else 1
             feeds = {"xn": xn[:, step:step + n].contiguous().numpy(),
                      "wkv": wkv.contiguous().numpy(), "shift": shift.contiguous().numpy()}
-            if self.positions:
-                feeds["n_patches"] = (state.n_patches + step).numpy()
+            if self.positions:  # (clamped as in _Run: past the table only unused rollout steps)
+                feeds["n_patches"] = (state.n_patches + step).clamp(
+                    max=self.model.cfg.max_positions - n).numpy()
             pred, wkv, shift = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
             preds.append(pred)
             step += n

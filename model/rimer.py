@@ -346,9 +346,13 @@ class Rimer(nn.Module):
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
 
-    def check_positions(self, n_patches: torch.Tensor, t: int) -> None:
-        """A sinusoidal model's table must cover the `t` patches after `n_patches` [B]."""
-        last = int(n_patches.max()) + t if len(n_patches) else 0
+    def check_positions(self, n_patches: torch.Tensor, t: int,
+                        counts: torch.Tensor | None = None) -> None:
+        """A sinusoidal model's table must cover the `t` patches after `n_patches` [B] (or each
+        row's `counts` [B], where a batch's rows have fewer real patches than `t`: padding
+        never needs a position, so a batch is refused only where one of its series would be)."""
+        ends = n_patches + (t if counts is None else counts)
+        last = int(ends.max()) if len(n_patches) else 0
         if last > self.cfg.max_positions:
             raise PositionLimitError(
                 f"this model's sinusoidal position embedding covers {self.cfg.max_positions} "
@@ -375,8 +379,10 @@ class Rimer(nn.Module):
         h = step.linear(xn, self.embed.weight)
         if cfg.pos_emb == "sinusoidal":
             if check_positions:
-                self.check_positions(state.n_patches, t)
-            pos = state.n_patches[:, None] + torch.arange(t, device=xn.device)[None]
+                self.check_positions(state.n_patches, t, valid.sum(1) if valid is not None else None)
+            # (clamped: past the table only padding, or rollout steps a row does not use)
+            pos = (state.n_patches[:, None] + torch.arange(t, device=xn.device)[None]).clamp(
+                max=cfg.max_positions - 1)
             h = h + self.pe[pos]
         counts = valid.sum(1) if valid is not None else torch.full((bsz,), t, device=xn.device)
         last_idx = (counts - 1).clamp(min=0)
@@ -563,7 +569,8 @@ class Rimer(nn.Module):
         The model's forecast of the current patch is used for its points not yet seen; the
         completed patch is fed back, and so on. Works on copies: `state` is unchanged.
         """
-        return self._rollout(state, horizon, lambda s, patch: self._advance(s, patch).state)
+        return self._rollout(state, horizon,
+                             lambda s, patch: self._advance(s, patch, check_positions=False).state)
 
     @torch.no_grad()
     def forecast_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
@@ -578,7 +585,7 @@ class Rimer(nn.Module):
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
         step = PoolStep(pool.wkv, scratch)
         return self._rollout(pool.select(slots, wkv=False), horizon,
-                             lambda s, patch: self._advance(s, patch, None, step).state)
+                             lambda s, patch: self._advance(s, patch, None, step, False).state)
 
     def _rollout(self, state: RimerState, horizon: int, advance) -> torch.Tensor:
         p = self.cfg.patch_len
@@ -587,7 +594,10 @@ class Rimer(nn.Module):
         if bool((state.n_patches < 1).any()):
             raise ValueError(f"a forecast needs at least one complete patch ({p} points)")
         r = state.tail_len
-        steps = int(((horizon + r + p - 1) // p).max())
+        need = (horizon + r + p - 1) // p  # patches of output each row uses
+        steps = int(need.max())
+        if self.cfg.pos_emb == "sinusoidal":  # each row's own steps (the others' are discarded)
+            self.check_positions(state.n_patches, 0, need - 1)
         pieces = [state.next_patch]
         cols = torch.arange(p, device=r.device)[None]
         patch = torch.where(cols < r[:, None], state.tail, state.next_patch)

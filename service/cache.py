@@ -71,10 +71,15 @@ class SpillTiers:
         with self.lock:
             self.host[series_id] = state.to("cpu")
             self.host.move_to_end(series_id)
+            try:
+                while len(self.host) > self.host_capacity:
+                    oldest, old_state = next(iter(self.host.items()))
+                    self._write(oldest, old_state)  # (dropped from the host only once written)
+                    del self.host[oldest]
+            except BaseException:  # the disk refused: this put did not happen, nothing is lost
+                self.host.pop(series_id, None)
+                raise
             self.spills["host"] += 1
-            while len(self.host) > self.host_capacity:
-                oldest, old_state = self.host.popitem(last=False)
-                self._write(oldest, old_state)
 
     def _write(self, series_id: str, state: RimerState) -> None:
         tensors = {k: v.contiguous() for k, v in state.tensors().items()}

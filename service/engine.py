@@ -817,13 +817,17 @@ class Engine:
             if len(named) > self.capacity:
                 return self._pool_batch_by_op(requests, results, accepted)
             slots, created, unreadable = self._pool_bring(named)
-            if unreadable:  # a spilled state could not be read: the requests naming it fail
-                for r in accepted:
-                    bad = next((unreadable[op.series_id] for op in requests[r]
-                                if op.series_id in unreadable), None)
+            if unreadable:  # a spilled state could not be read: the requests naming it fail,
+                for r in accepted:  # and the others are planned again without them
+                    bad = next((op for op in requests[r] if op.series_id in unreadable), None)
                     if bad is not None:
-                        results[r] = bad
-                accepted = [r for r in accepted if results[r] is None]
+                        exc = unreadable[bad.series_id]
+                        results[r] = EngineError(exc.status, exc.message, bad.field("id"))
+                keep = [r for r in accepted if results[r] is None]
+                again = self._plan([requests[r] for r in keep], sp.length.get, len(sp.length))
+                for i, exc in again.items():
+                    results[keep[i]] = exc
+                accepted = [r for i, r in enumerate(keep) if i not in again]
             todo, accepted, ticket = self._pool_log(requests, results, accepted)
             used = {op.series_id for op in todo}
             for sid in [s for s in created if s not in used]:  # refused after all: no slot kept
@@ -848,7 +852,7 @@ class Engine:
                     if sid not in sp.length:
                         sp.free.append(sp.slot.pop(sid))
                         sp.touched.pop(sid, None)
-                if self.journal is not None and todo:
+                if ticket is not None:
                     # The log holds appends that may not all be applied: refuse changes until a
                     # restart rebuilds the states from it.
                     self.journal.fail(f"a batch failed after it was logged: {exc!r}")
@@ -870,15 +874,21 @@ class Engine:
         slots: dict[str, int] = {}
         created: list[str] = []
         unreadable: dict[str, EngineError] = {}
-        for sid in sorted(named, key=lambda s: s not in sp.slot):
-            new = sid not in sp.length
-            try:
-                slots[sid] = self._pool_slot(sid, new)
-            except EngineError as exc:
-                unreadable[sid] = exc
-                continue
-            if new:
-                created.append(sid)
+        try:
+            for sid in sorted(named, key=lambda s: s not in sp.slot):
+                new = sid not in sp.length
+                try:
+                    slots[sid] = self._pool_slot(sid, new)
+                except EngineError as exc:
+                    unreadable[sid] = exc
+                    continue
+                if new:
+                    created.append(sid)
+        except BaseException:  # e.g. spilling a state failed: no slot kept for a new series
+            for sid in created:
+                sp.free.append(sp.slot.pop(sid))
+                sp.touched.pop(sid, None)
+            raise
         return slots, created, unreadable
 
     def _pool_log(self, requests: list[list[Op]], results: list, accepted: list[int]
@@ -1150,9 +1160,9 @@ class Engine:
         and spilling the least recently used series if no slot is free."""
         sp = self._pool
         slot = sp.slot.get(series_id)
-        sp.touched[series_id] = time.monotonic()
         if slot is not None:
             sp.slot.move_to_end(series_id)
+            sp.touched[series_id] = time.monotonic()
             self.cache_stats["hits"] += 1
             return slot
         if not sp.free:
@@ -1170,6 +1180,7 @@ class Engine:
             sp.pool.write_(sp.rows([slot]), state.to(self.device))
             self.cache_stats["misses"] += 1
         sp.slot[series_id] = slot
+        sp.touched[series_id] = time.monotonic()
         return slot
 
     def _pool_forecast_series(self, series_id: str, horizon: int) -> tuple[int, list[float]]:

@@ -91,6 +91,28 @@ def test_corrupt_spill_file_is_refused(loaded, tmp_path):
     assert engine.forecast_series("b", 8)[0] == 40  # the others are unaffected
 
 
+def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
+    """The disk refusing a write: the put fails whole (the caller keeps its state), and the
+    state the host tier would have handed down stays on the host."""
+    from model.state import RimerState
+    from service.cache import SpillTiers
+
+    cfg = tiny_model().cfg
+    tiers = SpillTiers(1, tmp_path / "spill")
+    a = RimerState.zeros(cfg, 1)
+    a.tail.fill_(1.0)
+    tiers.put("a", a)
+
+    def full_disk(self, series_id, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SpillTiers, "_write", full_disk)
+    with pytest.raises(OSError):
+        tiers.put("b", RimerState.zeros(cfg, 1))
+    assert list(tiers.host) == ["a"] and not tiers.disk
+    assert torch.equal(tiers.take("a").tail, a.tail)
+
+
 def test_idle_series_expire(loaded):
     model, manifest = loaded
     engine = Engine(model, manifest, max_series=10, backend="torch", capacity=2, host_capacity=1)

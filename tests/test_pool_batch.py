@@ -14,6 +14,7 @@ import torch
 
 from service import store
 from service.engine import Engine, EngineError, Op
+from tests.conftest import rel_err
 from tests.test_backend import DEVICE, MANIFEST, P, assert_states_equal
 from tests.test_model import tiny_model, walk
 
@@ -198,3 +199,105 @@ def test_engine_batch_benchmark_checks_bits_before_timing(model):
     row = engine_batch.run_case(model, MANIFEST, DEVICE, 3, P, None, rounds=1)
     assert row["bit_identical"] and row["series"] == 3
     assert len(row["times_s"]["batched"]) == len(row["times_s"]["by_op"]) == 1
+
+
+def corrupt_spill_of(directory, series_id: str) -> None:
+    path = directory / (series_id.encode().hex() + ".safetensors")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # the CRC catches it
+    path.write_bytes(bytes(data))
+
+
+def test_an_unreadable_spilled_state_refuses_its_requests_and_the_rest_are_planned_without_them(
+        model, tmp_path):
+    """The request naming the unreadable series fails (500, naming its item); a later request on
+    a series it also named is planned as if it never came."""
+    e = triton_engine(model, capacity=2, spill_dir=str(tmp_path))
+    reference = triton_engine(model)
+    for eng in (e, reference):
+        for sid, seed in (("a", 1), ("b", 2), ("c", 3)):  # "a" spills to disk
+            eng.append(sid, vals(P, seed), None)
+    corrupt_spill_of(tmp_path, "a")
+    got = e.apply_batch([[Op("b", vals(5, 4), None, "series[0]"),
+                          Op("a", vals(1, 5), None, "series[1]")],
+                         [Op("b", vals(3, 6), 4, "series[0]")]])
+    assert isinstance(got[0], EngineError) and got[0].status == 500
+    assert got[0].field == "series[1].id"
+    want = reference.append("b", vals(3, 6), 4)
+    assert got[1] == [want] and want[0] == P + 3
+    assert_states_equal(states_of(e, ["b"]), states_of(reference, ["b"]))
+    assert set(e._pool.touched) == set(e._pool.length)
+
+
+def test_a_failing_spill_while_bringing_series_in_leaves_no_trace(model, tmp_path, monkeypatch):
+    e = triton_engine(model, capacity=2, spill_dir=str(tmp_path))
+    for sid, seed in (("a", 1), ("b", 2)):
+        e.append(sid, vals(P + 2, seed), None)
+    before = {sid: e.forecast_series(sid, 5) for sid in "ab"}
+    writes = {"n": 0}
+    real_write = type(e.spill)._write
+
+    def full_disk(self, series_id, state):
+        writes["n"] += 1
+        if writes["n"] == 2:
+            raise OSError(28, "No space left on device")
+        return real_write(self, series_id, state)
+
+    monkeypatch.setattr(type(e.spill), "_write", full_disk)
+    with pytest.raises(OSError):  # (the scheduler answers 500)
+        e.apply_batch([[Op("n1", vals(3, 7), None), Op("n2", vals(3, 8), None)]])
+    sp = e._pool
+    assert "n1" not in sp.slot and "n2" not in sp.slot and not {"n1", "n2"} & set(sp.touched)
+    assert len(sp.free) + len(sp.slot) == e.capacity
+    ids, _, _ = e.export_states()
+    assert sorted(ids) == ["a", "b"]
+    monkeypatch.undo()
+    assert {sid: e.forecast_series(sid, 5) for sid in "ab"} == before  # nothing lost
+
+
+def test_a_failed_forecast_only_batch_leaves_the_log_open(model, tmp_path):
+    e = seeded(model)
+    wal = with_log(e, tmp_path)
+
+    def broken(*args, **kw):
+        raise RuntimeError("device lost")
+
+    model.forecast_slots = broken
+    try:
+        with pytest.raises(RuntimeError):
+            e.apply_batch([[Op("a", None, 4)]])
+    finally:
+        del model.forecast_slots
+    assert wal.broken is None  # nothing was logged: no reason to refuse changes
+    [ok] = e.apply_batch([[Op("c", vals(1, 40), None)]])
+    assert ok == [(5, None)]
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backend):
+    """With a position table of 8 patches, a series at 7 patches and one at 1 append a patch and
+    two in one batch, and forecast in one group: each is within the table, so the batch is too
+    (padding and the rollout steps a row does not use need no position)."""
+    sinus = tiny_model(pos_emb="sinusoidal", max_positions=8).to(DEVICE)
+    engines = [Engine(sinus, MANIFEST, 4, backend=backend, scratch_slots=2) for _ in range(2)]
+    for eng in engines:
+        eng.append("a", vals(7 * P, 1), None)
+        eng.append("b", vals(P, 2), None)
+    batch = [[Op("a", vals(P, 3), None, "series[0]")], [Op("b", vals(2 * P, 4), None, "series[0]")]]
+    got = engines[0].apply_batch(batch)
+    assert got == [[(8 * P, None)], [(3 * P, None)]]
+    engines[1].append("a", vals(P, 3), None)
+    engines[1].append("b", vals(2 * P, 4), None)
+    # a has used the whole table: a forecast of a point past it is refused, a's own tail is not
+    for eng in engines:
+        eng.append("a", vals(P - 1, 5), None)
+        eng.append("b", vals(P - 1, 6), None)
+    both = engines[0].apply_batch([[Op("a", None, 1)], [Op("b", None, 1)]])
+    alone = [engines[1].forecast_series("a", 1), engines[1].forecast_series("b", 1)]
+    for [(length, mean)], (want_length, want_mean) in zip(both, alone):
+        assert length == want_length
+        if backend == "triton":  # (torch's CPU products change in the last bits with the batch)
+            assert mean == want_mean
+        assert rel_err(torch.tensor(mean), torch.tensor(want_mean)) <= 1e-5
+    refused = engines[0].apply_batch([[Op("a", None, 2)]])[0]
+    assert isinstance(refused, EngineError) and refused.status == 422
