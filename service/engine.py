@@ -943,6 +943,8 @@ class Engine:
                 sp.length[op.series_id] = op.length
         if tails:
             self._pool_extend_tails(tails, slots)
+            for op in tails:
+                sp.length[op.series_id] = op.length
         if steps:
             counts = [len(op.values) for op in steps]
             values = np.zeros((len(steps), max(counts)), dtype=np.float32)
@@ -972,13 +974,16 @@ class Engine:
 
     def _pool_extend_tails(self, ops: list[Op], slots: dict[str, int]) -> None:
         """Appends that complete no patch: their points copied into the pool's tails (two
-        indexed writes for the whole batch). Nothing else of a state changes then, so these are
-        the bits the network's path would give (an exact copy), without running the network for
-        rows that have nothing to compute (in a bulk append of one point, 31 in 32 series)."""
+        indexed writes for the whole batch; `op.length` is the length after). Nothing else of a
+        state changes then, and every path leaves a tail's unused points zero, so these are the
+        bits the network's path would give (an exact copy), without running the network for rows
+        that have nothing to compute (in a bulk append of one point, 31 in 32 series; a single
+        append of under a patch too). The caller moves the host lengths on."""
         sp, p, dev = self._pool, self.patch_len, self.device
         rows, cols, flat = [], [], []
         for op in ops:
-            slot, start, n = slots[op.series_id], sp.length.get(op.series_id, 0) % p, len(op.values)
+            slot, n = slots[op.series_id], len(op.values)
+            start = (op.length - n) % p
             rows += [slot] * n
             cols += range(start, start + n)
             flat += op.values
@@ -986,8 +991,6 @@ class Engine:
             flat, dtype=sp.pool.tail.dtype, device=dev)
         sp.pool.tail_len[sp.rows([slots[op.series_id] for op in ops])] = torch.tensor(
             [op.length % p for op in ops], dtype=sp.pool.tail_len.dtype, device=dev)
-        for op in ops:
-            sp.length[op.series_id] = op.length
 
     def _pool_batch_by_op(self, requests: list[list[Op]], results: list, accepted: list[int]):
         """The checked requests applied op by op (`_pool_append`; pool lock held): for a batch
@@ -1130,7 +1133,10 @@ class Engine:
             try:
                 if created:
                     sp.pool.write_(rows, RimerState.zeros(self.model.cfg, 1, self.device))
-                if values and sp.graphs is not None and length % p + len(values) < 2 * p:
+                if values and length % p + len(values) < p:  # only the tail changes: copied
+                    self._pool_extend_tails([Op(series_id, values, length=new_length)],
+                                            {series_id: slot})
+                elif values and sp.graphs is not None and length % p + len(values) < 2 * p:
                     sp.graphs.run(rows, vals[None].to(self.device),
                                   torch.tensor([len(values)], device=self.device))
                 elif values:

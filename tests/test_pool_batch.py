@@ -301,3 +301,24 @@ def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backe
         assert rel_err(torch.tensor(mean), torch.tensor(want_mean)) <= 1e-5
     refused = engines[0].apply_batch([[Op("a", None, 2)]])[0]
     assert isinstance(refused, EngineError) and refused.status == 422
+
+
+def test_copying_points_into_the_tail_is_what_the_network_paths_write(model):
+    """`_pool_extend_tails` (appends that complete no patch, batched or single) writes the bits
+    `append_slots` and the one-patch step (`step_slots`, the CUDA graphs' body) write: every
+    field of every row (a tail's unused points stay zero on each path)."""
+    e = seeded(model)  # tails of 3, 5 and 4 points
+    sp, ids = e._pool, ["a", "b", "c"]
+    adds = {"a": vals(4, 50), "b": vals(2, 51), "c": vals(3, 52)}
+    rows = sp.rows([sp.slot[s] for s in ids])
+    by_append, by_step = sp.pool.clone(), sp.pool.clone()
+    e._pool_extend_tails([Op(s, adds[s], length=sp.length[s] + len(adds[s])) for s in ids],
+                         sp.slot)
+    model.append_slots(by_append, rows, [torch.tensor(adds[s]) for s in ids])
+    values = torch.zeros(len(ids), 2 * P, device=DEVICE)
+    for b, s in enumerate(ids):
+        values[b, : len(adds[s])] = torch.tensor(adds[s])
+    counts = torch.tensor([len(adds[s]) for s in ids], device=DEVICE)
+    model.step_slots(by_step, rows, values, counts)
+    assert_states_equal(sp.pool, by_append)
+    assert_states_equal(sp.pool, by_step)
