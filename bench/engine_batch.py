@@ -6,7 +6,8 @@ What a bulk append (`POST /series/append`) or a micro-batch of appends costs the
 triton backend: one `Engine.apply_batch` of one request naming N series, applied batched (one
 `append_slots` and one CUDA-graph `step_slots` per round, one `forecast_slots` per horizon:
 `Engine._pool_batch`) against the same request applied op by op (`Engine._pool_batch_by_op`,
-what the engine did before: one graph replay or kernel chain per series). Wall time of the call,
+what the engine did before, one graph replay or kernel chain per series; an append completing
+no patch is now copied into the tail on that path too). Wall time of the call,
 host work included, the device synchronised at its end; the two on two engines holding the same
 series, alternating call by call, so load changes hit both alike. Cases (the default weights on
 a GPU): N series x 1 point (about N / P complete a patch: bulk ingest), the same with a forecast
@@ -36,7 +37,8 @@ from service.settings import DEFAULT_WEIGHTS
 
 
 def by_op(e: Engine, requests: list[list[Op]]) -> list:
-    """`apply_batch` as the engine applied pool batches before: checked whole, then op by op."""
+    """`apply_batch` as the engine applied pool batches before: checked whole, then op by op
+    (`_pool_append`, the single-append path)."""
     sp = e._pool
     with sp.lock:
         errors = e._plan(requests, sp.length.get, len(sp.length))

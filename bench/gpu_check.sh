@@ -21,8 +21,8 @@
 #   3. the fused-kernel, kernel, linear, one-patch step, backend and pool-batch tests on the GPU
 #      (not the interpreter);
 #   3b. bench.engine_batch: the service's micro-batches on the pool (a bulk append of 1,000 and
-#      4,096 series, forecasts, a patch each) applied batched against op by op (the engine before
-#      2026-11-28), bit-identical between the two;
+#      4,096 series, forecasts, a patch each) applied batched against op by op (the single-append
+#      path, which applied batches before 2026-11-28), bit-identical between the two;
 #   4. bench.model_step for rimer-general (the lighter general model; rimer-small, the model of
 #      the earlier H100 figures, dropped to keep the run under 6 minutes);
 #   5. bench.linear_tiles: the grouped linear by row tile (16/32/64) at 1 .. 32768 rows, and
