@@ -83,9 +83,12 @@ def same_states(a: Engine, b: Engine, n: int) -> bool:
 
 
 def run_case(model, manifest, device: str, n: int, points: int, horizon: int | None,
-             rounds: int) -> dict:
+             rounds: int, engines: tuple[Engine, Engine] | None = None) -> dict:
+    """One case on two engines holding the same n series (made here unless given: the cases of
+    one n share them, as both receive the same requests)."""
     graphs = device == "cuda"
-    new, old = make_engine(model, manifest, n, graphs), make_engine(model, manifest, n, graphs)
+    new, old = engines or (make_engine(model, manifest, n, graphs),
+                           make_engine(model, manifest, n, graphs))
     fast, slow = synced(batched, device), synced(by_op, device)
     check = request(n, points, horizon, 1)
     got, want = fast(new, [check]), slow(old, [request(n, points, horizon, 1)])
@@ -124,7 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
         p = model.cfg.patch_len
         cases = [(3, 1, None), (3, 1, 5), (3, p, None)]
         args.rounds = min(args.rounds, 1)
-    rows = [run_case(model, manifest, device, n, pts, h, args.rounds) for n, pts, h in cases]
+    graphs, shared, rows = device == "cuda", {}, []
+    for n, pts, h in cases:
+        if n not in shared:
+            shared[n] = (make_engine(model, manifest, n, graphs), make_engine(model, manifest, n, graphs))
+        rows.append(run_case(model, manifest, device, n, pts, h, args.rounds, shared[n]))
     print(f"{'series':>7} {'points':>6} {'horizon':>7} {'batched':>10} {'op by op':>10} "
           f"{'speed-up':>8} {'points/s':>10} {'bits':>5}")
     for r in rows:
