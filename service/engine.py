@@ -7,7 +7,9 @@ the model imposes, and keeps states. Three backends:
   (`Rimer.append`) and swaps it in only when it succeeded, so a failed append changes nothing.
 * `triton` (default with CUDA): one preallocated pool of states on the device (a RimerState of
   max_series + scratch + 1 rows), an id -> slot map and a free list; appends update the pool in
-  place (`Rimer.append_slots`; on a GPU one-patch appends replay a CUDA graph of `step_slots`),
+  place (`Rimer.append_slots`; an append that completes no patch only copies its points into
+  the tail; on a GPU one-patch appends replay a CUDA graph of `step_slots`; a micro-batch runs
+  as a few batched calls, `_pool_batch`),
   forecasts roll out in scratch slots (`Rimer.forecast_slots`). Everything a request could be
   refused for is checked before the pool is touched, so a rejected append changes nothing.
   Lengths are kept on the host, so the checks need no device round trip. One lock serialises
@@ -803,11 +805,12 @@ class Engine:
         else comes between the check and the changes). Every series named is brought onto the
         device first; with a journal the appends are then written to the log (write-ahead: what
         a broken log refuses is never computed, and what it holds is applied, as on torch);
-        then each round (the k-th op of every series) is one `step_slots` by CUDA-graph replay
-        for the appends of under one patch past the tail, one `append_slots` for the others,
-        and one `forecast_slots` per horizon. Each series takes the path it would take alone
-        (`_pool_append`) and the kernels are batch-invariant, so the bits are the same as op by
-        op. A batch naming more series than the device holds is applied op by op."""
+        then each round (the k-th op of every series) is one copy into the tails for the
+        appends that complete no patch, one `step_slots` by CUDA-graph replay for those that
+        complete one, one `append_slots` for the others, and one `forecast_slots` per horizon.
+        Each series takes the path it would take alone (`_pool_append`) and the kernels are
+        batch-invariant, so the bits are the same as op by op. A batch naming more series than
+        the device holds is applied op by op."""
         sp = self._pool
         with sp.lock:
             errors = self._plan(requests, sp.length.get, len(sp.length))
