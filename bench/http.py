@@ -2,7 +2,7 @@
 
     python -m bench.http [--seconds 5] [--warmup 1] [--concurrency 1 16 64] [--bulk-concurrency 1 4]
                          [--bulk-series 1000] [--forecast-concurrency 1] [--forecast-points 512]
-                         [--client raw|httpx] [--out bench/results/http.json]
+                         [--client raw|httpx] [--out bench/out/http.json]
     python -m bench.http --quick          # smoke run: tiny durations, fewer series
 
 Starts `python -m service --device cpu` (shipped default weights unless --weights) as a subprocess
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 0.5 s cases, 0.2 s warm-up, 200 bulk series, bulk at concurrency 1")
     ap.add_argument("--note", default="", help="free text kept in the JSON (what was served, why)")
-    ap.add_argument("--out", default="bench/results/http.json")
+    ap.add_argument("--out", default="bench/out/http.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup = min(args.seconds, 0.5), min(args.warmup, 0.2)

@@ -1,6 +1,6 @@
 """Small appends while one large append runs: does one client's upload hold up everyone else?
 
-    python -m bench.large_append [--points 500000] [--small 20] [--out bench/results/large_append.json]
+    python -m bench.large_append [--points 500000] [--small 20] [--out bench/out/large_append.json]
 
 Starts `python -m service --device cpu` three times (shipped default weights, micro-batching on,
 its default 2 ms window): with the default --batch-max-points (a large append is planned and
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=500_000)
     ap.add_argument("--small", type=int, default=20)
-    ap.add_argument("--out", default="bench/results/large_append.json")
+    ap.add_argument("--out", default="bench/out/large_append.json")
     args = ap.parse_args(argv)
     rows = {}
     with tempfile.TemporaryDirectory() as logs:

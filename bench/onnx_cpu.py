@@ -1,7 +1,7 @@
 """The CPU backends side by side: torch (PyTorch modules) against onnx (the network in ONNX Runtime).
 
     python -m bench.onnx_cpu [--weights weights/rimer-general-d128] [--reps 30] [--threads 1]
-                             [--out bench/results/onnx_cpu.json]
+                             [--out bench/out/onnx_cpu.json]
 
 Both engines load the same weights in one process (`--threads` for torch's kernels and ONNX
 Runtime's alike; the service's default is 1) and are timed round-robin, case by case, so load
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="bench/results/onnx_cpu.json")
+    ap.add_argument("--out", default="bench/out/onnx_cpu.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     engines = {b: Engine.load(args.weights, "cpu", 1000, b) for b in ("torch", "onnx")}

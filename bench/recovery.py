@@ -1,6 +1,6 @@
 """Recovery time: replaying a write-ahead log one append at a time against in batches.
 
-    python -m bench.recovery [--series 1000] [--rounds 100] [--reps 2] [--out bench/results/recovery.json]
+    python -m bench.recovery [--series 1000] [--rounds 100] [--reps 2] [--out bench/out/recovery.json]
 
 Builds a log the way bulk ingest writes one: --series series created with 40 + (index mod 32)
 points each, then --rounds bulk appends of one point to every series (one `Engine.apply_batch`
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--series", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=100)
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--out", default="bench/results/recovery.json")
+    ap.add_argument("--out", default="bench/out/recovery.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     log_dir = Path(tempfile.mkdtemp(prefix="rimer-log-"))

@@ -595,7 +595,8 @@ class Engine:
         the EngineError that rejected it whole (a rejected request changes nothing, and does not
         affect the others). Ops on one series apply in the order given (request order, then op
         order). Torch: one `model.append` per round (the k-th op of every series), one
-        `model.forecast` per horizon; triton: per-op calls under the pool's lock."""
+        `model.forecast` per horizon; triton: batched on the pool under its lock
+        (`_pool_batch`)."""
         try:
             self._require_streamable()
         except EngineError as exc:

@@ -14,7 +14,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-ge
 class Settings:
     weights: str = str(DEFAULT_WEIGHTS)
     device: str = "auto"  # cpu | cuda | auto
-    backend: str = "auto"  # torch | triton | onnx | auto (triton on CUDA, else torch)
+    backend: str = "auto"  # torch | triton | onnx | auto (see HELP)
     host: str = "127.0.0.1"
     port: int = 8000
     max_horizon: int = 2048
@@ -50,7 +50,8 @@ HELP = {
     "device": "cpu, cuda, or auto (cuda when available)",
     "backend": "torch, triton (state pool on the device, Triton kernels, CUDA graphs on a GPU), "
                "onnx (CPU: the network run by ONNX Runtime from the graph shipped beside the "
-               "weights), or auto (triton on CUDA, else torch)",
+               "weights), or auto (triton on CUDA; on the CPU onnx where a graph is shipped beside the "
+               "weights, else torch)",
     "host": "address to listen on",
     "port": "port to listen on",
     "max_horizon": "largest forecast horizon accepted",
