@@ -41,7 +41,7 @@ def by_op(e: Engine, requests: list[list[Op]]) -> list:
     (`_pool_append`, the single-append path)."""
     sp = e._pool
     with sp.lock:
-        errors = e._plan(requests, sp.length.get, len(sp.length))
+        errors = e._plan(requests, sp.length, len(sp.length))
         results = [errors.get(r) for r in range(len(requests))]
         return e._pool_batch_by_op(requests, results, [r for r in range(len(requests))
                                                        if r not in errors])[0]

@@ -197,13 +197,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         chain[series_id] = planned.meta
         return planned
 
-    def check_many(body) -> None:
-        """The limits of a request of many series: horizon, series and values."""
+    def check_many(body) -> int:
+        """The limits of a request of many series: horizon, series and values; its values."""
         check_horizon(body.horizon)
         if len(body.series) > settings.max_series_per_request:
             raise EngineError(413, f"{len(body.series)} series in one request; the limit is "
                                    f"{settings.max_series_per_request}", "series")
-        check_points(sum(len(s.values) for s in body.series), "series")
+        points = sum(len(s.values) for s in body.series)
+        check_points(points, "series")
+        return points
 
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz():
@@ -260,7 +262,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return json_response({"model": e.name, "horizon": body.horizon, "forecasts": [
             _with_stamps({"id": s.id, "mean": m}, t) for s, m, t in zip(body.series, means, stamps)]})
 
-    async def run_ops(request: Request, ops: list[Op], op: str, single=None):
+    async def run_ops(request: Request, ops: list[Op], op: str, single=None,
+                      points: int | None = None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
         a one-op request (the engine's per-series path) or one engine batch. A request of more
         than --batch-max-points values also takes the thread pool: the scheduler's one worker
@@ -268,7 +271,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         locked by this layer meanwhile, so no batch touches them)."""
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
-        if scheduler is not None and not is_large(sum(len(o.values or ()) for o in ops)):
+        if points is None:  # (the values of `ops`, when the caller has not counted them)
+            points = sum(len(o.values or ()) for o in ops)
+        if scheduler is not None and not is_large(points):
             return await scheduler.submit(ops)
         if single is not None:
             return [await run_in_threadpool(metrics.timed, op, *single)]
@@ -281,27 +286,42 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
               response_model_exclude_none=True)
     async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
         """Append to many series at once; checked whole: one bad item refuses them all."""
-        check_many(body)
+        points = check_many(body)
         e = engine_of(request)
 
-        def plan_all() -> list[Op]:
-            ops, chain, budget = [], {}, settings.max_gap_points
+        def plan_all() -> tuple[list[Op], int]:
+            """The ops, and their values (given ones plus those filled into gaps)."""
+            ops, chain, budget, horizon = [], {}, settings.max_gap_points, body.horizon
+            meta_of = e.meta
             for i, s in enumerate(body.series):
+                sid = s.id
+                if sid not in chain:  # the common case first (one dict lookup, no Plan)
+                    plain = timeline.plain_append_meta(meta_of.get(sid), s.values, s.timestamps,
+                                                       s.freq)
+                    if plain is not None:
+                        chain[sid] = plain
+                        ops.append(Op(sid, s.values, horizon, f"series[{i}]", meta=plain))
+                        continue
                 prefix = f"series[{i}]"
-                planned = plan_append(e, s.id, s, budget, prefix, chain)
+                planned = plan_append(e, sid, s, budget, prefix, chain)
                 budget -= planned.filled
-                ops.append(Op(s.id, planned.values, body.horizon, prefix, meta=planned.meta))
-            return ops
+                ops.append(Op(sid, planned.values, horizon, prefix, meta=planned.meta))
+            filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
+            return ops, sum(len(op.values) for op in ops) if filled else points
 
         async def work():
-            ops = await off_loop(is_large(sum(len(s.values) for s in body.series)), plan_all)
-            check_points(sum(len(op.values) for op in ops), "series")
-            stamps = [timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
-                      if body.horizon else None for op in ops]
-            return ops, stamps, await run_ops(request, ops, "bulk_append")
+            ops, planned = await off_loop(is_large(points), plan_all)
+            check_points(planned, "series")
+            stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
+                       for op in ops] if body.horizon else [None] * len(ops))
+            return ops, planned, stamps, await run_ops(request, ops, "bulk_append",
+                                                       points=planned)
 
-        ops, stamps, results = await series_locks.run([s.id for s in body.series], work)
-        metrics.points_appended.inc(sum(len(op.values) for op in ops))
+        ops, planned, stamps, results = await series_locks.run([s.id for s in body.series], work)
+        metrics.points_appended.inc(planned)
+        if not body.horizon:  # lengths only (a bulk ingest's case)
+            return json_response({"series": [{"id": s.id, "length": length}
+                                             for s, (length, _) in zip(body.series, results)]})
         out, forecast = [], 0
         for s, (length, mean), t in zip(body.series, results, stamps):
             item = {"id": s.id, "length": length}

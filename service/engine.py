@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,7 +58,7 @@ class EngineError(Exception):
         self.status, self.message, self.field = status, message, field
 
 
-@dataclass
+@dataclass(eq=False, slots=True)
 class SeriesEntry:
     state: RimerState | None  # None while spilled to the host or disk tier
     lock: threading.Lock
@@ -95,6 +95,20 @@ class Op:
 
     def field(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
+
+
+def _rounds(ops: list[Op]) -> list[list[Op]]:
+    """The ops in rounds, the k-th op of every series in round k (order kept within each)."""
+    if len({op.series_id for op in ops}) == len(ops):  # each series once (a bulk append's case)
+        return [ops] if ops else []
+    rounds: list[list[Op]] = []
+    seen: dict[str, int] = {}
+    for op in ops:
+        k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(op)
+    return rounds
 
 
 _SMALL_FIELDS = ("shift", "n_patches", "tail", "tail_len", "norm", "next_patch")
@@ -343,20 +357,24 @@ class Engine:
     def _on_device_all(self, entries: dict[str, SeriesEntry]) -> dict[str, RimerState]:
         """`_on_device` for many entries (their locks held), under one hold of the table lock."""
         with self._table_lock:
-            resident, now, states = self._resident, time.monotonic(), {}
-            for series_id, entry in entries.items():
-                if entry.state is None:
-                    try:
-                        entry.set_state(self.spill.take(series_id).to(self.device))
-                    except SpillError as exc:
-                        raise EngineError(500, str(exc), "id") from exc
-                    self.cache_stats["misses"] += 1
-                else:
-                    self.cache_stats["hits"] += 1
-                resident[series_id] = None
-                resident.move_to_end(series_id)
-                entry.touched = now
-                states[series_id] = entry.state
+            resident, now, states, misses = self._resident, time.monotonic(), {}, 0
+            try:
+                for series_id, entry in entries.items():
+                    if entry.state is None:
+                        try:
+                            entry.set_state(self.spill.take(series_id).to(self.device))
+                        except SpillError as exc:
+                            raise EngineError(500, str(exc), "id") from exc
+                        misses += 1
+                    if series_id in resident:
+                        resident.move_to_end(series_id)
+                    else:
+                        resident[series_id] = None
+                    entry.touched = now
+                    states[series_id] = entry.state
+            finally:
+                self.cache_stats["misses"] += misses
+                self.cache_stats["hits"] += len(states) - misses
             return states
 
     def _shrink(self) -> None:
@@ -612,10 +630,12 @@ class Engine:
                 return [exc for _ in requests]
         return results
 
-    def _plan(self, requests: list[list[Op]], length_of: Callable[[str], int | None],
+    def _plan(self, requests: list[list[Op]], lengths: Mapping[str, int],
               held: int) -> dict[int, EngineError]:
         """Check every request against the lengths its predecessors in the batch leave (nothing
-        changes here); the rejected ones, by index. Sets each accepted op's `length`."""
+        changes here); the rejected ones, by index. Sets each accepted op's `length`. `lengths`:
+        of the series held now (one missing from it is not held)."""
+        length_of = lengths.get
         sim: dict[str, int | None] = {}
         errors: dict[int, EngineError] = {}
         positions_end = self._positions_end()
@@ -667,12 +687,14 @@ class Engine:
                         created.add(sid)
                     if entry is not None:
                         entries[sid] = entry
-            locks = []
-            for sid in named:
-                if sid in entries:
-                    entries[sid].lock.acquire()
-                    locks.append(entries[sid].lock)
-            if all(self._series.get(sid) is e for sid, e in entries.items()):
+            locks = [entry.lock for entry in entries.values()]  # (in id order, as `named`)
+            for lock in locks:
+                lock.acquire()
+            table = self._series
+            for sid, entry in entries.items():
+                if table.get(sid) is not entry:
+                    break
+            else:
                 return entries, locks, created
             for lock in reversed(locks):  # one was deleted meanwhile: start again
                 lock.release()
@@ -688,24 +710,15 @@ class Engine:
         results: list = [None] * len(requests)
         ticket = None
         try:
-            def length_of(sid: str) -> int | None:
-                e = entries.get(sid)
-                n = e.length if e is not None else 0
-                return n if e is not None and (n > 0 or sid not in created) else None
-
+            lengths = {sid: e.length for sid, e in entries.items()}
+            for sid in created:  # (placeholders: not held until an append is applied)
+                del lengths[sid]
             held = len(self._series) - len(created)
-            errors = self._plan(requests, length_of, held)
+            errors = self._plan(requests, lengths, held)
             accepted = [r for r in range(len(requests)) if r not in errors]
             for r, exc in errors.items():
                 results[r] = exc
-            rounds: list[list[Op]] = []
-            seen: dict[str, int] = {}
-            for r in accepted:
-                for op in requests[r]:
-                    k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
-                    if k == len(rounds):
-                        rounds.append([])
-                    rounds[k].append(op)
+            rounds = _rounds([op for r in accepted for op in requests[r]])
             states = self._on_device_all(entries)
             # (the rounds rebind these lists, never change them: the entries stay as they are
             # until every computation has succeeded)
@@ -713,21 +726,22 @@ class Engine:
             for ops in rounds:
                 self._torch_round(ops, states, pending)
             with self._journal_lock():
-                now = time.monotonic()
+                now, journal, meta = time.monotonic(), self.journal, self.meta
                 for r in accepted:
                     done = []
                     try:
                         for op in requests[r]:
-                            entry = entries[op.series_id]
-                            if op.values is not None:
-                                if self.journal is not None:
-                                    ticket = self.journal.write_append(op.series_id, op.values,
-                                                                       op.length, op.meta)
-                                self._set_meta(op.series_id, op.meta)
+                            entry, values = entries[op.series_id], op.values
+                            if values is not None:
+                                if journal is not None:
+                                    ticket = journal.write_append(op.series_id, values,
+                                                                  op.length, op.meta)
+                                if op.meta is not None:  # (`_set_meta`, inlined)
+                                    meta[op.series_id] = op.meta
                             if op.state is not None:  # computed: pending points folded in
                                 entry.set_state(op.state, op.length)
-                            elif op.values is not None:  # deferred: a copy into the tail
-                                entry.pending.extend(op.values)
+                            elif values is not None:  # deferred: a copy into the tail
+                                entry.pending.extend(values)
                                 entry.length = op.length
                             entry.touched = now
                             done.append((op.length, op.mean))
@@ -753,16 +767,17 @@ class Engine:
         nor changed), one for those that do; then forecasts, one call per horizon. Sets
         `op.state` and `op.mean`; `states` and `pending` move on."""
         computed: list[tuple[Op, list[float]]] = []
-        for op in ops:
-            sid = op.series_id
-            if op.values is None:
+        patch = self.patch_len
+        for op in ops:  # (`_tail_only` inlined: this loop runs once per series of a bulk append)
+            sid, values = op.series_id, op.values
+            if values is None:
                 if pending[sid]:
                     computed.append((op, pending[sid]))
                     pending[sid] = []
-            elif op.horizon is None and self._tail_only(op.length - len(op.values), op.length):
-                pending[sid] = pending[sid] + op.values
+            elif op.horizon is None and (op.length - len(values)) // patch == op.length // patch:
+                pending[sid] = pending[sid] + values
             else:
-                computed.append((op, pending[sid] + op.values))
+                computed.append((op, pending[sid] + values))
                 pending[sid] = []
 
         def tensors(group):
@@ -814,7 +829,7 @@ class Engine:
         the device holds is applied op by op."""
         sp = self._pool
         with sp.lock:
-            errors = self._plan(requests, sp.length.get, len(sp.length))
+            errors = self._plan(requests, sp.length, len(sp.length))
             results: list = [errors.get(r) for r in range(len(requests))]
             accepted = [r for r in range(len(requests)) if r not in errors]
             named = list(dict.fromkeys(op.series_id for r in accepted for op in requests[r]))
@@ -828,7 +843,7 @@ class Engine:
                         exc = unreadable[bad.series_id]
                         results[r] = EngineError(exc.status, exc.message, bad.field("id"))
                 keep = [r for r in accepted if results[r] is None]
-                again = self._plan([requests[r] for r in keep], sp.length.get, len(sp.length))
+                again = self._plan([requests[r] for r in keep], sp.length, len(sp.length))
                 for i, exc in again.items():
                     results[keep[i]] = exc
                 accepted = [r for i, r in enumerate(keep) if i not in again]
@@ -838,13 +853,7 @@ class Engine:
                 sp.free.append(sp.slot.pop(sid))
                 sp.touched.pop(sid, None)
             created = [s for s in created if s in used]
-            rounds: list[list[Op]] = []
-            seen: dict[str, int] = {}
-            for op in todo:
-                k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
-                if k == len(rounds):
-                    rounds.append([])
-                rounds[k].append(op)
+            rounds = _rounds(todo)
             try:
                 if created:
                     sp.pool.write_(sp.rows([slots[s] for s in created]),
