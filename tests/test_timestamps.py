@@ -381,6 +381,34 @@ def test_bulk_append_with_timestamps(client):
     assert_error(client.get("/series/c"), 404, "id")
 
 
+def test_bulk_append_without_timestamps_keeps_each_series_timeline(client):
+    """The bulk route plans plain appends without the timeline's rules; a series created with
+    timestamps (before, or earlier in the same request) must still get the next grid points when
+    an item leaves them out."""
+    t, p, day = series(40, 9), series(40, 10), timedelta(days=1)
+    assert post(client, "t", t[:36], [iso(k) for k in range(36)]).status_code == 200
+    assert post(client, "p", p[:36]).status_code == 200
+    body = {"series": [{"id": "t", "values": t[36:38]},  # no timestamps: hours 36 and 37
+                       {"id": "p", "values": p[36:37]},
+                       {"id": "n", "values": p[:33], "timestamps": [iso(k, day) for k in range(33)]},
+                       {"id": "n", "values": p[33:35]}], "horizon": 2}  # days 33, 34
+    r = client.post("/series/append", json=body)
+    assert r.status_code == 200, r.text
+    items = r.json()["series"]
+    assert [(i["id"], i["length"]) for i in items] == [("t", 38), ("p", 37), ("n", 33), ("n", 35)]
+    assert items[0]["forecast"]["timestamps"] == [iso(38), iso(39)]
+    assert "timestamps" not in items[1]["forecast"]
+    assert items[3]["forecast"]["timestamps"] == [iso(35, day), iso(36, day)]
+    info = client.get("/series/t").json()
+    assert (info["freq"], info["last_timestamp"]) == (3600, iso(37))
+    info = client.get("/series/n").json()
+    assert (info["freq"], info["last_timestamp"]) == (86400, iso(34, day))
+    assert "freq" not in client.get("/series/p").json()
+    assert post(client, "n-ref", p[:35]).status_code == 200
+    assert rel_err(torch.tensor(forecast(client, "n", 4)["mean"]),
+                   torch.tensor(forecast(client, "n-ref", 4)["mean"])) <= 1e-5
+
+
 def test_stateless_forecast_with_timestamps_and_nulls(client):
     x = series(42, 8)
     ts = [iso(k, timedelta(minutes=5)) for k in range(42) if k not in (7, 8)]
