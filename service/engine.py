@@ -870,11 +870,10 @@ class Engine:
                     # restart rebuilds the states from it.
                     self.journal.fail(f"a batch failed after it was logged: {exc!r}")
                 raise
-            now = time.monotonic()
             with self._journal_lock():
-                for op in todo:
-                    self._set_meta(op.series_id, op.meta)
-                    sp.touched[op.series_id] = now  # (idle since it ends, not since it began)
+                self.meta.update({op.series_id: op.meta for op in todo if op.meta is not None})
+                # (idle since it ends, not since it began)
+                sp.touched.update(dict.fromkeys([op.series_id for op in todo], time.monotonic()))
             for r in accepted:
                 results[r] = [(op.length, op.mean) for op in requests[r]]
         return results, ticket
@@ -884,11 +883,17 @@ class Engine:
         first, so bringing back the spilled never spills one of them. Returns the slots, the
         series created (rows not yet zeroed) and the errors of states that could not be read."""
         sp = self._pool
-        slots: dict[str, int] = {}
-        created: list[str] = []
+        table = sp.slot
+        resident = [sid for sid in named if sid in table]
+        slots: dict[str, int] = {sid: table[sid] for sid in resident}  # (`_pool_slot`'s hit path)
+        for sid in resident:
+            table.move_to_end(sid)
+        sp.touched.update(dict.fromkeys(resident, time.monotonic()))
+        self.cache_stats["hits"] += len(resident)
+        created = [sid for sid in resident if sid not in sp.length]  # (none while consistent)
         unreadable: dict[str, EngineError] = {}
         try:
-            for sid in sorted(named, key=lambda s: s not in sp.slot):
+            for sid in (named if not slots else [s for s in named if s not in slots]):
                 new = sid not in sp.length
                 try:
                     slots[sid] = self._pool_slot(sid, new)
@@ -952,12 +957,10 @@ class Engine:
                 if before is not None:
                     sp.pool.write_(held, before)
                 raise
-            for op in longs:
-                sp.length[op.series_id] = op.length
+            sp.length.update({op.series_id: op.length for op in longs})
         if tails:
             self._pool_extend_tails(tails, slots)
-            for op in tails:
-                sp.length[op.series_id] = op.length
+            sp.length.update({op.series_id: op.length for op in tails})
         if steps:
             counts = [len(op.values) for op in steps]
             values = np.zeros((len(steps), max(counts)), dtype=np.float32)
@@ -966,11 +969,9 @@ class Engine:
             sp.graphs.run(sp.rows([slots[op.series_id] for op in steps]),
                           torch.from_numpy(values).to(self.device),
                           torch.tensor(counts, dtype=torch.int64, device=self.device))
-            for op in steps:
-                sp.length[op.series_id] = op.length
-        for op in ops:  # (the appends of no points too: a new series exists from its first)
-            if op.values is not None:
-                sp.length[op.series_id] = op.length
+            sp.length.update({op.series_id: op.length for op in steps})
+        # The appends of no points too (a new series exists from its first).
+        sp.length.update({op.series_id: op.length for op in ops if op.values == []})
         by_horizon: dict[int, list[Op]] = {}
         for op in ops:
             if op.horizon is not None:
@@ -993,16 +994,21 @@ class Engine:
         that have nothing to compute (in a bulk append of one point, 31 in 32 series; a single
         append of under a patch too). The caller moves the host lengths on."""
         sp, p, dev = self._pool, self.patch_len, self.device
-        rows, cols, flat = [], [], []
-        for op in ops:
-            slot, n = slots[op.series_id], len(op.values)
-            start = (op.length - n) % p
-            rows += [slot] * n
-            cols += range(start, start + n)
-            flat += op.values
+        row_of = [slots[op.series_id] for op in ops]
+        if all(len(op.values) == 1 for op in ops):  # (a bulk append of one point each)
+            rows, cols = row_of, [(op.length - 1) % p for op in ops]
+            flat = [op.values[0] for op in ops]
+        else:
+            rows, cols, flat = [], [], []
+            for slot, op in zip(row_of, ops):
+                n = len(op.values)
+                start = (op.length - n) % p
+                rows += [slot] * n
+                cols += range(start, start + n)
+                flat += op.values
         sp.pool.tail[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(
             flat, dtype=sp.pool.tail.dtype, device=dev)
-        sp.pool.tail_len[sp.rows([slots[op.series_id] for op in ops])] = torch.tensor(
+        sp.pool.tail_len[sp.rows(row_of)] = torch.tensor(
             [op.length % p for op in ops], dtype=sp.pool.tail_len.dtype, device=dev)
 
     def _pool_batch_by_op(self, requests: list[list[Op]], results: list, accepted: list[int]):

@@ -303,13 +303,15 @@ def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backe
     assert isinstance(refused, EngineError) and refused.status == 422
 
 
-def test_copying_points_into_the_tail_is_what_the_network_paths_write(model):
+@pytest.mark.parametrize("counts", [(4, 2, 3), (1, 1, 1)], ids=["several", "one-each"])
+def test_copying_points_into_the_tail_is_what_the_network_paths_write(model, counts):
     """`_pool_extend_tails` (appends that complete no patch, batched or single) writes the bits
     `append_slots` and the one-patch step (`step_slots`, the CUDA graphs' body) write: every
-    field of every row (a tail's unused points stay zero on each path)."""
+    field of every row (a tail's unused points stay zero on each path). One point each is a
+    bulk ingest's case, which has a path of its own."""
     e = seeded(model)  # tails of 3, 5 and 4 points
     sp, ids = e._pool, ["a", "b", "c"]
-    adds = {"a": vals(4, 50), "b": vals(2, 51), "c": vals(3, 52)}
+    adds = {s: vals(n, 50 + k) for k, (s, n) in enumerate(zip(ids, counts))}
     rows = sp.rows([sp.slot[s] for s in ids])
     by_append, by_step = sp.pool.clone(), sp.pool.clone()
     e._pool_extend_tails([Op(s, adds[s], length=sp.length[s] + len(adds[s])) for s in ids],
