@@ -127,8 +127,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         field = _field_path(first)
-        detail = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-        clean = [{"field": _field_path(e), "message": e.get("msg")}
+        message = schemas.error_message(first)
+        detail = f"{field}: {message}" if field else message
+        clean = [{"field": _field_path(e), "message": schemas.error_message(e)}
                  for e in errors[:20]]
         return JSONResponse({"detail": detail, "field": field or None, "errors": clean},
                             status_code=422)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from service import timeline
 
@@ -37,16 +37,21 @@ Freq = Annotated[int | str, PlainValidator(_freq),
 MAX_ABS_VALUE = 1e30
 
 
-def _bounded(value: float) -> float:
-    if not -MAX_ABS_VALUE <= value <= MAX_ABS_VALUE:
-        raise ValueError(f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds "
-                         f"points in float32); got {value:.6g}")
-    return value
-
-
-Value = Annotated[float, Field(strict=True), AfterValidator(_bounded),
+# The bound is checked by pydantic-core, not by a Python validator (a Python call per point of
+# every request); `error_message` gives its errors the reason.
+Value = Annotated[float, Field(strict=True, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE),
                   WithJsonSchema({"type": "number", "minimum": -MAX_ABS_VALUE,
                                   "maximum": MAX_ABS_VALUE})]
+
+
+def error_message(error: dict) -> str:
+    """A pydantic error's message, with the reason for the values' bound."""
+    limit = (error.get("ctx") or {}).get("le", (error.get("ctx") or {}).get("ge"))
+    if (error.get("type") in ("less_than_equal", "greater_than_equal")
+            and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE)):
+        return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points "
+                f"in float32); got {error.get('input'):.6g}")
+    return str(error.get("msg"))
 Values = list[Value | None]
 TIMESTAMPS_RULE = ("one ISO 8601 timestamp per value (naive ones are UTC), strictly increasing, "
                    "on the series' grid; gaps are filled (see the README)")
