@@ -295,18 +295,17 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             ops, chain, budget, horizon = [], {}, settings.max_gap_points, body.horizon
             meta_of = e.meta
             for i, s in enumerate(body.series):
-                sid = s.id
-                if sid not in chain:  # the common case first (one dict lookup, no Plan)
-                    plain = timeline.plain_append_meta(meta_of.get(sid), s.values, s.timestamps,
-                                                       s.freq)
-                    if plain is not None:
-                        chain[sid] = plain
-                        ops.append(Op(sid, s.values, horizon, f"series[{i}]", meta=plain))
-                        continue
-                prefix = f"series[{i}]"
-                planned = plan_append(e, sid, s, budget, prefix, chain)
-                budget -= planned.filled
-                ops.append(Op(sid, planned.values, horizon, prefix, meta=planned.meta))
+                sid, prefix = s.id, f"series[{i}]"
+                # The common case first (one dict lookup, no Plan); the rules for the rest.
+                meta = (None if sid in chain else
+                        timeline.plain_append_meta(meta_of.get(sid), s.values, s.timestamps, s.freq))
+                if meta is not None:
+                    chain[sid], values = meta, s.values
+                else:
+                    planned = plan_append(e, sid, s, budget, prefix, chain)
+                    budget -= planned.filled
+                    values, meta = planned.values, planned.meta
+                ops.append(Op(sid, values, horizon, prefix, meta=meta))
             filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
             return ops, sum(len(op.values) for op in ops) if filled else points
 

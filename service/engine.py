@@ -726,7 +726,7 @@ class Engine:
             for ops in rounds:
                 self._torch_round(ops, states, pending)
             with self._journal_lock():
-                now, journal, meta = time.monotonic(), self.journal, self.meta
+                now, journal = time.monotonic(), self.journal
                 for r in accepted:
                     done = []
                     try:
@@ -736,8 +736,7 @@ class Engine:
                                 if journal is not None:
                                     ticket = journal.write_append(op.series_id, values,
                                                                   op.length, op.meta)
-                                if op.meta is not None:  # (`_set_meta`, inlined)
-                                    meta[op.series_id] = op.meta
+                                self._set_meta(op.series_id, op.meta)
                             if op.state is not None:  # computed: pending points folded in
                                 entry.set_state(op.state, op.length)
                             elif values is not None:  # deferred: a copy into the tail
@@ -767,14 +766,13 @@ class Engine:
         nor changed), one for those that do; then forecasts, one call per horizon. Sets
         `op.state` and `op.mean`; `states` and `pending` move on."""
         computed: list[tuple[Op, list[float]]] = []
-        patch = self.patch_len
-        for op in ops:  # (`_tail_only` inlined: this loop runs once per series of a bulk append)
+        for op in ops:
             sid, values = op.series_id, op.values
             if values is None:
                 if pending[sid]:
                     computed.append((op, pending[sid]))
                     pending[sid] = []
-            elif op.horizon is None and (op.length - len(values)) // patch == op.length // patch:
+            elif op.horizon is None and self._tail_only(op.length - len(values), op.length):
                 pending[sid] = pending[sid] + values
             else:
                 computed.append((op, pending[sid] + values))
@@ -883,17 +881,12 @@ class Engine:
         first, so bringing back the spilled never spills one of them. Returns the slots, the
         series created (rows not yet zeroed) and the errors of states that could not be read."""
         sp = self._pool
-        table = sp.slot
-        resident = [sid for sid in named if sid in table]
-        slots: dict[str, int] = {sid: table[sid] for sid in resident}  # (`_pool_slot`'s hit path)
-        for sid in resident:
-            table.move_to_end(sid)
-        sp.touched.update(dict.fromkeys(resident, time.monotonic()))
-        self.cache_stats["hits"] += len(resident)
+        resident = [sid for sid in named if sid in sp.slot]
+        slots: dict[str, int] = self._pool_hits(resident)
         created = [sid for sid in resident if sid not in sp.length]  # (none while consistent)
         unreadable: dict[str, EngineError] = {}
         try:
-            for sid in (named if not slots else [s for s in named if s not in slots]):
+            for sid in [s for s in named if s not in slots]:
                 new = sid not in sp.length
                 try:
                     slots[sid] = self._pool_slot(sid, new)
@@ -995,17 +988,9 @@ class Engine:
         append of under a patch too). The caller moves the host lengths on."""
         sp, p, dev = self._pool, self.patch_len, self.device
         row_of = [slots[op.series_id] for op in ops]
-        if all(len(op.values) == 1 for op in ops):  # (a bulk append of one point each)
-            rows, cols = row_of, [(op.length - 1) % p for op in ops]
-            flat = [op.values[0] for op in ops]
-        else:
-            rows, cols, flat = [], [], []
-            for slot, op in zip(row_of, ops):
-                n = len(op.values)
-                start = (op.length - n) % p
-                rows += [slot] * n
-                cols += range(start, start + n)
-                flat += op.values
+        rows = [slot for slot, op in zip(row_of, ops) for _ in op.values]
+        cols = [(op.length - len(op.values) + k) % p for op in ops for k in range(len(op.values))]
+        flat = [v for op in ops for v in op.values]
         sp.pool.tail[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(
             flat, dtype=sp.pool.tail.dtype, device=dev)
         sp.pool.tail_len[sp.rows(row_of)] = torch.tensor(
@@ -1180,16 +1165,22 @@ class Engine:
             sp.touched[series_id] = time.monotonic()  # (idle since it ends, not since it began)
             return new_length, mean, ticket
 
+    def _pool_hits(self, ids: list[str]) -> dict[str, int]:
+        """The slots of series on the device (pool lock held), each made the most recently
+        used and touched now."""
+        sp = self._pool
+        for sid in ids:
+            sp.slot.move_to_end(sid)
+        sp.touched.update(dict.fromkeys(ids, time.monotonic()))
+        self.cache_stats["hits"] += len(ids)
+        return {sid: sp.slot[sid] for sid in ids}
+
     def _pool_slot(self, series_id: str, created: bool = False) -> int:
         """The series' slot (pool lock held), after bringing it back to the device if spilled
         and spilling the least recently used series if no slot is free."""
         sp = self._pool
-        slot = sp.slot.get(series_id)
-        if slot is not None:
-            sp.slot.move_to_end(series_id)
-            sp.touched[series_id] = time.monotonic()
-            self.cache_stats["hits"] += 1
-            return slot
+        if series_id in sp.slot:
+            return self._pool_hits([series_id])[series_id]
         if not sp.free:
             victim, victim_slot = next(iter(sp.slot.items()))
             self.spill.put(victim, sp.pool.select(sp.rows([victim_slot])))

@@ -46,7 +46,8 @@ Value = Annotated[float, Field(strict=True, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)
 
 def error_message(error: dict) -> str:
     """A pydantic error's message, with the reason for the values' bound."""
-    limit = (error.get("ctx") or {}).get("le", (error.get("ctx") or {}).get("ge"))
+    ctx = error.get("ctx") or {}
+    limit = ctx.get("le", ctx.get("ge"))
     if (error.get("type") in ("less_than_equal", "greater_than_equal")
             and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE)):
         return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points "
