@@ -44,6 +44,13 @@ Value = Annotated[float, Field(strict=True, ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)
                                   "maximum": MAX_ABS_VALUE})]
 
 
+def _echo(value) -> str:
+    """A rejected number as given (repr: 1.0000001e+30, not a rounded 1e+30), an integer of many
+    digits shortened."""
+    text = repr(value)
+    return text if len(text) <= 32 else f"{text[:12]}...({len(text)} digits)"
+
+
 def error_message(error: dict) -> str:
     """A pydantic error's message, with the reason for the values' bound."""
     ctx = error.get("ctx") or {}
@@ -51,7 +58,7 @@ def error_message(error: dict) -> str:
     if (error.get("type") in ("less_than_equal", "greater_than_equal")
             and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE)):
         return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points "
-                f"in float32); got {error.get('input'):.6g}")
+                f"in float32); got {_echo(error.get('input'))}")
     return str(error.get("msg"))
 Values = list[Value | None]
 TIMESTAMPS_RULE = ("one ISO 8601 timestamp per value (naive ones are UTC), strictly increasing, "

@@ -54,6 +54,7 @@ MAX_FREQ_S = 366 * 86_400
 MAX_TIMESTAMP_CHARS = 64
 MAX_FREQ_CHARS = 32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_S = 86_400
 _DAY_US = 86_400 * US
 MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1) + _DAY_US
 MAX_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
@@ -119,18 +120,24 @@ def parse_timestamp(text: str) -> Stamp:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     offset = dt.utcoffset()
+    if offset % timedelta(seconds=1):  # (a rounded one can reach 24 h, which no offset may)
+        raise ValueError(f"{text!r} has a UTC offset with a fraction of a second; offsets are "
+                         "whole seconds (e.g. +02:00)")
     try:
         us = (dt - _EPOCH) // timedelta(microseconds=1)
     except OverflowError:
         us = MIN_US - 1
     if not MIN_US <= us <= MAX_US:
-        raise ValueError(f"{text!r} is outside the supported years 1 to 9999")
-    return Stamp(us, round(offset.total_seconds()))
+        raise ValueError(f"{text!r} is outside the supported range, 0001-01-02 to "
+                         "9999-12-31T00:00:00Z")
+    return Stamp(us, offset // timedelta(seconds=1))
 
 
 def format_timestamp(us: int, offset_s: int = 0) -> str:
-    """ISO 8601 in the given UTC offset; UTC ends in `Z`."""
-    if offset_s == 0:
+    """ISO 8601 in the given UTC offset; UTC ends in `Z`. An offset no timezone can hold (24 h
+    and more: a log written before sub-second offsets were refused may hold one) is written as
+    UTC, the same instant, rather than failing every read of the series."""
+    if offset_s == 0 or not -_DAY_S < offset_s < _DAY_S:
         return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
     tz = timezone(timedelta(seconds=offset_s))
     return (_EPOCH + timedelta(microseconds=us)).astimezone(tz).isoformat()

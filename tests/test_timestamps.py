@@ -35,6 +35,14 @@ def iso(k: int, step: timedelta = timedelta(hours=1), start: datetime = T0) -> s
     return (start + k * step).isoformat().replace("+00:00", "Z")
 
 
+def sub_second_offset(utc: str, sign: int = 1) -> str:
+    """The instant `utc` (ISO 8601, Z) written in the UTC offset +-23:59:59.5, which rounds to
+    24 h."""
+    offset = sign * timedelta(hours=23, minutes=59, seconds=59.5)
+    local = (datetime.fromisoformat(utc) + offset).replace(tzinfo=None).isoformat()
+    return local + ("+" if sign > 0 else "-") + "23:59:59.5"
+
+
 def stamps(*ks: int, step: timedelta = timedelta(hours=1)) -> list[Stamp]:
     return [parse_timestamp(iso(k, step)) for k in ks]
 
@@ -63,9 +71,16 @@ def test_parse_timestamp():
     assert parse_timestamp("2024-05-01").us == 1714521600 * 10**6
     assert timeline.format_timestamp(1714521600 * 10**6, 7200) == "2024-05-01T02:00:00+02:00"
     for bad in ("yesterday", "2024-13-01", "1" * 65, "0001-01-01T00:00:00+05:00",
-                "9999-12-31T12:00:00"):
+                "9999-12-31T12:00:00", "2024-05-01T00:00:00+23:59:59.5",
+                "2024-05-01T00:00:00+01:00:00.000001"):
         with pytest.raises(ValueError):
             parse_timestamp(bad)
+    # Whole-second offsets are kept exactly, up to the largest a timezone holds.
+    edge = parse_timestamp("2024-05-01T23:59:59+23:59:59")
+    assert edge == Stamp(1714521600 * 10**6, 86399)
+    assert timeline.format_timestamp(edge.us, edge.offset_s) == "2024-05-01T23:59:59+23:59:59"
+    # A 24-hour offset (a log from before sub-second offsets were refused) reads as UTC.
+    assert timeline.format_timestamp(1714521600 * 10**6, 86400) == "2024-05-01T00:00:00Z"
 
 
 def test_infer_freq():
@@ -318,6 +333,8 @@ def test_rejected_requests_name_the_field_and_change_nothing(client):
         ({"values": [1.0, None], "timestamps": [t[0], 5]}, 422, "timestamps[1]"),
         ({"values": [1.0, 2.0], "timestamps": [t[0], t[1]], "horizon": 501}, 422, "horizon"),
         ({"values": [1.0], "timestamps": [t[0]], "extra": 1}, 422, "extra"),
+        ({"values": [1.0, 2.0], "timestamps": [t[0], sub_second_offset(t[1])]}, 422,
+         "timestamps[1]"),  # on the grid, in an offset that rounds to 24 h
     ]
     for body, status, field in cases:
         assert_error(client.post("/series/s/append", json=body), status, field)
@@ -414,7 +431,7 @@ def test_stateless_forecast_with_timestamps_and_nulls(client):
     ts = [iso(k, timedelta(minutes=5)) for k in range(42) if k not in (7, 8)]
     with_gaps = x[:7] + x[9:42]
     body = {"series": [{"id": "t", "values": with_gaps[:5] + [None] + with_gaps[6:],
-                        "timestamps": ts},
+                        "timestamps": list(ts)},
                        {"id": "u", "values": x}], "horizon": 3}
     r = client.post("/forecast", json=body)
     assert r.status_code == 200, r.text
@@ -427,6 +444,9 @@ def test_stateless_forecast_with_timestamps_and_nulls(client):
     assert ref.json()["forecasts"][0]["mean"] == t["mean"]  # the same batch: bit for bit
     body["series"][0]["timestamps"][3] = body["series"][0]["timestamps"][2]
     assert_error(client.post("/forecast", json=body), 422, "series[0].timestamps[3]")
+    body["series"][0]["timestamps"][3] = ts[3]
+    body["series"][0]["timestamps"][-1] = sub_second_offset(ts[-1], -1)
+    assert_error(client.post("/forecast", json=body), 422, "series[0].timestamps[39]")
     assert_error(client.post("/forecast", json={"series": [{"id": "v", "values": [None] * 40}]}),
                  422, "series[0].values[0]")
 
