@@ -179,6 +179,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     def is_large(values: int) -> bool:
         return values > settings.batch_max_points
 
+    def work_of(values: int, forecast: int) -> int:
+        """A request's model work, in points: the values it appends plus the points it
+        forecasts (a forecast patch costs about what an appended patch does). A
+        bulk append naming one series 1,024 times with horizon 2,048 appends few values but
+        runs 1,024 forecasts one after another (a minute on the CPU): counted by values alone,
+        it held the batcher's one worker, and every other client, for all of it."""
+        return values + forecast
+
     async def off_loop(large: bool, fn, *args):
         """`fn(*args)`, in the thread pool for a large request: checking and planning 500,000
         timestamps takes seconds, which on the event loop would stall every other client."""
@@ -249,11 +257,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 stamps.append(timeline.forecast_timestamps(planned.meta, body.horizon))
             return histories, stamps
 
-        large = is_large(sum(len(s.values) for s in body.series))
-        histories, stamps = await off_loop(large, plan)
+        values = sum(len(s.values) for s in body.series)
+        histories, stamps = await off_loop(is_large(values), plan)
         check_points(sum(len(h) for h in histories), "series")
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
+        large = is_large(work_of(values, body.horizon * len(body.series)))
         if scheduler is not None and not large:  # coalesced with concurrent ones
             means = await scheduler.forecast(histories, body.horizon)
         else:
@@ -267,14 +276,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                       points: int | None = None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
         a one-op request (the engine's per-series path) or one engine batch. A request of more
-        than --batch-max-points values also takes the thread pool: the scheduler's one worker
-        would otherwise hold every other client's batch until it is done (its series are
-        locked by this layer meanwhile, so no batch touches them)."""
+        than --batch-max-points points of work (values appended plus points forecast) also
+        takes the thread pool: the scheduler's one worker would otherwise hold every other
+        client's batch until it is done (its series are locked by this layer meanwhile, so no
+        batch touches them)."""
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
         if points is None:  # (the values of `ops`, when the caller has not counted them)
             points = sum(len(o.values or ()) for o in ops)
-        if scheduler is not None and not is_large(points):
+        if scheduler is not None and not is_large(work_of(points, sum(o.horizon or 0 for o in ops))):
             return await scheduler.submit(ops)
         if single is not None:
             return [await run_in_threadpool(metrics.timed, op, *single)]

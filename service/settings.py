@@ -38,7 +38,7 @@ class Settings:
     access_log: bool = False  # uvicorn's line per request
     batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
     max_batch: int = 1024
-    batch_max_points: int = 4096  # larger requests skip the micro-batcher
+    batch_max_points: int = 4096  # larger requests (values + forecast points) skip the batcher
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -91,9 +91,9 @@ HELP = {
                        "series to coalesce into one model call (waited only while requests are "
                        "concurrent); 0: off, each request calls the engine on its own",
     "max_batch": "most series operations coalesced into one batch",
-    "batch_max_points": "requests appending more values than this skip the micro-batcher and run "
-                        "on their own, so that one large append does not hold up the batches of "
-                        "small ones",
+    "batch_max_points": "requests of more points than this (values appended plus points "
+                        "forecast) skip the micro-batcher and run on their own, so that one "
+                        "large request does not hold up the batches of small ones",
 }
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")

@@ -134,6 +134,49 @@ def test_a_large_append_does_not_hold_up_small_ones(loaded):
         del model.append
 
 
+@pytest.mark.parametrize("path", ["/series/append", "/forecast"])
+def test_a_request_of_much_forecasting_does_not_hold_up_small_ones(loaded, path):
+    """Forecast points count as work too: a request of few values but many forecasts (a bulk
+    append naming one series twice, or a stateless forecast of two series, each 96 forecast
+    points (horizon 48) on 64 values or fewer, over a limit of 64)
+    runs on its own thread, so a small append goes on while it computes (through the batcher's
+    one worker it would wait for the whole request; the wait would time out)."""
+    model, manifest = loaded
+    settings = replace(LIMITS, batch_window_ms=2.0, batch_max_points=64, max_points_per_request=500)
+    release, big_started = threading.Event(), threading.Event()
+    real_forecast = model.forecast
+
+    def held(state, horizon):
+        big_started.set()
+        assert release.wait(30), "the small append never came through"
+        return real_forecast(state, horizon)
+
+    body = {"series": [{"id": "r", "values": series(40, 1)}, {"id": "r", "values": [1.0]}],
+            "horizon": 48}
+    if path == "/forecast":
+        body["series"] = [{"id": "r", "values": series(32, 1)},
+                          {"id": "s", "values": series(32, 3)}]  # 64 values, 96 forecast
+    try:
+        model.forecast = held
+        with client_for(loaded, settings) as c:
+            big: dict = {}
+            t = threading.Thread(target=lambda: big.update(r=c.post(path, json=body)))
+            t.start()
+            assert big_started.wait(30)
+            small = c.post("/series/small/append", json={"values": series(40, 2)})
+            assert small.status_code == 200 and not release.is_set()  # answered meanwhile
+            release.set()
+            t.join(30)
+            assert big["r"].status_code == 200, big["r"].text
+            got = big["r"].json()
+            means = [i["forecast"]["mean"] for i in got["series"]] if path != "/forecast" else \
+                [f["mean"] for f in got["forecasts"]]
+            assert [len(m) for m in means] == [48, 48]
+    finally:
+        release.set()
+        del model.forecast
+
+
 def test_large_requests_are_planned_off_the_event_loop(loaded, monkeypatch):
     """Checking and planning a large request's timestamps takes seconds (500,000 of them: about
     3 s): it runs in the thread pool, so the event loop goes on answering other clients. Small
