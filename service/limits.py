@@ -18,19 +18,26 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
         seen = 0
-        started = False
+        started = rejected = False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, rejected
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    # Answered here: FastAPI's body reader turns any exception into a 400
+                    # ("error parsing the body"), whose response tracking_send then drops.
+                    if not started and not rejected:
+                        rejected = True
+                        await self._reject(send)
                     raise _TooLarge
             return message
 
         async def tracking_send(message):
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -38,8 +45,7 @@ class BodySizeLimit:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
-            if not started:
-                await self._reject(send)
+            pass  # answered 413 in limited_receive
 
     async def _reject(self, send):
         body = json.dumps({"detail": f"request body is larger than {self.max_bytes} bytes",

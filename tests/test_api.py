@@ -116,6 +116,16 @@ def test_oversized_requests_are_refused(client):
     r = client.post("/series/a/append", content=big, headers={"content-type": "application/json"})
     assert_error(r, 413, "body")
 
+    def chunks():  # no Content-Length: the limit is found while the body streams in
+        for k in range(0, len(big), 4096):
+            yield big[k:k + 4096].encode()
+
+    r = client.post("/series/a/append", content=chunks(),
+                    headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413, "body")
+    assert_error(client.get("/series/a"), 404, "id")  # nothing applied
+
 
 def test_invalid_series_ids(client):
     for bad in ("-lead", "a" * 129, "sp ace", ".hidden"):
