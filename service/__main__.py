@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,12 +14,27 @@ from service.app import create_app
 from service.settings import Settings, parse
 
 
+def unwritable(directory: Path) -> str | None:
+    """Why `directory` cannot hold the service's files (created if missing), or None."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "not writable"
+    return None
+
+
 def preflight(settings: Settings) -> str | None:
     """A configuration mistake found before serving, as one line; None if there is none. (The
     weights are loaded in the app's startup, where a mistake would end in a server traceback.)"""
     weights = Path(settings.weights)
     if not weights.exists():
         return f"--weights: no checkpoint at {weights}"
+    for flag, directory in (("--data-dir", settings.data_dir), ("--spill-dir", settings.spill_dir)):
+        problem = directory and unwritable(Path(directory))
+        if problem:
+            return f"{flag}: cannot use {directory} ({problem})"
     if settings.device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: CUDA is not available on this machine"
     if settings.backend == "onnx":
