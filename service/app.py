@@ -123,11 +123,16 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError):
+    async def validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         field = _field_path(first)
         message = schemas.error_message(first)
+        content_type = request.headers.get("content-type", "")
+        if field == "body" and content_type and "json" not in content_type.lower():
+            # (FastAPI reads a body as JSON only when it is declared so, or not declared.)
+            shown = content_type if len(content_type) <= 100 else content_type[:100] + "..."
+            message = f"the body must be JSON, sent as application/json; got {shown!r}"
         detail = f"{field}: {message}" if field else message
         clean = [{"field": _field_path(e), "message": schemas.error_message(e)}
                  for e in errors[:20]]

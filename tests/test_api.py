@@ -107,6 +107,19 @@ def test_non_finite_values_are_rejected(client):
     assert_error(client.get("/series/a"), 404, "id")
 
 
+def test_a_body_not_sent_as_json_names_its_content_type(client):
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        r = client.post("/series/a/append", content='{"values": [1.0]}',
+                        headers={"content-type": content_type})
+        assert_error(r, 422, "body")
+        assert "application/json" in r.json()["detail"] and content_type in r.json()["detail"]
+    r = client.post("/series/a/append", content='{"values": [1.0]',
+                    headers={"content-type": "application/json"})
+    assert_error(r, 422, "body")
+    assert "JSON decode error" in r.json()["detail"]
+    assert_error(client.get("/series/a"), 404, "id")
+
+
 def test_oversized_requests_are_refused(client):
     many = {"series": [{"id": f"s{i}", "values": ramp(40)} for i in range(5)]}
     assert_error(client.post("/forecast", json=many), 413, "series")
