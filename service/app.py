@@ -107,7 +107,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None),
                                           lambda: getattr(app.state, "store", None))
     # add_middleware puts the last one outermost: metrics (sees every status), keys, body size.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
     keys = load_keys(settings.api_keys, settings.api_keys_file)
     if keys:
         open_paths = {"/healthz", "/readyz"} | ({"/metrics"} if settings.metrics_public else set())

@@ -22,6 +22,7 @@ class Settings:
     max_points_per_request: int = 2_000_000
     max_gap_points: int = 10_000  # points gaps between timestamps may add to one request
     max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 60.0  # a body must arrive whole within this
     max_series: int = 100_000  # streaming series held at once, all cache tiers together
     cache_capacity: int = 16_384  # series states on the model's device
     host_capacity: int = 16_384  # series states spilled to host memory before disk
@@ -60,6 +61,7 @@ HELP = {
     "max_gap_points": "most points that filling gaps between timestamps may add to one request "
                       "(422 beyond); they count toward --max-points-per-request too",
     "max_body_bytes": "largest request body accepted (413 beyond)",
+    "body_timeout_s": "seconds a request body may take to arrive whole (408 beyond)",
     "max_series": "most streaming series held at once, in all cache tiers (409 beyond)",
     "cache_capacity": "series states kept on the model's device (the triton backend preallocates "
                       "this many); past it the least recently used spill to host memory",
@@ -140,6 +142,8 @@ def parse(argv: list[str] | None = None) -> Settings:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if values["host_capacity"] < 0 or values["idle_expiry_s"] < 0:
         ap.error("--host-capacity and --idle-expiry-s must be 0 or more")
+    if values["body_timeout_s"] <= 0:
+        ap.error("--body-timeout-s must be positive")
     if values["max_gap_points"] < 0:
         ap.error("--max-gap-points must be 0 (gaps refused) or more")
     if values["fsync"] not in ("always", "interval"):

@@ -140,6 +140,46 @@ def test_oversized_requests_are_refused(client):
     assert_error(client.get("/series/a"), 404, "id")  # nothing applied
 
 
+def test_a_body_that_trickles_in_is_refused_with_408():
+    """The body must arrive whole within --body-timeout-s of the first read, however it is cut
+    (a byte every so often would hold a connection without end); a prompt body goes through."""
+    import asyncio
+
+    from service.limits import BodySizeLimit
+
+    async def app(scope, receive, send):  # reads the body, then answers with its length
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(body)).encode()})
+
+    async def call(chunk_delays: list[float]) -> list[dict]:
+        chunks, sent = iter(chunk_delays), []
+
+        async def receive():
+            delay = next(chunks, None)
+            if delay is None:
+                await asyncio.sleep(3600)  # (a client that never sends the rest)
+            await asyncio.sleep(delay)
+            return {"type": "http.request", "body": b"x" * 10, "more_body": True}
+
+        async def send(message):
+            sent.append(message)
+
+        limited = BodySizeLimit(app, max_bytes=1000, timeout_s=0.3)
+        await asyncio.wait_for(limited({"type": "http", "headers": []}, receive, send), 5)
+        return sent
+
+    sent = asyncio.run(call([0.05] * 20))  # each piece prompt, the whole late
+    assert sent[0]["status"] == 408 and len(sent) == 2
+    assert json.loads(sent[1]["body"])["field"] == "body"
+    assert asyncio.run(call([0.0]))[0]["status"] == 408  # the rest never comes
+    sent = asyncio.run(call([0.0] * 200))  # prompt but too large: 413 as it passes the limit
+    assert sent[0]["status"] == 413 and len(sent) == 2
+
+
 def test_invalid_series_ids(client):
     for bad in ("-lead", "a" * 129, "sp ace", ".hidden"):
         assert_error(client.post(f"/series/{bad}/append", json={"values": [1.0]}), 422,
