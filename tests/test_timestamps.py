@@ -222,6 +222,52 @@ def test_series_locks_pass_over_cancelled_waiters_in_arrival_order():
     asyncio.run(asyncio.wait_for(scenario(), 10))  # (a leaked lock would hang: fail instead)
 
 
+def test_series_locks_keep_arrival_order_across_ids():
+    """A request waiting for one of its ids keeps its place on the others: a later request on
+    those waits behind it (the black-box case: a bulk append naming a busy series and `b`, then
+    a single append to `b`, must be applied in that order). Given up, it leaves every queue and
+    frees what it took, also when its lock is released between its cancellation and its
+    resumption."""
+    async def scenario():
+        locks, order = timeline.SeriesLocks(), []
+        busy = await locks.acquire(["a"])
+
+        async def request(name: str, ids: list[str]):
+            got = await locks.acquire(ids)
+            order.append(name)
+            locks.release(got)
+
+        y = asyncio.ensure_future(request("y", ["a", "b"]))
+        await asyncio.sleep(0)
+        z = asyncio.ensure_future(request("z", ["b"]))
+        await asyncio.sleep(0.01)
+        assert order == []  # z waits behind y, which waits for a
+        locks.release(busy)
+        await asyncio.gather(y, z)
+        assert order == ["y", "z"] and len(locks) == 0
+
+        # Cancelled while waiting for a: b, which it had taken, goes to the next in line.
+        order.clear()
+        busy = await locks.acquire(["a"])
+        y = asyncio.ensure_future(request("y", ["a", "b"]))
+        await asyncio.sleep(0)
+        z = asyncio.ensure_future(request("z", ["b"]))
+        await asyncio.sleep(0)
+        y.cancel()
+        await asyncio.wait_for(z, 5)
+        assert order == ["z"]
+        # ... and a's holder releasing after the cancellation but before y resumes leaks nothing.
+        y2 = asyncio.ensure_future(request("y2", ["a", "c"]))
+        await asyncio.sleep(0)
+        y2.cancel()
+        locks.release(busy)
+        await asyncio.gather(y, y2, return_exceptions=True)
+        assert y2.cancelled() and order == ["z"] and len(locks) == 0
+        assert await locks.acquire(["a", "b", "c"]) == ["a", "b", "c"]
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))  # (a leaked lock would hang: fail instead)
+
+
 # ---- through the API -------------------------------------------------------------------------
 
 LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=400,
