@@ -520,15 +520,20 @@ class Engine:
             self._shrink()
 
     def describe(self, series_id: str) -> dict:
+        """A series' length and state size; a read like a forecast, so it counts as a touch
+        for idle expiry (`--idle-expiry-s` deletes series no request touched)."""
         if self._pool is not None:
             with self._pool.lock:
                 length = self._pool.length.get(series_id)
+                if length is not None:
+                    self._pool.touched[series_id] = time.monotonic()
             if length is None:
                 raise EngineError(404, f"unknown series {series_id!r}", "id")
             return {"id": series_id, "length": length, "model": self.name,
                     "state_bytes": self.state_bytes, "patches": length // self.patch_len,
                     "tail_points": length % self.patch_len}
         entry = self._entry(series_id, create=False)
+        entry.touched = time.monotonic()
         length = entry.length
         return {"id": series_id, "length": length, "model": self.name,
                 "state_bytes": self.state_bytes, "patches": length // self.patch_len,

@@ -113,15 +113,27 @@ def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
     assert torch.equal(tiers.take("a").tail, a.tail)
 
 
-def test_idle_series_expire(loaded):
-    model, manifest = loaded
-    engine = Engine(model, manifest, max_series=10, backend="torch", capacity=2, host_capacity=1)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_idle_series_expire(loaded, backend):
+    """Series no request touched (append, forecast, describe) for the given time are deleted."""
+    if backend == "triton":
+        pytest.importorskip("kernels")
+        model = tiny_model()
+        engine = Engine(model, {"name": "tiny"}, 10, backend="triton", capacity=2,
+                        host_capacity=1, scratch_slots=2, cuda_graphs=False)
+    else:
+        model = loaded[0]
+        engine = Engine(model, loaded[1], max_series=10, backend="torch", capacity=2,
+                        host_capacity=1)
+    n = 2 * model.cfg.patch_len
     for k in range(4):
-        engine.append(f"x{k}", series(40, k), None)
+        engine.append(f"x{k}", series(n, k), None)
     time.sleep(0.05)
     engine.forecast_series("x1", 8)  # touched: kept
-    assert sorted(engine.expire_idle(0.03)) == ["x0", "x2", "x3"]
-    assert engine.list_series(10) == [("x1", 40)] and engine.cache_stats["expired"] == 3
+    engine.describe("x2")  # a read too
+    assert sorted(engine.expire_idle(0.03)) == ["x0", "x3"]
+    assert engine.list_series(10) == [("x1", n), ("x2", n)]
+    assert engine.cache_stats["expired"] == 2
     with pytest.raises(EngineError):
         engine.describe("x0")
     engine.close()
