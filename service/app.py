@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path as PathLib
 
 import pydantic_core
-from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,6 +28,27 @@ from service.timeline import TimelineError
 log = logging.getLogger("rimer.service")
 GC_THRESHOLDS = (50_000, 20, 100)  # gc.set_threshold once the service has started (see lifespan)
 SeriesId = Path(pattern=schemas.SERIES_ID_PATTERN, description=schemas.SERIES_ID_RULE)
+
+
+def known_query(request: Request) -> None:
+    """The route's own query parameters, each once: `?horizon=24` on an append (whose horizon is
+    in the body) would otherwise be ignored without a word, as would a misspelt or repeated
+    one, where an unknown field of a JSON body is a 422."""
+    route = request.scope.get("route")
+    allowed = {p.alias for p in route.dependant.query_params}
+    seen = set()
+    for key, _ in request.query_params.multi_items():
+        shown = key if len(key) <= 64 else key[:64] + "..."
+        if key not in allowed:
+            takes = ", ".join(sorted(allowed)) or "no query parameters"
+            raise EngineError(422, f"unknown query parameter {shown!r}; this route takes "
+                                   f"{takes}", shown)
+        if key in seen:
+            raise EngineError(422, f"query parameter {shown!r} is given more than once", shown)
+        seen.add(key)
+
+
+KnownQuery = [Depends(known_query)]
 
 
 def _field_path(error: dict) -> str:
@@ -241,7 +262,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 
-    @app.get("/models", response_model=schemas.ModelsResponse)
+    @app.get("/models", response_model=schemas.ModelsResponse, dependencies=KnownQuery)
     async def models(request: Request):
         e = engine_of(request)
         return {"models": [{"name": e.name, "config": e.model.cfg.to_dict(),
@@ -249,7 +270,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                             "device": str(e.device)}]}
 
     @app.post("/forecast", response_model=schemas.ForecastResponse,
-              response_model_exclude_none=True)
+              response_model_exclude_none=True, dependencies=KnownQuery)
     async def forecast(body: schemas.ForecastRequest, request: Request):
         check_many(body)
 
@@ -300,7 +321,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return out
 
     @app.post("/series/append", response_model=schemas.BulkAppendResponse,
-              response_model_exclude_none=True)
+              response_model_exclude_none=True, dependencies=KnownQuery)
     async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
         """Append to many series at once; checked whole: one bad item refuses them all."""
         points = check_many(body)
@@ -349,7 +370,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             metrics.points_forecast.labels("append").inc(forecast)
         return json_response({"series": out})
 
-    @app.get("/series", response_model=schemas.SeriesList)
+    @app.get("/series", response_model=schemas.SeriesList, dependencies=KnownQuery)
     async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
                           cursor: str | None = Query(None, description="`next_cursor` of the "
                                                      "previous page")):
@@ -362,7 +383,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 "next_cursor": page[-1][0] if more else None}
 
     @app.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
-              response_model_exclude_none=True)
+              response_model_exclude_none=True, dependencies=KnownQuery)
     async def append(body: schemas.AppendRequest, request: Request,
                      series_id: str = SeriesId):
         check_horizon(body.horizon)
@@ -389,7 +410,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return out
 
     @app.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True, dependencies=KnownQuery)
     async def series_forecast(request: Request, series_id: str = SeriesId,
                               horizon: int = Query(96, ge=1)):
         check_plain_ints(request, "horizon")
@@ -409,7 +430,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 "timestamps": stamps}
 
     @app.get("/series/{series_id}", response_model=schemas.SeriesInfo,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True, dependencies=KnownQuery)
     async def series_info(request: Request, series_id: str = SeriesId):
         e = engine_of(request)
 
@@ -418,7 +439,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
         return await series_locks.run([series_id], work)
 
-    @app.delete("/series/{series_id}", status_code=204)
+    @app.delete("/series/{series_id}", status_code=204, dependencies=KnownQuery)
     async def series_delete(request: Request, series_id: str = SeriesId):
         e = engine_of(request)
 

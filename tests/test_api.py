@@ -180,6 +180,28 @@ def test_a_body_that_trickles_in_is_refused_with_408():
     assert sent[0]["status"] == 413 and len(sent) == 2
 
 
+def test_query_parameters_are_the_routes_own_and_given_once(client):
+    """A stray query parameter is a 422 naming it, as an unknown JSON field is: a horizon in the
+    query of an append (it belongs in the body) would otherwise be ignored without a word."""
+    assert client.post("/series/q/append", json={"values": [1.0] * 40}).status_code == 200
+    r = client.post("/series/q/append?horizon=8", json={"values": [2.0]})
+    assert_error(r, 422, "horizon")
+    assert "no query parameters" in r.json()["detail"]
+    assert client.get("/series/q").json()["length"] == 40  # not applied
+    assert_error(client.get("/series/q/forecast?Horizon=8"), 422, "Horizon")
+    r = client.get("/series/q/forecast?horizon=4&horizon=8")
+    assert_error(r, 422, "horizon")
+    assert "more than once" in r.json()["detail"]
+    assert_error(client.get("/series?limit=2&limit=1"), 422, "limit")
+    assert_error(client.get("/series?page=2"), 422, "page")
+    assert_error(client.post("/forecast?x=" + "y" * 10, json={"series": []}), 422, "x")
+    assert_error(client.delete("/series/q?force=1"), 422, "force")
+    assert client.get("/series/q").json()["length"] == 40
+    assert len(client.get("/series/q/forecast?horizon=4").json()["mean"]) == 4
+    assert client.get("/series?limit=1&cursor=a").status_code == 200
+    assert client.get("/healthz?probe=1").status_code == 200  # probes may add their own
+
+
 def test_invalid_series_ids(client):
     for bad in ("-lead", "a" * 129, "sp ace", ".hidden"):
         assert_error(client.post(f"/series/{bad}/append", json={"values": [1.0]}), 422,
