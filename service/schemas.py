@@ -53,6 +53,9 @@ def _echo(value) -> str:
 
 def error_message(error: dict) -> str:
     """A pydantic error's message, with the reason for the values' bound."""
+    loc = tuple(error.get("loc", ()))
+    if len(loc) == 2 and loc[0] == "query" and error.get("type", "").startswith("int_"):
+        return f"{loc[1]} must be a whole number in plain digits"  # (as app.check_plain_ints)
     ctx = error.get("ctx") or {}
     limit = ctx.get("le", ctx.get("ge"))
     if (error.get("type") in ("less_than_equal", "greater_than_equal")
