@@ -35,6 +35,9 @@ def preflight(settings: Settings) -> str | None:
         problem = directory and unwritable(Path(directory))
         if problem:
             return f"{flag}: cannot use {directory} ({problem})"
+    if (settings.spill_dir and settings.data_dir
+            and Path(settings.spill_dir).resolve() == Path(settings.data_dir).resolve()):
+        return "--spill-dir must not be --data-dir (the default is <data-dir>/spill)"
     if settings.device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: CUDA is not available on this machine"
     if settings.backend == "onnx":

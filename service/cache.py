@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
+import re
 import threading
 import zlib
 from collections import OrderedDict
@@ -29,6 +29,10 @@ from safetensors.torch import save_file
 from model.state import STATE_VERSION, RimerState
 
 log = logging.getLogger("rimer.cache")
+
+
+# A spill file's name: the hex of its series id (ids are ASCII), and its temporary while written.
+SPILL_FILE = re.compile(r"^(?:[0-9a-f]{2})+\.(?:safetensors|tmp)$")
 
 
 class SpillError(Exception):
@@ -48,9 +52,10 @@ class SpillTiers:
     def __init__(self, host_capacity: int, directory: str | Path):
         self.host_capacity = host_capacity
         self.directory = Path(directory)
-        if self.directory.exists():
-            shutil.rmtree(self.directory)  # states from a previous run: recovery rebuilds them
-        self.directory.mkdir(parents=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.iterdir():  # states from a previous run: recovery rebuilds
+            if SPILL_FILE.match(stale.name) and stale.is_file():  # ours only: nothing else
+                stale.unlink()
         self.host: OrderedDict[str, RimerState] = OrderedDict()
         self.disk: set[str] = set()
         self.lock = threading.Lock()

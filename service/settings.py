@@ -67,7 +67,8 @@ HELP = {
                       "this many); past it the least recently used spill to host memory",
     "host_capacity": "spilled states kept in host memory; past it the least recently used go to "
                      "files in --spill-dir",
-    "spill_dir": "directory for spilled states (emptied at start-up: a cache, not durability); "
+    "spill_dir": "directory for spilled states (a cache, not durability: its spill files are removed "
+                 "at start-up, nothing else); "
                  "default <data-dir>/spill, or a temporary directory removed at exit",
     "idle_expiry_s": "delete streaming series that no request touched for this many seconds "
                      "(logged like DELETE; checked every min(60, this/10) s); 0: never",

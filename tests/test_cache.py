@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from model import checkpoint
+from model.state import RimerState
+from service.cache import SpillTiers
 from service.engine import Engine, EngineError, Op
 from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
 from tests.test_model import tiny_model, walk
@@ -68,7 +70,6 @@ def test_export_and_import_cover_every_tier(loaded, tmp_path):
     assert sorted(names) == sorted(i for i in ids if bounded.describe(i)["length"] > 0)
     again = Engine(model, manifest, max_series=50, backend="torch", capacity=2, host_capacity=2,
                    spill_dir=str(tmp_path / "b"))
-    from model.state import RimerState
     again.import_states(names, RimerState.cat(chunks))
     assert again.cache_sizes["device"] == 2 and again.cache_sizes["disk"] > 0
     assert {i: again.forecast_series(i, 20) for i in before} == before
@@ -91,11 +92,26 @@ def test_corrupt_spill_file_is_refused(loaded, tmp_path):
     assert engine.forecast_series("b", 8)[0] == 40  # the others are unaffected
 
 
+def test_start_up_removes_only_spill_files(tmp_path):
+    """The spill directory may be one the user has other files in (a mistyped --spill-dir, or the
+    data directory): start-up removes the previous run's spill files, nothing else."""
+    spill = tmp_path / "spill"
+    (spill / "sub").mkdir(parents=True)
+    keep = ["notes.txt", "snapshot-0000000000000001.safetensors", "abc.safetensors", "sub"]
+    for name in keep[:3]:
+        (spill / name).write_text("not ours")
+    for name in ("61.safetensors", "6162.tmp"):  # series "a" and a half-written "ab"
+        (spill / name).write_text("stale state")
+    tiers = SpillTiers(1, spill)
+    assert sorted(p.name for p in spill.iterdir()) == sorted(keep)
+    tiers.put("a", RimerState.zeros(tiny_model().cfg, 1))
+    tiers.put("b", RimerState.zeros(tiny_model().cfg, 1))  # "a" goes to disk
+    assert (spill / "61.safetensors").exists() and "a" in tiers
+
+
 def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
     """The disk refusing a write: the put fails whole (the caller keeps its state), and the
     state the host tier would have handed down stays on the host."""
-    from model.state import RimerState
-    from service.cache import SpillTiers
 
     cfg = tiny_model().cfg
     tiers = SpillTiers(1, tmp_path / "spill")

@@ -207,7 +207,9 @@ def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
     for args, says in ((["--weights", str(tmp_path / "nowhere")], "no checkpoint at"),
                        (["--weights", str(stale), "--backend", "onnx"], "other weights"),
                        (["--data-dir", str(tmp_path / "file" / "data")], "--data-dir: cannot use"),
-                       (["--spill-dir", str(tmp_path / "file")], "--spill-dir: cannot use")):
+                       (["--spill-dir", str(tmp_path / "file")], "--spill-dir: cannot use"),
+                       (["--data-dir", str(tmp_path / "d"), "--spill-dir", str(tmp_path / "d")],
+                        "must not be --data-dir")):
         run = subprocess.run([sys.executable, "-m", "service", "--device", "cpu", "--port", "1",
                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr
