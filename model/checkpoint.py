@@ -69,15 +69,24 @@ def _load_ours(directory: Path) -> tuple[Rimer, dict]:
     except (OSError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{directory}: bad config.json or manifest.json: {exc}") from exc
     tensor_file = directory / "model.safetensors"
-    expected = manifest.get("sha256", {}).get("model.safetensors")
-    if expected is None:
-        raise CheckpointError(f"{directory}/manifest.json has no sha256 for model.safetensors")
-    actual = sha256_of(tensor_file)
+    hashes = manifest.get("sha256") if isinstance(manifest, dict) else None
+    expected = hashes.get("model.safetensors") if isinstance(hashes, dict) else None
+    if not isinstance(expected, str):
+        raise CheckpointError(f"{directory}/manifest.json has no sha256 for model.safetensors "
+                              '(an object {"sha256": {"model.safetensors": "<hex>"}, ...})')
+    try:
+        actual = sha256_of(tensor_file)
+    except OSError as exc:
+        raise CheckpointError(f"{tensor_file}: cannot read it ({exc.strerror or exc})") from exc
     if actual != expected:
         raise CheckpointError(f"{tensor_file}: sha256 {actual} does not match the manifest's "
                               f"{expected}")
+    try:
+        tensors = load_file(tensor_file)
+    except Exception as exc:  # noqa: BLE001 - safetensors' own errors: not a tensors file
+        raise CheckpointError(f"{tensor_file}: not a readable safetensors file ({exc})") from exc
     model = Rimer(cfg)
-    _load_strict(model, load_file(tensor_file), str(tensor_file))
+    _load_strict(model, tensors, str(tensor_file))
     return model, manifest
 
 
@@ -94,10 +103,19 @@ _ALIAS_PREFIXES = ("decoder.", "proj.", "enc_embedding.")
 
 
 def _load_original(path: Path) -> tuple[Rimer, dict]:
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file, not a checkpoint")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal is a bad checkpoint
-        raise CheckpointError(f"{path}: not a readable tensors-only torch checkpoint: {exc}") from exc
+        # (Only the first line of torch's reason: the rest suggests weights_only=False, which
+        # would run whatever code the file holds.)
+        boilerplate = ("weights_only", "Weights only", "Please file an issue", "documentation")
+        lines = [line.strip() for line in str(exc).splitlines()
+                 if line.strip() and not any(b in line for b in boilerplate)]
+        reason = lines[0] if lines else type(exc).__name__
+        raise CheckpointError(f"{path}: not a tensors-only torch checkpoint (objects other than "
+                              f"tensors are never unpickled): {reason[:300]}") from exc
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CheckpointError(f"{path}: expected a state_dict of tensors")
     backbone = {k[len("backbone."):]: v for k, v in raw.items() if k.startswith("backbone.")}
@@ -109,7 +127,10 @@ def _load_original(path: Path) -> tuple[Rimer, dict]:
         if not key.startswith(_ALIAS_PREFIXES):
             raise CheckpointError(f"{path}: unexpected key {key!r}")
         twin = key.replace("enc_embedding.", "patch_embedding.", 1)
-        if twin not in backbone or not torch.equal(raw[key], backbone[twin]):
+        if twin not in backbone:
+            raise CheckpointError(f"{path}: missing backbone.{twin} (its alias {key!r} is there)")
+        if (raw[key].shape != backbone[twin].shape
+                or not torch.equal(raw[key], backbone[twin])):
             raise CheckpointError(f"{path}: alias {key!r} does not match backbone.{twin}")
     pe = backbone.pop(_ORIGINAL_PE, None)
     ours = {}
@@ -136,22 +157,25 @@ def _load_original(path: Path) -> tuple[Rimer, dict]:
 
 
 def _infer_original_config(sd: dict, pe: torch.Tensor | None, path: Path) -> RimerConfig:
-    def shape(key):
+    def shape(key, rank: int):
         if key not in sd:
             raise CheckpointError(f"{path}: missing tensor for {key}")
+        if sd[key].dim() != rank:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(sd[key].shape)}; expected "
+                                  f"{rank} dimensions")
         return tuple(sd[key].shape)
 
-    d_model, patch_len = shape("embed.weight")
-    n_heads, head_size = shape("blocks.0.attn.r_k")
+    d_model, patch_len = shape("embed.weight", 2)
+    n_heads, head_size = shape("blocks.0.attn.r_k", 2)
     if pe is not None and (pe.dim() != 3 or pe.shape[2] != d_model):
         raise CheckpointError(f"{path}: position table shape {tuple(pe.shape)} does not fit "
                               f"d_model {d_model}")
     try:
         return RimerConfig(
             patch_len=patch_len, d_model=d_model, n_layers=1, head_size=head_size,
-            w_rank=shape("blocks.0.attn.w_lora.lora.0.weight")[0],
-            a_rank=shape("blocks.0.attn.a_lora.lora.0.weight")[0],
-            g_rank=shape("blocks.0.attn.g_lora.lora.0.weight")[0],
+            w_rank=shape("blocks.0.attn.w_lora.lora.0.weight", 2)[0],
+            a_rank=shape("blocks.0.attn.a_lora.lora.0.weight", 2)[0],
+            g_rank=shape("blocks.0.attn.g_lora.lora.0.weight", 2)[0],
             pos_emb="sinusoidal" if pe is not None else "none",
             max_positions=pe.shape[1] if pe is not None else 5000,
             norm="window",

@@ -39,6 +39,9 @@ class RimerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+        eps = self.norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+            raise ValueError(f"config.norm_eps must be a number between 0 and 1, got {eps!r}")
         if self.d_model % self.head_size:
             raise ValueError(f"config.d_model ({self.d_model}) must be a multiple of "
                              f"config.head_size ({self.head_size})")
@@ -64,7 +67,11 @@ class RimerConfig:
     @classmethod
     def from_dict(cls, data: dict) -> RimerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        if not isinstance(data, dict):
+            raise ValueError("a config is a JSON object")
+        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}")
+        if missing:  # (a default would silently change the architecture the weights are for)
+            raise ValueError(f"missing config keys: {missing}")
         return cls(**data)

@@ -10,8 +10,12 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from model.checkpoint import CheckpointError
+from model.onnx_network import OnnxNetworkError
 from service.app import create_app
+from service.cache import SpillError
 from service.settings import Settings, parse
+from service.store import StoreError
 
 
 def unwritable(directory: Path) -> str | None:
@@ -26,8 +30,8 @@ def unwritable(directory: Path) -> str | None:
 
 
 def preflight(settings: Settings) -> str | None:
-    """A configuration mistake found before serving, as one line; None if there is none. (The
-    weights are loaded in the app's startup, where a mistake would end in a server traceback.)"""
+    """A configuration mistake found before anything is loaded, as one line; None if there is
+    none. (Mistakes found loading the weights or recovering are reported by `main`.)"""
     weights = Path(settings.weights)
     if not weights.exists():
         return f"--weights: no checkpoint at {weights}"
@@ -61,7 +65,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
+    app = create_app(settings)
+    try:
+        app.state.start()  # weights and recovery before serving: their errors in one line
+    except (CheckpointError, OnnxNetworkError, StoreError, SpillError, OSError) as exc:
+        print(f"python -m service: error: cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
                 access_log=settings.access_log)
 
 

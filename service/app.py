@@ -22,7 +22,7 @@ from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
 from service.scheduler import Scheduler
 from service.settings import Settings
-from service.store import Store, StoreError
+from service.store import Store
 from service.timeline import TimelineError
 
 log = logging.getLogger("rimer.service")
@@ -83,8 +83,14 @@ def _with_stamps(item: dict, stamps: list[str] | None) -> dict:
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` may be given (tests), else it is loaded from `settings` at startup."""
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    opened: dict = {}  # what start() opened, for the lifespan's shutdown
+
+    def start() -> None:
+        """Load the weights, recover the series and start the workers: the lifespan's startup,
+        callable before serving (`python -m service` does, to report a broken checkpoint or data
+        directory in one line rather than uvicorn's traceback); a second call does nothing."""
+        if opened:
+            return
         spill_dir = settings.spill_dir or (str(PathLib(settings.data_dir) / "spill")
                                            if settings.data_dir else None)
         loaded = engine or Engine.load(settings.weights, settings.device, settings.max_series,
@@ -96,13 +102,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                           settings.snapshot_interval_s, metrics)
             try:
                 store.open()
-            except StoreError as exc:
-                log.error("cannot start: %s", exc)
+            except BaseException:
+                if engine is None:
+                    loaded.close()
                 raise
         scheduler = (Scheduler(loaded, settings.batch_window_ms, settings.max_batch, metrics)
                      if settings.batch_window_ms > 0 else None)
         app.state.store, app.state.scheduler, app.state.engine = store, scheduler, loaded
         expiry = IdleExpiry(loaded, settings.idle_expiry_s) if settings.idle_expiry_s > 0 else None
+        opened.update(engine=loaded, store=store, scheduler=scheduler, expiry=expiry)
         if engine is None:
             # The weights, torch and the recovered states are long-lived: keep them out of the
             # cyclic collector's full passes, which otherwise walk them every few bulk requests.
@@ -114,17 +122,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             # series' entry. Measured through HTTP (1,000-series bulk appends, 3 alternating
             # runs each): +12% points/s one client at a time, +21% with 4 at once.
             gc.set_threshold(*GC_THRESHOLDS)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        start()
         yield
-        if expiry is not None:
-            expiry.close()
-        if scheduler is not None:
-            scheduler.close()
-        if store is not None:
-            store.close(snapshot=True)
+        if opened["expiry"] is not None:
+            opened["expiry"].close()
+        if opened["scheduler"] is not None:
+            opened["scheduler"].close()
+        if opened["store"] is not None:
+            opened["store"].close(snapshot=True)
         if engine is None:
-            loaded.close()
+            opened["engine"].close()
+        opened.clear()
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
+    app.state.start = start
     metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None),
                                           lambda: getattr(app.state, "store", None))
     # add_middleware puts the last one outermost: metrics (sees every status), keys, body size.

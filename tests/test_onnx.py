@@ -4,7 +4,9 @@ reference outputs), shipped graphs are current, and a stale or missing graph is 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 
 import pytest
@@ -204,17 +206,29 @@ def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
     from tests.conftest import ROOT
     stale = stale_copy(tmp_path)
     (tmp_path / "file").write_text("a file, not a directory")
+    no_norm = tmp_path / "no-norm"
+    shutil.copytree(DEFAULT_WEIGHTS, no_norm)
+    cfg = json.loads((no_norm / "config.json").read_text())
+    del cfg["norm"]
+    (no_norm / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "held").mkdir()
+    lock = os.open(tmp_path / "held" / "LOCK", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another server's, as far as it can tell
     for args, says in ((["--weights", str(tmp_path / "nowhere")], "no checkpoint at"),
                        (["--weights", str(stale), "--backend", "onnx"], "other weights"),
                        (["--data-dir", str(tmp_path / "file" / "data")], "--data-dir: cannot use"),
                        (["--spill-dir", str(tmp_path / "file")], "--spill-dir: cannot use"),
                        (["--data-dir", str(tmp_path / "d"), "--spill-dir", str(tmp_path / "d")],
-                        "must not be --data-dir")):
+                        "must not be --data-dir"),
+                       # Found loading or recovering, after the flags passed:
+                       (["--weights", str(no_norm)], "missing config keys"),
+                       (["--data-dir", str(tmp_path / "held")], "LOCK file is held")):
         run = subprocess.run([sys.executable, "-m", "service", "--device", "cpu", "--port", "1",
                               *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert run.returncode == 2, run.stderr
         assert says in run.stderr and "Traceback" not in run.stderr
         assert run.stderr.strip().count("\n") == 0  # one line
+    os.close(lock)
 
 
 def test_onnx_results_do_not_depend_on_the_batch():
