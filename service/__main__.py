@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -44,6 +45,8 @@ def preflight(settings: Settings) -> str | None:
         return "--spill-dir must not be --data-dir (the default is <data-dir>/spill)"
     if settings.device == "cuda" and not torch.cuda.is_available():
         return "--device cuda: CUDA is not available on this machine"
+    if settings.backend == "triton" and importlib.util.find_spec("triton") is None:
+        return "--backend triton needs the triton package (requirements-dev.txt pins it)"
     if settings.backend == "onnx":
         if settings.device == "cuda" or (settings.device == "auto" and torch.cuda.is_available()):
             return "--backend onnx runs on the CPU: add --device cpu"

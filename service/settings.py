@@ -138,9 +138,18 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error("--device must be cpu, cuda or auto")
     if values["backend"] not in ("torch", "triton", "onnx", "auto"):
         ap.error("--backend must be torch, triton, onnx or auto")
-    for name in ("max_series", "cache_capacity"):
-        if values[name] < 1:
+    for name in ("max_series", "cache_capacity", "max_horizon", "max_series_per_request",
+                 "max_points_per_request", "max_body_bytes"):
+        if values[name] < 1:  # (0 would leave a server that refuses every request)
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 1 <= values["port"] <= 65535:
+        ap.error(f"--port must be 1 to 65535, got {values['port']}")
+    if values["torch_threads"] < 0:
+        ap.error("--torch-threads must be 0 (torch's default) or more")
+    if values["api_keys"].strip():
+        from service.auth import split_keys
+        if not split_keys(values["api_keys"]):
+            ap.error("--api-keys holds no keys (leave it empty to serve without keys)")
     if values["host_capacity"] < 0 or values["idle_expiry_s"] < 0:
         ap.error("--host-capacity and --idle-expiry-s must be 0 or more")
     if values["body_timeout_s"] <= 0:

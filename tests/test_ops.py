@@ -216,6 +216,21 @@ def test_keys_from_env_file_and_flags(tmp_path, monkeypatch):
         parse(["--api-keys-file", str(empty)])
     with pytest.raises(SystemExit):
         parse(["--api-keys-file", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit):  # keys given, none in them: not silently open either
+        parse(["--api-keys", " , ,"])
+    assert parse(["--api-keys", " "]).api_keys == " "  # blank: no keys asked for
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--port", "0"), ("--port", "99999"), ("--torch-threads", "-1"), ("--max-horizon", "0"),
+    ("--max-series-per-request", "0"), ("--max-points-per-request", "0"),
+    ("--max-body-bytes", "0"), ("--body-timeout-s", "0"),
+])
+def test_unusable_settings_are_refused(flag, value, capsys):
+    """A value that would listen elsewhere than asked, fail later, or refuse every request."""
+    with pytest.raises(SystemExit):
+        parse([flag, value])
+    assert flag in capsys.readouterr().err
 
 
 def test_keys_are_not_shown(capsys, monkeypatch):
@@ -253,3 +268,16 @@ def test_keys_and_metrics_through_a_real_server(monkeypatch):
     log = server.proc.stdout.read().decode()
     assert "GET /models" in log  # the access log is there, and it never shows the key
     assert "real-server-key" not in log
+
+
+def test_the_triton_backend_without_triton_is_refused_before_serving(monkeypatch):
+    """Not ready and then a 500 on every streaming request: one line before anything loads."""
+    import importlib.util
+
+    from service import __main__ as entry
+    real = importlib.util.find_spec
+    monkeypatch.setattr(entry.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "triton" else real(name, *args))
+    settings = parse(["--backend", "triton", "--device", "cpu"])
+    assert "needs the triton package" in entry.preflight(settings)
+    assert entry.preflight(parse(["--backend", "torch", "--device", "cpu"])) is None
