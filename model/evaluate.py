@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, data
+from model import checkpoint, cli, data
 from model.rimer import Rimer
 from model.state import RimerState
 
@@ -258,20 +258,28 @@ def _evaluate_job(weights: str, name: str, data_dir: str, lookback: int | None, 
     return evaluate_dataset(model, data.load(name, data_dir), lookback, base_lookback, stride, batch)
 
 
+def lookback_arg(text: str) -> str:
+    """--lookback: 'full', or a whole number of points (kept as given: it names the run)."""
+    if text != "full":
+        cli.positive(text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True)
-    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS))
+    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS), choices=list(data.DATASETS))
     ap.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR))
-    ap.add_argument("--lookback", default="512", help="points of history, or 'full'")
-    ap.add_argument("--base-lookback", type=int, default=512)
-    ap.add_argument("--stride", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--lookback", default="512", type=lookback_arg,
+                    help="points of history, or 'full'")
+    ap.add_argument("--base-lookback", type=cli.positive, default=512)
+    ap.add_argument("--stride", type=cli.positive, default=1)
+    ap.add_argument("--batch", type=cli.positive, default=512)
     ap.add_argument("--out", default=None, help="directory for report.md, metrics.json, forecast.png")
-    ap.add_argument("--threads", type=int, default=0,
+    ap.add_argument("--threads", type=cli.non_negative, default=0,
                     help="torch threads (0: torch's default; 1 is much faster on a busy machine)")
-    ap.add_argument("--workers", type=int, default=1,
+    ap.add_argument("--workers", type=cli.positive, default=1,
                     help="datasets evaluated at once, each in its own process (with --threads each)")
     args = ap.parse_args(argv)
     if args.workers < 1:
@@ -281,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.argv = argv
     model, manifest = checkpoint.load(args.weights)
     lookback = None if args.lookback == "full" else int(args.lookback)
+    if lookback is not None and lookback < model.cfg.patch_len:
+        ap.error(f"--lookback must be at least one patch ({model.cfg.patch_len} points)")
     if lookback is None and not model.cfg.streamable:
         ap.error("--lookback full needs a causally normalised model")
     t0 = time.time()
@@ -315,4 +325,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.evaluate")

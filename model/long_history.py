@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, data, synthetic
+from model import checkpoint, cli, data, synthetic
 from model.evaluate import scaled
 from model.rimer import Rimer
 
@@ -53,9 +53,9 @@ def mse_by_history(model: Rimer, series: list[np.ndarray], ends: list[np.ndarray
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True)
-    ap.add_argument("--horizon", type=int, default=96)
-    ap.add_argument("--windows", type=int, default=24, help="forecast windows per series")
-    ap.add_argument("--synthetic", type=int, default=8, help="synthetic series")
+    ap.add_argument("--horizon", type=cli.positive, default=96)
+    ap.add_argument("--windows", type=cli.positive, default=24, help="forecast windows per series")
+    ap.add_argument("--synthetic", type=cli.positive, default=8, help="synthetic series")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
@@ -98,4 +98,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.long_history")

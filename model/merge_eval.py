@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model import cli
 from model.evaluate import write_report
 
 AGREE = ("weights", "model", "lookback", "stride", "base_lookback")
@@ -88,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.merge_eval")

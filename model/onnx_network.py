@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model import checkpoint
+from model import checkpoint, cli
 from model.rimer import Rimer, TorchStep
 from model.state import RimerState
 from model.wkv import wkv7_chunk, wkv7_products
@@ -273,4 +273,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.onnx_network")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model import cli
+
 
 def table(metrics: dict) -> dict:
     """{dataset: {"96": {"mse", "mae"}, ..., "avg": {...}, "baselines_avg_mse": {...}}}."""
@@ -34,12 +36,22 @@ def table(metrics: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("weights", help="directory of our format")
-    ap.add_argument("evaluation", help="directory that model.evaluate --out wrote")
+    ap.add_argument("evaluation", help="directory that model.evaluate --out wrote for these "
+                    "weights, inside their directory")
+    ap.add_argument("--renamed", action="store_true",
+                    help="the evaluation names another model: these weights, renamed since")
     args = ap.parse_args(argv)
     weights, evaluation = Path(args.weights), Path(args.evaluation)
     metrics = json.loads((evaluation / "metrics.json").read_text())
     manifest_path = weights / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
+    if metrics.get("model") != manifest.get("name") and not args.renamed:
+        raise cli.CliError(f"{evaluation} evaluated model {metrics.get('model')!r} "
+                           f"({metrics.get('weights')}), not {manifest.get('name')!r}; "
+                           "--renamed if these weights had that name then")
+    if not evaluation.resolve().is_relative_to(weights.resolve()):
+        raise cli.CliError(f"{evaluation} must be inside {weights} (the manifest names it by "
+                           "its path there)")
     key = evaluation.resolve().relative_to(weights.resolve()).as_posix()
     manifest.setdefault("evaluation", {})[key] = {
         "protocol": f"standard: test windows sliding by {metrics['stride']}, train-scaled MSE/MAE",
@@ -49,4 +61,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.record_metrics")

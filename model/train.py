@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, data, normalisation, synthetic
+from model import checkpoint, cli, data, normalisation, synthetic
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
@@ -281,36 +281,36 @@ def progress(step: int, total: int, start: float, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS))
+    ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS), choices=list(data.DATASETS))
     ap.add_argument("--data-dir", default=str(data.DEFAULT_DATA_DIR))
     ap.add_argument("--out", required=True)
     ap.add_argument("--name", default=None)
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=cli.positive, default=1500)
+    ap.add_argument("--batch", type=cli.positive, default=32)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--min-patches", type=int, default=4)
-    ap.add_argument("--max-patches", type=int, default=48)
-    ap.add_argument("--long-every", type=int, default=0,
+    ap.add_argument("--min-patches", type=cli.positive, default=4)
+    ap.add_argument("--max-patches", type=cli.positive, default=48)
+    ap.add_argument("--long-every", type=cli.non_negative, default=0,
                     help="every Nth step trains on a long window (--long-patches) with truncated BPTT")
-    ap.add_argument("--long-patches", type=int, default=512)
-    ap.add_argument("--stream-every", type=int, default=0,
+    ap.add_argument("--long-patches", type=cli.positive, default=512)
+    ap.add_argument("--stream-every", type=cli.non_negative, default=0,
                     help="every Nth step (N > 1: steps 1, N + 1, ...) advances --streams series by "
                          "--bptt patches from the state the step before left (histories of a "
                          "whole train split); takes precedence over long and rollout steps")
-    ap.add_argument("--streams", type=int, default=32, help="series walked by stream steps")
-    ap.add_argument("--norm-window", type=int, default=64,
+    ap.add_argument("--streams", type=cli.positive, default=32, help="series walked by stream steps")
+    ap.add_argument("--norm-window", type=cli.positive, default=64,
                     help="causal normalisation: statistics average over about this many patches")
-    ap.add_argument("--rollout-every", type=int, default=0,
+    ap.add_argument("--rollout-every", type=cli.non_negative, default=0,
                     help="every Nth step trains on free-running rollouts (as at inference)")
-    ap.add_argument("--rollout-patches", type=int, default=23, help="most patches rolled out")
-    ap.add_argument("--bptt", type=int, default=32, help="patches per chunk on long windows")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--patch-len", type=int, default=32)
-    ap.add_argument("--val-every", type=int, default=100)
-    ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--head-size", type=int, default=64)
+    ap.add_argument("--rollout-patches", type=cli.positive, default=23, help="most patches rolled out")
+    ap.add_argument("--bptt", type=cli.positive, default=32, help="patches per chunk on long windows")
+    ap.add_argument("--seed", type=cli.non_negative, default=0)
+    ap.add_argument("--d-model", type=cli.positive, default=256)
+    ap.add_argument("--layers", type=cli.positive, default=2)
+    ap.add_argument("--patch-len", type=cli.positive, default=32)
+    ap.add_argument("--val-every", type=cli.positive, default=100)
+    ap.add_argument("--save-every", type=cli.positive, default=100)
+    ap.add_argument("--head-size", type=cli.positive, default=64)
     ap.add_argument("--weight-decay", type=float, default=0.01)
     ap.add_argument("--val", choices=("forecast", "next-patch"), default="forecast",
                     help="model selection: rollout MSE on validation windows, or next-patch loss")
@@ -332,15 +332,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="sample every variable alike, or every dataset alike")
     ap.add_argument("--dataset-weights", type=float, nargs="+", default=None,
                     help="with --balance datasets: how often each dataset is drawn, relatively")
-    ap.add_argument("--synthetic", type=int, default=0,
+    ap.add_argument("--synthetic", type=cli.non_negative, default=0,
                     help="add this many synthetic series (model/synthetic.py, seeds fixed) to the "
                          "training series; validation stays on the datasets")
-    ap.add_argument("--synthetic-length", type=int, default=8640, help="points per synthetic series")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--synthetic-length", type=cli.positive, default=8640, help="points per synthetic series")
+    ap.add_argument("--threads", type=cli.non_negative, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--init", default=None,
                     help="start from these weights (ours; fine-tuning) instead of a random init; "
                          "the model's sizes are taken from them")
     args = ap.parse_args(argv)
+    if args.min_patches > args.max_patches:
+        ap.error("--min-patches must be at most --max-patches")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -354,9 +356,13 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(args.seed)
         args.patch_len = cfg.patch_len
     else:
-        cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
-                          head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
-                          pos_emb="none", norm="causal", norm_window=args.norm_window)
+        try:
+            cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model,
+                              n_layers=args.layers, head_size=args.head_size, w_rank=32,
+                              a_rank=32, v_rank=16, g_rank=64, pos_emb="none", norm="causal",
+                              norm_window=args.norm_window)
+        except ValueError as exc:  # (d_model not a multiple of head_size, ...)
+            ap.error(str(exc))
         torch.manual_seed(args.seed)  # the default initialisation of every layer, too
         model = Rimer(cfg)
         init_weights(model, args.seed)
@@ -490,4 +496,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, "python -m model.train")
