@@ -1,6 +1,6 @@
 """Compile the one-patch step's new kernels for an H100 (sm_90) on a machine without a GPU.
 
-    python -m bench.compile_check
+    python -m bench.compile_check      (a few minutes on a CPU)
 
 The CPU tests run the kernels under Triton's interpreter, which accepts code the compiler refuses
 (shapes, types, constexpr arithmetic). This runs Triton's real front end and ptxas for the step's
@@ -127,4 +127,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(prog="python -m bench.compile_check",
+                            description=__doc__.split("\n")[0] + " (a few minutes on a CPU; "
+                            "no options)").parse_args()
     sys.exit(main())
