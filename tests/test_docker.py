@@ -71,10 +71,14 @@ def test_dockerfile_runs_the_service_as_non_root_with_a_healthcheck(kind, monkey
     assert expose == [str(settings.port)]
 
     runs = " ".join(a for w, a in ins if w == "RUN")
-    assert "pip install" in runs and "-r requirements.txt" in runs
+    assert "pip install" in runs
     if kind == "cpu":
+        assert "-r requirements.txt" in runs
         assert "--extra-index-url https://download.pytorch.org/whl/cpu" in runs
-    else:
+    else:  # requirements.txt but its (CPU machines') torch, and the GPU checks' torch and Triton
+        assert "sed '/^torch==/d' requirements.txt > /tmp/requirements-gpu.txt" in runs
+        assert "-r /tmp/requirements-gpu.txt" in runs and '"torch==${TORCH_GPU}"' in runs
+        assert "ARG TORCH_GPU=2.11.0" in DOCKERFILES[kind].read_text()
         assert "^triton==" in runs and "requirements-dev.txt" in runs  # the tested Triton pin
         assert re.search(r"^triton==\S+$", (ROOT / "requirements-dev.txt").read_text(), re.M)
 
