@@ -104,7 +104,9 @@ def test_compose_names_the_services_gpu_volume_and_ports():
     assert (ROOT / rimer["build"].get("context", ".") / rimer["build"]["dockerfile"]).is_file()
     devices = rimer["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert f"{Settings.port}:{Settings.port}" in rimer["ports"]
+    # Published on this host only unless asked: the API has no keys by default.
+    assert rimer["ports"] == [f"${{RIMER_BIND:-127.0.0.1}}:{Settings.port}:{Settings.port}"]
+    assert c["services"]["prometheus"]["ports"] == ["${RIMER_BIND:-127.0.0.1}:9090:9090"]
     data = [v.split(":") for v in rimer["volumes"]]
     assert any(target == "/data" and source in c["volumes"] for source, target, *_ in data)
     assert rimer["environment"]["RIMER_DATA_DIR"] == "/data"  # the volume holds the WAL and snapshots
