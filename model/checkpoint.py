@@ -55,6 +55,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Rimer, d
     path = Path(path)
     if path.is_dir():
         model, manifest = _load_ours(path)
+    elif path.suffix == ".safetensors" and (path.parent / "manifest.json").is_file():
+        raise CheckpointError(f"{path}: give the directory it is in, {path.parent}")
     elif path.is_file():
         model, manifest = _load_original(path)
     else:

@@ -21,6 +21,8 @@ from service.store import StoreError
 
 def unwritable(directory: Path) -> str | None:
     """Why `directory` cannot hold the service's files (created if missing), or None."""
+    if directory.exists() and not directory.is_dir():
+        return "not a directory"
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -179,6 +179,11 @@ def test_pickled_objects_are_refused(tmp_path):
         checkpoint.load(tmp_path / "empty.pth")
 
 
+def test_our_tensors_file_alone_points_to_its_directory():
+    with pytest.raises(CheckpointError, match="give the directory"):
+        checkpoint.load(DEFAULT_WEIGHTS / "model.safetensors")
+
+
 def test_missing_path_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         checkpoint.load(tmp_path / "nothing")
