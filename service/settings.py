@@ -142,8 +142,8 @@ def parse(argv: list[str] | None = None) -> Settings:
                  "max_points_per_request", "max_body_bytes"):
         if values[name] < 1:  # (0 would leave a server that refuses every request)
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
-    if not 1 <= values["port"] <= 65535:
-        ap.error(f"--port must be 1 to 65535, got {values['port']}")
+    if not 0 <= values["port"] <= 65535:
+        ap.error(f"--port must be 0 (any free port) to 65535, got {values['port']}")
     if values["torch_threads"] < 0:
         ap.error("--torch-threads must be 0 (torch's default) or more")
     if values["api_keys"].strip():

@@ -222,7 +222,7 @@ def test_keys_from_env_file_and_flags(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("flag, value", [
-    ("--port", "0"), ("--port", "99999"), ("--torch-threads", "-1"), ("--max-horizon", "0"),
+    ("--port", "-1"), ("--port", "99999"), ("--torch-threads", "-1"), ("--max-horizon", "0"),
     ("--max-series-per-request", "0"), ("--max-points-per-request", "0"),
     ("--max-body-bytes", "0"), ("--body-timeout-s", "0"),
 ])
