@@ -127,10 +127,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         start()
         yield
-        if opened["expiry"] is not None:
-            opened["expiry"].close()
-        if opened["scheduler"] is not None:
-            opened["scheduler"].close()
+        for worker in (opened["expiry"], opened["scheduler"]):
+            if worker is not None:
+                worker.close()
         if opened["store"] is not None:
             opened["store"].close(snapshot=True)
         if engine is None:
@@ -194,7 +193,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         for name in names:
             for raw in request.query_params.getlist(name):
                 if not (raw.isascii() and raw.isdigit()):
-                    raise EngineError(422, f"{name} must be a whole number in plain digits", name)
+                    raise EngineError(422, schemas.plain_digits(name), name)
 
     def check_horizon(horizon: int | None, field: str = "horizon") -> None:
         if horizon is not None and horizon > settings.max_horizon:
@@ -314,7 +313,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             _with_stamps({"id": s.id, "mean": m}, t) for s, m, t in zip(body.series, means, stamps)]})
 
     async def run_ops(request: Request, ops: list[Op], op: str, single=None,
-                      points: int | None = None):
+                      work: int | None = None):
         """Through the scheduler when batching is on; else in the thread pool, `single` for
         a one-op request (the engine's per-series path) or one engine batch. A request of more
         than --batch-max-points points of work (values appended plus points forecast) also
@@ -323,9 +322,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         batch touches them)."""
         e = engine_of(request)
         scheduler = getattr(request.app.state, "scheduler", None)
-        if points is None:  # (the values of `ops`, when the caller has not counted them)
-            points = sum(len(o.values or ()) for o in ops)
-        if scheduler is not None and not is_large(work_of(points, sum(o.horizon or 0 for o in ops))):
+        if work is None:  # (when the caller has not counted it: a one-op request)
+            work = work_of(sum(len(o.values or ()) for o in ops), sum(o.horizon or 0 for o in ops))
+        if scheduler is not None and not is_large(work):
             return await scheduler.submit(ops)
         if single is not None:
             return [await run_in_threadpool(metrics.timed, op, *single)]
@@ -365,8 +364,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             check_points(planned, "series")
             stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
                        for op in ops] if body.horizon else [None] * len(ops))
-            return ops, planned, stamps, await run_ops(request, ops, "bulk_append",
-                                                       points=planned)
+            work = work_of(planned, (body.horizon or 0) * len(ops))
+            return ops, planned, stamps, await run_ops(request, ops, "bulk_append", work=work)
 
         ops, planned, stamps, results = await series_locks.run([s.id for s in body.series], work)
         metrics.points_appended.inc(planned)

@@ -529,12 +529,10 @@ class Engine:
                     self._pool.touched[series_id] = time.monotonic()
             if length is None:
                 raise EngineError(404, f"unknown series {series_id!r}", "id")
-            return {"id": series_id, "length": length, "model": self.name,
-                    "state_bytes": self.state_bytes, "patches": length // self.patch_len,
-                    "tail_points": length % self.patch_len}
-        entry = self._entry(series_id, create=False)
-        entry.touched = time.monotonic()
-        length = entry.length
+        else:
+            entry = self._entry(series_id, create=False)
+            entry.touched = time.monotonic()
+            length = entry.length
         return {"id": series_id, "length": length, "model": self.name,
                 "state_bytes": self.state_bytes, "patches": length // self.patch_len,
                 "tail_points": length % self.patch_len}

@@ -14,14 +14,14 @@ class BodySizeLimit:
 
     def __init__(self, app, max_bytes: int, timeout_s: float = 60.0):
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self._too_large = f"request body is larger than {max_bytes} bytes"
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send, 413, f"request body is larger than {self.max_bytes} "
-                                                 "bytes")
+            return await self._reject(send, 413, self._too_large)
         seen = 0
         deadline = None  # set at the first read of the body
         body_done = started = rejected = False
@@ -49,7 +49,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    await refuse(413, f"request body is larger than {self.max_bytes} bytes")
+                    await refuse(413, self._too_large)
                 body_done = not message.get("more_body", False)
             else:
                 body_done = True

@@ -51,11 +51,16 @@ def _echo(value) -> str:
     return text if len(text) <= 32 else f"{text[:12]}...({len(text)} digits)"
 
 
+def plain_digits(name: str) -> str:
+    """The message for a query integer that is not plain digits (pydantic's refusal or ours)."""
+    return f"{name} must be a whole number in plain digits"
+
+
 def error_message(error: dict) -> str:
     """A pydantic error's message, with the reason for the values' bound."""
     loc = tuple(error.get("loc", ()))
     if len(loc) == 2 and loc[0] == "query" and error.get("type", "").startswith("int_"):
-        return f"{loc[1]} must be a whole number in plain digits"  # (as app.check_plain_ints)
+        return plain_digits(loc[1])
     ctx = error.get("ctx") or {}
     limit = ctx.get("le", ctx.get("ge"))
     if (error.get("type") in ("less_than_equal", "greater_than_equal")
