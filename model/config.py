@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 
 POS_EMBEDDINGS = ("sinusoidal", "none")
+# Keys added after configs were first written: a config without them means the defaults (a model
+# without them), so older checkpoints keep loading.
+OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False}
 NORMALISATIONS = ("window", "causal")
 
 
@@ -32,6 +35,11 @@ class RimerConfig:
     norm: str = "window"
     norm_window: int = 64  # causal norm: statistics average over about this many recent patches
     norm_eps: float = 1e-5
+    # Levels (ascending, in (0, 1)) of the quantiles a second head predicts beside the mean; ().
+    quantiles: tuple[float, ...] = ()
+    # The network is told which input patches are its own forecasts (a learned vector added to
+    # their embedding), so a rollout can know it is extrapolating.
+    forecast_flag: bool = False
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -49,6 +57,14 @@ class RimerConfig:
             raise ValueError(f"config.pos_emb must be one of {POS_EMBEDDINGS}, got {self.pos_emb!r}")
         if self.norm not in NORMALISATIONS:
             raise ValueError(f"config.norm must be one of {NORMALISATIONS}, got {self.norm!r}")
+        if isinstance(self.quantiles, list):  # (as JSON gives it)
+            object.__setattr__(self, "quantiles", tuple(self.quantiles))
+        q = self.quantiles
+        if not isinstance(q, tuple) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                           or not 0 < v < 1 for v in q) or list(q) != sorted(set(q)):
+            raise ValueError(f"config.quantiles must be increasing levels in (0, 1), got {q!r}")
+        if not isinstance(self.forecast_flag, bool):
+            raise ValueError(f"config.forecast_flag must be true or false, got {self.forecast_flag!r}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
             raise ValueError("config.d_model must be even for the sinusoidal position embedding")
 
@@ -62,16 +78,19 @@ class RimerConfig:
         return self.norm == "causal"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["quantiles"] = list(self.quantiles)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> RimerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(data, dict):
             raise ValueError("a config is a JSON object")
-        unknown, missing = sorted(set(data) - known), sorted(known - set(data))
+        unknown = sorted(set(data) - known)
+        missing = sorted(known - set(data) - set(OPTIONAL_KEYS))
         if unknown:
             raise ValueError(f"unknown config keys: {unknown}")
         if missing:  # (a default would silently change the architecture the weights are for)
             raise ValueError(f"missing config keys: {missing}")
-        return cls(**data)
+        return cls(**{**OPTIONAL_KEYS, **data})

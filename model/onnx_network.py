@@ -30,6 +30,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,13 +85,19 @@ class Patches(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, xn, wkv, shift, n_patches=None):
+    def forward(self, xn, wkv, shift, extra1=None, extra2=None):
+        """extras, in order: n_patches [B] int64 for a model with sinusoidal positions, then
+        forecast [B] float (1: the patches are the model's own forecasts) for one with a
+        forecast flag."""
         bsz = xn.shape[0]
         zeros = torch.zeros(bsz, dtype=torch.int64)
-        state = RimerState(wkv=wkv, shift=shift, n_patches=zeros if n_patches is None else n_patches,
+        extra = [e for e in (extra1, extra2) if e is not None]
+        n_patches = extra.pop(0) if self.model.cfg.pos_emb == "sinusoidal" else zeros
+        forecast = extra.pop(0) if self.model.cfg.forecast_flag else False
+        state = RimerState(wkv=wkv, shift=shift, n_patches=n_patches,
                            tail=xn[:, 0], tail_len=zeros,
                            norm=torch.zeros(bsz, 2, dtype=torch.float64), next_patch=xn[:, 0])
-        return self.model._network(xn, state, None, GraphStep, check_positions=False)
+        return self.model._network(xn, state, None, GraphStep, check_positions=False, forecast=forecast)
 
 
 def export(weights: str | Path) -> Path:
@@ -99,7 +106,8 @@ def export(weights: str | Path) -> Path:
     model, manifest = checkpoint.load(weights, "cpu")
     cfg = model.cfg
     positions = cfg.pos_emb == "sinusoidal"
-    names = ["xn", "wkv", "shift"] + (["n_patches"] if positions else [])
+    names = (["xn", "wkv", "shift"] + (["n_patches"] if positions else [])
+             + (["forecast"] if cfg.forecast_flag else []))
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     started = time.perf_counter()
     graphs = {}
@@ -111,6 +119,8 @@ def export(weights: str | Path) -> Path:
                 torch.zeros(bsz, cfg.n_layers, cfg.d_model)]
         if positions:
             args.append(torch.zeros(bsz, dtype=torch.int64))
+        if cfg.forecast_flag:
+            args.append(torch.zeros(bsz))
         with torch.no_grad():
             torch.onnx.export(Patches(model).eval(), tuple(args), str(out), dynamo=True,
                               opset_version=OPSET, input_names=names,
@@ -174,13 +184,14 @@ class OnnxNetwork:
         self.sessions = sessions
         self.model = model
         self.positions = model.cfg.pos_emb == "sinusoidal"
+        self.forecast = False  # the current call's patches are forecasts (set by each call)
 
     @classmethod
     def for_checkpoint(cls, model: Rimer, weights: str | Path, threads: int = 1) -> OnnxNetwork:
         return cls(model, open_sessions(weights, threads))
 
     def __call__(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
-                 check_positions: bool = True):
+                 check_positions: bool = True, forecast: bool = False):
         """`Rimer._network`'s contract: xn [B, T, P] -> (outputs [B, T, P], new wkv, new shift);
         `valid`, a prefix of each row, or None. Each series runs its own patches CHUNK per call of
         the chunk graph while it has CHUNK left, then one per call of the one-patch graph: a
@@ -191,6 +202,7 @@ class OnnxNetwork:
         bsz, t, _ = xn.shape
         if self.positions and check_positions:
             self.model.check_positions(state.n_patches, t, valid.sum(1) if valid is not None else None)
+        self.forecast = forecast
         if valid is None or bool(valid.all()):  # every row the same schedule: plain slices
             return self._uniform(xn, state, t)
         counts = valid.sum(1)
@@ -212,12 +224,18 @@ class OnnxNetwork:
             if self.positions:  # (clamped as in _Run: past the table only unused rollout steps)
                 feeds["n_patches"] = (state.n_patches + step).clamp(
                     max=self.model.cfg.max_positions - n).numpy()
+            self._flag(feeds, xn.shape[0])
             pred, wkv, shift = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
             preds.append(pred)
             step += n
         if not preds:  # (no patches)
             return torch.zeros_like(xn), wkv, shift
         return (preds[0] if len(preds) == 1 else torch.cat(preds, dim=1)), wkv, shift
+
+    def _flag(self, feeds: dict, rows: int) -> None:
+        """The forecast flag's input, for a model that has one."""
+        if self.model.cfg.forecast_flag:
+            feeds["forecast"] = np.full(rows, 1.0 if self.forecast else 0.0, dtype=np.float32)
 
 
 class _Run:
@@ -245,6 +263,7 @@ class _Run:
             pos = (self.state.n_patches[rows] + at[:, 0]).clamp(
                 max=self.net.model.cfg.max_positions - n)
             feeds["n_patches"] = pos.numpy()
+        self.net._flag(feeds, len(rows))
         pred, new_wkv, new_shift = (torch.from_numpy(o)
                                     for o in self.net.sessions[n].run(None, feeds))
         if every:

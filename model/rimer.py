@@ -329,6 +329,19 @@ class Advance:
     state: RimerState
     preds: torch.Tensor  # [B, T, P] normalised forecast of the patch after each patch
     stats: torch.Tensor  # [B, T, 2] float64 mean, variance used for each patch
+    quantiles: torch.Tensor | None = None  # [B, T, Q, P] normalised, when asked for
+
+
+def quantile_values(mean: torch.Tensor, offsets: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """Quantiles [..., Q, P] that never cross, from the mean [..., P] and the head's raw offsets
+    [..., Q, P]: the level nearest 0.5 is the mean plus its offset; each level above adds a
+    positive step (softplus) to the one below it, each level below subtracts one."""
+    mid = min(range(len(levels)), key=lambda j: abs(levels[j] - 0.5))
+    steps = F.softplus(offsets)
+    centre = mean + offsets[..., mid, :]
+    up = centre[..., None, :] + torch.cumsum(steps[..., mid + 1:, :], dim=-2)
+    down = centre[..., None, :] - torch.cumsum(steps[..., :mid, :].flip(-2), dim=-2)
+    return torch.cat([down.flip(-2), centre[..., None, :], up], dim=-2)
 
 
 class Rimer(nn.Module):
@@ -342,6 +355,10 @@ class Rimer(nn.Module):
         self.embed = nn.Linear(cfg.patch_len, cfg.d_model, bias=False)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.head = nn.Linear(cfg.d_model, cfg.patch_len)
+        if cfg.forecast_flag:  # added to the embedding of the patches the model forecast itself
+            self.forecast_embed = nn.Parameter(torch.zeros(cfg.d_model))
+        if cfg.quantiles:  # per level, the offsets that quantiles.from_offsets orders
+            self.quantile_head = nn.Linear(cfg.d_model, cfg.patch_len * len(cfg.quantiles))
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
@@ -369,14 +386,27 @@ class Rimer(nn.Module):
     # ---- the network on normalised patches -------------------------------------------------
 
     def _network(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
-                 step: TorchStep | PoolStep, check_positions: bool = True):
+                 step: TorchStep | PoolStep, check_positions: bool = True, forecast: bool = False):
         """xn [B, T, P] normalised patches -> (outputs [B, T, P], new wkv or None, new shift).
 
         check_positions=False skips the (host-synchronising) position-table check: the caller's job.
+        forecast: the patches are the model's own forecasts (a rollout); told to the network where
+        its config has `forecast_flag`.
         """
+        preds, wkv, shift, _ = self._network_full(xn, state, valid, step, check_positions, forecast)
+        return preds, wkv, shift
+
+    def _network_full(self, xn, state, valid, step, check_positions=True, forecast=False,
+                      quantiles: bool = False):
+        """`_network`, and with `quantiles` also the quantile head's ordered outputs
+        [B, T, Q, P] (normalised units; None otherwise)."""
         cfg = self.cfg
         bsz, t, _ = xn.shape
         h = step.linear(xn, self.embed.weight)
+        if cfg.forecast_flag and isinstance(forecast, torch.Tensor):  # [B] 0/1 (the ONNX graphs)
+            h = h + forecast.to(h.dtype)[:, None, None] * self.forecast_embed
+        elif cfg.forecast_flag and forecast:
+            h = h + self.forecast_embed
         if cfg.pos_emb == "sinusoidal":
             if check_positions:
                 self.check_positions(state.n_patches, t, valid.sum(1) if valid is not None else None)
@@ -395,11 +425,18 @@ class Rimer(nn.Module):
             shift_out.append(torch.where((counts > 0)[:, None], last_in, state.shift[:, i]))
             wkv_out.append(wkv)
         new_wkv = torch.stack(wkv_out, dim=1) if state.wkv is not None else None
-        return step.linear(h, self.head.weight, self.head.bias), new_wkv, torch.stack(shift_out, dim=1)
+        preds = step.linear(h, self.head.weight, self.head.bias)
+        quants = None
+        if quantiles and cfg.quantiles:
+            offsets = step.linear(h, self.quantile_head.weight, self.quantile_head.bias)
+            quants = quantile_values(preds, offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len),
+                                     cfg.quantiles)
+        return preds, new_wkv, torch.stack(shift_out, dim=1), quants
 
     def _advance(self, state: RimerState, patches: torch.Tensor,
                  valid: torch.Tensor | None = None, step: TorchStep | PoolStep = TorchStep,
-                 check_positions: bool = True) -> Advance:
+                 check_positions: bool = True, forecast: bool = False,
+                 quantiles: bool = False) -> Advance:
         """Consume complete patches [B, T, P] (data units); valid [B, T] marks real ones, a prefix.
 
         Normalises (causal statistics are updated patch by patch), runs the network, and returns
@@ -418,17 +455,22 @@ class Rimer(nn.Module):
         mean = stats[..., 0:1]
         sd = normalisation.scale(stats[..., 1:2], cfg.norm_eps)
         xn = ((patches.double() - mean) / sd).to(patches.dtype)
-        if self.network_runtime is not None and step is TorchStep:  # the onnx backend
-            preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions)
+        quants = None
+        if self.network_runtime is not None and step is TorchStep and not quantiles:  # onnx backend
+            if forecast and self.cfg.forecast_flag:
+                preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions, forecast=True)
+            else:
+                preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions)
         else:
-            preds, wkv, shift = self._network(xn, state, valid, step, check_positions)
+            preds, wkv, shift, quants = self._network_full(xn, state, valid, step, check_positions,
+                                                           forecast, quantiles)
         if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
             last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
             return Advance(RimerState(wkv=wkv, shift=shift, n_patches=state.n_patches + t,
                                       tail=state.tail, tail_len=state.tail_len,
                                       norm=stats[:, -1].clone(),
                                       next_patch=last_pred.to(state.next_patch.dtype)),
-                           preds, stats)
+                           preds, stats, quants)
         counts = valid.sum(1) if valid is not None else torch.zeros(bsz, dtype=torch.int64,
                                                                     device=patches.device)
         last_idx = (counts - 1).clamp(min=0)
@@ -443,7 +485,7 @@ class Rimer(nn.Module):
             next_patch=torch.where(has_new, last_pred.to(state.next_patch.dtype),
                                    state.next_patch),
         )
-        return Advance(new_state, preds, stats)
+        return Advance(new_state, preds, stats, quants)
 
     # ---- form 1: whole history -------------------------------------------------------------
 
@@ -570,7 +612,8 @@ class Rimer(nn.Module):
         completed patch is fed back, and so on. Works on copies: `state` is unchanged.
         """
         return self._rollout(state, horizon,
-                             lambda s, patch: self._advance(s, patch, check_positions=False).state)
+                             lambda s, patch: self._advance(s, patch, check_positions=False,
+                                                            forecast=True).state)
 
     @torch.no_grad()
     def forecast_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
@@ -585,7 +628,8 @@ class Rimer(nn.Module):
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
         step = PoolStep(pool.wkv, scratch)
         return self._rollout(pool.select(slots, wkv=False), horizon,
-                             lambda s, patch: self._advance(s, patch, None, step, False).state)
+                             lambda s, patch: self._advance(s, patch, None, step, False,
+                                                            forecast=True).state)
 
     def _rollout(self, state: RimerState, horizon: int, advance) -> torch.Tensor:
         p = self.cfg.patch_len

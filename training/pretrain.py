@@ -31,8 +31,10 @@ import torch
 from model import checkpoint, cli
 from model.config import RimerConfig
 from model.rimer import Rimer
-from model.train import init_weights, learning_rate, next_patch_loss, progress
-from training import corpus, protocol, synth
+from model.train import init_weights, learning_rate, progress
+from training import corpus, losses, protocol, synth
+
+QUANTILES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995)
 
 
 class RealWindows:
@@ -135,7 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mixup", type=float, default=0.25, help="share of real windows that are TSMixup mixes")
     ap.add_argument("--long-term-weight", type=float, default=2.0,
                     help="how often each of ETTh1, ETTh2, ETTm1, weather is drawn against another source")
-    ap.add_argument("--loss", choices=("mse", "huber"), default="mse")
+    ap.add_argument("--quantiles", default=",".join(map(str, QUANTILES)),
+                    help="comma-separated levels of the quantile head ('' for none)")
+    ap.add_argument("--quantile-weight", type=float, default=1.0, help="pinball loss weight")
+    ap.add_argument("--forecast-flag", action=argparse.BooleanOptionalAction, default=True,
+                    help="tell the network which input patches are its own forecasts")
+    ap.add_argument("--ahead", type=cli.non_negative, default=8,
+                    help="most free-running patches scored after a window's history "
+                         "(0: teacher forcing only)")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--val-every", type=cli.positive, default=250)
     ap.add_argument("--val-windows", type=cli.positive, default=12)
@@ -158,9 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
     out = Path(args.out)
     try:
+        levels = tuple(float(v) for v in args.quantiles.split(",") if v.strip())
         cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
                           head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
-                          pos_emb="none", norm="causal", norm_window=args.norm_window)
+                          pos_emb="none", norm="causal", norm_window=args.norm_window,
+                          quantiles=levels, forecast_flag=args.forecast_flag)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)
@@ -225,7 +236,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     while step < args.steps and (not budget or time.time() - start < budget):
         long = args.long_every and step % args.long_every == args.long_every - 1
-        n = args.long_patches if long else int(rng.integers(args.min_patches, args.max_patches + 1)) + 1
+        ahead = 0 if long or not args.ahead else int(rng.integers(1, args.ahead + 1))
+        context = int(rng.integers(args.min_patches, args.max_patches + 1))
+        n = args.long_patches if long else context + max(ahead, 1)
         size = max(4, args.batch // 4) if long else args.batch
         n_syn = int(round(size * args.synthetic))
         parts = []
@@ -234,7 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         if size - n_syn:
             parts.append(torch.from_numpy(real.batch(size - n_syn, n * p)).to(dev))
         x = torch.cat(parts)
-        loss = next_patch_loss(model, x, bptt=args.bptt if long else 0, kind=args.loss)
+        loss = losses.window_loss(model, x, ahead, args.bptt if long else 0, args.quantile_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
