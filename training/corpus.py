@@ -4,7 +4,8 @@ Every series has exactly one role, fixed here and recorded in the weights' manif
 
 - "bench": a zero-shot benchmark series (training/zeroshot.py); never trained or validated on;
 - "val": model selection only (architecture, step); never trained on;
-- "train": pretraining.
+- "train": pretraining;
+- "held-out": used for nothing (shares a source file with a benchmark series).
 
 The four long-term benchmark datasets (ETTh1, ETTh2, ETTm1, weather) train on their train rows
 only and validate on their validation rows, so the standard protocol's test rows stay unseen.
@@ -133,7 +134,7 @@ def load(data_dir: str | Path = SHARED, package_data: bool = True) -> list[Serie
     if package_data:
         from training import package_series
 
-        out += package_series.load()
+        out += package_series.load(data_dir)
     keys = [s.key for s in out]
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate series keys in the corpus")
@@ -161,9 +162,9 @@ def manifest_entry(series: list[Series]) -> dict:
     """What the weights' manifest records: each source with its licence and roles."""
     sources: dict[str, dict] = {}
     for s in series:
-        src = sources.setdefault(s.source, {"licence": s.licence, "train": 0, "val": 0, "bench": []})
+        src = sources.setdefault(s.source, {"licence": s.licence})
         if s.role == "bench":
-            src["bench"].append(s.key)
+            src.setdefault("bench", []).append(s.key)
         else:
-            src[s.role] += 1
+            src[s.role] = src.get(s.role, 0) + 1
     return sources
