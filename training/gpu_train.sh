@@ -13,13 +13,14 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/out}"
 MINUTES="${MINUTES:-6}"
 DATA="${RIMER_DATA_DIR:-../shared/data}"
-WORK="${TMPDIR:-/tmp}/rimer_gpu_train"
+WORK="${WORK:-${TMPDIR:-/tmp}/rimer_gpu_train}"
 DEVICE="${DEVICE:-cuda}"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 VARIANTS="${VARIANTS:-d128-l2:--d-model 128 --layers 2 --batch 1024
 d256-l2:--d-model 256 --layers 2 --batch 768
+d128-l2-mean:--d-model 128 --layers 2 --batch 1024 --quantiles=
 d256-l3:--d-model 256 --layers 3 --batch 512}"
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
@@ -27,6 +28,7 @@ d256-l3:--d-model 256 --layers 3 --batch 512}"
 } 2>&1 | tee "$OUT/train_env.log"
 
 last=$(echo "$VARIANTS" | tail -n 1)
+rm -rf "$WORK/smoke"
 echo "smoke: ${last%%:*}" | tee -a "$OUT/train_env.log"
 # shellcheck disable=SC2086
 if ! timeout 120 "$PY" -m training.pretrain --device "$DEVICE" --data-dir "$DATA" --out "$WORK/smoke" \

@@ -13,10 +13,31 @@ from __future__ import annotations
 
 import torch
 
-from model.rimer import Advance, Rimer
+from model.rimer import Advance, Rimer, TorchStep
 from model.state import RimerState
+from model.wkv import wkv7_chunk, wkv7_recurrent
 
 TARGET_CLIP = 10.0
+CHUNK = 16  # patches per chunk of the recurrence in training (model/wkv.py: exact up to ~16)
+
+
+class ChunkStep(TorchStep):
+    """The torch step with the recurrence computed CHUNK patches at a time where every patch is
+    valid (`wkv7_chunk`: the matrices read and written once per chunk instead of a few times per
+    patch, and a few dozen operators per chunk instead of per patch); the same function as the
+    reference recurrence to float rounding, and differentiable."""
+
+    @staticmethod
+    def recurrence(layer: int, r, w, k, v, a, b, wkv: torch.Tensor, valid: torch.Tensor | None):
+        t = r.shape[1]
+        if valid is not None or t == 1:
+            return wkv7_recurrent(r, w, k, v, a, b, wkv, valid)
+        outs = []
+        for lo in range(0, t, CHUNK):
+            sl = slice(lo, lo + CHUNK)
+            o, wkv = wkv7_chunk(r[:, sl], w[:, sl], k[:, sl], v[:, sl], a[:, sl], b[:, sl], wkv)
+            outs.append(o)
+        return torch.cat(outs, dim=1), wkv
 
 
 def _normalised_target(adv: Advance, target: torch.Tensor, eps: float) -> torch.Tensor:
@@ -58,7 +79,7 @@ def window_loss(model: Rimer, x: torch.Tensor, ahead: int = 0, bptt: int = 0,
     step = bptt if bptt > 0 else context
     for lo in range(0, context, step):
         hi = min(lo + step, context)
-        adv = model._advance(state, patches[:, lo:hi], quantiles=want_q)
+        adv = model._advance(state, patches[:, lo:hi], step=ChunkStep, quantiles=want_q)
         err, cnt = _errors(model, adv, patches[:, lo + 1: hi + 1], quantile_weight)
         total, count = total + err, count + cnt
         state = adv.state
