@@ -19,9 +19,9 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT" "$WORK"
 VARIANTS="${VARIANTS:-d128-l2:--d-model 128 --layers 2 --batch 1024
-d256-l2:--d-model 256 --layers 2 --batch 768
+d128-l2-tf:--d-model 128 --layers 2 --batch 1024 --ahead 0 --no-forecast-flag
 d128-l2-mean:--d-model 128 --layers 2 --batch 1024 --quantiles=
-d256-l3:--d-model 256 --layers 3 --batch 512}"
+d256-l2:--d-model 256 --layers 2 --batch 768}"
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
   "$PY" -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
