@@ -178,6 +178,19 @@ def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tens
     return io
 
 
+def joined_patch(pool, slots, values, counts) -> torch.Tensor:
+    """The points [B, P] of the patch each row's tail and new values make (the first P of them;
+    meaningful where that patch completes), before the step changes the tail: what the lag head
+    appends to a series' history. Torch operators, no host synchronisation."""
+    p = pool.tail.shape[1]
+    tail, tail_len = pool.tail.index_select(0, slots), pool.tail_len.index_select(0, slots)
+    j = torch.arange(p, device=values.device)[None]
+    rel = (j - tail_len[:, None]).clamp(min=0)
+    if values.shape[1] < p:
+        values = F.pad(values, (0, p - values.shape[1]))
+    return torch.where(j < tail_len[:, None], tail, values[:, :p].gather(1, rel))
+
+
 def prologue_reference(pool, slots, values, counts, embed, pe, consts, causal: bool) -> StepIO:
     """The same in PyTorch: the unfused step_slots' join and model/normalisation's statistics."""
     from model import normalisation

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 POS_EMBEDDINGS = ("sinusoidal", "none")
 # Keys added after configs were first written: a config without them means the defaults (a model
 # without them), so older checkpoints keep loading.
-OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False}
+OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0}
 NORMALISATIONS = ("window", "causal")
 
 
@@ -40,6 +40,11 @@ class RimerConfig:
     # The network is told which input patches are its own forecasts (a learned vector added to
     # their embedding), so a rollout can know it is extrapolating.
     forecast_flag: bool = False
+    # Points of history (0: none) the lag head reads: the next patch mixes the network's output
+    # with a learned weighted sum of the points 1 patch to lag_window points back (a seasonal copy
+    # the network can point at, period-aligned at any period, which the recurrence alone recalls
+    # poorly). The state keeps those points.
+    lag_window: int = 0
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -63,6 +68,9 @@ class RimerConfig:
         if not isinstance(q, tuple) or any(isinstance(v, bool) or not isinstance(v, (int, float))
                                            or not 0 < v < 1 for v in q) or list(q) != sorted(set(q)):
             raise ValueError(f"config.quantiles must be increasing levels in (0, 1), got {q!r}")
+        if isinstance(self.lag_window, bool) or not isinstance(self.lag_window, int) or (
+                self.lag_window and self.lag_window < 2 * self.patch_len) or self.lag_window < 0:
+            raise ValueError(f"config.lag_window must be 0 or at least two patches, got {self.lag_window!r}")
         if not isinstance(self.forecast_flag, bool):
             raise ValueError(f"config.forecast_flag must be true or false, got {self.forecast_flag!r}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:

@@ -97,7 +97,14 @@ class Patches(nn.Module):
         state = RimerState(wkv=wkv, shift=shift, n_patches=n_patches,
                            tail=xn[:, 0], tail_len=zeros,
                            norm=torch.zeros(bsz, 2, dtype=torch.float64), next_patch=xn[:, 0])
-        return self.model._network(xn, state, None, GraphStep, check_positions=False, forecast=forecast)
+        preds, wkv, shift, heads = self.model._network_full(xn, state, None, GraphStep,
+                                                            check_positions=False, forecast=forecast)
+        return (preds, wkv, shift, *(heads[name] for name in head_names(self.model)))
+
+
+def head_names(model: Rimer) -> list[str]:
+    """The extra heads a model's graphs output after pred, wkv_out and shift_out, in order."""
+    return [name for name, on in (("lag", model.cfg.lag_window), ("quantile", model.cfg.quantiles)) if on]
 
 
 def export(weights: str | Path) -> Path:
@@ -124,7 +131,7 @@ def export(weights: str | Path) -> Path:
         with torch.no_grad():
             torch.onnx.export(Patches(model).eval(), tuple(args), str(out), dynamo=True,
                               opset_version=OPSET, input_names=names,
-                              output_names=["pred", "wkv_out", "shift_out"],
+                              output_names=["pred", "wkv_out", "shift_out"] + head_names(model),
                               dynamic_shapes=tuple({0: batch} for _ in args), optimize=True,
                               external_data=False, verbose=False)
         graphs[out.name] = {"patches": patches, "sha256": checkpoint.sha256_of(out)}
@@ -185,6 +192,7 @@ class OnnxNetwork:
         self.model = model
         self.positions = model.cfg.pos_emb == "sinusoidal"
         self.forecast = False  # the current call's patches are forecasts (set by each call)
+        self.heads = head_names(model)
 
     @classmethod
     def for_checkpoint(cls, model: Rimer, weights: str | Path, threads: int = 1) -> OnnxNetwork:
@@ -217,6 +225,7 @@ class OnnxNetwork:
 
     def _uniform(self, xn: torch.Tensor, state: RimerState, t: int):
         wkv, shift, preds, step = state.wkv, state.shift, [], 0
+        extra = {name: [] for name in self.heads}
         while step < t:
             n = CHUNK if CHUNK in self.sessions and t - step >= CHUNK else 1
             feeds = {"xn": xn[:, step:step + n].contiguous().numpy(),
@@ -225,12 +234,22 @@ class OnnxNetwork:
                 feeds["n_patches"] = (state.n_patches + step).clamp(
                     max=self.model.cfg.max_positions - n).numpy()
             self._flag(feeds, xn.shape[0])
-            pred, wkv, shift = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
+            pred, wkv, shift, *more = (torch.from_numpy(o) for o in self.sessions[n].run(None, feeds))
             preds.append(pred)
+            for name, value in zip(self.heads, more):
+                extra[name].append(value)
             step += n
         if not preds:  # (no patches)
-            return torch.zeros_like(xn), wkv, shift
-        return (preds[0] if len(preds) == 1 else torch.cat(preds, dim=1)), wkv, shift
+            return self._result(torch.zeros_like(xn), wkv, shift, {})
+
+        def joined(parts):
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        return self._result(joined(preds), wkv, shift, {k: joined(v) for k, v in extra.items()})
+
+    def _result(self, preds, wkv, shift, heads: dict):
+        """`_network`'s triple, and the heads' outputs for a model that has heads."""
+        return (preds, wkv, shift, heads) if self.heads else (preds, wkv, shift)
 
     def _flag(self, feeds: dict, rows: int) -> None:
         """The forecast flag's input, for a model that has one."""
@@ -247,6 +266,7 @@ class _Run:
         self.wkv, self.shift = state.wkv, state.shift
         self.owned = False  # wkv and shift are still the caller's (copied before a partial update)
         self.preds: torch.Tensor | None = None
+        self.extra: dict[str, torch.Tensor] = {}
 
     def __call__(self, n: int, rows_mask: torch.Tensor, starts: torch.Tensor) -> None:
         bsz, t, _ = self.xn.shape
@@ -264,8 +284,12 @@ class _Run:
                 max=self.net.model.cfg.max_positions - n)
             feeds["n_patches"] = pos.numpy()
         self.net._flag(feeds, len(rows))
-        pred, new_wkv, new_shift = (torch.from_numpy(o)
-                                    for o in self.net.sessions[n].run(None, feeds))
+        pred, new_wkv, new_shift, *more = (torch.from_numpy(o)
+                                           for o in self.net.sessions[n].run(None, feeds))
+        for name, value in zip(self.net.heads, more):
+            if name not in self.extra:
+                self.extra[name] = torch.zeros(bsz, t, value.shape[-1], dtype=value.dtype)
+            self.extra[name][rows[:, None], at] = value
         if every:
             self.wkv, self.shift, self.owned = new_wkv, new_shift, True
         else:
@@ -281,7 +305,7 @@ class _Run:
 
     def outputs(self):
         preds = self.preds if self.preds is not None else torch.zeros_like(self.xn)
-        return preds, self.wkv, self.shift
+        return self.net._result(preds, self.wkv, self.shift, self.extra)
 
 
 def main(argv: list[str] | None = None) -> None:

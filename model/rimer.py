@@ -332,6 +332,30 @@ class Advance:
     quantiles: torch.Tensor | None = None  # [B, T, Q, P] normalised, when asked for
 
 
+def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
+             logits: torch.Tensor) -> torch.Tensor:
+    """For each patch n of a chunk, the next patch's points as a weighted sum of earlier points:
+    point i (1..P) of patch n + 1 is sum_k a_k x[end_n + i - k] over lags k = P .. W, where
+    end_n is the last point of patch n, a = softmax(logits[n]) over the lags that reach no further
+    back than the series' first point, and x runs over `history` (the W points before the chunk)
+    and then the chunk's patches. history [B, W]; patches [B, T, P]; n_before [B] complete patches
+    before the chunk; logits [B, T, W - P + 1]. Returns [B, T, P] in the data's units."""
+    bsz, t, p = patches.shape
+    w = history.shape[1]
+    n_lags = w - p + 1
+    dev = patches.device
+    ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1)
+    n = torch.arange(t, device=dev)[:, None, None]
+    i = torch.arange(1, p + 1, device=dev)[None, :, None]
+    j = torch.arange(n_lags, device=dev)[None, None, :]
+    values = ext[:, w + n * p - 1 + i - j]  # [B, T, P, lags]: lag P + j for point i of patch n + 1
+    seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
+    reach = (p + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
+    weights = torch.softmax(logits.float().masked_fill(~reach, float("-inf")), dim=-1)
+    # (a product and a sum per row, not a batched matmul: the same bits for a row whatever its batch)
+    return (values * weights.to(values.dtype)[:, :, None, :]).sum(-1)
+
+
 def quantile_values(mean: torch.Tensor, offsets: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
     """Quantiles [..., Q, P] that never cross, from the mean [..., P] and the head's raw offsets
     [..., Q, P]: the level nearest 0.5 is the mean plus its offset; each level above adds a
@@ -359,6 +383,8 @@ class Rimer(nn.Module):
             self.forecast_embed = nn.Parameter(torch.zeros(cfg.d_model))
         if cfg.quantiles:  # per level, the offsets that quantiles.from_offsets orders
             self.quantile_head = nn.Linear(cfg.d_model, cfg.patch_len * len(cfg.quantiles))
+        if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point
+            self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len)
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
@@ -396,10 +422,10 @@ class Rimer(nn.Module):
         preds, wkv, shift, _ = self._network_full(xn, state, valid, step, check_positions, forecast)
         return preds, wkv, shift
 
-    def _network_full(self, xn, state, valid, step, check_positions=True, forecast=False,
-                      quantiles: bool = False):
-        """`_network`, and with `quantiles` also the quantile head's ordered outputs
-        [B, T, Q, P] (normalised units; None otherwise)."""
+    def _network_full(self, xn, state, valid, step, check_positions=True, forecast=False):
+        """`_network`, and the extra heads' raw outputs read off the last block's output:
+        {"lag": [B, T, lags + P] (lag logits, then gate logits), "quantile": [B, T, Q P] (offsets)}
+        for the heads the config has (an empty dict for a model with neither)."""
         cfg = self.cfg
         bsz, t, _ = xn.shape
         h = step.linear(xn, self.embed.weight)
@@ -426,12 +452,16 @@ class Rimer(nn.Module):
             wkv_out.append(wkv)
         new_wkv = torch.stack(wkv_out, dim=1) if state.wkv is not None else None
         preds = step.linear(h, self.head.weight, self.head.bias)
-        quants = None
-        if quantiles and cfg.quantiles:
-            offsets = step.linear(h, self.quantile_head.weight, self.quantile_head.bias)
-            quants = quantile_values(preds, offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len),
-                                     cfg.quantiles)
-        return preds, new_wkv, torch.stack(shift_out, dim=1), quants
+        return preds, new_wkv, torch.stack(shift_out, dim=1), self._heads(h, step.linear)
+
+    def _heads(self, h: torch.Tensor, linear) -> dict[str, torch.Tensor]:
+        """The lag and quantile heads' raw outputs from the last block's output h [..., D]."""
+        out = {}
+        if self.cfg.lag_window:
+            out["lag"] = linear(h, self.lag_head.weight, self.lag_head.bias)
+        if self.cfg.quantiles:
+            out["quantile"] = linear(h, self.quantile_head.weight, self.quantile_head.bias)
+        return out
 
     def _advance(self, state: RimerState, patches: torch.Tensor,
                  valid: torch.Tensor | None = None, step: TorchStep | PoolStep = TorchStep,
@@ -456,20 +486,27 @@ class Rimer(nn.Module):
         sd = normalisation.scale(stats[..., 1:2], cfg.norm_eps)
         xn = ((patches.double() - mean) / sd).to(patches.dtype)
         quants = None
-        if self.network_runtime is not None and step is TorchStep and not quantiles:  # onnx backend
-            if forecast and self.cfg.forecast_flag:
-                preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions, forecast=True)
-            else:
-                preds, wkv, shift = self.network_runtime(xn, state, valid, check_positions)
+        if self.network_runtime is not None and step is TorchStep:  # the onnx backend
+            kw = {"forecast": True} if forecast and cfg.forecast_flag else {}
+            preds, wkv, shift, *rest = self.network_runtime(xn, state, valid, check_positions, **kw)
+            heads = rest[0] if rest else {}
         else:
-            preds, wkv, shift, quants = self._network_full(xn, state, valid, step, check_positions,
-                                                           forecast, quantiles)
+            preds, wkv, shift, heads = self._network_full(xn, state, valid, step, check_positions,
+                                                          forecast)
+        history = state.history
+        if cfg.lag_window:
+            preds, history = self._lag_mix(preds, heads["lag"], patches, state, valid, mean, sd)
+        offsets = heads.get("quantile")
+        if quantiles and cfg.quantiles:
+            quants = quantile_values(preds, offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len),
+                                     cfg.quantiles)
         if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
             last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
             return Advance(RimerState(wkv=wkv, shift=shift, n_patches=state.n_patches + t,
                                       tail=state.tail, tail_len=state.tail_len,
                                       norm=stats[:, -1].clone(),
-                                      next_patch=last_pred.to(state.next_patch.dtype)),
+                                      next_patch=last_pred.to(state.next_patch.dtype), history=history,
+                                      quantile_offsets=offsets[:, -1] if cfg.quantiles else None),
                            preds, stats, quants)
         counts = valid.sum(1) if valid is not None else torch.zeros(bsz, dtype=torch.int64,
                                                                     device=patches.device)
@@ -484,8 +521,34 @@ class Rimer(nn.Module):
             norm=torch.where(has_new, stats[rows, last_idx], state.norm),
             next_patch=torch.where(has_new, last_pred.to(state.next_patch.dtype),
                                    state.next_patch),
+            history=history,
+            quantile_offsets=(torch.where(has_new, offsets[rows, last_idx], state.quantile_offsets)
+                              if cfg.quantiles else None),
         )
         return Advance(new_state, preds, stats, quants)
+
+    def _lag_mix(self, preds, out, patches, state: RimerState, valid, mean, sd):
+        """The lag head: each patch's forecast of the next becomes a per-point gated mix of the
+        network's output and a weighted sum of the points 1 patch to lag_window points back (the
+        weights a softmax over those lags, from the last block's output; lags reaching before the
+        series' first point excluded). Returns the mixed forecasts (normalised units) and the
+        history after the chunk (its last lag_window points of complete patches). `out` is the lag
+        head's raw output [B, T, lags + P]."""
+        cfg = self.cfg
+        p, w = cfg.patch_len, cfg.lag_window
+        n_lags = w - p + 1
+        copy = lag_copy(state.history, patches, state.n_patches, out[..., :n_lags])
+        gate = torch.sigmoid(out[..., n_lags:])
+        copy_n = ((copy.double() - mean) / sd).to(preds.dtype)
+        mixed = preds + gate * (copy_n - preds)
+        bsz, t, _ = patches.shape
+        ext = torch.cat([state.history, patches.reshape(bsz, t * p).to(state.history.dtype)], dim=1)
+        if valid is None:
+            history = ext[:, t * p:]
+        else:
+            start = valid.sum(1) * p
+            history = ext.gather(1, start[:, None] + torch.arange(w, device=ext.device)[None])
+        return mixed, history
 
     # ---- form 1: whole history -------------------------------------------------------------
 
@@ -538,7 +601,8 @@ class Rimer(nn.Module):
         return RimerState(wkv=state.wkv, shift=state.shift, n_patches=state.n_patches,
                           tail=split.tail.to(state.tail.device),
                           tail_len=split.tail_len.to(state.tail.device), norm=state.norm,
-                          next_patch=state.next_patch)
+                          next_patch=state.next_patch, history=state.history,
+                          quantile_offsets=state.quantile_offsets)
 
     # ---- form 2 on a pool of states (triton backend), in place ----------------------------
 
@@ -581,6 +645,7 @@ class Rimer(nn.Module):
         from kernels import step_io
 
         consts = self._step_consts(values.device)
+        patch = step_io.joined_patch(pool, slots, values, counts) if self.cfg.lag_window else None
         io = step_io.prologue(pool, slots, values, counts, self.embed.weight,
                               self.pe if self.cfg.pos_emb == "sinusoidal" else None,
                               consts, self.cfg.norm == "causal")
@@ -591,6 +656,34 @@ class Rimer(nn.Module):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
                                             keep=(pool.shift[:, i], slots, io.done), x_in=False,
                                             epilogue=last if i == len(self.blocks) - 1 else None)
+        if self.cfg.lag_window or self.cfg.quantiles:
+            self._pool_heads(pool, slots, patch, io, h, step.linear)
+
+    def _pool_heads(self, pool: RimerState, slots, patch, io, h, linear) -> None:
+        """After a one-patch pool step (its epilogue wrote the head's forecast), the extra heads:
+        the lag head's mix into next_patch and the history, and the quantile offsets, for the rows
+        whose patch completed (torch operators without host synchronisation: capturable)."""
+        done = (io.done > 0)[:, None]
+        heads = self._heads(h, linear)
+        if self.cfg.lag_window:
+            p, w = self.cfg.patch_len, self.cfg.lag_window
+            n_lags = w - p + 1
+            history = pool.history.index_select(0, slots)
+            out = heads["lag"][:, None]
+            copy = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags])[:, 0]
+            gate = torch.sigmoid(out[:, 0, n_lags:])
+            mean = io.stats[:, 0:1]
+            sd = normalisation.scale(io.stats[:, 1:2], self.cfg.norm_eps)
+            preds = linear(h, self.head.weight, self.head.bias)
+            mixed = preds + gate * (((copy.double() - mean) / sd).to(preds.dtype) - preds)
+            forecast = (mixed.double() * sd + mean).to(pool.next_patch.dtype)
+            pool.next_patch.index_copy_(0, slots, torch.where(done, forecast,
+                                                               pool.next_patch.index_select(0, slots)))
+            shifted = torch.cat([history[:, p:], patch], dim=1)
+            pool.history.index_copy_(0, slots, torch.where(done, shifted, history))
+        if self.cfg.quantiles:
+            old = pool.quantile_offsets.index_select(0, slots)
+            pool.quantile_offsets.index_copy_(0, slots, torch.where(done, heads["quantile"], old))
 
     def _step_consts(self, device) -> torch.Tensor:
         """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument
@@ -605,19 +698,22 @@ class Rimer(nn.Module):
     # ---- form 3: forecast rollout ----------------------------------------------------------
 
     @torch.no_grad()
-    def forecast(self, state: RimerState, horizon: int) -> torch.Tensor:
-        """The next `horizon` points of each series [B, horizon], autoregressively.
+    def forecast(self, state: RimerState, horizon: int, quantiles: bool = False):
+        """The next `horizon` points of each series [B, horizon], autoregressively; with
+        `quantiles` (a model with a quantile head) also their quantiles [B, Q, horizon] at the
+        config's levels, each forecast patch's from the step that forecast it.
 
         The model's forecast of the current patch is used for its points not yet seen; the
         completed patch is fed back, and so on. Works on copies: `state` is unchanged.
         """
         return self._rollout(state, horizon,
                              lambda s, patch: self._advance(s, patch, check_positions=False,
-                                                            forecast=True).state)
+                                                            forecast=True, quantiles=quantiles),
+                             quantiles)
 
     @torch.no_grad()
     def forecast_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
-                       scratch: torch.Tensor) -> torch.Tensor:
+                       scratch: torch.Tensor, quantiles: bool = False):
         """`forecast` for the states in rows `slots` of `pool` [len(slots), horizon].
 
         The matrices are copied into the rows `scratch` (as many, distinct, none of `slots`) and the
@@ -629,29 +725,53 @@ class Rimer(nn.Module):
         step = PoolStep(pool.wkv, scratch)
         return self._rollout(pool.select(slots, wkv=False), horizon,
                              lambda s, patch: self._advance(s, patch, None, step, False,
-                                                            forecast=True).state)
+                                                            forecast=True, quantiles=quantiles),
+                             quantiles)
 
-    def _rollout(self, state: RimerState, horizon: int, advance) -> torch.Tensor:
+    def next_quantiles(self, state: RimerState) -> torch.Tensor:
+        """Quantiles [B, Q, P] (data units) of the next patch: what the quantile head said at the
+        last step (the state keeps its offsets), around the state's forecast of that patch."""
+        mean, var = state.norm[:, 0:1], state.norm[:, 1:2]
+        sd = normalisation.scale(var, self.cfg.norm_eps)
+        centre = ((state.next_patch.double() - mean) / sd).float()
+        offsets = state.quantile_offsets.view(-1, len(self.cfg.quantiles), self.cfg.patch_len)
+        q = quantile_values(centre, offsets, self.cfg.quantiles)
+        return (q.double() * sd[:, None] + mean[:, None]).float()
+
+    def _rollout(self, state: RimerState, horizon: int, advance, quantiles: bool = False):
         p = self.cfg.patch_len
         if horizon < 1:
             raise ValueError("horizon must be at least 1")
         if bool((state.n_patches < 1).any()):
             raise ValueError(f"a forecast needs at least one complete patch ({p} points)")
+        if quantiles and not self.cfg.quantiles:
+            raise ValueError("this model has no quantile head")
         r = state.tail_len
         need = (horizon + r + p - 1) // p  # patches of output each row uses
         steps = int(need.max())
         if self.cfg.pos_emb == "sinusoidal":  # each row's own steps (the others' are discarded)
             self.check_positions(state.n_patches, 0, need - 1)
         pieces = [state.next_patch]
+        qpieces = [self.next_quantiles(state)] if quantiles else []
         cols = torch.arange(p, device=r.device)[None]
         patch = torch.where(cols < r[:, None], state.tail, state.next_patch)
         for _ in range(steps - 1):
-            state = advance(state, patch[:, None])
+            adv = advance(state, patch[:, None])
+            state = adv.state
             patch = state.next_patch
             pieces.append(patch)
+            if quantiles:
+                stats = adv.stats[:, -1]
+                sd = normalisation.scale(stats[:, 1:2], self.cfg.norm_eps)
+                qpieces.append((adv.quantiles[:, -1].double() * sd[:, None]
+                                + stats[:, None, 0:1]).float())
         flat = torch.cat(pieces, dim=1)
         idx = r[:, None] + torch.arange(horizon, device=r.device)[None]
-        return flat.gather(1, idx)
+        mean = flat.gather(1, idx)
+        if not quantiles:
+            return mean
+        qflat = torch.cat(qpieces, dim=2)
+        return mean, qflat.gather(2, idx[:, None].expand(-1, qflat.shape[1], -1))
 
 
 class _Split:

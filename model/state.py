@@ -13,6 +13,8 @@ Triton kernel (kernels/wkv7_pool.py) updates `pool.wkv[slots]` in place.
 | `tail_len`   | [B]                       | int64   | how many points of `tail` are real, 0 <= . < P       |
 | `norm`       | [B, 2]                    | float64 | normalisation statistics: mean, variance             |
 | `next_patch` | [B, P]                    | float32 | the model's forecast of the next patch, data units   |
+| `history`    | [B, lag_window]           | float32 | the last points of complete patches (lag models only)|
+| `quantile_offsets` | [B, Q P]            | float32 | the quantile head's output at the last patch        |
 
 `next_patch` is kept because the forecast of patch n+1 is the output at patch n, which cannot
 be recomputed from the recurrent matrices alone without re-reading patch n.
@@ -41,6 +43,8 @@ class RimerState:
     tail_len: torch.Tensor
     norm: torch.Tensor
     next_patch: torch.Tensor
+    history: torch.Tensor | None = None  # only for a config with lag_window (None otherwise)
+    quantile_offsets: torch.Tensor | None = None  # only for a config with quantiles (None otherwise)
 
     @classmethod
     def zeros(cls, cfg: RimerConfig, batch: int, device: torch.device | str = "cpu") -> RimerState:
@@ -53,6 +57,9 @@ class RimerState:
             tail_len=torch.zeros(batch, dtype=torch.int64, device=device),
             norm=torch.zeros(batch, 2, dtype=torch.float64, device=device),
             next_patch=torch.zeros(batch, p, device=device),
+            history=torch.zeros(batch, cfg.lag_window, device=device) if cfg.lag_window else None,
+            quantile_offsets=(torch.zeros(batch, p * len(cfg.quantiles), device=device)
+                              if cfg.quantiles else None),
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -96,7 +103,8 @@ class RimerState:
 
     @classmethod
     def cat(cls, states: list[RimerState]) -> RimerState:
-        return cls(**{f.name: torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
+        return cls(**{f.name: None if getattr(states[0], f.name) is None
+                      else torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
 
     def nbytes_per_series(self) -> int:
         """Bytes one series' state occupies; independent of its history length."""

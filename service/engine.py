@@ -111,9 +111,6 @@ def _rounds(ops: list[Op]) -> list[list[Op]]:
     return rounds
 
 
-_SMALL_FIELDS = ("shift", "n_patches", "tail", "tail_len", "norm", "next_patch")
-
-
 class Journal(Protocol):
     """What the engine needs of a write-ahead log (service/store.py's WriteAheadLog)."""
 
@@ -478,12 +475,13 @@ class Engine:
         out = []
         for a in range(0, len(states), EXPORT_CHUNK):
             old = states[a:a + EXPORT_CHUNK]
-            small = {f: torch.cat([getattr(s, f) for s in old]) for f in _SMALL_FIELDS}
+            fields = [f for f in old[0].tensors() if f != "wkv"]  # (history etc. where the model has them)
+            small = {f: torch.cat([getattr(s, f) for s in old]) for f in fields}
             new = self.model.append(RimerState(wkv=None, **small),
                                     [torch.tensor(v, dtype=torch.float32)
                                      for v in values[a:a + EXPORT_CHUNK]])
             rows = {f: t.split(1) for f, t in new.tensors().items()}
-            out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in _SMALL_FIELDS})
+            out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in fields})
                     for b, s in enumerate(old)]
         return out
 

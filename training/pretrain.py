@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quantile-weight", type=float, default=1.0, help="pinball loss weight")
     ap.add_argument("--forecast-flag", action=argparse.BooleanOptionalAction, default=True,
                     help="tell the network which input patches are its own forecasts")
+    ap.add_argument("--lag-window", type=cli.non_negative, default=0,
+                    help="points the lag head reads back (0: no lag head; see model/config.py)")
     ap.add_argument("--ahead", type=cli.non_negative, default=8,
                     help="most free-running patches scored after a window's history "
                          "(0: teacher forcing only)")
@@ -199,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = RimerConfig(patch_len=args.patch_len, d_model=args.d_model, n_layers=args.layers,
                           head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
                           pos_emb="none", norm="causal", norm_window=args.norm_window,
-                          quantiles=levels, forecast_flag=args.forecast_flag)
+                          quantiles=levels, forecast_flag=args.forecast_flag,
+                          lag_window=args.lag_window)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)

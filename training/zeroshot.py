@@ -19,6 +19,7 @@ forecast.png to `--out`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -79,18 +80,43 @@ def check_task(name: str, hist: np.ndarray, truth: np.ndarray, periods) -> proto
                          tuple(periods))
 
 
-def evaluate(model, tasks: list[protocol.Task], workers: int, progress=print) -> dict:
-    """{task key: {method: {horizon: mse}}} for the model, the naive methods and statsforecast's."""
+def task_digest(task: protocol.Task) -> str:
+    """What a task's statistical forecasts depend on: its windows, horizons, periods and the
+    statsforecast release."""
+    from importlib.metadata import version
+
+    h = hashlib.sha256(f"{version('statsforecast')}|{task.horizons}|{task.periods}".encode())
+    for hist in task.histories:
+        h.update(np.ascontiguousarray(hist, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(task.truth).tobytes())
+    return h.hexdigest()[:24]
+
+
+def evaluate(model, tasks: list[protocol.Task], workers: int, progress=print,
+             cache: Path | None = None) -> dict:
+    """{task key: {method: {horizon: mse}}} for the model, the naive methods and statsforecast's.
+    `cache`: a directory keeping statsforecast's forecasts by task digest (they do not depend on
+    the model; for development runs, the published report is made without it)."""
     results = {}
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-        stats = [pool.submit(stat_forecasts, task) for task in tasks]
+        stats = []
+        for task in tasks:
+            path = cache / f"{task_digest(task)}.npz" if cache else None
+            stats.append(path if path and path.is_file() else pool.submit(stat_forecasts, task))
         for task, fut in zip(tasks, stats):
             t0 = time.time()
             rimer = protocol.model_forecast(model, task)
             _, naive = protocol.naive_scores(task)
             row = {"rimer": protocol.mse_by_horizon(task, rimer), **naive}
-            forecasts = {"rimer": rimer, **fut.result()}
+            if isinstance(fut, Path):
+                stat = dict(np.load(fut))
+            else:
+                stat = fut.result()
+                if cache:
+                    cache.mkdir(parents=True, exist_ok=True)
+                    np.savez(cache / f"{task_digest(task)}.npz", **stat)
+            forecasts = {"rimer": rimer, **stat}
             for name in STAT_METHODS:
                 row[name] = protocol.mse_by_horizon(task, forecasts[name])
             results[task.key] = {"mse": row, "windows": len(task.histories),
@@ -196,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lookback", type=cli.positive, default=protocol.LOOKBACK)
     ap.add_argument("--workers", type=cli.positive, default=2, help="processes fitting statsforecast")
     ap.add_argument("--threads", type=cli.non_negative, default=1, help="torch threads (0: default)")
+    ap.add_argument("--stat-cache", default=None,
+                    help="directory keeping statsforecast's forecasts between runs (development)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,9 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
     tasks, info = bench_tasks(args.windows, args.lookback)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"{len(tasks)} series, {sum(len(t.histories) for t in tasks)} windows")
-    results = evaluate(model, tasks, args.workers, log)
+    cache = Path(args.stat_cache) if args.stat_cache else None
+    results = evaluate(model, tasks, args.workers, log, cache)
     check_list = [check_task(k, *v) for k, v in synthetic_checks().items()]
-    checks = evaluate(model, check_list, args.workers, log)
+    checks = evaluate(model, check_list, args.workers, log, cache)
     summary = summarise(results)
     command = "python -m training.zeroshot " + " ".join(argv)
     name = str(manifest.get("name"))
@@ -219,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"check {key:26}" + "".join(f"{protocol.average(res['mse'][m]):15.4g}"
                                           if m in res["mse"] else f"{'-':>15}" for m in methods))
     metrics = {"weights": args.weights, "model": name, "command": command,
+               "statsforecast_cached": cache is not None,
                "seconds": round(time.time() - t0, 1), "series": info,
                "mse": {k: r["mse"] for k, r in results.items()},
                "ratio": summary["ratio"], "geomean": summary["geomean"],
