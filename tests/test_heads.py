@@ -1,0 +1,118 @@
+"""The lag and quantile heads: a model with them keeps every guarantee of one without (streamed
+equals whole, batch invariance, the pool and ONNX paths equal the reference, spilled states come
+back whole), and the heads do what they say (the lag head can copy a season exactly)."""
+
+from __future__ import annotations
+
+import torch
+
+from model.rimer import lag_copy
+from model.state import RimerState
+from service.engine import Engine
+from tests.conftest import rel_err
+from tests.test_backend import DEVICE, MANIFEST, P
+from tests.test_model import tiny_model, walk
+
+LEVELS = (0.1, 0.5, 0.9)
+HEADS = {"lag_window": 3 * P, "quantiles": LEVELS}
+
+
+def head_model(seed: int = 0):
+    return tiny_model(seed, **HEADS)
+
+
+def test_lag_copy_points_at_one_period_back():
+    """With all the weight on lag k, the next patch is the points k back: seasonal naive."""
+    period = 2 * P + 3  # (not a multiple of the patch)
+    x = torch.sin(torch.arange(6 * P) * 2 * torch.pi / period)
+    history, patches = x[: 3 * P][None], x[3 * P: 5 * P].view(1, 2, P)
+    logits = torch.full((1, 2, 3 * P - P + 1), -1e9)
+    logits[..., period - P] = 0.0  # lag P + j = period
+    copy = lag_copy(history, patches, torch.tensor([3]), logits)
+    want = torch.stack([x[3 * P + (n + 1) * P - period + torch.arange(P)] for n in range(2)])[None]
+    assert torch.allclose(copy, want)
+
+
+def test_lags_before_the_first_point_are_never_read():
+    """A fresh state's history is padding: whatever it holds, the copy reads only lag P (the one
+    lag that stays inside the series' first patch)."""
+    patches = torch.randn(1, 1, P)
+    logits = torch.zeros(1, 1, 2 * P + 1)
+    zero = lag_copy(torch.zeros(1, 3 * P), patches, torch.tensor([0]), logits)
+    junk = lag_copy(torch.full((1, 3 * P), 1e6), patches, torch.tensor([0]), logits)
+    assert torch.equal(zero, junk) and torch.equal(zero[0, 0], patches[0, 0])
+
+
+def test_streamed_equals_whole_and_alone_equals_batched():
+    model = head_model()
+    xs = [walk(n, n) for n in (8 * P, 8 * P, 8 * P)]
+    whole = model.whole(torch.stack(xs))
+    state = model.init_state([x[:0] for x in xs])
+    at = 0
+    for n in (3, 13, 1, 2 * P + 5, 7, 8 * P - 2 * P - 29):
+        state = model.append(state, [x[at: at + n] for x in xs])
+        at += n
+    assert at == 8 * P
+    assert torch.allclose(state.next_patch, whole[:, -P:], atol=1e-4)
+    alone = model.append(model.init_state([xs[1]]), [xs[1]])
+    batched = model.append(model.init_state(xs), xs)
+    for f, t in alone.tensors().items():
+        assert torch.allclose(t.double(), getattr(batched, f)[1:2].double(), atol=1e-5), f
+    mean, q = model.forecast(batched, 3 * P + 1, quantiles=True)
+    assert q.shape == (3, len(LEVELS), 3 * P + 1)
+    assert (q.diff(dim=1) >= 0).all()
+    assert torch.equal(model.forecast(batched, 3 * P + 1), mean)
+
+
+def test_pool_paths_match_the_reference():
+    model = head_model().to(DEVICE)
+    xs = [walk(n, n).to(DEVICE) for n in (2 * P + 3, 5 * P + 1, 4 * P)]
+    reference = model.append(model.init_state(xs), xs)
+    pool = RimerState.zeros(model.cfg, 8, DEVICE)
+    slots = torch.tensor([5, 1, 3], device=DEVICE)
+    model.append_slots(pool, slots, xs)
+    for f, t in reference.tensors().items():
+        if f != "wkv":
+            assert rel_err(pool.select(slots).tensors()[f], t) < 1e-5, f
+    # one more step through the fused one-patch step: two rows complete a patch, one does not
+    new = [walk(k, 7 + k).to(DEVICE) for k in (P - 3, 2, P - 2)]
+    counts = torch.tensor([len(v) for v in new], device=DEVICE)
+    values = torch.zeros(3, 2 * P, device=DEVICE)
+    for b, v in enumerate(new):
+        values[b, : len(v)] = v
+    model.step_slots(pool, slots, values, counts)
+    reference = model.append(reference, new)
+    for f, t in reference.tensors().items():
+        if f != "wkv":
+            assert rel_err(pool.select(slots).tensors()[f], t) < 1e-5, f
+    mean, q = model.forecast_slots(pool, slots, 2 * P, torch.tensor([6, 7, 0], device=DEVICE),
+                                   quantiles=True)
+    want_mean, want_q = model.forecast(reference, 2 * P, quantiles=True)
+    assert rel_err(mean, want_mean) < 1e-4 and rel_err(q, want_q) < 1e-4
+
+
+def test_onnx_graphs_output_the_heads(tmp_path):
+    from model import checkpoint
+    from model.onnx_network import OnnxNetwork, export
+
+    model = head_model()
+    checkpoint.save(model, tmp_path / "w", {"name": "heads"})
+    export(tmp_path / "w")
+    xs = [walk(n, n) for n in (3 * P + 2, 20 * P + 5)]  # (the second runs chunks of 16 patches)
+    want = model.forecast(model.append(model.init_state(xs), xs), 2 * P, quantiles=True)
+    model.network_runtime = OnnxNetwork.for_checkpoint(model, tmp_path / "w")
+    got = model.forecast(model.append(model.init_state(xs), xs), 2 * P, quantiles=True)
+    for a, b in zip(got, want):
+        assert rel_err(a, b) < 1e-4
+
+
+def test_spilled_states_come_back_with_their_heads(tmp_path):
+    model = head_model()
+    every = Engine(model, MANIFEST, 20, backend="torch")
+    bounded = Engine(model, MANIFEST, 20, backend="torch", capacity=1, host_capacity=1,
+                     spill_dir=str(tmp_path))
+    for e in (every, bounded):
+        for i in range(4):
+            e.append(f"s{i}", walk(3 * P + i, i).tolist(), None)
+    for i in range(4):
+        assert every.forecast_series(f"s{i}", 2 * P) == bounded.forecast_series(f"s{i}", 2 * P)
