@@ -333,13 +333,22 @@ class Advance:
 
 
 def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
-             logits: torch.Tensor) -> torch.Tensor:
+             logits: torch.Tensor, sharpness: torch.Tensor, var: torch.Tensor):
     """For each patch n of a chunk, the next patch's points as a weighted sum of earlier points:
-    point i (1..P) of patch n + 1 is sum_k a_k x[end_n + i - k] over lags k = P .. W, where
-    end_n is the last point of patch n, a = softmax(logits[n]) over the lags that reach no further
-    back than the series' first point, and x runs over `history` (the W points before the chunk)
-    and then the chunk's patches. history [B, W]; patches [B, T, P]; n_before [B] complete patches
-    before the chunk; logits [B, T, W - P + 1]. Returns [B, T, P] in the data's units."""
+    point i (1..P) of patch n + 1 is sum_k a_k x[end_n + i - k] over lags k = P .. W, where end_n
+    is the last point of patch n and x runs over `history` (the W points before the chunk) and
+    then the chunk's patches.
+
+    The weights a = softmax over lags of logits_k + sharpness * match_k, where match_k is minus
+    the mean squared difference between patch n and the patch k points before it, over patch n's
+    variance `var`: lags where the series repeats itself score high before anything is learned
+    (a period found by matching, as an analogue forecast finds it), and the learned logits and
+    sharpness choose among them. Lags whose match would reach before the series' first point are
+    excluded; a patch with none left (a series' first patch) gets weight nowhere.
+
+    history [B, W]; patches [B, T, P]; n_before [B] complete patches before the chunk; logits
+    [B, T, W - P + 1]; sharpness, var [B, T]. Returns the copy [B, T, P] in the data's units and
+    [B, T] whether any lag was usable."""
     bsz, t, p = patches.shape
     w = history.shape[1]
     n_lags = w - p + 1
@@ -348,12 +357,19 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     n = torch.arange(t, device=dev)[:, None, None]
     i = torch.arange(1, p + 1, device=dev)[None, :, None]
     j = torch.arange(n_lags, device=dev)[None, None, :]
-    values = ext[:, w + n * p - 1 + i - j]  # [B, T, P, lags]: lag P + j for point i of patch n + 1
+    base = w + n * p - 1 + i - j  # + 0: lag P + j for point i of patch n + 1; - P: of patch n
+    values = ext[:, base]  # [B, T, P, lags]
+    earlier = ext[:, base - p]
+    diff = earlier - patches.to(ext.dtype)[..., None]
+    match = -(diff * diff).mean(2) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
     seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
-    reach = (p + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
-    weights = torch.softmax(logits.float().masked_fill(~reach, float("-inf")), dim=-1)
+    reach = (2 * p + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
+    score = logits.float() + sharpness.float()[..., None] * match.float()
+    weights = torch.softmax(score.masked_fill(~reach, float("-inf")), dim=-1)
+    usable = reach.any(-1)
+    weights = torch.where(usable[..., None], weights, torch.zeros_like(weights))
     # (a product and a sum per row, not a batched matmul: the same bits for a row whatever its batch)
-    return (values * weights.to(values.dtype)[:, :, None, :]).sum(-1)
+    return (values * weights.to(values.dtype)[:, :, None, :]).sum(-1), usable
 
 
 def quantile_values(mean: torch.Tensor, offsets: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
@@ -383,8 +399,9 @@ class Rimer(nn.Module):
             self.forecast_embed = nn.Parameter(torch.zeros(cfg.d_model))
         if cfg.quantiles:  # per level, the offsets that quantiles.from_offsets orders
             self.quantile_head = nn.Linear(cfg.d_model, cfg.patch_len * len(cfg.quantiles))
-        if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point
-            self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len)
+        if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point, a
+            # sharpness of the match (model/rimer.py lag_copy)
+            self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len + 1)
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
@@ -533,12 +550,14 @@ class Rimer(nn.Module):
         weights a softmax over those lags, from the last block's output; lags reaching before the
         series' first point excluded). Returns the mixed forecasts (normalised units) and the
         history after the chunk (its last lag_window points of complete patches). `out` is the lag
-        head's raw output [B, T, lags + P]."""
+        head's raw output [B, T, lags + P + 1]."""
         cfg = self.cfg
         p, w = cfg.patch_len, cfg.lag_window
         n_lags = w - p + 1
-        copy = lag_copy(state.history, patches, state.n_patches, out[..., :n_lags])
-        gate = torch.sigmoid(out[..., n_lags:])
+        sharp = F.softplus(out[..., n_lags + p])
+        copy, usable = lag_copy(state.history, patches, state.n_patches, out[..., :n_lags], sharp,
+                                (sd[..., 0] ** 2).to(out.dtype))
+        gate = torch.sigmoid(out[..., n_lags: n_lags + p]) * usable[..., None]
         copy_n = ((copy.double() - mean) / sd).to(preds.dtype)
         mixed = preds + gate * (copy_n - preds)
         bsz, t, _ = patches.shape
@@ -670,10 +689,12 @@ class Rimer(nn.Module):
             n_lags = w - p + 1
             history = pool.history.index_select(0, slots)
             out = heads["lag"][:, None]
-            copy = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags])[:, 0]
-            gate = torch.sigmoid(out[:, 0, n_lags:])
             mean = io.stats[:, 0:1]
             sd = normalisation.scale(io.stats[:, 1:2], self.cfg.norm_eps)
+            copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags],
+                                    F.softplus(out[..., n_lags + p]), (sd ** 2).to(out.dtype))
+            copy = copy[:, 0]
+            gate = torch.sigmoid(out[:, 0, n_lags: n_lags + p]) * usable
             preds = linear(h, self.head.weight, self.head.bias)
             mixed = preds + gate * (((copy.double() - mean) / sd).to(preds.dtype) - preds)
             forecast = (mixed.double() * sd + mean).to(pool.next_patch.dtype)

@@ -28,19 +28,35 @@ def test_lag_copy_points_at_one_period_back():
     history, patches = x[: 3 * P][None], x[3 * P: 5 * P].view(1, 2, P)
     logits = torch.full((1, 2, 3 * P - P + 1), -1e9)
     logits[..., period - P] = 0.0  # lag P + j = period
-    copy = lag_copy(history, patches, torch.tensor([3]), logits)
+    copy, usable = lag_copy(history, patches, torch.tensor([3]), logits, torch.zeros(1, 2),
+                            torch.ones(1, 2))
     want = torch.stack([x[3 * P + (n + 1) * P - period + torch.arange(P)] for n in range(2)])[None]
-    assert torch.allclose(copy, want)
+    assert usable.all() and torch.allclose(copy, want, atol=1e-6)
+
+
+def test_matching_finds_the_period_without_learning():
+    """Flat logits and a sharp match: the weight goes to the lags where the series repeats."""
+    period = 2 * P + 3
+    t = torch.arange(6 * P) * 2 * torch.pi / period
+    x = torch.sin(t) + 0.3 * torch.sin(2 * t + 1)  # (a shape of its own, repeating every period)
+    history, patches = x[: 3 * P][None], x[3 * P: 4 * P].view(1, 1, P)
+    copy, _ = lag_copy(history, patches, torch.tensor([3]), torch.zeros(1, 1, 2 * P + 1),
+                       torch.full((1, 1), 50.0), x[: 4 * P].var()[None, None])
+    truth = x[4 * P: 5 * P]
+    assert (copy[0, 0] - truth).abs().max() < 0.05
 
 
 def test_lags_before_the_first_point_are_never_read():
-    """A fresh state's history is padding: whatever it holds, the copy reads only lag P (the one
-    lag that stays inside the series' first patch)."""
-    patches = torch.randn(1, 1, P)
-    logits = torch.zeros(1, 1, 2 * P + 1)
-    zero = lag_copy(torch.zeros(1, 3 * P), patches, torch.tensor([0]), logits)
-    junk = lag_copy(torch.full((1, 3 * P), 1e6), patches, torch.tensor([0]), logits)
-    assert torch.equal(zero, junk) and torch.equal(zero[0, 0], patches[0, 0])
+    """A state's history before the series' first point is padding: whatever it holds, only the
+    lags whose match stays inside the series are read (none in its first patch)."""
+    first, second = torch.randn(P), torch.randn(1, 1, P)
+    logits, sharp, var = torch.zeros(1, 1, 2 * P + 1), torch.ones(1, 1), torch.ones(1, 1)
+    for junk in (0.0, 1e6):
+        history = torch.cat([torch.full((2 * P,), junk), first])[None]
+        copy, usable = lag_copy(history, second, torch.tensor([1]), logits, sharp, var)
+        assert usable.all() and torch.equal(copy[0, 0], second[0, 0])  # lag P: the patch before
+    _, usable = lag_copy(torch.zeros(1, 3 * P), first.view(1, 1, P), torch.tensor([0]), logits, sharp, var)
+    assert not usable.any()
 
 
 def test_streamed_equals_whole_and_alone_equals_batched():
