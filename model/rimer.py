@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import normalisation
+from model import calibration, normalisation
 from model.config import RimerConfig
 from model.state import RimerState
 from model.wkv import wkv7_recurrent
@@ -514,16 +514,20 @@ class Rimer(nn.Module):
         if cfg.lag_window:
             preds, history = self._lag_mix(preds, heads["lag"], patches, state, valid, mean, sd)
         offsets = heads.get("quantile")
-        if quantiles and cfg.quantiles:
+        calib = state.calib
+        if cfg.quantiles and (quantiles or not forecast):
             quants = quantile_values(preds, offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len),
                                      cfg.quantiles)
+            if not forecast:  # observed patches: each checks the forecast made before it
+                calib = self._calibrate(state, patches, quants, stats, valid)
         if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
             last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
             return Advance(RimerState(wkv=wkv, shift=shift, n_patches=state.n_patches + t,
                                       tail=state.tail, tail_len=state.tail_len,
                                       norm=stats[:, -1].clone(),
                                       next_patch=last_pred.to(state.next_patch.dtype), history=history,
-                                      quantile_offsets=offsets[:, -1] if cfg.quantiles else None),
+                                      quantile_offsets=offsets[:, -1] if cfg.quantiles else None,
+                                      calib=calib),
                            preds, stats, quants)
         counts = valid.sum(1) if valid is not None else torch.zeros(bsz, dtype=torch.int64,
                                                                     device=patches.device)
@@ -541,8 +545,25 @@ class Rimer(nn.Module):
             history=history,
             quantile_offsets=(torch.where(has_new, offsets[rows, last_idx], state.quantile_offsets)
                               if cfg.quantiles else None),
+            calib=calib,
         )
         return Advance(new_state, preds, stats, quants)
+
+    def _calibrate(self, state: RimerState, patches, quants, stats, valid) -> torch.Tensor:
+        """The calibration state after the chunk: one update per observed patch, against the
+        quantiles the step before it forecast (the state's for the first patch; a series' first
+        patch has no forecast and changes nothing)."""
+        sd = normalisation.scale(stats[..., 1:2], self.cfg.norm_eps)[:, :, None]
+        q = (quants.double() * sd + stats[..., None, 0:1]).to(patches.dtype)  # data units
+        predicted = torch.cat([self.next_quantiles(state)[:, None], q[:, :-1]], dim=1)
+        scores = calibration.abs_scores(patches, predicted, self.cfg.quantiles)  # [B, T, P]
+        calib = state.calib
+        for n in range(patches.shape[1]):
+            step = state.n_patches + n >= 1
+            if valid is not None:
+                step = step & valid[:, n]
+            calib = calibration.update(calib, scores[:, n], step)
+        return calib
 
     def _lag_mix(self, preds, out, patches, state: RimerState, valid, mean, sd):
         """The lag head: each patch's forecast of the next becomes a per-point gated mix of the
@@ -621,7 +642,7 @@ class Rimer(nn.Module):
                           tail=split.tail.to(state.tail.device),
                           tail_len=split.tail_len.to(state.tail.device), norm=state.norm,
                           next_patch=state.next_patch, history=state.history,
-                          quantile_offsets=state.quantile_offsets)
+                          quantile_offsets=state.quantile_offsets, calib=state.calib)
 
     # ---- form 2 on a pool of states (triton backend), in place ----------------------------
 
@@ -664,7 +685,12 @@ class Rimer(nn.Module):
         from kernels import step_io
 
         consts = self._step_consts(values.device)
-        patch = step_io.joined_patch(pool, slots, values, counts) if self.cfg.lag_window else None
+        heads = self.cfg.lag_window or self.cfg.quantiles
+        patch = step_io.joined_patch(pool, slots, values, counts) if heads else None
+        before = None
+        if self.cfg.quantiles:  # the forecast the completing patch is checked against, and its age
+            before = (self.next_quantiles(pool.select(slots, wkv=False)),
+                      pool.n_patches.index_select(0, slots))
         io = step_io.prologue(pool, slots, values, counts, self.embed.weight,
                               self.pe if self.cfg.pos_emb == "sinusoidal" else None,
                               consts, self.cfg.norm == "causal")
@@ -675,10 +701,10 @@ class Rimer(nn.Module):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
                                             keep=(pool.shift[:, i], slots, io.done), x_in=False,
                                             epilogue=last if i == len(self.blocks) - 1 else None)
-        if self.cfg.lag_window or self.cfg.quantiles:
-            self._pool_heads(pool, slots, patch, io, h, step.linear)
+        if heads:
+            self._pool_heads(pool, slots, patch, io, h, step.linear, before)
 
-    def _pool_heads(self, pool: RimerState, slots, patch, io, h, linear) -> None:
+    def _pool_heads(self, pool: RimerState, slots, patch, io, h, linear, before) -> None:
         """After a one-patch pool step (its epilogue wrote the head's forecast), the extra heads:
         the lag head's mix into next_patch and the history, and the quantile offsets, for the rows
         whose patch completed (torch operators without host synchronisation: capturable)."""
@@ -705,6 +731,11 @@ class Rimer(nn.Module):
         if self.cfg.quantiles:
             old = pool.quantile_offsets.index_select(0, slots)
             pool.quantile_offsets.index_copy_(0, slots, torch.where(done, heads["quantile"], old))
+            predicted, n_before = before
+            scores = calibration.abs_scores(patch, predicted, self.cfg.quantiles)
+            calib = calibration.update(pool.calib.index_select(0, slots), scores,
+                                       (io.done > 0) & (n_before >= 1))
+            pool.calib.index_copy_(0, slots, calib)
 
     def _step_consts(self, device) -> torch.Tensor:
         """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument

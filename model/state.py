@@ -15,6 +15,7 @@ Triton kernel (kernels/wkv7_pool.py) updates `pool.wkv[slots]` in place.
 | `next_patch` | [B, P]                    | float32 | the model's forecast of the next patch, data units   |
 | `history`    | [B, lag_window]           | float32 | the last points of complete patches (lag models only)|
 | `quantile_offsets` | [B, Q P]            | float32 | the quantile head's output at the last patch        |
+| `calib`      | [B, tracked levels]       | float64 | interval calibration: alpha minus nominal per level  |
 
 `next_patch` is kept because the forecast of patch n+1 is the output at patch n, which cannot
 be recomputed from the recurrent matrices alone without re-reading patch n.
@@ -29,6 +30,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from model import calibration
 from model.config import RimerConfig
 
 STATE_VERSION = 2  # 2: batch-first wkv and shift (1 had the layer dimension first)
@@ -45,6 +47,7 @@ class RimerState:
     next_patch: torch.Tensor
     history: torch.Tensor | None = None  # only for a config with lag_window (None otherwise)
     quantile_offsets: torch.Tensor | None = None  # only for a config with quantiles (None otherwise)
+    calib: torch.Tensor | None = None  # the intervals' calibration (model/calibration.py), likewise
 
     @classmethod
     def zeros(cls, cfg: RimerConfig, batch: int, device: torch.device | str = "cpu") -> RimerState:
@@ -60,6 +63,8 @@ class RimerState:
             history=torch.zeros(batch, cfg.lag_window, device=device) if cfg.lag_window else None,
             quantile_offsets=(torch.zeros(batch, p * len(cfg.quantiles), device=device)
                               if cfg.quantiles else None),
+            calib=(torch.zeros(batch, len(calibration.TRACKED), dtype=torch.float64, device=device)
+                   if cfg.quantiles else None),
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,98 @@
+"""Prediction intervals from the quantile head, and their online calibration per series.
+
+Quantiles at any level come from the network's quantile levels by linear interpolation in the
+standard normal's quantile scale z = Phi^-1(level) (and linear extrapolation past the end
+levels), so requested levels between or beyond the network's get sensible values, and order is
+kept: a wider interval always contains a narrower one.
+
+Online calibration is adaptive conformal inference (Gibbs and Candes, 2021), one step per
+completed patch. For each tracked level l the state keeps alpha_l - (1 - l), the offset of the
+miscoverage the intervals are drawn at from the nominal one. When a patch completes, its P points
+are compared with the interval the series' previous forecast of that patch gave at its current
+alpha_l, and
+
+    alpha_l <- alpha_l + GAMMA * ((1 - l) - fraction of the patch's points outside).
+
+Whatever the data, the long-run fraction of points outside then tends to 1 - l (the deviation
+after n patches is at most (max(alpha_1, 1 - alpha_1) + GAMMA) / (GAMMA n)): a guarantee for the
+one-patch-ahead intervals, the horizon the updates see. A forecast's longer horizons use the same
+alpha, so their intervals widen and narrow with the series, without that guarantee. The update
+runs inside the model step, so a series streamed in any pieces, sent whole, or recovered from the
+log gets the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TRACKED = (50.0, 80.0, 90.0, 95.0, 98.0, 99.0)  # levels (percent) whose alpha a series tracks
+GAMMA = 0.05  # step per patch (bench/intervals.py: recovery after the noise doubles, coverage)
+
+
+def _z(levels: torch.Tensor) -> torch.Tensor:
+    return torch.special.ndtri(levels.double())
+
+
+def at_levels(quantiles: torch.Tensor, levels: tuple[float, ...], targets: torch.Tensor) -> torch.Tensor:
+    """Quantiles [B, K, H] at the levels `targets` ([K], or [B, K] per row) in (0, 1), from the
+    network's `quantiles` [B, Q, H] at `levels`: linear in z between levels, extrapolated from
+    the end segments outside them."""
+    zq = _z(torch.tensor(levels, device=quantiles.device))  # [Q]
+    q = quantiles.double()
+    bsz, _, h = q.shape
+    zt = _z(targets.to(quantiles.device)).expand(bsz, -1).contiguous()  # [B, K]
+    j = torch.searchsorted(zq, zt).clamp(1, len(levels) - 1)  # the segment [j - 1, j]
+    index = j[..., None].expand(bsz, j.shape[1], h)
+    lo, hi = q.gather(1, index - 1), q.gather(1, index)
+    frac = ((zt - zq[j - 1]) / (zq[j] - zq[j - 1]))[..., None]
+    return (lo + frac * (hi - lo)).to(quantiles.dtype)
+
+
+def abs_scores(values: torch.Tensor, quantiles: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    """|z| [..., P] of each point `values` [..., P] within its predicted distribution `quantiles`
+    [..., Q, P] (the inverse of `at_levels`'s map): y lies inside the interval of half-width c
+    in z (levels Phi(-c) .. Phi(c)) exactly when |z| <= c."""
+    zq = _z(torch.tensor(levels, device=values.device))
+    q, y = quantiles.double(), values.double()
+    above = (q <= y[..., None, :]).sum(-2)  # how many quantiles lie at or below y
+    j = above.clamp(1, len(levels) - 1)  # the segment [j - 1, j] (end segments outside)
+    q0 = q.gather(-2, (j - 1)[..., None, :])[..., 0, :]
+    q1 = q.gather(-2, j[..., None, :])[..., 0, :]
+    z0, z1 = zq[j - 1], zq[j]
+    width = (q1 - q0).clamp(min=1e-12)
+    return (z0 + (y - q0) / width * (z1 - z0)).abs()
+
+
+def nominal(device=None) -> torch.Tensor:
+    """The tracked levels' nominal miscoverage [L] (float64)."""
+    return 1.0 - torch.tensor(TRACKED, dtype=torch.float64, device=device) / 100.0
+
+
+def update(offsets: torch.Tensor, scores: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """The calibration state [B, L] (alpha - nominal per tracked level) after one patch whose
+    points scored `scores` [B, P] (`abs_scores`), where `step` [B] is true (else unchanged)."""
+    alpha = nominal(offsets.device) + offsets
+    half = torch.special.ndtri((1.0 - alpha / 2.0).clamp(0.0, 1.0))  # alpha <= 0: inf; >= 2: -inf
+    outside = (scores.double()[:, None, :] > half[..., None]).double().mean(-1)
+    new = offsets + GAMMA * (nominal(offsets.device) - outside)
+    return torch.where(step[:, None], new, offsets)
+
+
+def alpha_for(offsets: torch.Tensor | None, level: float) -> torch.Tensor:
+    """Each row's miscoverage [B] to draw a `level` (percent) interval at: nominal plus the
+    offset tracked for that level, interpolated between tracked levels (the nearest outside
+    them). No offsets (static intervals): nominal."""
+    base = 1.0 - level / 100.0
+    if offsets is None:
+        return torch.tensor([base], dtype=torch.float64)
+    tracked = torch.tensor(TRACKED, dtype=torch.float64, device=offsets.device)
+    j = int(torch.searchsorted(tracked, torch.tensor(level, dtype=torch.float64)).clamp(1, len(TRACKED) - 1))
+    w = float(min(max((level - TRACKED[j - 1]) / (TRACKED[j] - TRACKED[j - 1]), 0.0), 1.0))
+    return base + (1 - w) * offsets[:, j - 1] + w * offsets[:, j]
+
+
+def interval_levels(alpha: torch.Tensor) -> torch.Tensor:
+    """Quantile levels [B, 2] (lo, hi) of intervals of miscoverage `alpha` [B], clamped inside
+    (0, 1) (an alpha at or below 0 asks for an unbounded interval: the widest finite one)."""
+    a = alpha.clamp(1e-6, 1 - 1e-6)
+    return torch.stack([a / 2, 1 - a / 2], dim=-1)
