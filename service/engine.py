@@ -46,6 +46,7 @@ from model import checkpoint
 from model.rimer import Rimer
 from model.state import RimerState
 from service.cache import SpillError, SpillTiers
+from service.distribution import forecasts
 
 log = logging.getLogger("rimer.engine")
 
@@ -329,7 +330,12 @@ class Engine:
             return self._pool_forecast_histories(tensors, horizon)
         state = self.model.init_state(tensors)
         state = self.model.append(state, tensors)
-        return self.model.forecast(state, horizon).cpu().tolist()
+        return self._forecasts(state, horizon)
+
+    def _forecasts(self, state: RimerState, horizon: int) -> list:
+        """The forecasts of the series of `state` (functional states), as Forecasts."""
+        return forecasts(self.model, state.calib,
+                         lambda q: self.model.forecast(state, horizon, quantiles=q))
 
     # ---- streaming series ------------------------------------------------------------------
 
@@ -439,8 +445,7 @@ class Engine:
                     if horizon is not None or not self._tail_only(entry.length, length):
                         new_state = self.model.append(state, [torch.tensor(
                             entry.pending + values, dtype=torch.float32)])
-                        mean = (self.model.forecast(new_state, horizon)[0].cpu().tolist()
-                                if horizon else None)
+                        mean = self._forecasts(new_state, horizon)[0] if horizon else None
                     with self._journal_lock():
                         if self._series.get(series_id) is not entry:
                             continue  # deleted while we computed: start again on a new series
@@ -511,7 +516,7 @@ class Engine:
                 if entry.pending:
                     with self._journal_lock():  # a snapshot reads pending under this lock
                         entry.set_state(self._folded(entry))
-                mean = self.model.forecast(entry.state, horizon)[0].cpu().tolist()
+                mean = self._forecasts(entry.state, horizon)[0]
                 entry.touched = time.monotonic()
                 return length, mean
         finally:
@@ -811,7 +816,7 @@ class Engine:
                 by_horizon.setdefault(op.horizon, []).append(op)
         for horizon, group in by_horizon.items():
             batch = RimerState.cat([states[op.series_id] for op in group])
-            means = self.model.forecast(batch, horizon).cpu().tolist()
+            means = self._forecasts(batch, horizon)
             for op, mean in zip(group, means):
                 op.mean = mean
 
@@ -974,9 +979,8 @@ class Engine:
         for horizon, group in by_horizon.items():
             for a in range(0, len(group), room):
                 part = group[a:a + room]
-                means = self.model.forecast_slots(
-                    sp.pool, sp.rows([slots[op.series_id] for op in part]), horizon,
-                    sp.scratch[: len(part)]).tolist()
+                means = self._pool_forecasts(sp.rows([slots[op.series_id] for op in part]), horizon,
+                                             sp.scratch[: len(part)])
                 for op, mean in zip(part, means):
                     op.mean = mean
 
@@ -1148,8 +1152,7 @@ class Engine:
                     if before is None and not created:
                         before = sp.pool.select(rows)
                     self.model.append_slots(sp.pool, rows, [vals])
-                mean = (self.model.forecast_slots(sp.pool, rows, horizon, sp.scratch[:1])[0].tolist()
-                        if horizon else None)
+                mean = self._pool_forecasts(rows, horizon, sp.scratch[:1])[0] if horizon else None
                 with self._journal_lock():
                     if self.journal is not None:
                         ticket = self.journal.write_append(series_id, values, new_length, meta)
@@ -1208,9 +1211,9 @@ class Engine:
             length = sp.length[series_id]
             self.check_forecastable(length, horizon, "horizon")
             slot = self._pool_slot(series_id)
-            mean = self.model.forecast_slots(sp.pool, sp.rows([slot]), horizon, sp.scratch[:1])
+            mean = self._pool_forecasts(sp.rows([slot]), horizon, sp.scratch[:1])
             sp.touched[series_id] = time.monotonic()
-            return length, mean[0].tolist()
+            return length, mean[0]
 
     def _pool_forecast_histories(self, tensors: list[torch.Tensor], horizon: int) -> list[list[float]]:
         """In batches of the scratch slots: fresh states there, append, forecast (consuming them)."""
@@ -1221,5 +1224,12 @@ class Engine:
                 rows = sp.scratch[: len(chunk)]
                 sp.pool.write_(rows, self.model.init_state(chunk))
                 self.model.append_slots(sp.pool, rows, chunk)
-                out += self.model.forecast_slots(sp.pool, rows, horizon, rows).cpu().tolist()
+                out += self._pool_forecasts(rows, horizon, rows)
         return out
+
+    def _pool_forecasts(self, rows: torch.Tensor, horizon: int, scratch: torch.Tensor) -> list:
+        """The forecasts of the pool's `rows` (rollouts in `scratch`), as Forecasts."""
+        sp = self._pool
+        calib = sp.pool.calib.index_select(0, rows) if sp.pool.calib is not None else None
+        return forecasts(self.model, calib, lambda q: self.model.forecast_slots(
+            sp.pool, rows, horizon, scratch, quantiles=q))

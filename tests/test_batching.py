@@ -146,10 +146,10 @@ def test_a_request_of_much_forecasting_does_not_hold_up_small_ones(loaded, path)
     release, big_started = threading.Event(), threading.Event()
     real_forecast = model.forecast
 
-    def held(state, horizon):
+    def held(state, horizon, **kw):
         big_started.set()
         assert release.wait(30), "the small append never came through"
-        return real_forecast(state, horizon)
+        return real_forecast(state, horizon, **kw)
 
     body = {"series": [{"id": "r", "values": series(40, 1)}, {"id": "r", "values": [1.0]}],
             "horizon": 48}
