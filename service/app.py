@@ -7,6 +7,7 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path as PathLib
 
+import pydantic
 import pydantic_core
 from fastapi import Depends, FastAPI, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import schemas, timeline
+from service import distribution, schemas, timeline
 from service.auth import ApiKeyAuth, load_keys
 from service.cache import IdleExpiry
 from service.engine import Engine, EngineError, Op
@@ -43,12 +44,33 @@ def known_query(request: Request) -> None:
             takes = ", ".join(sorted(allowed)) or "no query parameters"
             raise EngineError(422, f"unknown query parameter {shown!r}; this route takes "
                                    f"{takes}", shown)
-        if key in seen:
+        if key in seen and key not in REPEATABLE:
             raise EngineError(422, f"query parameter {shown!r} is given more than once", shown)
         seen.add(key)
 
 
 KnownQuery = [Depends(known_query)]
+REPEATABLE = {"level", "quantiles"}  # query lists: ?level=80&level=95
+LevelQuery = Query(None, description=schemas.LEVEL_RULE)
+QuantilesQuery = Query(None, description=schemas.QUANTILES_RULE)
+
+
+def require_quantiles(e: Engine, **asked) -> None:
+    """A 422 naming the first distribution field asked of a model that predicts no quantiles."""
+    for name, value in asked.items():
+        if value and not e.model.cfg.quantiles:
+            raise EngineError(422, f"{name}: the model {e.name!r} predicts no quantiles, so it "
+                                   "gives no intervals (serve a model with a quantile head)", name)
+
+
+def shaped(fc, level, quantiles) -> dict:
+    """A forecast's JSON: the mean, and the intervals and quantiles asked for."""
+    out = {"mean": fc}
+    if level:
+        out["intervals"] = distribution.intervals(fc, level)
+    if quantiles:
+        out["quantiles"] = distribution.quantiles(fc, quantiles)
+    return out
 
 
 def _field_path(error: dict) -> str:
@@ -286,6 +308,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
               response_model_exclude_none=True, dependencies=KnownQuery)
     async def forecast(body: schemas.ForecastRequest, request: Request):
         check_many(body)
+        require_quantiles(engine_of(request), level=body.level, quantiles=body.quantiles)
 
         def plan() -> tuple[list, list]:
             histories, stamps, budget = [], [], settings.max_gap_points
@@ -310,7 +333,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                                             histories, body.horizon)
         metrics.points_forecast.labels("forecast").inc(body.horizon * len(body.series))
         return json_response({"model": e.name, "horizon": body.horizon, "forecasts": [
-            _with_stamps({"id": s.id, "mean": m}, t) for s, m, t in zip(body.series, means, stamps)]})
+            _with_stamps({"id": s.id, **shaped(m, body.level, body.quantiles)}, t)
+            for s, m, t in zip(body.series, means, stamps)]})
 
     async def run_ops(request: Request, ops: list[Op], op: str, single=None,
                       work: int | None = None):
@@ -339,6 +363,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         """Append to many series at once; checked whole: one bad item refuses them all."""
         points = check_many(body)
         e = engine_of(request)
+        check_distribution(e, body)
 
         def plan_all() -> tuple[list[Op], int]:
             """The ops, and their values (given ones plus those filled into gaps)."""
@@ -365,19 +390,38 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
                        for op in ops] if body.horizon else [None] * len(ops))
             work = work_of(planned, (body.horizon or 0) * len(ops))
-            return ops, planned, stamps, await run_ops(request, ops, "bulk_append", work=work)
+            if body.anomaly_level is None:
+                return ops, planned, stamps, await run_ops(request, ops, "bulk_append", work=work), None
+            # anomaly flags: before each item, a forecast of its points from the state before it
+            firsts = [before_op(e, op.series_id, len(op.values), op.prefix) for op in ops]
+            lengths = {}  # (a series named again is forecastable after its earlier items)
+            for i, op in enumerate(ops):
+                if firsts[i] is None and lengths.get(op.series_id, 0) >= e.patch_len:
+                    firsts[i] = Op(op.series_id, None, min(len(op.values), settings.max_horizon), op.prefix)
+                lengths[op.series_id] = lengths.get(op.series_id, e.held_length(op.series_id) or 0) \
+                    + len(op.values)
+            both = [o for first, op in zip(firsts, ops) for o in ((first, op) if first else (op,))]
+            results = await run_ops(request, both, "bulk_append", work=work)
+            out, befores, at = [], [], 0
+            for first in firsts:
+                befores.append(results[at][1] if first else None)
+                at += 1 if first is None else 2
+                out.append(results[at - 1])
+            return ops, planned, stamps, out, befores
 
-        ops, planned, stamps, results = await series_locks.run([s.id for s in body.series], work)
+        ops, planned, stamps, results, befores = await series_locks.run([s.id for s in body.series], work)
         metrics.points_appended.inc(planned)
-        if not body.horizon:  # lengths only (a bulk ingest's case)
+        if not body.horizon and befores is None:  # lengths only (a bulk ingest's case)
             return json_response({"series": [{"id": s.id, "length": length}
                                              for s, (length, _) in zip(body.series, results)]})
         out, forecast = [], 0
-        for s, (length, mean), t in zip(body.series, results, stamps):
+        for i, (s, (length, mean), t) in enumerate(zip(body.series, results, stamps)):
             item = {"id": s.id, "length": length}
             if mean is not None:
-                item["forecast"] = _with_stamps({"mean": mean}, t)
+                item["forecast"] = _with_stamps(shaped(mean, body.level, body.quantiles), t)
                 forecast += len(mean)
+            if befores is not None:
+                item["anomalies"] = flagged(befores[i], ops[i].values, body.anomaly_level)
             out.append(item)
         if forecast:
             metrics.points_forecast.labels("append").inc(forecast)
@@ -395,6 +439,29 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         return {"series": [{"id": i, "length": n} for i, n in page],
                 "next_cursor": page[-1][0] if more else None}
 
+    def check_distribution(e: Engine, body) -> None:
+        """Intervals and quantiles need a model with quantiles, and a forecast to draw them on."""
+        require_quantiles(e, level=body.level, quantiles=body.quantiles,
+                          anomaly_level=body.anomaly_level)
+        for name in ("level", "quantiles"):
+            if getattr(body, name) and body.horizon is None:
+                raise EngineError(422, f"{name} needs a horizon (they describe the forecast)", name)
+
+    def before_op(e: Engine, series_id: str, values: int, prefix: str = "") -> Op | None:
+        """For anomaly flags: a forecast of the points an append brings, made before it (None
+        where the series has no forecast yet: unknown, or under one patch)."""
+        held = e.held_length(series_id)
+        if held is None or held < e.patch_len:
+            return None
+        return Op(series_id, None, min(values, settings.max_horizon), prefix)
+
+    def flagged(before, values: list[float], level: float | None) -> list[dict] | None:
+        if level is None:
+            return None
+        found = distribution.outside(before, values, level) if before is not None else []
+        metrics.anomalies.inc(len(found))
+        return found
+
     @app.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
               response_model_exclude_none=True, dependencies=KnownQuery)
     async def append(body: schemas.AppendRequest, request: Request,
@@ -402,33 +469,48 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         check_horizon(body.horizon)
         check_points(len(body.values), "values")
         e = engine_of(request)
+        check_distribution(e, body)
 
         async def work():
             p = await off_loop(is_large(len(body.values)), plan_append, e, series_id, body,
                                settings.max_gap_points, "", {})
             check_points(len(p.values), "values")
             stamps = timeline.forecast_timestamps(p.meta, body.horizon) if body.horizon else None
-            [(length, mean)] = await run_ops(
-                request, [Op(series_id, p.values, body.horizon, meta=p.meta)], "append",
-                (e.append, series_id, p.values, body.horizon, p.meta))
-            return p, length, mean, stamps
+            ops = [Op(series_id, p.values, body.horizon, meta=p.meta)]
+            first = before_op(e, series_id, len(p.values)) if body.anomaly_level is not None else None
+            if first is None:
+                [(length, mean)] = await run_ops(
+                    request, ops, "append", (e.append, series_id, p.values, body.horizon, p.meta))
+                return p, length, mean, stamps, None
+            [(_, before), (length, mean)] = await run_ops(request, [first, *ops], "append")
+            return p, length, mean, stamps, before
 
-        p, length, mean, stamps = await series_locks.run([series_id], work)
+        p, length, mean, stamps, before = await series_locks.run([series_id], work)
         metrics.points_appended.inc(len(p.values))
         if mean is not None:
             metrics.points_forecast.labels("append").inc(len(mean))
         out = {"id": series_id, "length": length}
         if mean is not None:
-            out["forecast"] = {"mean": mean, "timestamps": stamps}
+            out["forecast"] = {**shaped(mean, body.level, body.quantiles), "timestamps": stamps}
+        out["anomalies"] = flagged(before, p.values, body.anomaly_level)
         return out
 
     @app.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
              response_model_exclude_none=True, dependencies=KnownQuery)
     async def series_forecast(request: Request, series_id: str = SeriesId,
-                              horizon: int = Query(96, ge=1)):
+                              horizon: int = Query(96, ge=1),
+                              level: list[float] | None = LevelQuery,
+                              quantiles: list[float] | None = QuantilesQuery):
         check_plain_ints(request, "horizon")
         check_horizon(horizon)
         e = engine_of(request)
+        try:
+            dist = schemas.Distribution.model_validate({"level": level, "quantiles": quantiles})
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            raise EngineError(422, f"{_field_path(first)}: {schemas.error_message(first)}",
+                              _field_path(first)) from None
+        require_quantiles(e, level=dist.level, quantiles=dist.quantiles)
 
         async def work():
             stamps = timeline.forecast_timestamps(e.meta.get(series_id), horizon)
@@ -439,8 +521,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
         length, mean, stamps = await series_locks.run([series_id], work)
         metrics.points_forecast.labels("series_forecast").inc(horizon)
-        return {"id": series_id, "length": length, "horizon": horizon, "mean": mean,
-                "timestamps": stamps}
+        return {"id": series_id, "length": length, "horizon": horizon,
+                **shaped(mean, dist.level, dist.quantiles), "timestamps": stamps}
 
     @app.get("/series/{series_id}", response_model=schemas.SeriesInfo,
              response_model_exclude_none=True, dependencies=KnownQuery)

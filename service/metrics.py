@@ -124,6 +124,8 @@ class Metrics:
                                        "series", registry=r)
         self.points_forecast = Counter("rimer_points_forecast", "forecast values returned "
                                        "(horizon times series)", ["op"], registry=r)
+        self.anomalies = Counter("rimer_anomalies", "appended points outside their series' "
+                                 "calibrated interval (appends with anomaly_level)", registry=r)
         # Durability (service/store.py; zero without --data-dir).
         self.wal_records = Counter("rimer_wal_records", "records written to the write-ahead log",
                                    ["op"], registry=r)

@@ -76,6 +76,44 @@ FREQ_RULE = ("the frequency of a new series' timestamps (inferred from them when
 NULLS_RULE = "null: a missing point, filled with the last value before it"
 
 
+MAX_LEVELS = 10
+Level = Annotated[float, Field(strict=True, gt=0, lt=100),
+                  WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100})]
+QuantileLevel = Annotated[float, Field(strict=True, gt=0, lt=1),
+                          WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1})]
+LEVEL_RULE = ("prediction intervals at these coverage levels (percent, in (0, 100); at most 10), "
+              "calibrated online on the series' own errors; needs a model with quantiles")
+QUANTILES_RULE = "these quantiles (in (0, 1); at most 10) of each forecast point"
+ANOMALY_RULE = ("flag the new points outside the series' calibrated interval at this level "
+                "(percent) of the forecast made before them; off when left out")
+
+
+class Interval(BaseModel):
+    level: float
+    lo: list[float]
+    hi: list[float]
+
+
+class QuantileValues(BaseModel):
+    q: float
+    values: list[float]
+
+
+class Anomaly(BaseModel):
+    index: int = Field(description="position among the appended values")
+    value: float
+    lo: float
+    hi: float
+
+
+class Distribution(Strict):
+    """What a forecast request may ask for beside the mean."""
+
+    level: list[Level] | None = Field(None, max_length=MAX_LEVELS, description=LEVEL_RULE)
+    quantiles: list[QuantileLevel] | None = Field(None, max_length=MAX_LEVELS,
+                                                  description=QUANTILES_RULE)
+
+
 class SeriesIn(Strict):
     id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
     values: Values = Field(min_length=1, description="the whole history, oldest first; "
@@ -84,7 +122,7 @@ class SeriesIn(Strict):
     freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
-class ForecastRequest(Strict):
+class ForecastRequest(Distribution):
     series: list[SeriesIn] = Field(min_length=1)
     horizon: int = Field(96, ge=1, strict=True, description="points to forecast")
 
@@ -92,6 +130,8 @@ class ForecastRequest(Strict):
 class SeriesForecast(BaseModel):
     id: str
     mean: list[float]
+    intervals: list[Interval] | None = None
+    quantiles: list[QuantileValues] | None = None
     timestamps: list[str] | None = Field(None, description="of the forecast points (when the "
                                          "series had timestamps)")
 
@@ -102,17 +142,20 @@ class ForecastResponse(BaseModel):
     forecasts: list[SeriesForecast]
 
 
-class AppendRequest(Strict):
+class AppendRequest(Distribution):
     values: Values = Field(min_length=1, description="new points, oldest first; " + NULLS_RULE)
     timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE + "; left out "
                                                "for a series with timestamps: the next grid points")
     freq: Freq | None = Field(None, description=FREQ_RULE)
     horizon: int | None = Field(None, ge=1, strict=True,
                                 description="also return a forecast of this many points")
+    anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
 
 
 class Forecast(BaseModel):
     mean: list[float]
+    intervals: list[Interval] | None = None
+    quantiles: list[QuantileValues] | None = None
     timestamps: list[str] | None = Field(None, description="of the forecast points (series with "
                                          "timestamps)")
 
@@ -121,6 +164,7 @@ class AppendResponse(BaseModel):
     id: str
     length: int
     forecast: Forecast | None = None
+    anomalies: list[Anomaly] | None = Field(None, description="with `anomaly_level`")
 
 
 class BulkItem(Strict):
@@ -130,11 +174,12 @@ class BulkItem(Strict):
     freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
-class BulkAppendRequest(Strict):
+class BulkAppendRequest(Distribution):
     series: list[BulkItem] = Field(min_length=1, description="appends, applied in order (an id "
                                    "may repeat: its appends apply in order)")
     horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
                                 "forecast of this many points")
+    anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
 
 
 class BulkAppendResponse(BaseModel):
@@ -157,6 +202,8 @@ class SeriesForecastResponse(BaseModel):
     length: int
     horizon: int
     mean: list[float]
+    intervals: list[Interval] | None = None
+    quantiles: list[QuantileValues] | None = None
     timestamps: list[str] | None = Field(None, description="of the forecast points (series with "
                                          "timestamps)")
 
