@@ -35,6 +35,7 @@ from model.wkv import wkv7_recurrent
 
 # Patches run through the network per call when consuming a long history: bounds memory.
 MAX_CHUNK_PATCHES = 1024
+HORIZON_SPREAD_PATCHES = 64  # entries of a quantile model's horizon_spread table
 
 
 class PositionLimitError(ValueError):
@@ -399,6 +400,11 @@ class Rimer(nn.Module):
             self.forecast_embed = nn.Parameter(torch.zeros(cfg.d_model))
         if cfg.quantiles:  # per level, the offsets that quantiles.from_offsets orders
             self.quantile_head = nn.Linear(cfg.d_model, cfg.patch_len * len(cfg.quantiles))
+            # How much wider than the quantile head says each forecast patch's quantiles are
+            # drawn, by its place in a rollout (the head predicts one patch ahead from what it is
+            # fed; later patches are fed forecasts, not data): fitted on validation series
+            # (training/spread.py), the last entry for every later patch. Ones: as predicted.
+            self.register_buffer("horizon_spread", torch.ones(HORIZON_SPREAD_PATCHES))
         if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point, a
             # sharpness of the match (model/rimer.py lag_copy)
             self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len + 1)
@@ -822,6 +828,9 @@ class Rimer(nn.Module):
         mean = flat.gather(1, idx)
         if not quantiles:
             return mean
+        spread = self.horizon_spread
+        qpieces = [c[:, None] + spread[min(k, len(spread) - 1)] * (q - c[:, None])
+                   for k, (c, q) in enumerate(zip(pieces, qpieces))]
         qflat = torch.cat(qpieces, dim=2)
         return mean, qflat.gather(2, idx[:, None].expand(-1, qflat.shape[1], -1))
 
