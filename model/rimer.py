@@ -354,15 +354,15 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     w = history.shape[1]
     n_lags = w - p + 1
     dev = patches.device
-    ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1)
-    n = torch.arange(t, device=dev)[:, None, None]
-    i = torch.arange(1, p + 1, device=dev)[None, :, None]
-    j = torch.arange(n_lags, device=dev)[None, None, :]
-    base = w + n * p - 1 + i - j  # + 0: lag P + j for point i of patch n + 1; - P: of patch n
-    values = ext[:, base]  # [B, T, P, lags]
-    earlier = ext[:, base - p]
+    ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1).contiguous()
+    # Views, not copies: element [b, n, i, j'] is ext[b, (n + 1) P + i + j'] for point i (0-based)
+    # of patch n + 1 and lag W - j' (lags in reverse order; the weights are flipped to match), and
+    # P points earlier for patch n itself.
+    size, stride = (bsz, t, p, n_lags), (ext.stride(0), p, 1, 1)
+    values = ext.as_strided(size, stride, ext.storage_offset() + p)
+    earlier = ext.as_strided(size, stride, ext.storage_offset())
     diff = earlier - patches.to(ext.dtype)[..., None]
-    match = -(diff * diff).mean(2) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
+    match = -(diff * diff).mean(2).flip(-1) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
     seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
     reach = (2 * p + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
     score = logits.float() + sharpness.float()[..., None] * match.float()
@@ -370,7 +370,7 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     usable = reach.any(-1)
     weights = torch.where(usable[..., None], weights, torch.zeros_like(weights))
     # (a product and a sum per row, not a batched matmul: the same bits for a row whatever its batch)
-    return (values * weights.to(values.dtype)[:, :, None, :]).sum(-1), usable
+    return (values * weights.flip(-1).to(values.dtype)[:, :, None, :]).sum(-1), usable
 
 
 def quantile_values(mean: torch.Tensor, offsets: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
