@@ -8,7 +8,7 @@ from dataclasses import dataclass
 POS_EMBEDDINGS = ("sinusoidal", "none")
 # Keys added after configs were first written: a config without them means the defaults (a model
 # without them), so older checkpoints keep loading.
-OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0}
+OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0, "lag_match": 0}
 NORMALISATIONS = ("window", "causal")
 
 
@@ -45,6 +45,9 @@ class RimerConfig:
     # the network can point at, period-aligned at any period, which the recurrence alone recalls
     # poorly). The state keeps those points.
     lag_window: int = 0
+    # Points each lag's match is measured over (the last ones, against the same points one lag
+    # earlier); 0: one patch. Longer tells periods apart that one patch cannot (168 from 169).
+    lag_match: int = 0
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -71,6 +74,9 @@ class RimerConfig:
         if isinstance(self.lag_window, bool) or not isinstance(self.lag_window, int) or (
                 self.lag_window and self.lag_window < 2 * self.patch_len) or self.lag_window < 0:
             raise ValueError(f"config.lag_window must be 0 or at least two patches, got {self.lag_window!r}")
+        if isinstance(self.lag_match, bool) or not isinstance(self.lag_match, int) or self.lag_match < 0 \
+                or self.lag_match % self.patch_len:
+            raise ValueError(f"config.lag_match must be 0 or a multiple of patch_len, got {self.lag_match!r}")
         if not isinstance(self.forecast_flag, bool):
             raise ValueError(f"config.forecast_flag must be true or false, got {self.forecast_flag!r}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
@@ -79,6 +85,13 @@ class RimerConfig:
     @property
     def n_heads(self) -> int:
         return self.d_model // self.head_size
+
+    @property
+    def history_len(self) -> int:
+        """Points of history a lag model's state keeps: every lag's copy and match reachable."""
+        if not self.lag_window:
+            return 0
+        return self.lag_window + (self.lag_match or self.patch_len) - self.patch_len
 
     @property
     def streamable(self) -> bool:

@@ -337,34 +337,37 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
              logits: torch.Tensor, sharpness: torch.Tensor, var: torch.Tensor):
     """For each patch n of a chunk, the next patch's points as a weighted sum of earlier points:
     point i (1..P) of patch n + 1 is sum_k a_k x[end_n + i - k] over lags k = P .. W, where end_n
-    is the last point of patch n and x runs over `history` (the W points before the chunk) and
-    then the chunk's patches.
+    is the last point of patch n and x runs over `history` (the points before the chunk) and then
+    the chunk's patches.
 
     The weights a = softmax over lags of logits_k + sharpness * match_k, where match_k is minus
-    the mean squared difference between patch n and the patch k points before it, over patch n's
-    variance `var`: lags where the series repeats itself score high before anything is learned
-    (a period found by matching, as an analogue forecast finds it), and the learned logits and
-    sharpness choose among them. Lags whose match would reach before the series' first point are
-    excluded; a patch with none left (a series' first patch) gets weight nowhere.
+    the mean squared difference between the last M points (to end_n) and the M points k before
+    them, over patch n's variance `var`: lags where the series repeats itself score high before
+    anything is learned (a period found by matching, as an analogue forecast finds it), and the
+    learned logits and sharpness choose among them. Lags whose match would reach before the
+    series' first point are excluded; a patch with none left gets weight nowhere.
 
-    history [B, W]; patches [B, T, P]; n_before [B] complete patches before the chunk; logits
-    [B, T, W - P + 1]; sharpness, var [B, T]. Returns the copy [B, T, P] in the data's units and
-    [B, T] whether any lag was usable."""
+    history [B, W + M - P]; patches [B, T, P]; n_before [B] complete patches before the chunk;
+    logits [B, T, W - P + 1] (so W, and M, follow from the shapes); sharpness, var [B, T].
+    Returns the copy [B, T, P] in the data's units and [B, T] whether any lag was usable."""
     bsz, t, p = patches.shape
-    w = history.shape[1]
-    n_lags = w - p + 1
+    n_lags = logits.shape[-1]
+    w = n_lags + p - 1
+    m = history.shape[1] - w + p
     dev = patches.device
     ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1).contiguous()
-    # Views, not copies: element [b, n, i, j'] is ext[b, (n + 1) P + i + j'] for point i (0-based)
-    # of patch n + 1 and lag W - j' (lags in reverse order; the weights are flipped to match), and
-    # P points earlier for patch n itself.
-    size, stride = (bsz, t, p, n_lags), (ext.stride(0), p, 1, 1)
-    values = ext.as_strided(size, stride, ext.storage_offset() + p)
-    earlier = ext.as_strided(size, stride, ext.storage_offset())
-    diff = earlier - patches.to(ext.dtype)[..., None]
+    # Views, not copies. With j' = W - lag (lags in reverse order; the weights are flipped to match)
+    # and H the history's length: point i of patch n + 1 at lag k is ext[H - W + (n + 1) P + i + j'];
+    # point m of the match window ending at patch n is ext[W + n P + m], and k before it
+    # ext[n P + m + j'].
+    s0, off = ext.stride(0), ext.storage_offset()
+    values = ext.as_strided((bsz, t, p, n_lags), (s0, p, 1, 1), off + m)
+    earlier = ext.as_strided((bsz, t, m, n_lags), (s0, p, 1, 1), off)
+    current = ext.as_strided((bsz, t, m), (s0, p, 1), off + w)
+    diff = earlier - current[..., None]
     match = -(diff * diff).mean(2).flip(-1) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
     seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
-    reach = (2 * p + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
+    reach = (p + m + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
     score = logits.float() + sharpness.float()[..., None] * match.float()
     weights = torch.softmax(score.masked_fill(~reach, float("-inf")), dim=-1)
     usable = reach.any(-1)
@@ -593,7 +596,8 @@ class Rimer(nn.Module):
             history = ext[:, t * p:]
         else:
             start = valid.sum(1) * p
-            history = ext.gather(1, start[:, None] + torch.arange(w, device=ext.device)[None])
+            keep = state.history.shape[1]
+            history = ext.gather(1, start[:, None] + torch.arange(keep, device=ext.device)[None])
         return mixed, history
 
     # ---- form 1: whole history -------------------------------------------------------------

@@ -13,7 +13,7 @@ Triton kernel (kernels/wkv7_pool.py) updates `pool.wkv[slots]` in place.
 | `tail_len`   | [B]                       | int64   | how many points of `tail` are real, 0 <= . < P       |
 | `norm`       | [B, 2]                    | float64 | normalisation statistics: mean, variance             |
 | `next_patch` | [B, P]                    | float32 | the model's forecast of the next patch, data units   |
-| `history`    | [B, lag_window]           | float32 | the last points of complete patches (lag models only)|
+| `history`    | [B, history_len]          | float32 | the last points of complete patches (lag models only)|
 | `quantile_offsets` | [B, Q P]            | float32 | the quantile head's output at the last patch        |
 | `calib`      | [B, tracked levels]       | float64 | interval calibration: alpha minus nominal per level  |
 
@@ -60,7 +60,7 @@ class RimerState:
             tail_len=torch.zeros(batch, dtype=torch.int64, device=device),
             norm=torch.zeros(batch, 2, dtype=torch.float64, device=device),
             next_patch=torch.zeros(batch, p, device=device),
-            history=torch.zeros(batch, cfg.lag_window, device=device) if cfg.lag_window else None,
+            history=torch.zeros(batch, cfg.history_len, device=device) if cfg.lag_window else None,
             quantile_offsets=(torch.zeros(batch, p * len(cfg.quantiles), device=device)
                               if cfg.quantiles else None),
             calib=(torch.zeros(batch, len(calibration.TRACKED), dtype=torch.float64, device=device)

@@ -14,7 +14,7 @@ from tests.test_backend import DEVICE, MANIFEST, P
 from tests.test_model import tiny_model, walk
 
 LEVELS = (0.1, 0.5, 0.9)
-HEADS = {"lag_window": 3 * P, "quantiles": LEVELS}
+HEADS = {"lag_window": 3 * P, "lag_match": 2 * P, "quantiles": LEVELS}
 
 
 def head_model(seed: int = 0):

@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tell the network which input patches are its own forecasts")
     ap.add_argument("--lag-window", type=cli.non_negative, default=0,
                     help="points the lag head reads back (0: no lag head; see model/config.py)")
+    ap.add_argument("--lag-match", type=cli.non_negative, default=0,
+                    help="points each lag's match is measured over (0: one patch; model/config.py)")
+    ap.add_argument("--init", default=None,
+                    help="start from these weights (ours) where their shapes fit the config")
     ap.add_argument("--ahead", type=cli.non_negative, default=8,
                     help="most free-running patches scored after a window's history "
                          "(0: teacher forcing only)")
@@ -202,12 +206,18 @@ def main(argv: list[str] | None = None) -> dict:
                           head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
                           pos_emb="none", norm="causal", norm_window=args.norm_window,
                           quantiles=levels, forecast_flag=args.forecast_flag,
-                          lag_window=args.lag_window)
+                          lag_window=args.lag_window, lag_match=args.lag_match)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)
     model = Rimer(cfg)
     init_weights(model, args.seed)
+    if args.init:  # every tensor whose name and shape the config shares (fine-tuning)
+        start_from, _ = checkpoint.load(args.init)
+        own = model.state_dict()
+        shared = {k: v for k, v in start_from.state_dict().items() if k in own and own[k].shape == v.shape}
+        model.load_state_dict({**own, **shared})
+        print(f"--init: {len(shared)} of {len(own)} tensors from {args.init}", file=sys.stderr)
     model.to(dev)
     averaged = Rimer(cfg).to(dev)
     averaged.load_state_dict(model.state_dict())
