@@ -213,7 +213,7 @@ class WriteAheadLog:
 
     def _create(self, segment: int) -> int:
         path = wal_path(self.directory, segment)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         header = HEADER.pack(MAGIC, WAL_VERSION, segment)
         os.write(fd, header + struct.pack("<I", zlib.crc32(header)))
         os.fsync(fd)
@@ -419,7 +419,7 @@ class Store:
     def open(self) -> dict:
         """Lock the directory, recover every series into the engine, start the log and threads."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o644)
+        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -132,3 +132,39 @@ def test_spilled_states_come_back_with_their_heads(tmp_path):
             e.append(f"s{i}", walk(3 * P + i, i).tolist(), None)
     for i in range(4):
         assert every.forecast_series(f"s{i}", 2 * P) == bounded.forecast_series(f"s{i}", 2 * P)
+
+
+def test_a_restart_gives_the_same_intervals_bit_for_bit(tmp_path):
+    """Calibration and the heads' fields are part of the state: recovered from a snapshot and
+    the log exactly as they were (files 0600, like the rest of the data directory)."""
+    import random
+
+    from service import distribution
+    from service.store import Store
+
+    def opened(engine):
+        store = Store(tmp_path, engine, snapshot_interval_s=0)
+        store.open()
+        return store
+
+    model = head_model()
+    first = Engine(model, MANIFEST, 20, backend="torch")
+    store = opened(first)
+    rng = random.Random(0)
+    for i in range(30):
+        first.append(f"s{i % 3}", walk(rng.randint(1, 2 * P), i).tolist(), None)
+        if i == 14:
+            store.snapshot()
+    before = {f"s{i}": first.forecast_series(f"s{i}", 2 * P) for i in range(3)}
+    store.close()
+    again = Engine(model, MANIFEST, 20, backend="torch")
+    store = opened(again)
+    for sid, (length, fc) in before.items():
+        got_length, got = again.forecast_series(sid, 2 * P)
+        assert got_length == length and got == fc
+        assert (got.quantiles == fc.quantiles).all() and (got.calib == fc.calib).all()
+        assert distribution.intervals(got, [80, 95]) == distribution.intervals(fc, [80, 95])
+    store.close()
+    for path in tmp_path.iterdir():
+        if path.is_file():
+            assert path.stat().st_mode & 0o777 == 0o600, path.name
