@@ -14,6 +14,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service import distribution, schemas, timeline
 from service.auth import ApiKeyAuth, load_keys
@@ -24,6 +25,7 @@ from service.metrics import Metrics, RequestMetrics
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.store import Store
+from service.strict_json import DuplicateKeyError, StrictJsonRoute
 from service.timeline import TimelineError
 
 log = logging.getLogger("rimer.service")
@@ -159,6 +161,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         opened.clear()
 
     app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan)
+    app.router.route_class = StrictJsonRoute  # a key given twice in a JSON object: 422
     app.state.start = start
     metrics = app.state.metrics = Metrics(lambda: getattr(app.state, "engine", None),
                                           lambda: getattr(app.state, "store", None))
@@ -174,6 +177,12 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     @app.exception_handler(EngineError)
     async def engine_error(_: Request, exc: EngineError):
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(DuplicateKeyError)
+    async def duplicate_key(request: Request, exc: DuplicateKeyError):
+        shown = exc.key if len(exc.key) <= 64 else exc.key[:64] + "..."
+        return JSONResponse({"detail": f"key {shown!r} is given more than once in a JSON object",
+                             "field": shown}, status_code=422)
 
     @app.exception_handler(TimelineError)
     async def timeline_error(_: Request, exc: TimelineError):
@@ -197,12 +206,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                             status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         # FastAPI's own 400 for a body it cannot parse at all (bytes that are not UTF-8, JSON
         # nested past the parser's depth) names no field; it is the body's. 404/405: no field.
         field = "body" if exc.status_code == 400 else None
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # every method of every route of this path, not the first's
+            headers["Allow"] = ", ".join(allowed_methods(request))
         return JSONResponse({"detail": exc.detail, "field": field}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+                            headers=headers or None)
+
+    def allowed_methods(request: Request) -> list[str]:
+        methods = set()
+        for route in request.app.router.routes:
+            if getattr(route, "methods", None) and route.matches(request.scope)[0] != Match.NONE:
+                methods |= route.methods
+        return sorted(methods)
 
     def engine_of(request: Request) -> Engine:
         e = getattr(request.app.state, "engine", None)

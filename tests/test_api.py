@@ -335,3 +335,22 @@ def test_a_huge_freq_is_not_echoed(client):
     r = client.post("/series/h/append", content=body, headers={"content-type": "application/json"})
     assert_error(r, 422, "freq")
     assert len(r.text) < 1000 and "366 days" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body, key", [
+    (b'{"values": [1.0], "values": [2.0, 3.0]}', "values"),
+    (b'{"values": [1.0], "horizon": 2, "horizon": 3}', "horizon"),
+])
+def test_a_key_given_twice_is_a_422_naming_it(client, body, key):
+    r = client.post("/series/dup/append", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["field"] == key, r.text
+    assert client.get("/series/dup").status_code == 404  # nothing appended
+    bulk = client.post("/series/append", headers={"content-type": "application/json"},
+                       content=b'{"series": [{"id": "a", "values": [1.0], "id": "b"}]}')
+    assert bulk.status_code == 422 and bulk.json()["field"] == "id"
+
+
+def test_405_allows_every_method_of_the_path(client):
+    r = client.options("/series/abc")
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert client.put("/forecast").headers["allow"] == "POST"
