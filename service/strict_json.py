@@ -47,7 +47,7 @@ class StrictJsonRoute(APIRoute):
             if strict_request.method in ("POST", "PUT", "PATCH"):
                 try:  # (parsed once: the handler reads the same parse)
                     await strict_request.json()
-                except (json.JSONDecodeError, UnicodeDecodeError):
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                     pass  # not JSON: the handler answers it as before
             return await handler(strict_request)
 
