@@ -36,6 +36,7 @@ from model.wkv import wkv7_recurrent
 # Patches run through the network per call when consuming a long history: bounds memory.
 MAX_CHUNK_PATCHES = 1024
 HORIZON_SPREAD_PATCHES = 64  # entries of a quantile model's horizon_spread table
+LAG_SLICE_ELEMENTS = 1 << 25  # the lag head's largest temporary (a chunk of patches at a time)
 
 
 class PositionLimitError(ValueError):
@@ -352,8 +353,19 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     Returns the copy [B, T, P] in the data's units and [B, T] whether any lag was usable."""
     bsz, t, p = patches.shape
     n_lags = logits.shape[-1]
+    m = history.shape[1] - (n_lags + p - 1) + p
+    step = max(1, LAG_SLICE_ELEMENTS // max(1, bsz * max(m, p) * n_lags))
+    if t > step:  # in slices of patches (each patch's result depends on its own inputs only)
+        outs, used = [], []
+        for lo in range(0, t, step):
+            hi = min(t, lo + step)
+            before = torch.cat([history, patches[:, :lo].reshape(bsz, lo * p).to(history.dtype)], 1)
+            out, ok = lag_copy(before[:, before.shape[1] - history.shape[1]:], patches[:, lo:hi],
+                               n_before + lo, logits[:, lo:hi], sharpness[:, lo:hi], var[:, lo:hi])
+            outs.append(out)
+            used.append(ok)
+        return torch.cat(outs, 1), torch.cat(used, 1)
     w = n_lags + p - 1
-    m = history.shape[1] - w + p
     dev = patches.device
     ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1).contiguous()
     # Views, not copies. With j' = W - lag (lags in reverse order; the weights are flipped to match)
