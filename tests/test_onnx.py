@@ -55,9 +55,11 @@ def test_onnx_network_matches_the_torch_network():
     counts = torch.tensor([4, 0, 1, 3, 4])
     valid = torch.arange(t)[None] < counts[:, None]
     with torch.no_grad():
-        want_pred, want_wkv, want_shift = model._network(xn, state, valid, TorchStep)
-    got_pred, got_wkv, got_shift = runtime(xn, state, valid)
+        want_pred, want_wkv, want_shift, want_heads = model._network_full(xn, state, valid, TorchStep)
+    got_pred, got_wkv, got_shift, *heads = runtime(xn, state, valid)
     assert rel_err(got_pred[valid], want_pred[valid]) <= 1e-5
+    for name, got in (heads[0] if heads else {}).items():  # a model with lag or quantile heads
+        assert rel_err(got[valid], want_heads[name][valid]) <= 1e-5, name
     assert rel_err(got_wkv, want_wkv) <= 1e-5 and rel_err(got_shift, want_shift) <= 1e-5
     assert torch.equal(got_wkv[1], state.wkv[1]) and torch.equal(got_shift[1], state.shift[1])
 

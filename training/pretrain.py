@@ -316,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = {
         "name": args.name or out.name,
         "format": "rimer-safetensors-v1",
-        "trained_on": {"corpus": corpus.manifest_entry(series), "synthetic_share": args.synthetic,
+        "trained_on": {"datasets": sorted({s.key.split("/")[0] for s in corpus.by_role(series, "train")}),
+                       "corpus": corpus.manifest_entry(series), "synthetic_share": args.synthetic,
                        "synthetic": "training/synth.py, seeded by --seed, generated on the fly",
                        "validation": "the corpus's validation series under training/protocol.py: "
                                      "mean over groups of the mean log MSE ratio to the best naive forecast"},
