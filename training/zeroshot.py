@@ -148,15 +148,17 @@ def write_report(out: Path, name: str, info: dict, summary: dict, checks: dict, 
     methods = ["rimer", "repeat_last", "seasonal_naive", *STAT_METHODS]
     lines = [f"# Zero-shot benchmark of `{name}`", "",
              "MSE of each method (scaled values, mean of the four horizons) over the best naive "
-             "forecast's (the better of repeat-last and seasonal naive with the natural period); "
-             "below 1 beats it. Series never seen in training (training/corpus.py roles). "
+             "forecast's (the better of repeat-last and seasonal naive at the best of the series' "
+             "natural periods, `periods`: the first is the statistical models' season); below 1 "
+             "beats it. Series never seen in training (training/corpus.py roles). "
              f"Command: `{command}`.", "",
-             "| series | freq | domain | period | windows | horizons | " + " | ".join(methods) + " |",
+             "| series | freq | domain | periods | windows | horizons | " + " | ".join(methods) + " |",
              "| --- | --- | --- | --- | --- | --- | " + " | ".join("---:" for _ in methods) + " |"]
     for key, r in summary["ratio"].items():
         meta = info[key]
         cells = " | ".join(f"{r[m]:.3f}" if m in r else "-" for m in methods)
-        lines.append(f"| {key} | {meta['freq']} | {meta['domain']} | {meta['period'] or '-'} | "
+        periods = "/".join(map(str, meta.get("periods") or ())) or "-"
+        lines.append(f"| {key} | {meta['freq']} | {meta['domain']} | {periods} | "
                      f"{meta['windows']} | {'/'.join(map(str, meta['horizons']))} | {cells} |")
     geo = summary["geomean"]
     cells = " | ".join(f"**{geo[m]:.3f}**" for m in methods)
@@ -207,7 +209,8 @@ def bench_tasks(windows: int, lookback: int) -> tuple[list[protocol.Task], dict]
         if task is None:
             raise ValueError(f"benchmark series {s.key} is too short for the protocol")
         tasks.append(task)
-        info[s.key] = {"freq": s.freq, "domain": s.domain, "period": task.period, "source": s.source,
+        info[s.key] = {"freq": s.freq, "domain": s.domain, "period": task.period, "periods": task.periods,
+                       "source": s.source,
                        "licence": s.licence, "length": len(s.values), "windows": len(task.histories),
                        "horizons": task.horizons}
     return tasks, info
