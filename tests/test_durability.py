@@ -235,8 +235,10 @@ def state_of(server: Server, ids) -> dict:
     out = {}
     for i in ids:
         length = server.client.get(f"/series/{i}").json()["length"]
-        r = server.client.get(f"/series/{i}/forecast", params={"horizon": 24})
-        out[i] = (length, r.json()["mean"] if length >= 32 else None)
+        # (the default predicts quantiles: its calibrated intervals must come back too)
+        r = server.client.get(f"/series/{i}/forecast",
+                              params=[("horizon", 24), ("level", 80), ("level", 95)])
+        out[i] = (length, (r.json()["mean"], r.json()["intervals"]) if length >= 32 else None)
     return out
 
 
