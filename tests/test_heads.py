@@ -168,3 +168,18 @@ def test_a_restart_gives_the_same_intervals_bit_for_bit(tmp_path):
     for path in tmp_path.iterdir():
         if path.is_file():
             assert path.stat().st_mode & 0o777 == 0o600, path.name
+
+
+def test_the_horizon_spread_widens_the_quantiles_of_later_patches_only():
+    model = head_model()
+    xs = [walk(5 * P, 3)]  # whole patches: the first forecast patch is the state's
+    state = model.append(model.init_state(xs), xs)
+    mean, q = model.forecast(state, 3 * P, quantiles=True)
+    with torch.no_grad():
+        model.horizon_spread.copy_(torch.tensor([1.0, 2.0, 3.0] + [3.0] * (len(model.horizon_spread) - 3)))
+    mean2, q2 = model.forecast(state, 3 * P, quantiles=True)
+    assert torch.equal(mean, mean2)
+    dev, dev2 = q - mean[:, None], q2 - mean2[:, None]
+    assert torch.allclose(dev2[..., :P], dev[..., :P])
+    assert torch.allclose(dev2[..., P: 2 * P], 2 * dev[..., P: 2 * P], atol=1e-5)
+    assert torch.allclose(dev2[..., 2 * P:], 3 * dev[..., 2 * P:], atol=1e-5)
