@@ -47,16 +47,13 @@ from model.rimer import Rimer
 from model.state import RimerState
 from service.cache import SpillError, SpillTiers
 from service.distribution import forecasts
+from service.errors import ServiceError
 
 log = logging.getLogger("rimer.engine")
 
 
-class EngineError(Exception):
-    """A request the engine refuses; `status` and `field` say how the HTTP layer reports it."""
-
-    def __init__(self, status: int, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+class EngineError(ServiceError):
+    """A request the engine refuses (a `ServiceError`: `status` and `field` for the answer)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -23,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from fastapi.concurrency import run_in_threadpool
+
 from service.engine import Engine, EngineError, Op
 
 log = logging.getLogger("rimer.scheduler")
@@ -155,3 +157,52 @@ class Scheduler:
 
 def _internal(exc: BaseException) -> EngineError:
     return exc if isinstance(exc, EngineError) else EngineError(500, f"internal error: {exc}")
+
+
+def work_of(values: int, forecast: int) -> int:
+    """A request's model work, in points: the values it appends plus the points it forecasts (a
+    forecast patch costs about what an appended patch does). A bulk append naming one series
+    1,024 times with horizon 2,048 appends few values but runs 1,024 forecasts one after
+    another (a minute on the CPU): counted by values alone, it held the batcher's one worker,
+    and every other client, for all of it."""
+    return values + forecast
+
+
+class Executor:
+    """Where a request's model work runs: coalesced by the batcher (`Scheduler`) when batching is
+    on, else in the thread pool; a request of more than `large_points` points of work always
+    takes the thread pool, since the batcher's one worker would otherwise hold every other
+    client's batch until it is done (its series are locked by the HTTP layer meanwhile, so no
+    batch touches them)."""
+
+    def __init__(self, engine: Engine, batcher: Scheduler | None, large_points: int, metrics):
+        self.engine, self.batcher, self.large_points, self.metrics = engine, batcher, large_points, metrics
+
+    def is_large(self, points: int) -> bool:
+        return points > self.large_points
+
+    async def off_loop(self, points: int, fn, *args):
+        """`fn(*args)`, in the thread pool for a large request: checking and planning 500,000
+        timestamps takes seconds, which on the event loop would stall every other client."""
+        return await run_in_threadpool(fn, *args) if self.is_large(points) else fn(*args)
+
+    async def ops(self, ops: list[Op], label: str, single=None, work: int | None = None):
+        """The results of `ops`, one per op (or the EngineError refusing them): `single`, a
+        call for a one-op request (the engine's per-series path), when not batched."""
+        if work is None:  # (when the caller has not counted it: a one-op request)
+            work = work_of(sum(len(o.values or ()) for o in ops), sum(o.horizon or 0 for o in ops))
+        if self.batcher is not None and not self.is_large(work):
+            return await self.batcher.submit(ops)
+        if single is not None:
+            return [await run_in_threadpool(self.metrics.timed, label, *single)]
+        out = (await run_in_threadpool(self.metrics.timed, label, self.engine.apply_batch, [ops]))[0]
+        if isinstance(out, EngineError):
+            raise out
+        return out
+
+    async def forecast(self, histories: list[list[float]], horizon: int, values: int):
+        """Stateless forecasts of `histories` (`values` points given)."""
+        if self.batcher is not None and not self.is_large(work_of(values, horizon * len(histories))):
+            return await self.batcher.forecast(histories, horizon)
+        return await run_in_threadpool(self.metrics.timed, "forecast", self.engine.forecast_histories,
+                                       histories, horizon)

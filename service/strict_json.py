@@ -11,10 +11,13 @@ import json
 from fastapi import Request
 from fastapi.routing import APIRoute
 
+from service.errors import ServiceError, shown
 
-class DuplicateKeyError(ValueError):
+
+class DuplicateKeyError(ServiceError):
     def __init__(self, key: str):
-        super().__init__(key)
+        super().__init__(422, f"key {shown(key)!r} is given more than once in a JSON object",
+                         shown(key))
         self.key = key
 
 

@@ -49,6 +49,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
+from service.errors import ServiceError
+
 US = 1_000_000  # microseconds per second
 MAX_FREQ_S = 366 * 86_400
 MAX_TIMESTAMP_CHARS = 64
@@ -62,12 +64,8 @@ UNITS = {"s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _FREQ = re.compile(r"^\s*([0-9]{1,12})\s*([a-z]*)\s*$")
 
 
-class TimelineError(Exception):
-    """A request the rules refuse: `status` (409 or 422), and the `field` it names."""
-
-    def __init__(self, status: int, message: str, field: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.field = status, message, field
+class TimelineError(ServiceError):
+    """A request the rules refuse (a `ServiceError`: 409 or 422, and the `field` it names)."""
 
 
 @dataclass(frozen=True)

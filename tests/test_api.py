@@ -7,8 +7,9 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app, json_response
+from service.app import create_app
 from service.engine import Engine
+from service.responses import json_response
 from service.settings import Settings
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ORIGINAL_PTH
 

@@ -1,0 +1,247 @@
+"""Streaming series: appends (one series or many), forecasts from the held state, listing,
+description and deletion. Requests on one series run one at a time (`timeline.SeriesLocks`):
+an append's filled values and metadata are computed from the metadata it replaces."""
+
+from __future__ import annotations
+
+import pydantic
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from service import distribution, schemas, timeline
+from service.deps import (
+    KnownQuery,
+    LevelQuery,
+    QuantilesQuery,
+    SeriesId,
+    check_distribution,
+    check_horizon,
+    check_many,
+    check_plain_ints,
+    check_points,
+    engine_of,
+    executor_of,
+    require_quantiles,
+)
+from service.engine import Engine, Op
+from service.errors import ServiceError, field_path
+from service.responses import json_response, shaped, with_stamps
+from service.scheduler import work_of
+from service.strict_json import StrictJsonRoute
+
+router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON object: 422
+
+
+def series_exists(e: Engine, series_id: str) -> bool:
+    # Every append through this layer sets metadata; else (logged before timestamps existed,
+    # or none) ask the engine. Requests on one series are serialised by the series locks, so
+    # nothing else creates or deletes this series meanwhile.
+    return series_id in e.meta or e.held_length(series_id) is not None
+
+
+def plan_append(e: Engine, series_id: str, item, budget: int, prefix: str,
+                chain: dict[str, dict]) -> timeline.Plan:
+    """Gaps and nulls filled, and the metadata after the append; `chain` holds the metadata
+    earlier items of the same request leave (a bulk append may name a series twice)."""
+    if series_id in chain:
+        meta, exists = chain[series_id], True
+    else:
+        meta = e.meta.get(series_id)
+        exists = meta is not None or series_exists(e, series_id)
+    planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
+                                   budget, prefix)
+    chain[series_id] = planned.meta
+    return planned
+
+
+def before_op(e: Engine, max_horizon: int, series_id: str, values: int, prefix: str = "") -> Op | None:
+    """For anomaly flags: a forecast of the points an append brings, made before it (None
+    where the series has no forecast yet: unknown, or under one patch)."""
+    held = e.held_length(series_id)
+    if held is None or held < e.patch_len:
+        return None
+    return Op(series_id, None, min(values, max_horizon), prefix)
+
+
+def flagged(request: Request, before, values: list[float], level: float | None) -> list[dict] | None:
+    if level is None:
+        return None
+    found = distribution.outside(before, values, level) if before is not None else []
+    request.app.state.metrics.anomalies.inc(len(found))
+    return found
+
+
+@router.post("/series/append", response_model=schemas.BulkAppendResponse,
+             response_model_exclude_none=True, dependencies=KnownQuery)
+async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
+    """Append to many series at once; checked whole: one bad item refuses them all."""
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    points = check_many(settings, body)
+    e = engine_of(request)
+    check_distribution(e, body)
+    executor = executor_of(request)
+
+    def plan_all() -> tuple[list[Op], int]:
+        """The ops, and their values (given ones plus those filled into gaps)."""
+        ops, chain, budget, horizon = [], {}, settings.max_gap_points, body.horizon
+        meta_of = e.meta
+        for i, s in enumerate(body.series):
+            sid, prefix = s.id, f"series[{i}]"
+            # The common case first (one dict lookup, no Plan); the rules for the rest.
+            meta = (None if sid in chain else
+                    timeline.plain_append_meta(meta_of.get(sid), s.values, s.timestamps, s.freq))
+            if meta is not None:
+                chain[sid], values = meta, s.values
+            else:
+                planned = plan_append(e, sid, s, budget, prefix, chain)
+                budget -= planned.filled
+                values, meta = planned.values, planned.meta
+            ops.append(Op(sid, values, horizon, prefix, meta=meta))
+        filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
+        return ops, sum(len(op.values) for op in ops) if filled else points
+
+    async def work():
+        ops, planned = await executor.off_loop(points, plan_all)
+        check_points(settings, planned, "series")
+        stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
+                   for op in ops] if body.horizon else [None] * len(ops))
+        work = work_of(planned, (body.horizon or 0) * len(ops))
+        if body.anomaly_level is None:
+            return ops, planned, stamps, await executor.ops(ops, "bulk_append", work=work), None
+        # anomaly flags: before each item, a forecast of its points from the state before it
+        firsts = [before_op(e, settings.max_horizon, op.series_id, len(op.values), op.prefix)
+                  for op in ops]
+        lengths = {}  # (a series named again is forecastable after its earlier items)
+        for i, op in enumerate(ops):
+            if firsts[i] is None and lengths.get(op.series_id, 0) >= e.patch_len:
+                firsts[i] = Op(op.series_id, None, min(len(op.values), settings.max_horizon), op.prefix)
+            lengths[op.series_id] = lengths.get(op.series_id, e.held_length(op.series_id) or 0) \
+                + len(op.values)
+        both = [o for first, op in zip(firsts, ops) for o in ((first, op) if first else (op,))]
+        results = await executor.ops(both, "bulk_append", work=work)
+        out, befores, at = [], [], 0
+        for first in firsts:
+            befores.append(results[at][1] if first else None)
+            at += 1 if first is None else 2
+            out.append(results[at - 1])
+        return ops, planned, stamps, out, befores
+
+    locks = request.app.state.series_locks
+    ops, planned, stamps, results, befores = await locks.run([s.id for s in body.series], work)
+    metrics.points_appended.inc(planned)
+    if not body.horizon and befores is None:  # lengths only (a bulk ingest's case)
+        return json_response({"series": [{"id": s.id, "length": length}
+                                         for s, (length, _) in zip(body.series, results)]})
+    out, forecast = [], 0
+    for i, (s, (length, mean), t) in enumerate(zip(body.series, results, stamps)):
+        item = {"id": s.id, "length": length}
+        if mean is not None:
+            item["forecast"] = with_stamps(shaped(mean, body.level, body.quantiles), t)
+            forecast += len(mean)
+        if befores is not None:
+            item["anomalies"] = flagged(request, befores[i], ops[i].values, body.anomaly_level)
+        out.append(item)
+    if forecast:
+        metrics.points_forecast.labels("append").inc(forecast)
+    return json_response({"series": out})
+
+
+@router.get("/series", response_model=schemas.SeriesList, dependencies=KnownQuery)
+async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
+                      cursor: str | None = Query(None, description="`next_cursor` of the "
+                                                 "previous page")):
+    """Streaming series held, with their lengths, in id order, a page at a time."""
+    check_plain_ints(request, "limit")
+    page = engine_of(request).list_series(limit + 1, cursor)
+    more = len(page) > limit
+    page = page[:limit]
+    return {"series": [{"id": i, "length": n} for i, n in page],
+            "next_cursor": page[-1][0] if more else None}
+
+
+@router.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
+             response_model_exclude_none=True, dependencies=KnownQuery)
+async def append(body: schemas.AppendRequest, request: Request, series_id: str = SeriesId):
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    check_horizon(settings, body.horizon)
+    check_points(settings, len(body.values), "values")
+    e = engine_of(request)
+    check_distribution(e, body)
+    executor = executor_of(request)
+
+    async def work():
+        p = await executor.off_loop(len(body.values), plan_append, e, series_id, body,
+                                    settings.max_gap_points, "", {})
+        check_points(settings, len(p.values), "values")
+        stamps = timeline.forecast_timestamps(p.meta, body.horizon) if body.horizon else None
+        ops = [Op(series_id, p.values, body.horizon, meta=p.meta)]
+        first = (before_op(e, settings.max_horizon, series_id, len(p.values))
+                 if body.anomaly_level is not None else None)
+        if first is None:
+            [(length, mean)] = await executor.ops(
+                ops, "append", (e.append, series_id, p.values, body.horizon, p.meta))
+            return p, length, mean, stamps, None
+        [(_, before), (length, mean)] = await executor.ops([first, *ops], "append")
+        return p, length, mean, stamps, before
+
+    p, length, mean, stamps, before = await request.app.state.series_locks.run([series_id], work)
+    metrics.points_appended.inc(len(p.values))
+    if mean is not None:
+        metrics.points_forecast.labels("append").inc(len(mean))
+    out = {"id": series_id, "length": length}
+    if mean is not None:
+        out["forecast"] = {**shaped(mean, body.level, body.quantiles), "timestamps": stamps}
+    out["anomalies"] = flagged(request, before, p.values, body.anomaly_level)
+    return out
+
+
+@router.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
+            response_model_exclude_none=True, dependencies=KnownQuery)
+async def series_forecast(request: Request, series_id: str = SeriesId,
+                          horizon: int = Query(96, ge=1),
+                          level: list[float] | None = LevelQuery,
+                          quantiles: list[float] | None = QuantilesQuery):
+    check_plain_ints(request, "horizon")
+    check_horizon(request.app.state.settings, horizon)
+    e = engine_of(request)
+    try:
+        dist = schemas.Distribution.model_validate({"level": level, "quantiles": quantiles})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise ServiceError(422, f"{field_path(first)}: {schemas.error_message(first)}",
+                           field_path(first)) from None
+    require_quantiles(e, level=dist.level, quantiles=dist.quantiles)
+    executor = executor_of(request)
+
+    async def work():
+        stamps = timeline.forecast_timestamps(e.meta.get(series_id), horizon)
+        [(length, mean)] = await executor.ops([Op(series_id, None, horizon)], "series_forecast",
+                                              (e.forecast_series, series_id, horizon))
+        return length, mean, stamps
+
+    length, mean, stamps = await request.app.state.series_locks.run([series_id], work)
+    request.app.state.metrics.points_forecast.labels("series_forecast").inc(horizon)
+    return {"id": series_id, "length": length, "horizon": horizon,
+            **shaped(mean, dist.level, dist.quantiles), "timestamps": stamps}
+
+
+@router.get("/series/{series_id}", response_model=schemas.SeriesInfo,
+            response_model_exclude_none=True, dependencies=KnownQuery)
+async def series_info(request: Request, series_id: str = SeriesId):
+    e = engine_of(request)
+
+    async def work():
+        return {**e.describe(series_id), **timeline.describe(e.meta.get(series_id))}
+
+    return await request.app.state.series_locks.run([series_id], work)
+
+
+@router.delete("/series/{series_id}", status_code=204, dependencies=KnownQuery)
+async def series_delete(request: Request, series_id: str = SeriesId):
+    e = engine_of(request)
+
+    async def work():
+        await run_in_threadpool(e.delete, series_id)  # may fsync the log
+
+    await request.app.state.series_locks.run([series_id], work)
+    return Response(status_code=204)
