@@ -5,10 +5,10 @@
 What a bulk append (`POST /series/append`) or a micro-batch of appends costs the service on the
 triton backend: one `Engine.apply_batch` of one request naming N series, applied batched (one
 `append_slots` and one CUDA-graph `step_slots` per round, one `forecast_slots` per horizon:
-`Engine._pool_batch`) against the same request applied op by op (`Engine._pool_batch_by_op`,
-what the engine did before, one graph replay or kernel chain per series; an append completing
-no patch is now copied into the tail on that path too). Wall time of the call,
-host work included, the device synchronised at its end; the two on two engines holding the same
+`SlotPoolStore.apply`) against the same request applied op by op (`SlotPoolStore._apply_by_op`,
+each op a batch of one, as a single append is: one graph replay or kernel chain per series).
+Wall time of the call, host work included, the device synchronised at its end; the two on
+two engines holding the same
 series, alternating call by call, so load changes hit both alike. Cases (the default weights on
 a GPU): N series x 1 point (about N / P complete a patch: bulk ingest), the same with a forecast
 of 96 each, and one patch each, at N = 1,000 and 4,096 (the forecast case at N = 256 only: op
@@ -32,19 +32,18 @@ import torch
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import cpu_name, write_json
 from model import checkpoint
-from service.engine import Engine, Op
+from service.engine import Engine, Op, admission
 from service.settings import DEFAULT_WEIGHTS
 
 
 def by_op(e: Engine, requests: list[list[Op]]) -> list:
-    """`apply_batch` as the engine applied pool batches before: checked whole, then op by op
-    (`_pool_append`, the single-append path)."""
-    sp = e._pool
+    """`apply_batch` checked whole, then applied op by op (each a batch of one, as a single
+    append is)."""
+    sp = e.store
     with sp.lock:
-        errors = e._plan(requests, sp.length, len(sp.length))
+        errors = admission.plan(e.model.cfg, e.max_series, requests, sp.length, len(sp.length))
         results = [errors.get(r) for r in range(len(requests))]
-        return e._pool_batch_by_op(requests, results, [r for r in range(len(requests))
-                                                       if r not in errors])[0]
+        return sp._apply_by_op(requests, results, [r for r in range(len(requests)) if r not in errors])[0]
 
 
 def batched(e: Engine, requests: list[list[Op]]) -> list:
@@ -77,8 +76,8 @@ def synced(fn, device: str):
 
 
 def same_states(a: Engine, b: Engine, n: int) -> bool:
-    rows = {e: e._pool.rows([e._pool.slot[f"s{i}"] for i in range(n)]) for e in (a, b)}
-    sa, sb = a._pool.pool.select(rows[a]), b._pool.pool.select(rows[b])
+    rows = {e: e.store.rows([e.store.slot[f"s{i}"] for i in range(n)]) for e in (a, b)}
+    sa, sb = a.store.pool.select(rows[a]), b.store.pool.select(rows[b])
     return all(torch.equal(t, getattr(sb, f)) for f, t in sa.tensors().items())
 
 

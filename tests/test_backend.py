@@ -156,7 +156,7 @@ def test_http_triton_equals_torch(model):
 
 def test_rejected_append_and_forecasts_leave_the_pool_unchanged(model):
     engine = Engine(model, MANIFEST, max_series=3, backend="triton", scratch_slots=2)
-    pool = engine._pool.pool
+    pool = engine.store.pool
     engine.append("a", walk(20, 50).tolist(), None)
     engine.append("c", walk(3, 51).tolist(), None)
     before = pool.clone()

@@ -66,7 +66,7 @@ def op_by_op(e: Engine, reqs: list[list[Op]], refused: set[int]) -> list:
 
 
 def states_of(e: Engine, ids: list[str]):
-    sp = e._pool
+    sp = e.store
     return sp.pool.select(sp.rows([sp.slot[i] for i in ids]))
 
 
@@ -99,7 +99,7 @@ def test_batched_equals_request_by_request_bit_for_bit(model):
     assert_states_equal(states_of(batched, ids), states_of(alone, ids))
     for sid in ids:
         assert batched.describe(sid) == alone.describe(sid)
-    assert "nope" not in batched._pool.length
+    assert "nope" not in batched.store.length
     # One append_slots per round where appends took it (two rounds), not one per append; on a
     # GPU the short appends replay graphs instead.
     assert calls["append_slots"] <= 2
@@ -149,8 +149,8 @@ def test_a_broken_log_applies_what_it_holds_and_nothing_after(model, tmp_path,
     # The log holds a's append and b's (written before the break): both applied, as on torch;
     # x (refused at the break) was never created, c never touched.
     assert e.describe("a")["length"] == 2 * P + 6 and e.describe("b")["length"] == P + 7
-    assert "x" not in e._pool.length and "x" not in e._pool.slot
-    assert len(e._pool.free) == e.capacity - 3
+    assert "x" not in e.store.length and "x" not in e.store.slot
+    assert len(e.store.free) == e.capacity - 3
     assert_states_equal(states_of(e, ["c"]), before["c"])
     assert not torch.equal(states_of(e, ["a"]).tail, before["a"].tail)
     assert wal.broken is not None
@@ -160,15 +160,15 @@ def test_a_broken_log_applies_what_it_holds_and_nothing_after(model, tmp_path,
         e.append("y", vals(3, 25), None)
     assert single.value.status == 503
     # No trace of the refused new series (idle expiry walks `touched`).
-    assert set(e._pool.touched) == set(e._pool.length) == {"a", "b", "c"}
-    assert len(e._pool.free) + len(e._pool.slot) == e.capacity
+    assert set(e.store.touched) == set(e.store.length) == {"a", "b", "c"}
+    assert len(e.store.free) + len(e.store.slot) == e.capacity
 
 
 def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_path):
     e = seeded(model)
     wal = with_log(e, tmp_path)
     before = states_of(e, ["a", "b", "c"]).clone()
-    free = list(e._pool.free)
+    free = list(e.store.free)
 
     real = model.append_slots
 
@@ -184,7 +184,7 @@ def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_
     finally:
         del model.append_slots
     assert_states_equal(states_of(e, ["a", "b", "c"]), before)
-    assert "new" not in e._pool.slot and sorted(e._pool.free) == sorted(free)
+    assert "new" not in e.store.slot and sorted(e.store.free) == sorted(free)
     assert [e.describe(s)["length"] for s in "abc"] == [2 * P + 3, P + 5, 4]
     # The log holds appends that were not applied: changes are refused until a restart.
     assert wal.broken is not None and "device lost" in wal.broken
@@ -226,7 +226,7 @@ def test_an_unreadable_spilled_state_refuses_its_requests_and_the_rest_are_plann
     want = reference.append("b", vals(3, 6), 4)
     assert got[1] == [want] and want[0] == P + 3
     assert_states_equal(states_of(e, ["b"]), states_of(reference, ["b"]))
-    assert set(e._pool.touched) == set(e._pool.length)
+    assert set(e.store.touched) == set(e.store.length)
 
 
 def test_a_failing_spill_while_bringing_series_in_leaves_no_trace(model, tmp_path, monkeypatch):
@@ -246,7 +246,7 @@ def test_a_failing_spill_while_bringing_series_in_leaves_no_trace(model, tmp_pat
     monkeypatch.setattr(type(e.spill), "_write", full_disk)
     with pytest.raises(OSError):  # (the scheduler answers 500)
         e.apply_batch([[Op("n1", vals(3, 7), None), Op("n2", vals(3, 8), None)]])
-    sp = e._pool
+    sp = e.store
     assert "n1" not in sp.slot and "n2" not in sp.slot and not {"n1", "n2"} & set(sp.touched)
     assert len(sp.free) + len(sp.slot) == e.capacity
     ids, _, _ = e.export_states()
@@ -305,16 +305,16 @@ def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backe
 
 @pytest.mark.parametrize("counts", [(4, 2, 3), (1, 1, 1)], ids=["several", "one-each"])
 def test_copying_points_into_the_tail_is_what_the_network_paths_write(model, counts):
-    """`_pool_extend_tails` (appends that complete no patch, batched or single) writes the bits
+    """`SlotPoolStore.extend_tails` (appends that complete no patch, batched or single) writes the bits
     `append_slots` and the one-patch step (`step_slots`, the CUDA graphs' body) write: every
     field of every row (a tail's unused points stay zero on each path). One point each is a
     bulk ingest's case, which has a path of its own."""
     e = seeded(model)  # tails of 3, 5 and 4 points
-    sp, ids = e._pool, ["a", "b", "c"]
+    sp, ids = e.store, ["a", "b", "c"]
     adds = {s: vals(n, 50 + k) for k, (s, n) in enumerate(zip(ids, counts))}
     rows = sp.rows([sp.slot[s] for s in ids])
     by_append, by_step = sp.pool.clone(), sp.pool.clone()
-    e._pool_extend_tails([Op(s, adds[s], length=sp.length[s] + len(adds[s])) for s in ids],
+    e.store.extend_tails([Op(s, adds[s], length=sp.length[s] + len(adds[s])) for s in ids],
                          sp.slot)
     model.append_slots(by_append, rows, [torch.tensor(adds[s]) for s in ids])
     values = torch.zeros(len(ids), 2 * P, device=DEVICE)

@@ -1,0 +1,54 @@
+"""What a request asks of the engine: `Op`s (one series' append and/or forecast), grouped in
+rounds, and the error the engine refuses one with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from model.state import RimerState
+from service.errors import ServiceError
+
+
+class EngineError(ServiceError):
+    """A request the engine refuses (a `ServiceError`: `status` and `field` for the answer)."""
+
+
+@dataclass(eq=False, slots=True)
+class Op:
+    """One series' part of a batched request: append `values` (None: forecast only), and forecast
+    `horizon` points after it when given. `prefix` names the item in errors ("series[3]")."""
+
+    series_id: str
+    values: list[float] | None
+    horizon: int | None = None
+    prefix: str = ""
+    meta: dict | None = None  # the series' metadata after this op (timestamps), logged with it
+    length: int = 0  # set by the engine: the series' length after this op
+    mean: list[float] | None = None
+    state: RimerState | None = None
+
+    def field(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+def rounds(ops: list[Op]) -> list[list[Op]]:
+    """The ops in rounds, the k-th op of every series in round k (order kept within each)."""
+    if len({op.series_id for op in ops}) == len(ops):  # each series once (a bulk append's case)
+        return [ops] if ops else []
+    out: list[list[Op]] = []
+    seen: dict[str, int] = {}
+    for op in ops:
+        k = seen[op.series_id] = seen.get(op.series_id, -1) + 1
+        if k == len(out):
+            out.append([])
+        out[k].append(op)
+    return out
+
+
+def unknown(series_id: str, field: str = "id") -> EngineError:
+    return EngineError(404, f"unknown series {series_id!r}", field)
+
+
+def full(max_series: int, field: str = "id") -> EngineError:
+    return EngineError(409, f"the service holds its maximum of {max_series} series; delete some "
+                            "first", field)

@@ -1,0 +1,381 @@
+"""The torch and onnx backends' states: a dict id -> `SeriesEntry` of functional states.
+
+An append computes the new state from the old one (`Rimer.append`) and swaps it in only once
+every computation of its batch has succeeded, so a refused or failed append changes nothing.
+States past `capacity` spill to the host and disk tiers (least recently used first). A lock per
+series (taken in id order, so batches never wait for each other in a cycle) and one table lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from model.state import RimerState
+from service.cache import SpillError
+from service.engine import admission
+from service.engine.ops import EngineError, Op, rounds, unknown
+
+if TYPE_CHECKING:
+    from service.engine.facade import Engine
+
+EXPORT_CHUNK = 1024  # states gathered into one model call or host copy at a time
+
+
+@dataclass(eq=False, slots=True)
+class SeriesEntry:
+    state: RimerState | None  # None while spilled to the host or disk tier
+    lock: threading.Lock
+    length: int = 0  # points seen (kept here so that listing needs no state), pending included
+    touched: float = 0.0  # time.monotonic() of the last request (idle expiry)
+    # Points appended after `state` that complete no patch: they would only be copied into the
+    # state's tail (the matrices and statistics change per patch), so they wait here, plain
+    # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
+    pending: list[float] = field(default_factory=list)
+
+    def set_state(self, state: RimerState, length: int | None = None) -> None:
+        """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
+        contiguous, and CPU kernels may round differently with other strides. `length`: the
+        state's points, when the caller knows them (else read from the state)."""
+        tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+        self.state = RimerState(**tensors)
+        self.length = int(state.length[0]) if length is None else length
+        self.pending = []
+
+
+def append_tails(model, states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
+    """Append points that complete no patch to each state, in one model call per chunk: the
+    matrices are neither read nor changed, so only the small fields go through the model."""
+    out = []
+    for a in range(0, len(states), EXPORT_CHUNK):
+        old = states[a:a + EXPORT_CHUNK]
+        fields = [f for f in old[0].tensors() if f != "wkv"]  # (history etc. where the model has them)
+        small = {f: torch.cat([getattr(s, f) for s in old]) for f in fields}
+        new = model.append(RimerState(wkv=None, **small),
+                           [torch.tensor(v, dtype=torch.float32) for v in values[a:a + EXPORT_CHUNK]])
+        rows = {f: t.split(1) for f, t in new.tensors().items()}
+        out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in fields}) for b, s in enumerate(old)]
+    return out
+
+
+class ResidentStore:
+    """States as functional `RimerState`s per series (torch or ONNX Runtime computes them)."""
+
+    def __init__(self, engine: Engine):
+        self.e = engine
+        self.cfg = engine.model.cfg
+        self.series: dict[str, SeriesEntry] = {}
+        self.resident: OrderedDict[str, None] = OrderedDict()  # states on the device, LRU first
+        self.table_lock = threading.Lock()
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def held_length(self, series_id: str) -> int | None:
+        entry = self.series.get(series_id)
+        return None if entry is None or entry.length == 0 else entry.length
+
+    @property
+    def held(self) -> int:
+        return len(self.series)
+
+    @property
+    def on_device(self) -> int:
+        return len(self.resident)
+
+    def lengths(self) -> dict[str, int]:
+        with self.table_lock:
+            entries = list(self.series.items())
+        return {i: e.length for i, e in entries}
+
+    def touch(self, series_id: str) -> int:
+        """The series' length, marked as used now (idle expiry); 404 if unknown."""
+        entry = self.series.get(series_id)
+        if entry is None:
+            raise unknown(series_id)
+        entry.touched = time.monotonic()
+        return entry.length
+
+    def idle(self, cutoff: float) -> list[str]:
+        with self.table_lock:
+            return [i for i, e in self.series.items() if e.length > 0 and e.touched < cutoff]
+
+    # ---- stateless forecasts ---------------------------------------------------------------
+
+    def forecast_histories(self, tensors: list[torch.Tensor], horizon: int) -> list:
+        state = self.e.model.append(self.e.model.init_state(tensors), tensors)
+        return self.e.forecasts(state, horizon)
+
+    # ---- batches ---------------------------------------------------------------------------
+
+    def apply(self, requests: list[list[Op]]) -> tuple[list, int | None]:
+        """Per request its results or the EngineError refusing it (the batch's rules:
+        `Engine.apply_batch`), and the journal's last ticket."""
+        try:
+            return self._apply_locked(requests)
+        finally:
+            self._shrink()
+
+    def _apply_locked(self, requests: list[list[Op]]):
+        entries, locks, created = self._lock_entries(requests)
+        results: list = [None] * len(requests)
+        ticket = None
+        try:
+            lengths = {sid: e.length for sid, e in entries.items()}
+            for sid in created:  # (placeholders: not held until an append is applied)
+                del lengths[sid]
+            held = len(self.series) - len(created)
+            errors = admission.plan(self.cfg, self.e.max_series, requests, lengths, held)
+            accepted = [r for r in range(len(requests)) if r not in errors]
+            for r, exc in errors.items():
+                results[r] = exc
+            states = self._on_device_all(entries)
+            # (the rounds rebind these lists, never change them: the entries stay as they are
+            # until every computation has succeeded)
+            pending = {sid: e.pending for sid, e in entries.items()}
+            for ops in rounds([op for r in accepted for op in requests[r]]):
+                self._round(ops, states, pending)
+            with self.e.journal_lock():
+                now, journal = time.monotonic(), self.e.journal
+                for r in accepted:
+                    done = []
+                    try:
+                        for op in requests[r]:
+                            entry, values = entries[op.series_id], op.values
+                            if values is not None:
+                                if journal is not None:
+                                    ticket = journal.write_append(op.series_id, values, op.length, op.meta)
+                                self.e.set_meta(op.series_id, op.meta)
+                            if op.state is not None:  # computed: pending points folded in
+                                entry.set_state(op.state, op.length)
+                            elif values is not None:  # deferred: a copy into the tail
+                                entry.pending.extend(values)
+                                entry.length = op.length
+                            entry.touched = now
+                            done.append((op.length, op.mean))
+                    except EngineError as exc:  # the log broke: what it holds stays applied
+                        results[r] = exc
+                        for rest in accepted[accepted.index(r) + 1:]:
+                            results[rest] = exc
+                        break
+                    results[r] = done
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+            for sid in created:
+                self._forget_if_empty(sid, entries[sid])
+        return results, ticket
+
+    def _round(self, ops: list[Op], states: dict[str, RimerState], pending: dict[str, list[float]]) -> None:
+        """At most one op per series. An append that completes no patch and asks no forecast is
+        deferred (its points join `pending`; `op.state` stays None). The others, and forecasts
+        of series with pending points, compute their state from the pending points and their
+        own: one model call for those that complete no patch (the matrices are neither read
+        nor changed), one for those that do; then forecasts, one call per horizon. Sets
+        `op.state` and `op.mean`; `states` and `pending` move on."""
+        model, cfg = self.e.model, self.cfg
+        computed: list[tuple[Op, list[float]]] = []
+        for op in ops:
+            sid, values = op.series_id, op.values
+            if values is None:
+                if pending[sid]:
+                    computed.append((op, pending[sid]))
+                    pending[sid] = []
+            elif op.horizon is None and admission.tail_only(cfg, op.length - len(values), op.length):
+                pending[sid] = pending[sid] + values
+            else:
+                computed.append((op, pending[sid] + values))
+                pending[sid] = []
+
+        def tensors(group):
+            return [torch.tensor(v, dtype=torch.float32) for _, v in group]
+
+        tail_only, stepped = [], []
+        for op, v in computed:
+            copied = admission.tail_only(cfg, op.length - len(v), op.length)
+            (tail_only if copied else stepped).append((op, v))
+        if tail_only:
+            new = append_tails(model, [states[op.series_id] for op, _ in tail_only],
+                               [v for _, v in tail_only])
+            for (op, _), state in zip(tail_only, new):
+                op.state = state
+        if stepped:
+            if self.e.journal is not None and not self.e.batch_invariant:
+                # The log is replayed one append at a time; torch's CPU matrix products differ in
+                # the last bits with the batch size, so compute as replay will (bit-identical
+                # recovery).
+                for op, v in stepped:
+                    op.state = model.append(states[op.series_id], tensors([(op, v)]))
+            else:
+                out = model.append(RimerState.cat([states[op.series_id] for op, _ in stepped]),
+                                   tensors(stepped))
+                rows = {f: t.split(1) for f, t in out.tensors().items()}
+                for b, (op, _) in enumerate(stepped):
+                    op.state = RimerState(**{f: rows[f][b] for f in rows})
+        for op, _ in computed:
+            states[op.series_id] = op.state
+        by_horizon: dict[int, list[Op]] = {}
+        for op in ops:
+            if op.horizon is not None:
+                by_horizon.setdefault(op.horizon, []).append(op)
+        for horizon, group in by_horizon.items():
+            means = self.e.forecasts(RimerState.cat([states[op.series_id] for op in group]), horizon)
+            for op, mean in zip(group, means):
+                op.mean = mean
+
+    def _lock_entries(self, requests: list[list[Op]]) -> tuple[dict[str, SeriesEntry], list, set]:
+        """The entries of every series named, locked (in id order); placeholders for new series
+        an append names. Returns (entries, locks held, ids of placeholders created here)."""
+        appended = {op.series_id for ops in requests for op in ops if op.values is not None}
+        named = sorted({op.series_id for ops in requests for op in ops})
+        while True:
+            entries, created = {}, set()
+            with self.table_lock:
+                for sid in named:
+                    entry = self.series.get(sid)
+                    if entry is None and sid in appended:
+                        state = RimerState.zeros(self.cfg, 1, self.e.device)
+                        entry = self.series[sid] = SeriesEntry(state, threading.Lock())
+                        created.add(sid)
+                    if entry is not None:
+                        entries[sid] = entry
+            locks = [entry.lock for entry in entries.values()]  # (in id order, as `named`)
+            for lock in locks:
+                lock.acquire()
+            table = self.series
+            for sid, entry in entries.items():
+                if table.get(sid) is not entry:
+                    break
+            else:
+                return entries, locks, created
+            for lock in reversed(locks):  # one was deleted meanwhile: start again
+                lock.release()
+
+    def _forget_if_empty(self, series_id: str, entry: SeriesEntry) -> None:
+        """Undo the creation of a series whose first append was refused."""
+        with self.table_lock:
+            if self.series.get(series_id) is entry and entry.length == 0:
+                del self.series[series_id]
+                self.resident.pop(series_id, None)
+
+    # ---- the cache tiers -------------------------------------------------------------------
+
+    def _on_device_all(self, entries: dict[str, SeriesEntry]) -> dict[str, RimerState]:
+        """The entries' states on the device (their locks held), taken back from a lower tier
+        where spilled, under one hold of the table lock. `_shrink` once the locks are let go."""
+        spill, device = self.e.spill, self.e.device
+        with self.table_lock:
+            resident, now, states, misses = self.resident, time.monotonic(), {}, 0
+            try:
+                for series_id, entry in entries.items():
+                    if entry.state is None:
+                        try:
+                            entry.set_state(spill.take(series_id).to(device))
+                        except SpillError as exc:
+                            raise EngineError(500, str(exc), "id") from exc
+                        misses += 1
+                    if series_id in resident:
+                        resident.move_to_end(series_id)
+                    else:
+                        resident[series_id] = None
+                    entry.touched = now
+                    states[series_id] = entry.state
+            finally:
+                self.e.cache_stats["misses"] += misses
+                self.e.cache_stats["hits"] += len(states) - misses
+            return states
+
+    def _shrink(self) -> None:
+        """Spill least recently used states until the device holds `capacity`; states in use
+        (their lock held) stay, so a batch may exceed the capacity while it runs."""
+        spill = self.e.spill
+        if spill is None:
+            return
+        with self.table_lock:
+            over = len(self.resident) - self.e.capacity
+            for series_id in list(self.resident):
+                if over <= 0:
+                    break
+                entry = self.series.get(series_id)
+                if entry is None or entry.state is None:
+                    self.resident.pop(series_id, None)
+                    continue
+                if entry.length == 0 or not entry.lock.acquire(blocking=False):
+                    continue
+                try:
+                    spill.put(series_id, self._folded(entry))
+                    entry.pending = []
+                    entry.state = None
+                    del self.resident[series_id]
+                    over -= 1
+                finally:
+                    entry.lock.release()
+
+    def _folded(self, entry: SeriesEntry) -> RimerState:
+        """The entry's state with its pending points in the tail (a new state; entry unchanged)."""
+        if not entry.pending:
+            return entry.state
+        return append_tails(self.e.model, [entry.state], [entry.pending])[0]
+
+    # ---- deletes ---------------------------------------------------------------------------
+
+    def delete(self, series_id: str, idle_since: float | None) -> int | None:
+        """Forget a series (logged); with `idle_since`, only if not touched since (409)."""
+        entry = self.series.get(series_id)
+        if entry is None:
+            raise unknown(series_id)
+        ticket = None
+        # The entry's lock: a batch holding it computes on this series.
+        with entry.lock, self.e.journal_lock():
+            if self.series.get(series_id) is not entry:
+                raise unknown(series_id)
+            if idle_since is not None and entry.touched >= idle_since:
+                raise EngineError(409, f"series {series_id!r} is no longer idle", "id")
+            if self.e.journal is not None:
+                ticket = self.e.journal.write_delete(series_id)
+            with self.table_lock:
+                self.series.pop(series_id, None)
+                self.resident.pop(series_id, None)
+                if entry.state is None and self.e.spill is not None:
+                    self.e.spill.drop(series_id)
+            self.e.meta.pop(series_id, None)
+        return ticket
+
+    # ---- every series' state, to and from the host (snapshots) ------------------------------
+
+    def export(self, exclusive: AbstractContextManager, cut: Callable[[], Any] | None):
+        with exclusive:
+            with self.table_lock:
+                # States are never changed in place (an append swaps in a new one), so references
+                # are a consistent copy; a series whose first append is in flight has none yet.
+                held = [(i, e.state, list(e.pending)) for i, e in self.series.items()
+                        if e.length > 0 and e.state is not None]
+                spilled = [i for i, e in self.series.items() if e.length > 0 and e.state is None]
+                chunks = self.e.peek_spilled(spilled)
+            mark = cut() if cut is not None else None
+        # Pending points folded in after the locks (states never change in place; the pending
+        # lists are copies), all series at once.
+        states = [s for _, s, _ in held]
+        waiting = [k for k, (_, _, p) in enumerate(held) if p]
+        for k, state in zip(waiting, append_tails(self.e.model, [states[k] for k in waiting],
+                                                  [held[k][2] for k in waiting])):
+            states[k] = state
+        return [i for i, _, _ in held] + spilled, [s.to("cpu") for s in states] + chunks, mark
+
+    def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
+        with self.table_lock:
+            if any(i in self.series for i in ids):
+                raise ValueError("import_states: a series is held already")
+            for row, series_id in enumerate(ids):
+                entry = SeriesEntry(None, threading.Lock(), lengths[row], now)
+                if len(self.resident) < self.e.capacity:
+                    entry.state = states.select([row]).to(self.e.device)
+                    self.resident[series_id] = None
+                else:
+                    self.e.spill.put(series_id, states.select([row]))
+                self.series[series_id] = entry
