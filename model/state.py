@@ -116,5 +116,15 @@ class RimerState:
         total = sum(t.numel() * t.element_size() for t in self.tensors().values())
         return total // self.batch
 
+    def recent(self, row: int = 0) -> list[float]:
+        """The last points row `row` still holds, oldest first: the incomplete patch, after up to
+        `history_len` points of complete patches where the model keeps them (lag models)."""
+        tail = self.tail[row, : int(self.tail_len[row])]
+        if self.history is None:
+            return tail.tolist()
+        kept = min(int(self.n_patches[row]) * self.tail.shape[1], self.history.shape[1])
+        held = self.history[row, self.history.shape[1] - kept:]
+        return torch.cat([held.to(tail.dtype), tail]).tolist()
+
     def _nones(self) -> dict[str, None]:
         return {f.name: None for f in fields(self)}

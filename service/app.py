@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service import errors, lifespan
+from service import docs, errors, lifespan
 from service.auth import ApiKeyAuth, load_keys
 from service.engine import Engine
 from service.limits import BodySizeLimit
@@ -14,10 +14,15 @@ from service.routes import forecast, ops, series
 from service.settings import Settings
 from service.timeline import SeriesLocks
 
+DESCRIPTION = ("Forecasts from a small RWKV-7 patch model. Streaming series keep a constant-size "
+               "state on the server: append new points and forecast without resending the history. "
+               "Every refusal is a 4xx with `{detail, field}` naming the offending field.")
+
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The app; `engine` may be given (tests), else it is loaded from `settings` at startup."""
-    app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan.lifespan)
+    app = FastAPI(title="Rimer forecasting service", version="0.1.0", lifespan=lifespan.lifespan,
+                  description=DESCRIPTION, openapi_tags=docs.TAGS, docs_url=None, redoc_url=None)
     app.state.settings, app.state.opened = settings, {}
     app.state.start = lambda: lifespan.start(app, settings, engine)
     app.state.series_locks = SeriesLocks()
@@ -32,6 +37,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.add_middleware(ApiKeyAuth, keys=keys, open_paths=frozenset(open_paths))
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)
     errors.install(app)
+    docs.install(app)
     for router in (ops.router, forecast.router, series.router):
         # Their routes themselves, not FastAPI's lazy wrapper of an included router (0.165's
         # `include_router`): the 405 answer's Allow list and the metrics' route templates walk

@@ -237,5 +237,18 @@ class Health(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """Every refusal's body: what is wrong, and the field it is about (null: the request)."""
+
     detail: str
     field: str | None = None
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorBody(ErrorBody):
+    """A 422's body: the first problem in `detail` and `field`, and the first problems listed."""
+
+    errors: list[FieldError] | None = Field(None, description="the first problems found (at most 20)")

@@ -101,6 +101,18 @@ class ResidentStore:
         entry.touched = time.monotonic()
         return entry.length
 
+    def state_of(self, series_id: str) -> RimerState:
+        """The series' state as it is now (pending points folded in), wherever it is held."""
+        entry = self.series.get(series_id)
+        if entry is None:
+            raise unknown(series_id)
+        with entry.lock:
+            if self.series.get(series_id) is not entry or entry.length == 0:
+                raise unknown(series_id)
+            if entry.state is None:
+                return self.e.peek_spilled([series_id])[0]
+            return self._folded(entry)
+
     def idle(self, cutoff: float) -> list[str]:
         with self.table_lock:
             return [i for i, e in self.series.items() if e.length > 0 and e.touched < cutoff]

@@ -81,6 +81,15 @@ class SlotPoolStore:
             raise unknown(series_id)
         return length
 
+    def state_of(self, series_id: str) -> RimerState:
+        """The series' state as it is now, wherever it is held (a copy)."""
+        with self.lock:
+            if series_id not in self.length:
+                raise unknown(series_id)
+            if series_id in self.slot:
+                return self.pool.select(self.rows([self.slot[series_id]]))
+            return self.e.peek_spilled([series_id])[0]
+
     def idle(self, cutoff: float) -> list[str]:
         with self.lock:
             return [i for i, t in self.touched.items() if t < cutoff]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Request
 
 from service import schemas, timeline
 from service.deps import KnownQuery, check_many, check_points, engine_of, executor_of, require_quantiles
+from service.docs import FORECAST_EXAMPLES, errors
 from service.responses import json_response, shaped, with_stamps
 from service.strict_json import StrictJsonRoute
 
@@ -13,8 +16,13 @@ router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON o
 
 
 @router.post("/forecast", response_model=schemas.ForecastResponse,
-             response_model_exclude_none=True, dependencies=KnownQuery)
-async def forecast(body: schemas.ForecastRequest, request: Request):
+             response_model_exclude_none=True, dependencies=KnownQuery, tags=["forecasts"],
+             summary="Forecast whole histories", responses=errors(401, 413, 422, 503))
+async def forecast(body: Annotated[schemas.ForecastRequest, Body(openapi_examples=FORECAST_EXAMPLES)],
+                   request: Request):
+    """Forecast `horizon` points after each series' history (at least one patch of points
+    each), with prediction intervals (`level`) and quantiles when asked. Nothing is kept:
+    for a series that grows, append to a streaming series instead."""
     settings = request.app.state.settings
     check_many(settings, body)
     require_quantiles(engine_of(request), level=body.level, quantiles=body.quantiles)

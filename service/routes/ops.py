@@ -7,18 +7,20 @@ from fastapi.responses import JSONResponse
 
 from service import schemas
 from service.deps import KnownQuery, engine_of
+from service.docs import errors
 from service.strict_json import StrictJsonRoute
 
 router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON object: 422
 
 
-@router.get("/healthz", response_model=schemas.Health)
+@router.get("/healthz", response_model=schemas.Health, tags=["operations"], summary="Liveness")
 async def healthz():
     """Liveness: the process answers (weights may still be loading)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the model is not loaded yet"}})
+@router.get("/readyz", tags=["operations"], summary="Readiness",
+            responses={503: {"description": "the model is not loaded yet"}})
 async def readyz(request: Request):
     """Readiness: 200 once the weights are loaded, 503 before."""
     e = getattr(request.app.state, "engine", None)
@@ -34,8 +36,10 @@ async def prometheus_metrics(request: Request):
     return Response(body, media_type=content_type)
 
 
-@router.get("/models", response_model=schemas.ModelsResponse, dependencies=KnownQuery)
+@router.get("/models", response_model=schemas.ModelsResponse, dependencies=KnownQuery,
+            tags=["operations"], summary="The loaded model", responses=errors(401, 422, 503))
 async def models(request: Request):
+    """Its name, configuration, manifest (training data, licences, hardware) and device."""
     e = engine_of(request)
     return {"models": [{"name": e.name, "config": e.model.cfg.to_dict(), "manifest": e.manifest,
                         "streamable": e.model.cfg.streamable, "device": str(e.device)}]}

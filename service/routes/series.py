@@ -4,11 +4,13 @@ an append's filled values and metadata are computed from the metadata it replace
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pydantic
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import distribution, schemas, timeline
+from service import distribution, plot, schemas, timeline
 from service.deps import (
     KnownQuery,
     LevelQuery,
@@ -23,6 +25,7 @@ from service.deps import (
     executor_of,
     require_quantiles,
 )
+from service.docs import APPEND_EXAMPLES, BULK_EXAMPLES, errors
 from service.engine import Engine, Op
 from service.errors import ServiceError, field_path
 from service.responses import json_response, shaped, with_stamps
@@ -72,9 +75,12 @@ def flagged(request: Request, before, values: list[float], level: float | None) 
 
 
 @router.post("/series/append", response_model=schemas.BulkAppendResponse,
-             response_model_exclude_none=True, dependencies=KnownQuery)
-async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
-    """Append to many series at once; checked whole: one bad item refuses them all."""
+             response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
+             summary="Append to many series", responses=errors(401, 409, 413, 422, 503))
+async def bulk_append(body: Annotated[schemas.BulkAppendRequest, Body(openapi_examples=BULK_EXAMPLES)],
+                      request: Request):
+    """Append to many series at once (created on their first append), and forecast each when
+    `horizon` is given. Checked whole: one bad item refuses them all, and nothing changes."""
     settings, metrics = request.app.state.settings, request.app.state.metrics
     points = check_many(settings, body)
     e = engine_of(request)
@@ -146,7 +152,8 @@ async def bulk_append(body: schemas.BulkAppendRequest, request: Request):
     return json_response({"series": out})
 
 
-@router.get("/series", response_model=schemas.SeriesList, dependencies=KnownQuery)
+@router.get("/series", response_model=schemas.SeriesList, dependencies=KnownQuery, tags=["series"],
+            summary="List streaming series", responses=errors(401, 422, 503))
 async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
                       cursor: str | None = Query(None, description="`next_cursor` of the "
                                                  "previous page")):
@@ -160,8 +167,13 @@ async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
 
 
 @router.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
-             response_model_exclude_none=True, dependencies=KnownQuery)
-async def append(body: schemas.AppendRequest, request: Request, series_id: str = SeriesId):
+             response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
+             summary="Append to a series", responses=errors(401, 409, 413, 422, 503))
+async def append(body: Annotated[schemas.AppendRequest, Body(openapi_examples=APPEND_EXAMPLES)],
+                 request: Request, series_id: str = SeriesId):
+    """Append points to a streaming series (created on its first append) in O(new points),
+    whatever its history; with `horizon`, also forecast after them; with `anomaly_level`, flag
+    the new points outside the interval forecast before them."""
     settings, metrics = request.app.state.settings, request.app.state.metrics
     check_horizon(settings, body.horizon)
     check_points(settings, len(body.values), "values")
@@ -196,11 +208,13 @@ async def append(body: schemas.AppendRequest, request: Request, series_id: str =
 
 
 @router.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
-            response_model_exclude_none=True, dependencies=KnownQuery)
+            response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
+            summary="Forecast a series", responses=errors(401, 404, 409, 422, 503))
 async def series_forecast(request: Request, series_id: str = SeriesId,
                           horizon: int = Query(96, ge=1),
                           level: list[float] | None = LevelQuery,
                           quantiles: list[float] | None = QuantilesQuery):
+    """Forecast `horizon` points after the series' last point, from its held state."""
     check_plain_ints(request, "horizon")
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
@@ -225,9 +239,44 @@ async def series_forecast(request: Request, series_id: str = SeriesId,
             **shaped(mean, dist.level, dist.quantiles), "timestamps": stamps}
 
 
+@router.get("/series/{series_id}/plot", dependencies=KnownQuery, tags=["series"],
+            summary="Plot a series' forecast", response_class=Response,
+            responses={200: {"content": {"image/png": {}}, "description": "a PNG"},
+                       **errors(401, 404, 409, 422, 503)})
+async def series_plot(request: Request, series_id: str = SeriesId,
+                      horizon: int = Query(96, ge=1), level: list[float] | None = LevelQuery):
+    """The series' recent points (those its state holds: up to the model's lag window), the
+    forecast of `horizon` points and its intervals at `level` (80 and 95 by default, on models
+    with quantiles), as a PNG."""
+    check_plain_ints(request, "horizon")
+    check_horizon(request.app.state.settings, horizon)
+    e = engine_of(request)
+    try:
+        dist = schemas.Distribution.model_validate({"level": level})
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise ServiceError(422, f"{field_path(first)}: {schemas.error_message(first)}",
+                           field_path(first)) from None
+    require_quantiles(e, level=dist.level)
+    levels = dist.level or ([80, 95] if e.model.cfg.quantiles else [])
+    executor = executor_of(request)
+
+    async def work():
+        [(length, mean)] = await executor.ops([Op(series_id, None, horizon)], "series_forecast",
+                                              (e.forecast_series, series_id, horizon))
+        return length, mean, await run_in_threadpool(e.recent_points, series_id)
+
+    length, mean, recent = await request.app.state.series_locks.run([series_id], work)
+    bands = distribution.intervals(mean, levels) if levels else []
+    png = await run_in_threadpool(plot.forecast_png, series_id, recent, length, mean, bands)
+    return Response(png, media_type="image/png")
+
+
 @router.get("/series/{series_id}", response_model=schemas.SeriesInfo,
-            response_model_exclude_none=True, dependencies=KnownQuery)
+            response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
+            summary="Describe a series", responses=errors(401, 404, 422, 503))
 async def series_info(request: Request, series_id: str = SeriesId):
+    """Its length, state size, and frequency and last timestamp when it has timestamps."""
     e = engine_of(request)
 
     async def work():
@@ -236,8 +285,10 @@ async def series_info(request: Request, series_id: str = SeriesId):
     return await request.app.state.series_locks.run([series_id], work)
 
 
-@router.delete("/series/{series_id}", status_code=204, dependencies=KnownQuery)
+@router.delete("/series/{series_id}", status_code=204, dependencies=KnownQuery, tags=["series"],
+               summary="Delete a series", responses=errors(401, 404, 422, 503))
 async def series_delete(request: Request, series_id: str = SeriesId):
+    """Forget the series and its state (logged: it stays deleted after a restart)."""
     e = engine_of(request)
 
     async def work():

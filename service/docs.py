@@ -1,0 +1,91 @@
+"""The API's documentation, offline: Swagger UI and ReDoc served from the pinned
+`fastapi-offline` package's assets (no CDN), tags, the real error body of every 4xx a route
+can answer, and request examples that the service accepts."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+from service.schemas import ErrorBody, ValidationErrorBody
+
+ASSETS = "/docs-assets"
+TAGS = [
+    {"name": "forecasts", "description": "Stateless forecasts: send whole histories, get forecasts."},
+    {"name": "series", "description": "Streaming series: each keeps a constant-size state on the "
+                                      "server; append new points and forecast from it."},
+    {"name": "operations", "description": "Health, readiness and the loaded model."},
+]
+WHEN = {
+    401: "a missing or wrong API key (when the service has keys)",
+    404: "the series is unknown",
+    409: "the request conflicts with the series or the service: a timestamp not after the "
+         "series' last one, the most series the service holds, or a model that cannot stream",
+    413: "the body, or its series or values, over the service's limits",
+    422: "a field is invalid: `field` names it (`series[2].values[5]`)",
+    503: "the model is still loading (see GET /readyz), or the write-ahead log cannot be written",
+}
+
+
+def errors(*codes: int) -> dict:
+    """The `responses` of a route: each 4xx/5xx it may answer, with the body it really sends."""
+    return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody,
+                   "description": WHEN[code]} for code in codes}
+
+
+def _history(n: int) -> list[float]:
+    return [round(10 + 0.5 * i + (3 if i % 24 < 12 else -3), 2) for i in range(n)]
+
+
+FORECAST_EXAMPLES = {
+    "one series": {"summary": "one series, 48 points, forecast 24",
+                   "value": {"series": [{"id": "a", "values": _history(48)}], "horizon": 24}},
+    "intervals": {"summary": "with 80% and 95% intervals",
+                  "value": {"series": [{"id": "a", "values": _history(48)}], "horizon": 24,
+                            "level": [80, 95]}},
+    "timestamps": {"summary": "hourly timestamps: the forecast's own timestamps come back",
+                   "value": {"series": [{"id": "a", "values": _history(40),
+                                         "timestamps": [f"2024-05-0{1 + h // 24}T{h % 24:02d}:00:00Z"
+                                                        for h in range(40)]}], "horizon": 8}},
+}
+APPEND_EXAMPLES = {
+    "points": {"summary": "append 40 points (creates the series)", "value": {"values": _history(40)}},
+    "with a forecast": {"summary": "append and forecast 24 points with 80% intervals",
+                        "value": {"values": _history(40), "horizon": 24, "level": [80]}},
+}
+BULK_EXAMPLES = {
+    "two series": {"summary": "append to two series in one request (all or nothing)",
+                   "value": {"series": [{"id": "plant-7.load", "values": _history(40)},
+                                        {"id": "b", "values": [2.0, 2.5]}]}},
+}
+
+
+def install(app: FastAPI) -> None:
+    """/docs and /redoc with their assets served by this service (create the app with
+    docs_url=None and redoc_url=None)."""
+    app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+            swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{ASSETS}/favicon.png")
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
+                              redoc_js_url=f"{root}{ASSETS}/redoc.standalone.js",
+                              redoc_favicon_url=f"{root}{ASSETS}/favicon.png", with_google_fonts=False)

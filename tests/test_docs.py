@@ -1,0 +1,121 @@
+"""The API's documentation: served offline, complete, and its examples accepted by the service."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.settings import Settings
+
+ROUTES_4XX = {  # what each route can answer besides 2xx, by the code that refuses
+    ("post", "/forecast"): {401, 413, 422, 503},
+    ("post", "/series/append"): {401, 409, 413, 422, 503},
+    ("post", "/series/{series_id}/append"): {401, 409, 413, 422, 503},
+    ("get", "/series/{series_id}/forecast"): {401, 404, 409, 422, 503},
+    ("get", "/series/{series_id}/plot"): {401, 404, 409, 422, 503},
+    ("get", "/series/{series_id}"): {401, 404, 422, 503},
+    ("delete", "/series/{series_id}"): {401, 404, 422, 503},
+    ("get", "/series"): {401, 422, 503},
+    ("get", "/models"): {401, 422, 503},
+}
+
+
+@pytest.fixture(scope="module")
+def client():
+    with TestClient(create_app(Settings())) as c:  # the shipped default model (it has quantiles)
+        yield c
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_reference_only_assets_the_service_serves(client, page):
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assert "http://" not in html.text and "https://" not in html.text.replace(
+        "https://github.com", "")  # (no CDN: a machine without internet still renders it)
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html.text) + re.findall(r"url: '([^']+)'", html.text)
+    assert len(refs) >= 2, refs
+    for ref in refs:
+        r = client.get(ref)
+        assert r.status_code == 200 and len(r.content) > 100, ref
+    scripts = re.findall(r'src="([^"]+\.js)"', html.text)
+    assert scripts and all(len(client.get(s).content) > 100_000 for s in scripts)
+
+
+def test_every_route_is_documented_with_its_real_error_body(client):
+    spec = client.get("/openapi.json").json()
+    tags = {t["name"] for t in spec["tags"]}
+    assert tags == {"forecasts", "series", "operations"}
+    seen = set()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            seen.add((method, path))
+            assert op.get("summary") and op.get("tags") and set(op["tags"]) <= tags, (method, path)
+            if (method, path) not in ROUTES_4XX:
+                continue
+            assert op.get("description"), (method, path)
+            codes = {int(c) for c in op["responses"] if int(c) >= 400}
+            assert codes == ROUTES_4XX[(method, path)], (method, path, codes)
+            assert "422" in op["responses"] and "HTTPValidationError" not in str(op["responses"])
+            for code in codes:
+                ref = op["responses"][str(code)]["content"]["application/json"]["schema"]["$ref"]
+                assert ref.endswith("ValidationErrorBody" if code == 422 else "ErrorBody")
+    assert set(ROUTES_4XX) <= seen
+    body = spec["components"]["schemas"]["ErrorBody"]["properties"]
+    assert set(body) == {"detail", "field"}
+
+
+def test_the_request_examples_are_accepted(client):
+    """Each example the docs offer ("Try it out") is a 2xx, not the 422 FastAPI's generated
+    example body used to get."""
+    spec = client.get("/openapi.json").json()
+    tried = 0
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            examples = (op.get("requestBody", {}).get("content", {}).get("application/json", {})
+                        .get("examples", {}))
+            for name, example in examples.items():
+                url = path.replace("{series_id}", f"docs-example-{tried}")
+                r = client.request(method.upper(), url, json=example["value"])
+                assert r.status_code == 200, (path, name, r.text)
+                tried += 1
+    assert tried >= 5
+
+
+def test_the_refusals_match_the_documented_body(client):
+    """The 4xx bodies the service sends are the documented ones (fields and types)."""
+    bad = client.post("/forecast", json={"series": [{"id": "a", "values": [1.0, "x"]}]})
+    assert bad.status_code == 422
+    body = bad.json()
+    assert set(body) == {"detail", "field", "errors"} and body["field"] == "series[0].values[1]"
+    assert all(set(e) == {"field", "message"} for e in body["errors"])
+    missing = client.get("/series/no-such-series")
+    assert missing.status_code == 404 and set(missing.json()) == {"detail", "field"}
+
+
+def test_plot_is_a_png_of_the_series_forecast(client):
+    values = [10.0 + (i % 24) * 0.5 for i in range(200)]
+    assert client.post("/series/plotted/append", json={"values": values}).status_code == 200
+    r = client.get("/series/plotted/plot?horizon=48&level=90")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content[:8] == b"\x89PNG\r\n\x1a\n" and len(r.content) > 10_000
+    assert client.get("/series/unknown/plot").status_code == 404
+    refused = client.get("/series/plotted/plot?horizon=0")
+    assert refused.status_code == 422 and refused.json()["field"] == "horizon"
+    assert client.get("/series/plotted/plot?level=100").json()["field"].startswith("level")
+
+
+def test_recent_points_are_the_last_points_appended(client):
+    """The plot's history is what the state holds: the last points, exactly (float32)."""
+    import numpy as np
+
+    values = [float(v) for v in np.random.default_rng(0).normal(size=700).astype(np.float32)]
+    client.post("/series/recent/append", json={"values": values[:650]})
+    client.post("/series/recent/append", json={"values": values[650:]})
+    e = client.app.state.engine
+    recent = e.recent_points("recent")
+    cfg = e.model.cfg
+    held = min(cfg.history_len, 700 // cfg.patch_len * cfg.patch_len) + 700 % cfg.patch_len
+    assert recent == values[-held:]
