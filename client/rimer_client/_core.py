@@ -19,7 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rimer_client import frames
-from rimer_client.errors import ConnectionFailed, PayloadTooLarge, RimerError, error_for
+from rimer_client.errors import Conflict, ConnectionFailed, PayloadTooLarge, error_for
 
 # Transport errors raised before any byte of the request left: always safe to resend.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -327,16 +327,17 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
 
 def landed_item(s: frames.Series, h, level, quantiles, tz) -> Generator[Call, Answer, dict]:
     """After a resent append got 409 for its first timestamp: confirm the series' last timestamp
-    is (at least) the append's last one, so the earlier try did land, and read the length (and
-    the forecast) it would have answered."""
+    is the append's last one, so the earlier try did land, and read the length (and the
+    forecast) it would have answered."""
     info = (yield describe_call(str(s.uid))).body
     ours = s.ds[-1] if s.ds.tz is not None else s.ds[-1].tz_localize("UTC")
     last = info.get("last_timestamp")
-    if last is None or pd.Timestamp(last) < ours:
-        raise RimerError(409, f"series {s.uid!r}: a resent append was refused as late, but the "
-                              f"series ends at {last}, before the append's last timestamp "
-                              f"{s.ds[-1]}: the earlier try did not land", "timestamps[0]",
-                         series_id=s.uid)
+    if last is None or pd.Timestamp(last) != ours:
+        raise Conflict(409, f"series {s.uid!r}: a resent append was refused as late, but the "
+                            f"series ends at {last}, not at the append's last timestamp "
+                            f"{s.ds[-1]}, so the earlier try cannot be confirmed to have landed "
+                            "(its points were late, or others were appended since)",
+                       "timestamps[0]", series_id=s.uid)
     out = {"id": str(s.uid), "length": info["length"]}
     if h is not None:
         answer = yield series_forecast_call(str(s.uid), h, level, quantiles)

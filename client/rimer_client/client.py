@@ -183,9 +183,10 @@ class Client(_Base):
         or, for series without timestamps, positions in the stream (length .. length+h-1)."""
         return self._run(self._forecast_series(ids, h, level, quantiles, tz, progress))
 
-    def series(self) -> pd.DataFrame:
-        """Every streaming series held (all pages): a frame of `unique_id`, `length`."""
-        return self._run(_core.series_op())
+    def series(self, page_size: int = 1000) -> pd.DataFrame:
+        """Every streaming series held (all pages of `page_size`, following next_cursor): a
+        frame of `unique_id`, `length`, in id order."""
+        return self._run(_core.series_op(page_size))
 
     def describe(self, series_id) -> dict:
         """GET /series/{id}: length, model, state_bytes, patches, tail_points, freq,
@@ -280,9 +281,9 @@ class AsyncClient(_Base):
         """See Client.forecast_series."""
         return await self._run(self._forecast_series(ids, h, level, quantiles, tz, progress))
 
-    async def series(self) -> pd.DataFrame:
+    async def series(self, page_size: int = 1000) -> pd.DataFrame:
         """See Client.series."""
-        return await self._run(_core.series_op())
+        return await self._run(_core.series_op(page_size))
 
     async def describe(self, series_id) -> dict:
         """See Client.describe."""
