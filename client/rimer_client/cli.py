@@ -39,10 +39,11 @@ TOOL_HELP = {  # (the module names come from PROJECT_MODULES)
     "export": "export a checkpoint's network to ONNX (the onnx backend's graphs)",
 }
 CHECKOUT_NOTE = ("It runs `python -m {module}` of the Rimer project, so it works only from the "
-                 "project checkout (the current directory or one above it, the checkout this "
-                 "client was installed from, or the directory in RIMER_PROJECT); the arguments "
-                 "after the command are passed on unchanged, so `rimer {cmd} --help` ends with "
-                 "the module's own help.")
+                 "project checkout (found in RIMER_PROJECT, the current directory or one above "
+                 "it, or above this client's source when it runs from the checkout), with the "
+                 "checkout's .venv/bin/python when there is one (else RIMER_PYTHON, else this "
+                 "Python). The arguments after the command are passed on unchanged, so "
+                 "`rimer {cmd} --help` ends with the module's own help.")
 
 
 class CliError(Exception):
@@ -66,17 +67,35 @@ def find_project(explicit: str | None = None) -> Path:
                    "part of rimer-client): run it from the checkout or set RIMER_PROJECT")
 
 
+def project_python(root: Path) -> str:
+    """The interpreter for the project's modules: RIMER_PYTHON, else the checkout's .venv (the
+    README's setup), else this one."""
+    if os.environ.get("RIMER_PYTHON"):
+        return os.environ["RIMER_PYTHON"]
+    for candidate in (root / ".venv" / "bin" / "python", root / ".venv" / "Scripts" / "python.exe"):
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
 def run_module(cmd: str, args: list[str]) -> int:
-    """`python -m <module> args` of the project, with this interpreter; its exit status."""
+    """`python -m <module> args` of the project; its exit status."""
     module = PROJECT_MODULES[cmd]
-    if any(a in ("-h", "--help") for a in args):
+    asks_help = any(a in ("-h", "--help") for a in args)
+    if asks_help:
         print(f"usage: {PROG} {cmd} [ARGS...]\n\n{TOOL_HELP[cmd]} (python -m {module}).\n"
               + CHECKOUT_NOTE.format(module=module, cmd=cmd) + "\n")
         sys.stdout.flush()
-    root = find_project()
+    try:
+        root = find_project()
+    except CliError as exc:
+        if asks_help:  # the help was asked for and given; say why the module's is missing
+            print(f"(no project checkout found, so not python -m {module}'s own help: {exc})")
+            return 0
+        raise
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], env=env)
+    proc = subprocess.Popen([project_python(root), "-m", module, *args], env=env)
     previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())
     try:
         while True:
