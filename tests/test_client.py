@@ -143,6 +143,11 @@ def test_forecast_continues_integer_and_calendar_times(default_server):
         monthly = long_frame("ME", {"m": 36})
         fc = rimer.forecast(monthly, 2)
         assert list(fc["ds"]) == [pd.Timestamp("2027-01-31"), pd.Timestamp("2027-02-28")]
+        # days in a time zone, across a daylight-saving change (a 23-hour day): still daily
+        days = pd.date_range("2024-03-01", periods=40, freq="D", tz="Europe/Paris")
+        fc = rimer.forecast(pd.DataFrame({"unique_id": "d", "ds": days, "y": wave(40)}), 2)
+        assert list(fc["ds"]) == list(pd.date_range("2024-04-10", periods=2, freq="D",
+                                                    tz="Europe/Paris"))
         # a row missing from the grid: refused, or sent as a missing point with missing='ffill'
         gap = long_frame().drop(index=5)
         with pytest.raises(ValueError, match="has no row for"):
@@ -249,14 +254,13 @@ def test_appends_without_timestamps_are_retried_only_before_sending():
 
 
 def test_async_client_shares_the_rules():
-    async def go():
-        async with AsyncClient("http://rimer.test", transport=scripted(503, OK_FORECAST),
-                               backoff=0.0) as rimer:
-            fc = await rimer.forecast(SMALL, 2)
-            assert len(rimer.http._transport.seen) == 2
-            return fc
+    t = scripted(503, OK_FORECAST)
 
-    assert list(asyncio.run(go())["Rimer"]) == [1.0, 2.0]
+    async def go():
+        async with AsyncClient("http://rimer.test", transport=t, backoff=0.0) as rimer:
+            return await rimer.forecast(SMALL, 2)
+
+    assert list(asyncio.run(go())["Rimer"]) == [1.0, 2.0] and len(t.seen) == 2
 
     async def no_retry():
         t = scripted((422, {"detail": "bad", "field": "horizon"}))

@@ -152,8 +152,8 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
         if regular:
             continue
         full = grid(s, prep.kind, s.step)
-        if regular is None and len(full) == len(s.ds) and (np.asarray(full) == np.asarray(s.ds)).all():
-            continue
+        if len(full) == len(s.ds) and (np.asarray(full) == np.asarray(s.ds)).all():
+            continue  # (a calendar step, or days across a daylight-saving change)
         on_grid = pd.Index(s.ds).isin(full)
         if not on_grid.all():
             bad = s.ds[np.flatnonzero(~on_grid)[0]]
