@@ -236,8 +236,13 @@ def test_503_and_429_are_retried_other_4xx_are_not():
         mock_client(t).forecast(SMALL, 2)
     assert len(t.seen) == 4
 
-    t = scripted(httpx.ConnectError, httpx.ReadTimeout, OK_FORECAST)  # a stateless forecast
+    t = scripted(httpx.ConnectError, httpx.RemoteProtocolError, OK_FORECAST)  # stateless: resent
     assert len(mock_client(t).forecast(SMALL, 2)) == 2 and len(t.seen) == 3
+
+    t = scripted(httpx.ReadTimeout, OK_FORECAST)  # slow, not gone: not sent again
+    with pytest.raises(ConnectionFailed, match="still be working"):
+        mock_client(t).forecast(SMALL, 2)
+    assert len(t.seen) == 1
 
 
 def test_appends_without_timestamps_are_retried_only_before_sending():

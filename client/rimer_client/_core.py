@@ -25,8 +25,10 @@ from rimer_client.errors import Conflict, ConnectionFailed, PayloadTooLarge, err
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # Transport errors after the request may have reached the server: resent only when resending
 # is harmless (reads, stateless forecasts, appends with timestamps, deletes).
-MAYBE_SENT = (httpx.ReadError, httpx.WriteError, httpx.ReadTimeout, httpx.WriteTimeout,
-              httpx.RemoteProtocolError)
+MAYBE_SENT = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+# No answer in `timeout` seconds: the server is slow, not unreachable, and may still be working
+# on the request; never resent (a large forecast would be computed again and again).
+TIMED_OUT = (httpx.ReadTimeout, httpx.WriteTimeout)
 RETRY_STATUS = (429, 503)
 MAX_RETRY_AFTER_S = 60.0
 
@@ -100,8 +102,9 @@ class Attempts:
 
     - connection errors before the request was sent (refused, connect timeout, no pool slot):
       retried, whatever the call;
-    - errors after it may have been sent (reset, read timeout, ...): retried only for calls
+    - errors after it may have been sent (connection reset or closed): retried only for calls
       that are safe to resend (`Call.resend_safe`);
+    - timeouts waiting for the answer: never retried (the server may still be working on it);
     - 429 and 503: retried for calls safe to resend (Retry-After honoured, at most 60 s);
       never for an append without timestamps (the server's 503 for a failed log write may
       leave a record that a restart replays);
@@ -127,9 +130,13 @@ class Attempts:
         retriable = isinstance(exc, NOT_SENT) or (isinstance(exc, MAYBE_SENT) and self.call.resend_safe)
         self.maybe_sent = self.maybe_sent or sent
         if not retriable or self.attempt >= self.policy.retries:
-            why = "" if retriable else (" (not retried: the request may have reached the server "
-                                        "and resending it could apply it twice)"
-                                        if isinstance(exc, MAYBE_SENT) else "")
+            why = ""
+            if isinstance(exc, TIMED_OUT):
+                why = (" (not retried: the server may still be working on it; a larger timeout= "
+                       "or smaller batches help)")
+            elif not retriable and isinstance(exc, MAYBE_SENT):
+                why = (" (not retried: the request may have reached the server and resending it "
+                       "could apply it twice)")
             raise ConnectionFailed(None, f"{self.call.method} {self.call.path}: "
                                          f"{type(exc).__name__}: {exc}{why}") from exc
         wait = self.policy.wait(self.attempt)

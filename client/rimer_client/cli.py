@@ -244,7 +244,8 @@ def add_server_flags(p: argparse.ArgumentParser, url_help: str) -> None:
                    help="API key (env RIMER_API_KEY; prefer it to the flag, which shows in ps)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     g.add_argument("--retries", type=int, default=3,
-                   help="retries on connection errors, 429 and 503 (default 3; see the README)")
+                   help="retries on connection errors, 429 and 503 (default 3; client/README.md has "
+                        "the rules)")
     g.add_argument("--max-series-per-request", type=positive_int, default=1024,
                    help="series per request (default 1024, the server's default limit)")
     g.add_argument("--max-points-per-request", type=positive_int, default=1_000_000,

@@ -73,10 +73,11 @@ class Client(_Base):
     Retry rules (the same for AsyncClient):
 
     - Retried: connection errors before the request was sent (refused, connect timeout), for
-      every request; connection errors after it may have been sent (reset, read timeout) and
+      every request; connection errors after it may have been sent (reset, closed) and
       429/503 answers, for requests that are safe to send twice: reads, stateless forecasts,
       deletes, and appends whose frame has datetime timestamps.
-    - Never retried: any other 4xx (raised at once as a typed error), and an append without
+    - Never retried: any other 4xx (raised at once as a typed error); no answer within
+      `timeout` (ConnectionFailed: the server may still be working on it); and an append without
       timestamps once it may have reached the server: appending its values twice would
       lengthen the series twice, so only a connection error before sending is retried. (A 503
       is not retried for it either: the server answers 503 when its log write failed, and a
