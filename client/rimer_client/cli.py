@@ -366,8 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, RimerError):
             where = f" [series {exc.series_id!r}]" if exc.series_id is not None else ""
             field = f" (field {exc.field})" if exc.field else ""
-            print(f"{PROG}: error: the server answered {exc.status or 'nothing'}: {exc.detail}"
-                  f"{field}{where}", file=sys.stderr)
+            said = f"the server answered {exc.status}" if exc.status else "no answer from the server"
+            print(f"{PROG}: error: {said}: {exc.detail}{field}{where}", file=sys.stderr)
             return 1
         raise
 
