@@ -196,6 +196,8 @@ def cmd_forecast(args) -> int:
 
 
 def cmd_append(args) -> int:
+    if not args.url:  # (before reading a large CSV)
+        raise CliError("append needs a server: pass --url (or set RIMER_URL)")
     df = read_input(args)
     with connect(args, need_url=True) as client:
         out = client.append(df, h=args.h, level=args.level, quantiles=args.quantiles,
@@ -237,7 +239,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_server_flags(p: argparse.ArgumentParser, url_help: str) -> None:
+def add_server_flags(p: argparse.ArgumentParser, url_help: str, in_process: bool = True) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--url", default=os.environ.get("RIMER_URL"), help=url_help)
     g.add_argument("--api-key", default=os.environ.get("RIMER_API_KEY"),
@@ -250,10 +252,11 @@ def add_server_flags(p: argparse.ArgumentParser, url_help: str) -> None:
                    help="series per request (default 1024, the server's default limit)")
     g.add_argument("--max-points-per-request", type=positive_int, default=1_000_000,
                    help="values per request (default 1,000,000)")
-    g.add_argument("--weights", default=None,
-                   help="in-process only (no --url): the weights to load (default: the "
-                        "project's default model)")
-    g.add_argument("--device", default="cpu", help="in-process only: cpu or cuda (default cpu)")
+    if in_process:
+        g.add_argument("--weights", default=None,
+                       help="in-process only (no --url): the weights to load (default: the "
+                            "project's default model)")
+        g.add_argument("--device", default="cpu", help="in-process only: cpu or cuda (default cpu)")
 
 
 def add_input_flags(p: argparse.ArgumentParser) -> None:
@@ -324,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
     add_output_flags(p, h_required=False)
     p.add_argument("--no-timestamps", action="store_true",
                    help="send values only (the series' next points), not the CSV's times")
-    add_server_flags(p, "the server (required; env RIMER_URL)")
+    add_server_flags(p, "the server (required; env RIMER_URL)", in_process=False)
     p.set_defaults(run=cmd_append)
 
     p = sub.add_parser("models", help="the models a server serves",
