@@ -1,0 +1,416 @@
+"""What `Client` and `AsyncClient` share: requests as data (`Call`), the retry rules
+(`Attempts`), and every operation as a generator that yields the `Call`s it needs and is sent
+their `Answer`s (or thrown their errors), so that the sync and async clients differ only in how
+they send one request and sleep (client.py)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rimer_client import frames
+from rimer_client.errors import Conflict, ConnectionFailed, PayloadTooLarge, error_for
+
+# Transport errors raised before any byte of the request left: always safe to resend.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Transport errors after the request may have reached the server: resent only when resending
+# is harmless (reads, stateless forecasts, appends with timestamps, deletes).
+MAYBE_SENT = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+# No answer in `timeout` seconds: the server is slow, not unreachable, and may still be working
+# on the request; never resent (a large forecast would be computed again and again).
+TIMED_OUT = (httpx.ReadTimeout, httpx.WriteTimeout)
+RETRY_STATUS = (429, 503)
+MAX_RETRY_AFTER_S = 60.0
+
+
+@dataclass
+class Call:
+    """One HTTP request, and what may be done if it has to be sent again."""
+
+    method: str
+    path: str
+    params: list[tuple[str, object]] | None = None
+    body: object = None  # JSON-able; encoded with NaN allowed (the server names the point)
+    resend_safe: bool = True  # may be resent after it may have reached the server
+    # (status, field) of an answer to a resend that means an earlier try landed
+    landed: Callable[[int, str | None], bool] | None = None
+    series_ids: list | None = None  # the frame's ids of `series[i]`, for errors
+
+    def encoded(self) -> bytes | None:
+        if self.body is None:
+            return None
+        return json.dumps(self.body, allow_nan=True, separators=(",", ":")).encode()
+
+
+@dataclass
+class Answer:
+    status: int
+    body: object  # parsed JSON, or None (204, or a replayed call)
+    replayed: bool = False  # a resend was refused because an earlier try had landed
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    retries: int = 3
+    backoff: float = 0.5  # first wait, doubled each retry (with jitter), at most max_backoff
+    max_backoff: float = 8.0
+
+    def wait(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER_S)
+        base = min(self.max_backoff, self.backoff * 2 ** attempt)
+        return base * random.uniform(0.5, 1.0)
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date), or None."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def body_of(response: httpx.Response):
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+class Attempts:
+    """The retry rules for one call, fed each try's outcome by a driver:
+
+    - connection errors before the request was sent (refused, connect timeout, no pool slot):
+      retried, whatever the call;
+    - errors after it may have been sent (connection reset or closed): retried only for calls
+      that are safe to resend (`Call.resend_safe`);
+    - timeouts waiting for the answer: never retried (the server may still be working on it);
+    - 429 and 503: retried for calls safe to resend (Retry-After honoured, at most 60 s);
+      never for an append without timestamps (the server's 503 for a failed log write may
+      leave a record that a restart replays);
+    - any other answer: never retried; 4xx/5xx raise the typed error;
+    - a resent call whose answer `Call.landed` recognises (409 naming `timestamps[0]` for an
+      append with timestamps, 404 for a delete) after an earlier try may have been sent: that
+      try landed, and the answer is `Answer(replayed=True)`.
+    """
+
+    def __init__(self, call: Call, policy: RetryPolicy):
+        self.call, self.policy = call, policy
+        self.attempt = 0
+        self.maybe_sent = False  # an earlier try may have reached the server
+
+    def request(self) -> dict:
+        headers = {"content-type": "application/json"} if self.call.body is not None else None
+        return {"method": self.call.method, "url": self.call.path, "params": self.call.params,
+                "content": self.call.encoded(), "headers": headers}
+
+    def on_error(self, exc: Exception) -> float:
+        """The wait before the next try after a transport error, or raise."""
+        sent = not isinstance(exc, NOT_SENT)
+        retriable = isinstance(exc, NOT_SENT) or (isinstance(exc, MAYBE_SENT) and self.call.resend_safe)
+        self.maybe_sent = self.maybe_sent or sent
+        if not retriable or self.attempt >= self.policy.retries:
+            why = ""
+            if isinstance(exc, TIMED_OUT):
+                why = (" (not retried: the server may still be working on it; a larger timeout= "
+                       "or smaller batches help)")
+            elif not retriable and isinstance(exc, MAYBE_SENT):
+                why = (" (not retried: the request may have reached the server and resending it "
+                       "could apply it twice)")
+            raise ConnectionFailed(None, f"{self.call.method} {self.call.path}: "
+                                         f"{type(exc).__name__}: {exc}{why}") from exc
+        wait = self.policy.wait(self.attempt)
+        self.attempt += 1
+        return wait
+
+    def on_response(self, response: httpx.Response) -> Answer | float:
+        """The answer, or the wait before the next try, or raise the typed error."""
+        status = response.status_code
+        body = body_of(response)
+        if status < 400:
+            return Answer(status, body)
+        field = body.get("field") if isinstance(body, dict) else None
+        if self.maybe_sent and self.call.landed is not None and self.call.landed(status, field):
+            return Answer(status, None, replayed=True)
+        if (status in RETRY_STATUS and self.call.resend_safe
+                and self.attempt < self.policy.retries):
+            wait = self.policy.wait(self.attempt, retry_after(response.headers))
+            self.attempt += 1
+            return wait
+        raise error_for(status, body, self.call.series_ids)
+
+
+Op = Generator[Call, Answer, object]
+
+
+def progress_bar(enabled: bool, total: int, desc: str):
+    return tqdm(total=total, desc=desc, unit="series", disable=not enabled, leave=False)
+
+
+def batches(sizes: list[int], max_series: int, max_points: int) -> list[list[int]]:
+    """Consecutive indices packed into requests of at most `max_series` series and `max_points`
+    values (a series longer than `max_points` goes alone)."""
+    out, current, points = [], [], 0
+    for i, n in enumerate(sizes):
+        if current and (len(current) >= max_series or points + n > max_points):
+            out.append(current)
+            current, points = [], 0
+        current.append(i)
+        points += n
+    if current:
+        out.append(current)
+    return out
+
+
+def send_batches(make_call: Callable[[list[int]], Call], sizes: list[int], max_series: int,
+                 max_points: int, bar) -> Generator[Call, Answer, list]:
+    """Send the batches in order; a 413 splits a batch in two (the server's limits may be lower
+    than the client's). Returns [(indices, answer), ...] in order."""
+    pending = list(reversed(batches(sizes, max_series, max_points)))
+    done = []
+    while pending:
+        idx = pending.pop()
+        try:
+            answer = yield make_call(idx)
+        except PayloadTooLarge:
+            if len(idx) == 1:
+                raise
+            half = len(idx) // 2
+            pending += [idx[half:], idx[:half]]
+            continue
+        done.append((idx, answer))
+        bar.update(len(idx))
+    return done
+
+
+def distribution_body(level, quantiles) -> dict:
+    out = {}
+    if level:
+        out["level"] = level
+    if quantiles:
+        out["quantiles"] = quantiles
+    return out
+
+
+def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: str,
+                time_col: str, target_col: str, missing: str, progress: bool) -> Op:
+    """POST /forecast of every series of a long frame, in batches; the Nixtla-shaped frame."""
+    check_h(h)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    prep = frames.group(df, id_col, time_col, target_col)
+    frames.regularise(prep, freq, missing)
+    series = prep.series
+    extra = distribution_body(level, quantiles)
+
+    def make_call(idx: list[int]) -> Call:
+        body = {"series": [{"id": frames.wire_id(series[i].uid, i),
+                            "values": frames.wire_values(series[i].values, missing)} for i in idx],
+                "horizon": h, **extra}
+        return Call("POST", "/forecast", body=body, series_ids=[series[i].uid for i in idx])
+
+    with progress_bar(progress, len(series), "forecast") as bar:
+        done = yield from send_batches(make_call, [len(s.values) for s in series],
+                                       cfg.max_series_per_request, cfg.max_points_per_request, bar)
+    items: list = [None] * len(series)
+    for idx, answer in done:
+        for i, item in zip(idx, answer.body["forecasts"]):
+            items[i] = item
+    ds = [frames.future(s, prep.kind, h) for s in series]
+    return frames.frame([s.uid for s in series], ds, items, level, quantiles)
+
+
+def check_h(h) -> None:
+    if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
+        raise ValueError(f"h must be a positive int, not {h!r}")
+
+
+def freq_seconds(freq) -> int | None:
+    """freq for the server: whole seconds (it takes fixed steps only)."""
+    if freq is None:
+        return None
+    if isinstance(freq, (int, np.integer)) and not isinstance(freq, bool):
+        return int(freq)
+    off = frames.to_offset(freq)
+    if not isinstance(off, pd.offsets.Tick) or off.nanos % 1_000_000_000:
+        raise ValueError(f"freq {freq!r} is not a whole number of seconds: the server's streams "
+                         "take fixed steps only (no months or years)")
+    return off.nanos // 1_000_000_000
+
+
+def late_first_timestamp(bulk: bool) -> Callable[[int, str | None], bool]:
+    want = "series[0].timestamps[0]" if bulk else "timestamps[0]"
+    return lambda status, field: status == 409 and field == want
+
+
+def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, time_col: str,
+              target_col: str, timestamps, missing: str, progress: bool) -> Op:
+    """POST /series/append of a frame of new rows, in batches (see Client.append)."""
+    if h is not None:
+        check_h(h)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    if (level or quantiles) and h is None:
+        raise ValueError("level and quantiles need h (they describe the forecast)")
+    prep = frames.group(df, id_col, time_col, target_col)
+    series = prep.series
+    for s in series:
+        if not frames.SERIES_ID.match(str(s.uid)):
+            raise ValueError(f"{s.uid!r} is not a valid series id for streaming: "
+                             "1 to 128 characters of letters, digits, '.', '_', ':', '-', "
+                             "starting with a letter or digit")
+    send_stamps = prep.kind == "datetime" and timestamps is not False
+    if timestamps is True and prep.kind != "datetime":
+        raise ValueError(f"timestamps=True needs a datetime {time_col!r} column")
+    fsec = freq_seconds(freq) if send_stamps else None
+    # one item per series and chunk: a series longer than the points limit is appended in order
+    chunk = cfg.max_points_per_request
+    items = [(i, a, min(a + chunk, len(s.values))) for i, s in enumerate(series)
+             for a in range(0, len(s.values), chunk)]
+    extra = distribution_body(level, quantiles)
+
+    def make_call(idx: list[int]) -> Call:
+        wire = []
+        for k in idx:
+            i, a, b = items[k]
+            s = series[i]
+            item = {"id": str(s.uid), "values": frames.wire_values(s.values[a:b], missing)}
+            if send_stamps:
+                item["timestamps"] = frames.iso_timestamps(s.ds[a:b])
+                if fsec is not None:
+                    item["freq"] = fsec
+            wire.append(item)
+        body = {"series": wire, **({"horizon": h} if h is not None else {}), **extra}
+        return Call("POST", "/series/append", body=body, resend_safe=send_stamps,
+                    landed=late_first_timestamp(bulk=True) if send_stamps else None,
+                    series_ids=[series[items[k][0]].uid for k in idx])
+
+    results: dict[int, dict] = {}  # series index -> its last answer item
+    with progress_bar(progress, len(items), "append") as bar:
+        done = yield from send_batches(make_call, [b - a for _, a, b in items],
+                                       cfg.max_series_per_request, chunk, bar)
+        for idx, answer in done:
+            if answer.replayed:  # an earlier try landed: check it, and read what it answered
+                for k in idx:
+                    results[items[k][0]] = yield from landed_item(series[items[k][0]], h, level,
+                                                                  quantiles, prep.tz)
+                continue
+            for k, item in zip(idx, answer.body["series"]):
+                results[items[k][0]] = item
+    uids = [s.uid for s in series]
+    if h is None:
+        return pd.DataFrame({"unique_id": uids,
+                             "length": [results[i]["length"] for i in range(len(series))]})
+    fc = [results[i]["forecast"] for i in range(len(series))]
+    ds = []
+    for i, s in enumerate(series):
+        if fc[i].get("timestamps"):
+            ds.append(frames.parse_timestamps(fc[i]["timestamps"], prep.tz))
+        elif prep.kind == "int":
+            s.step = frames.parse_step(freq, "int") if freq is not None else frames.infer_step(s, "int")
+            ds.append(frames.future(s, "int", h))
+        else:  # positions in the stream
+            ds.append(frames.future(s, "none", h, start_position=results[i]["length"]))
+    return frames.frame(uids, ds, fc, level, quantiles)
+
+
+def landed_item(s: frames.Series, h, level, quantiles, tz) -> Generator[Call, Answer, dict]:
+    """After a resent append got 409 for its first timestamp: confirm the series' last timestamp
+    is the append's last one, so the earlier try did land, and read the length (and the
+    forecast) it would have answered."""
+    info = (yield describe_call(str(s.uid))).body
+    ours = s.ds[-1] if s.ds.tz is not None else s.ds[-1].tz_localize("UTC")
+    last = info.get("last_timestamp")
+    if last is None or pd.Timestamp(last) != ours:
+        raise Conflict(409, f"series {s.uid!r}: a resent append was refused as late, but the "
+                            f"series ends at {last}, not at the append's last timestamp "
+                            f"{s.ds[-1]}, so the earlier try cannot be confirmed to have landed "
+                            "(its points were late, or others were appended since)",
+                       "timestamps[0]", series_id=s.uid)
+    out = {"id": str(s.uid), "length": info["length"]}
+    if h is not None:
+        answer = yield series_forecast_call(str(s.uid), h, level, quantiles)
+        out["forecast"] = answer.body
+    return out
+
+
+def path_id(series_id) -> str:
+    return quote(str(series_id), safe="")
+
+
+def describe_call(series_id) -> Call:
+    return Call("GET", f"/series/{path_id(series_id)}")
+
+
+def series_forecast_call(series_id, h: int, level, quantiles) -> Call:
+    params: list[tuple[str, object]] = [("horizon", int(h))]
+    params += [("level", frames.label(v)) for v in level or ()]
+    params += [("quantiles", frames.label(v)) for v in quantiles or ()]
+    return Call("GET", f"/series/{path_id(series_id)}/forecast", params=params)
+
+
+def forecast_series_op(ids, h: int, level, quantiles, tz, progress: bool) -> Op:
+    """GET /series/{id}/forecast for each id; the Nixtla-shaped frame (ds: the forecast's
+    timestamps for series with timestamps, else positions in the stream)."""
+    check_h(h)
+    if isinstance(ids, (str, bytes)):
+        ids = [ids]
+    ids = list(ids)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    items, ds = [], []
+    with progress_bar(progress, len(ids), "forecast") as bar:
+        for uid in ids:
+            body = (yield series_forecast_call(uid, h, level, quantiles)).body
+            items.append(body)
+            if body.get("timestamps"):
+                ds.append(frames.parse_timestamps(body["timestamps"], tz))
+            else:
+                ds.append(np.arange(body["length"], body["length"] + h, dtype=np.int64))
+            bar.update(1)
+    return frames.frame(ids, ds, items, level, quantiles)
+
+
+def series_op(page_size: int = 1000) -> Op:
+    """Every streaming series, following next_cursor: a frame of unique_id, length."""
+    ids, lengths, cursor = [], [], None
+    while True:
+        params = [("limit", page_size)] + ([("cursor", cursor)] if cursor is not None else [])
+        body = (yield Call("GET", "/series", params=params)).body
+        for item in body["series"]:
+            ids.append(item["id"])
+            lengths.append(item["length"])
+        cursor = body.get("next_cursor")
+        if cursor is None:
+            return pd.DataFrame({"unique_id": ids, "length": lengths})
+
+
+def one(call: Call, key: str | None = None) -> Op:
+    """A single request; its JSON body (or one key of it)."""
+    body = (yield call).body
+    return body[key] if key is not None else body
+
+
+def delete_op(series_id) -> Op:
+    """DELETE /series/{id}; a resend answered 404 after an earlier try may have landed counts as
+    deleted."""
+    yield Call("DELETE", f"/series/{path_id(series_id)}",
+               landed=lambda status, field: status == 404 and field == "id")
+    return None

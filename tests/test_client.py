@@ -1,0 +1,360 @@
+"""The Python client (client/rimer_client) against a real server on loopback (conftest's
+`default_server`), and its retry rules against scripted transports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from rimer_client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    ConnectionFailed,
+    NotFound,
+    Unavailable,
+    ValidationError,
+)
+from rimer_client.plotting import plot
+
+LENGTHS = {"a": 40, "b": 64, "c": 100}  # different lengths, all at least one patch (32)
+
+
+def wave(n: int, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(n)
+    return 10 + 3 * np.sin(2 * np.pi * t / 24 + phase) + 0.02 * t
+
+
+def long_frame(freq: str = "h", lengths=LENGTHS) -> pd.DataFrame:
+    parts = []
+    for k, (uid, n) in enumerate(lengths.items()):
+        ds = pd.date_range(pd.Timestamp("2024-01-01") + pd.Timedelta(days=k), periods=n, freq=freq)
+        parts.append(pd.DataFrame({"unique_id": uid, "ds": ds, "y": wave(n, k)}))
+    return pd.concat(parts, ignore_index=True).sample(frac=1, random_state=0)  # any row order
+
+
+class Counting(httpx.BaseTransport):
+    """Passes requests to a real transport and keeps them."""
+
+    def __init__(self):
+        self.inner = httpx.HTTPTransport()
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request):
+        self.requests.append(request)
+        return self.inner.handle_request(request)
+
+    def paths(self, method: str = "POST") -> list[str]:
+        return [r.url.path for r in self.requests if r.method == method]
+
+
+class LoseFirst(Counting):
+    """The first request to `path` fails with a reset connection, after reaching the server
+    (`forward=True`: its answer is lost) or before it."""
+
+    def __init__(self, path: str, forward: bool = True):
+        super().__init__()
+        self.path, self.forward, self.dropped = path, forward, False
+
+    def handle_request(self, request):
+        if request.url.path == self.path and not self.dropped:
+            self.dropped = True
+            self.requests.append(request)
+            if self.forward:
+                self.inner.handle_request(request).close()
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return super().handle_request(request)
+
+
+def scripted(*answers):
+    """A MockTransport answering in turn: an int status (JSON error body), a (status, body)
+    pair, or an exception class to raise; its `seen` list counts the tries."""
+    answers = list(answers)
+    seen = []
+
+    def handler(request):
+        seen.append(request)
+        a = answers.pop(0)
+        if isinstance(a, type) and issubclass(a, Exception):
+            raise a("scripted", request=request)
+        status, body = a if isinstance(a, tuple) else (a, {"detail": f"status {a}", "field": None})
+        headers = {"retry-after": "0"} if status == 429 else None
+        return httpx.Response(status, json=body, headers=headers)
+
+    transport = httpx.MockTransport(handler)
+    transport.seen = seen
+    return transport
+
+
+def mock_client(transport, **kwargs) -> Client:
+    return Client("http://rimer.test", transport=transport, backoff=0.0, **kwargs)
+
+
+OK_FORECAST = (200, {"model": "m", "horizon": 2, "forecasts": [{"id": "a", "mean": [1.0, 2.0]}]})
+OK_APPEND = (200, {"series": [{"id": "a", "length": 3}]})
+SMALL = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=40, freq="h"),
+                      "y": wave(40)})
+SMALL_INT = SMALL.assign(ds=np.arange(40))
+
+
+# ---- forecasts against the real server -------------------------------------------------------
+
+def test_forecast_shape_future_ds_intervals_and_the_raw_api(default_server):
+    df = long_frame()
+    with Client(default_server.url) as rimer:
+        fc = rimer.forecast(df, 6, level=[95, 80], quantiles=[0.1, 0.9])
+    assert list(fc.columns) == ["unique_id", "ds", "Rimer", "Rimer-lo-95", "Rimer-lo-80",
+                                "Rimer-hi-80", "Rimer-hi-95", "Rimer-q-0.1", "Rimer-q-0.9"]
+    assert len(fc) == 3 * 6 and list(pd.unique(fc["unique_id"])) == ["a", "b", "c"]
+    for uid, g in fc.groupby("unique_id"):
+        last = df.loc[df.unique_id == uid, "ds"].max()
+        assert list(g["ds"]) == list(pd.date_range(last, periods=7, freq="h")[1:])
+    assert (fc["Rimer-lo-95"] < fc["Rimer-lo-80"]).all()
+    assert (fc["Rimer-lo-80"] < fc["Rimer"]).all() and (fc["Rimer"] < fc["Rimer-hi-80"]).all()
+    assert (fc["Rimer-hi-80"] < fc["Rimer-hi-95"]).all()
+    assert (fc["Rimer-q-0.1"] < fc["Rimer-q-0.9"]).all()
+
+    body = {"series": [{"id": uid, "values": wave(n, k).tolist()}
+                       for k, (uid, n) in enumerate(LENGTHS.items())],
+            "horizon": 6, "level": [80, 95], "quantiles": [0.1, 0.9]}
+    raw = default_server.client.post("/forecast", json=body).json()["forecasts"]
+    for item in raw:
+        got = fc[fc.unique_id == item["id"]]
+        np.testing.assert_allclose(got["Rimer"], item["mean"], rtol=1e-5)
+        for interval in item["intervals"]:
+            tag = f"{interval['level']:g}"
+            np.testing.assert_allclose(got[f"Rimer-lo-{tag}"], interval["lo"], rtol=1e-5)
+            np.testing.assert_allclose(got[f"Rimer-hi-{tag}"], interval["hi"], rtol=1e-5)
+        np.testing.assert_allclose(got["Rimer-q-0.9"], item["quantiles"][1]["values"], rtol=1e-5)
+
+
+def test_forecast_continues_integer_and_calendar_times(default_server):
+    with Client(default_server.url) as rimer:
+        ints = long_frame().assign(ds=lambda d: d.groupby("unique_id").cumcount() * 5 + 100)
+        fc = rimer.forecast(ints, 3)
+        assert fc["ds"].dtype.kind == "i"
+        for uid, n in LENGTHS.items():
+            assert list(fc.loc[fc.unique_id == uid, "ds"]) == [100 + 5 * (n - 1 + k) for k in (1, 2, 3)]
+        monthly = long_frame("ME", {"m": 36})
+        fc = rimer.forecast(monthly, 2)
+        assert list(fc["ds"]) == [pd.Timestamp("2027-01-31"), pd.Timestamp("2027-02-28")]
+        # days in a time zone, across a daylight-saving change (a 23-hour day): still daily
+        days = pd.date_range("2024-03-01", periods=40, freq="D", tz="Europe/Paris")
+        fc = rimer.forecast(pd.DataFrame({"unique_id": "d", "ds": days, "y": wave(40)}), 2)
+        assert list(fc["ds"]) == list(pd.date_range("2024-04-10", periods=2, freq="D",
+                                                    tz="Europe/Paris"))
+        # a row missing from the grid: refused, or sent as a missing point with missing='ffill'
+        gap = long_frame().drop(index=5)
+        with pytest.raises(ValueError, match="has no row for"):
+            rimer.forecast(gap, 2)
+        assert len(rimer.forecast(gap, 2, missing="ffill")) == 6
+
+
+def split_sizes(transport: Counting) -> list[int]:
+    assert transport.paths() == ["/forecast"] * len(transport.requests)
+    return [len(json.loads(r.content)["series"]) for r in transport.requests]
+
+
+def test_batches_respect_the_limits_and_agree_with_one_request(default_server):
+    df = long_frame(lengths={f"s{i}": 40 + 7 * i for i in range(5)})
+    one, split, by_points = Counting(), Counting(), Counting()
+    with Client(default_server.url, transport=one) as rimer:
+        whole = rimer.forecast(df, 4, level=[80])
+    with Client(default_server.url, transport=split, max_series_per_request=2) as rimer:
+        parts = rimer.forecast(df, 4, level=[80])
+    with Client(default_server.url, transport=by_points, max_points_per_request=100) as rimer:
+        pointwise = rimer.forecast(df, 4, level=[80], progress=True)
+    assert one.paths() == ["/forecast"]
+    assert split_sizes(split) == [2, 2, 1]  # 5 series, 2 per request
+    assert split_sizes(by_points) == [2, 1, 1, 1]  # 40 + 47 points, then 54, 61, 68: one each
+    pd.testing.assert_frame_equal(whole, parts, rtol=1e-5)
+    pd.testing.assert_frame_equal(whole, pointwise, rtol=1e-5)
+
+
+def test_a_413_splits_the_batch():
+    seen = []
+
+    def handler(request):
+        body = request.read()
+        n = body.count(b'"id"')
+        seen.append(n)
+        if n > 1:
+            return httpx.Response(413, json={"detail": "too many series", "field": "series"})
+        uid = body.split(b'"id":"')[1].split(b'"')[0].decode()
+        return httpx.Response(200, json={"model": "m", "horizon": 2,
+                                         "forecasts": [{"id": uid, "mean": [1.0, 2.0]}]})
+
+    df = long_frame(lengths={"a": 40, "b": 40, "c": 40})
+    fc = mock_client(httpx.MockTransport(handler)).forecast(df, 2)
+    assert seen == [3, 1, 2, 1, 1] and len(fc) == 6
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+def test_server_errors_are_typed_and_name_the_field_and_series(default_server):
+    df = long_frame()
+    df.loc[(df.unique_id == "b") & (df.ds == df[df.unique_id == "b"].ds.min() + pd.Timedelta("10h")),
+           "y"] = np.nan
+    with Client(default_server.url) as rimer:
+        with pytest.raises(ValidationError) as err:
+            rimer.forecast(df, 4)
+        assert err.value.status == 422 and err.value.field == "series[1].values[10]"
+        assert err.value.series_id == "b" and "finite" in err.value.detail
+        with pytest.raises(ValidationError) as err:  # in its own request, the same series named
+            Client(default_server.url, max_series_per_request=1).forecast(df, 4)
+        assert err.value.field == "series[0].values[10]" and err.value.series_id == "b"
+        assert len(rimer.forecast(df, 4, missing="ffill")) == 12  # a missing point, filled
+        short = long_frame(lengths={"x": 40, "tiny": 10})
+        with pytest.raises(ValidationError) as err:
+            rimer.forecast(short, 4)
+        assert err.value.series_id == "tiny" and "32 points" in err.value.detail
+        with pytest.raises(NotFound) as err:
+            rimer.describe(f"nope-{uuid.uuid4().hex}")
+        assert err.value.status == 404 and err.value.field == "id"
+
+
+# ---- retries ---------------------------------------------------------------------------------
+
+def test_503_and_429_are_retried_other_4xx_are_not():
+    t = scripted(503, (429, {"detail": "slow down"}), OK_FORECAST)
+    fc = mock_client(t).forecast(SMALL, 2)
+    assert len(t.seen) == 3 and list(fc["Rimer"]) == [1.0, 2.0]
+
+    t = scripted((422, {"detail": "bad", "field": "series[0].values[3]"}), OK_FORECAST)
+    with pytest.raises(ValidationError) as err:
+        mock_client(t).forecast(SMALL, 2)
+    assert len(t.seen) == 1 and err.value.field == "series[0].values[3]"
+    assert err.value.series_id == "a"
+
+    t = scripted(503, 503, 503, 503, OK_FORECAST)  # retries=3: four tries, then the error
+    with pytest.raises(Unavailable):
+        mock_client(t).forecast(SMALL, 2)
+    assert len(t.seen) == 4
+
+    t = scripted(httpx.ConnectError, httpx.RemoteProtocolError, OK_FORECAST)  # stateless: resent
+    assert len(mock_client(t).forecast(SMALL, 2)) == 2 and len(t.seen) == 3
+
+    t = scripted(httpx.ReadTimeout, OK_FORECAST)  # slow, not gone: not sent again
+    with pytest.raises(ConnectionFailed, match="still be working"):
+        mock_client(t).forecast(SMALL, 2)
+    assert len(t.seen) == 1
+
+
+def test_appends_without_timestamps_are_retried_only_before_sending():
+    t = scripted(httpx.ConnectError, OK_APPEND)  # refused: never sent, safe to send again
+    out = mock_client(t).append(SMALL_INT.head(3))
+    assert len(t.seen) == 2 and out.to_dict("records") == [{"unique_id": "a", "length": 3}]
+    for failure in (httpx.ReadError, httpx.RemoteProtocolError, 503):  # it may have landed
+        t = scripted(failure, OK_APPEND)
+        with pytest.raises((ConnectionFailed, Unavailable)):
+            mock_client(t).append(SMALL_INT.head(3))
+        assert len(t.seen) == 1
+    t = scripted(httpx.ReadError, OK_APPEND)  # with timestamps: safe to resend
+    assert len(mock_client(t).append(SMALL.head(3))) == 1 and len(t.seen) == 2
+
+
+def test_async_client_shares_the_rules():
+    t = scripted(503, OK_FORECAST)
+
+    async def go():
+        async with AsyncClient("http://rimer.test", transport=t, backoff=0.0) as rimer:
+            return await rimer.forecast(SMALL, 2)
+
+    assert list(asyncio.run(go())["Rimer"]) == [1.0, 2.0] and len(t.seen) == 2
+
+    async def no_retry():
+        t = scripted((422, {"detail": "bad", "field": "horizon"}))
+        async with AsyncClient("http://rimer.test", transport=t, backoff=0.0) as rimer:
+            with pytest.raises(ValidationError):
+                await rimer.forecast(SMALL, 2)
+        return len(t.seen)
+
+    assert asyncio.run(no_retry()) == 1
+
+
+# ---- streaming series against the real server ------------------------------------------------
+
+def stream(prefix: str, n: int, start: str = "2024-03-01") -> pd.DataFrame:
+    ds = pd.date_range(start, periods=n, freq="15min", tz="UTC")
+    return pd.concat([pd.DataFrame({"unique_id": f"{prefix}-{k}", "ds": ds, "y": wave(n, k)})
+                      for k in range(2)], ignore_index=True)
+
+
+def test_append_resent_after_it_landed_counts_once(default_server):
+    prefix = f"cc-{uuid.uuid4().hex[:8]}"
+    rows = stream(prefix, 48)
+    cut = rows.ds.min() + pd.Timedelta("10h")  # 40 points of 15 minutes, then 8 more
+    first, then = rows[rows.ds < cut], rows[rows.ds >= cut]
+    with Client(default_server.url) as rimer:
+        assert list(rimer.append(first)["length"]) == [40, 40]
+    lose = LoseFirst("/series/append")  # the append lands, its answer is lost, it is resent
+    with Client(default_server.url, transport=lose, backoff=0.0) as rimer:
+        fc = rimer.append(then, h=3, level=[80])
+        assert lose.paths().count("/series/append") == 2  # resent, refused 409, taken as landed
+        assert [rimer.describe(f"{prefix}-{k}")["length"] for k in range(2)] == [48, 48]
+        assert list(fc.columns) == ["unique_id", "ds", "Rimer", "Rimer-lo-80", "Rimer-hi-80"]
+        last = rows.ds.max()
+        assert list(fc["ds"][:3]) == [last + pd.Timedelta(minutes=15 * k) for k in (1, 2, 3)]
+        direct = rimer.forecast_series([f"{prefix}-0", f"{prefix}-1"], 3, level=[80], tz="UTC")
+        pd.testing.assert_frame_equal(fc, direct, rtol=1e-5)
+        # a late append is a Conflict when no earlier try may have landed ...
+        with pytest.raises(Conflict) as err:
+            rimer.append(then)
+        assert err.value.field == "series[0].timestamps[0]"
+    # ... and when one may have, but the series does not end where the append does
+    late = LoseFirst("/series/append", forward=False)
+    with Client(default_server.url, transport=late, backoff=0.0) as rimer, \
+            pytest.raises(Conflict, match="cannot be confirmed"):
+        rimer.append(first)
+
+
+def test_append_without_timestamps_is_not_resent(default_server):
+    uid = f"cc-{uuid.uuid4().hex[:8]}"
+    lose = LoseFirst("/series/append")
+    with Client(default_server.url, transport=lose, backoff=0.0) as rimer:
+        with pytest.raises(ConnectionFailed, match="not retried"):
+            rimer.append(pd.DataFrame({"unique_id": uid, "y": wave(40)}))
+        assert lose.paths() == ["/series/append"]
+        assert rimer.describe(uid)["length"] == 40  # it landed, once
+        fc = rimer.append(pd.DataFrame({"unique_id": uid, "y": wave(8)}), h=4)
+        assert list(fc["ds"]) == [48, 49, 50, 51]  # positions in the stream
+
+
+def test_series_pages_describe_delete(default_server):
+    prefix = f"cc-{uuid.uuid4().hex[:8]}"
+    counting = Counting()
+    with Client(default_server.url, transport=counting, backoff=0.0) as rimer:
+        rimer.append(pd.concat([pd.DataFrame({"unique_id": f"{prefix}-{k}", "y": wave(33)})
+                                for k in range(5)]))
+        listed = rimer.series(page_size=2)
+        mine = listed[listed.unique_id.str.startswith(prefix)]
+        assert list(mine["unique_id"]) == [f"{prefix}-{k}" for k in range(5)]
+        assert (mine["length"] == 33).all()
+        assert counting.paths("GET").count("/series") >= 3
+        assert rimer.describe(f"{prefix}-0")["length"] == 33
+        assert rimer.health()["status"] == "ready"
+        assert rimer.models()[0]["streamable"] is True
+        rimer.delete(f"{prefix}-0")
+        with pytest.raises(NotFound):
+            rimer.delete(f"{prefix}-0")
+    lose = LoseFirst(f"/series/{prefix}-1")  # the delete lands, its answer is lost: 404 is done
+    with Client(default_server.url, transport=lose, backoff=0.0) as rimer:
+        rimer.delete(f"{prefix}-1")
+        with pytest.raises(NotFound):
+            rimer.describe(f"{prefix}-1")
+
+
+def test_plot_writes_a_png(tmp_path):
+    df = long_frame()
+    fc = pd.concat([pd.DataFrame({"unique_id": uid, "ds": pd.date_range(df[df.unique_id == uid].ds.max(),
+                                                                         periods=5, freq="h")[1:],
+                                  "Rimer": 1.0, "Rimer-lo-80": 0.0, "Rimer-hi-80": 2.0})
+                    for uid in LENGTHS])
+    path = tmp_path / "fc.png"
+    fig = plot(df, fc, ids=["a", "c"], path=path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(fig.axes) == 2
