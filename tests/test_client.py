@@ -22,6 +22,9 @@ from rimer_client import (
 )
 from rimer_client.plotting import plot
 
+from tests.conftest import ROOT
+
+REFERENCE_DATA = ROOT.parent / "shared" / "data"
 LENGTHS = {"a": 40, "b": 64, "c": 100}  # different lengths, all at least one patch (32)
 
 
@@ -131,6 +134,22 @@ def test_forecast_shape_future_ds_intervals_and_the_raw_api(default_server):
             np.testing.assert_allclose(got[f"Rimer-lo-{tag}"], interval["lo"], rtol=1e-5)
             np.testing.assert_allclose(got[f"Rimer-hi-{tag}"], interval["hi"], rtol=1e-5)
         np.testing.assert_allclose(got["Rimer-q-0.9"], item["quantiles"][1]["values"], rtol=1e-5)
+
+
+def test_forecast_of_etth1s_seven_columns_in_long_format(default_server):
+    """The issue's check: ETTh1's seven columns as a long frame, `level=[80]`, Nixtla's columns."""
+    wide = pd.read_csv(REFERENCE_DATA / "ETTh1.csv", parse_dates=["date"]).iloc[:1000]
+    df = wide.melt(id_vars="date", var_name="unique_id", value_name="y").rename(columns={"date": "ds"})
+    assert df.unique_id.nunique() == 7
+    with Client(default_server.url) as rimer:
+        fc = rimer.forecast(df, 24, level=[80])
+    assert list(fc.columns) == ["unique_id", "ds", "Rimer", "Rimer-lo-80", "Rimer-hi-80"]
+    assert sorted(pd.unique(fc.unique_id)) == sorted(wide.columns[1:]) and len(fc) == 7 * 24
+    assert (fc.groupby("unique_id").ds.min() == wide.date.max() + pd.Timedelta(hours=1)).all()
+    assert (fc["Rimer-lo-80"] < fc["Rimer"]).all() and (fc["Rimer"] < fc["Rimer-hi-80"]).all()
+    # a forecast of OT near where ETTh1's OT is (scaled errors are in the benchmarks)
+    ot = fc[fc.unique_id == "OT"]["Rimer"]
+    assert abs(ot.mean() - wide.OT.iloc[-48:].mean()) < 3 * wide.OT.iloc[-200:].std()
 
 
 def test_forecast_continues_integer_and_calendar_times(default_server):
