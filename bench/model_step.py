@@ -7,7 +7,7 @@ permutation of them, each with a random state and exactly one new patch):
   * triton, CUDA graph: `Rimer.step_slots` captured for a bucket of exactly B rows and replayed
     (kernels.graphs.StepGraphs); time = triton.testing.do_bench median (L2 flushed between runs);
   * triton, eager: the same step without the graph (Python and launch overhead included);
-  * torch backend: `Rimer._advance` on a batch RimerState (functional; no gather or scatter counted);
+  * torch backend: `Rimer.advance` on a batch RimerState (functional; no gather or scatter counted);
   * the state-traffic bound: every byte of a series' state read and written once per step
     (2 x state bytes per series) at the device-to-device copy bandwidth measured in the same run,
     and the fraction of that bound the graph step reaches (bound time / step time);
@@ -81,7 +81,7 @@ def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_
     work = pool.clone()
     model.step_slots(work, slots, values, counts)
     before = pool.select(slots[:m])
-    ref = model64._advance(RimerState(**{k: v.double() if v.dtype == torch.float32 else v
+    ref = model64.advance(RimerState(**{k: v.double() if v.dtype == torch.float32 else v
                                          for k, v in before.tensors().items()}),
                            values[:m, None, :p].double()).state
     row["err_next_patch_vs_f64"] = rel_err(work.next_patch[slots[:m]], ref.next_patch)
@@ -104,7 +104,7 @@ def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_
 
     torch_state = pool.select(slots)
     patches = values[:, None, :p].contiguous()
-    row["torch_us"] = measure(lambda: model._advance(torch_state, patches)) * 1e6
+    row["torch_us"] = measure(lambda: model.advance(torch_state, patches)) * 1e6
     row["speedup_vs_torch"] = row["torch_us"] / row.get("triton_graph_us", row["triton_eager_us"])
     return row
 

@@ -6,9 +6,9 @@ One module, three forms of the same function:
     return the new state (constant memory per series, whatever the history length);
   * `forecast(state, horizon)`: roll the next `horizon` points out patch by patch from a copy,
     never changing the stored state.
-All three run `_advance`, so they cannot drift apart.
+All three run `advance`, so they cannot drift apart.
 
-Two backends run the same `_advance`; they differ only in a `Step` (how the linear maps and the
+Two backends run the same `advance`; they differ only in a `Step` (how the linear maps and the
 RWKV-7 recurrence are computed):
   * `TorchStep`: PyTorch; functional (states in, new states out). The reference.
   * `PoolStep`: Triton; the states live in a preallocated pool (a `RimerState` of `slots` rows) and
@@ -326,7 +326,7 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
 
 @dataclass
 class Advance:
-    """What `_advance` returns: the new state and, per patch, the normalised outputs and stats."""
+    """What `advance` returns: the new state and, per patch, the normalised outputs and stats."""
 
     state: RimerState
     preds: torch.Tensor  # [B, T, P] normalised forecast of the patch after each patch
@@ -501,17 +501,34 @@ class Rimer(nn.Module):
             out["quantile"] = linear(h, self.quantile_head.weight, self.quantile_head.bias)
         return out
 
-    def _advance(self, state: RimerState, patches: torch.Tensor,
+    def advance(self, state: RimerState, patches: torch.Tensor,
                  valid: torch.Tensor | None = None, step: TorchStep | PoolStep = TorchStep,
                  check_positions: bool = True, forecast: bool = False,
                  quantiles: bool = False) -> Advance:
-        """Consume complete patches [B, T, P] (data units); valid [B, T] marks real ones, a prefix.
+        """Run complete patches through the network from `state`: the one step every form uses.
 
-        Normalises (causal statistics are updated patch by patch), runs the network, and returns
-        the new state with `next_patch` de-normalised; `tail` is left for the caller to set.
-        With a `PoolStep` the matrices are updated in place in its pool (`state.wkv` is None, and
-        so is the new state's); by default (`TorchStep`) they are read from `state.wkv` and
-        returned anew.
+        `whole`, `append` and `forecast` are built on it, and training calls it directly for the
+        per-patch outputs (teacher forcing, truncated BPTT, rollouts fed their own forecasts).
+
+        Args:
+            state: the states before the patches, batch first (`RimerState`).
+            patches: [B, T, P] complete patches in data units.
+            valid: [B, T] bool, which patches are real; a prefix per row (None: all of them).
+                Padding patches change nothing in their row's state.
+            step: how the linear maps and the recurrence are computed: `TorchStep` (the default,
+                functional: the matrices are read from `state.wkv` and returned anew), or a step
+                object of the same interface (runtime/'s `PoolStep` updates the matrices in place
+                in its pool, `state.wkv` and the new state's being None; training's `ChunkStep`).
+            check_positions: refuse patches past the sinusoidal position table (per row).
+            forecast: the patches are the model's own forecasts (a rollout), not data: the
+                calibration is not updated, and models trained with `forecast_flag` are told so.
+            quantiles: also return the quantile head's normalised quantiles for every patch.
+
+        Returns:
+            `Advance`: the new state (causal statistics updated patch by patch, `next_patch`
+            de-normalised; `tail` and `tail_len` as they were, for the caller to set), the
+            normalised forecast after each patch [B, T, P], the statistics used for each patch
+            [B, T, 2] (float64), and the quantiles [B, T, Q, P] when asked for.
         """
         cfg = self.cfg
         bsz, t, _ = patches.shape
@@ -633,7 +650,7 @@ class Rimer(nn.Module):
         state = RimerState.zeros(self.cfg, bsz, x.device)
         if self.cfg.norm == "window":
             state.norm = normalisation.window_stats(x, torch.full((bsz,), length, device=x.device))
-        return self._advance(state, x.view(bsz, length // p, p))
+        return self.advance(state, x.view(bsz, length // p, p))
 
     # ---- form 2: recurrent step ------------------------------------------------------------
 
@@ -659,7 +676,7 @@ class Rimer(nn.Module):
             raise ValueError(f"{len(values)} value lists for a batch of {state.batch} series")
         split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
         for patches, valid in split.chunks(state.tail.device):
-            state = self._advance(state, patches, valid).state
+            state = self.advance(state, patches, valid).state
         return RimerState(wkv=state.wkv, shift=state.shift, n_patches=state.n_patches,
                           tail=split.tail.to(state.tail.device),
                           tail_len=split.tail_len.to(state.tail.device), norm=state.norm,
@@ -680,7 +697,7 @@ class Rimer(nn.Module):
         split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
         step = PoolStep(pool.wkv, slots)
         for patches, valid in split.chunks(pool.tail.device):
-            state = self._advance(state, patches, valid, step).state
+            state = self.advance(state, patches, valid, step).state
         state.tail = split.tail.to(pool.tail.device)
         state.tail_len = split.tail_len.to(pool.tail.device)
         pool.write_(slots, state)
@@ -781,7 +798,7 @@ class Rimer(nn.Module):
         completed patch is fed back, and so on. Works on copies: `state` is unchanged.
         """
         return self._rollout(state, horizon,
-                             lambda s, patch: self._advance(s, patch, check_positions=False,
+                             lambda s, patch: self.advance(s, patch, check_positions=False,
                                                             forecast=True, quantiles=quantiles),
                              quantiles)
 
@@ -798,7 +815,7 @@ class Rimer(nn.Module):
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
         step = PoolStep(pool.wkv, scratch)
         return self._rollout(pool.select(slots, wkv=False), horizon,
-                             lambda s, patch: self._advance(s, patch, None, step, False,
+                             lambda s, patch: self.advance(s, patch, None, step, False,
                                                             forecast=True, quantiles=quantiles),
                              quantiles)
 

@@ -142,7 +142,7 @@ def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor,
     de-normalised forecast, in the units of the data (train-scaled, as the benchmark scores it),
     so that volatile stretches weigh as much as they do in the benchmark's MSE. Targets are
     clipped in normalised units either way. `kind` picks the error (`pointwise_error`)."""
-    adv = model._advance(state, patches[:, :-1])
+    adv = model.advance(state, patches[:, :-1])
     var = adv.stats[..., 1:2] + model.cfg.norm_eps
     target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / torch.sqrt(var)).float()
     err = pointwise_error(adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP), kind)
@@ -207,7 +207,7 @@ def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
     if model.cfg.norm == "window":
         ctx = x[:, : context * p]
         state.norm = normalisation.window_stats(ctx, torch.full((bsz,), ctx.shape[1], device=x.device))
-    adv = model._advance(state, patches[:, :context])
+    adv = model.advance(state, patches[:, :context])
     scale = torch.sqrt(adv.state.norm[:, 1:2] + model.cfg.norm_eps).float()
     state, losses = adv.state, []
     for j in range(context, patches.shape[1]):
@@ -215,7 +215,7 @@ def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
         err = ((pred - patches[:, j]) / scale).clamp(-TARGET_CLIP, TARGET_CLIP)
         losses.append((err ** 2).mean())
         if j + 1 < patches.shape[1]:
-            state = model._advance(state, pred[:, None]).state
+            state = model.advance(state, pred[:, None]).state
     return torch.stack(losses).mean()
 
 
