@@ -53,7 +53,7 @@ if BLOCK_M not in (16, 32, 64):
     raise ValueError(f"RIMER_LINEAR_BLOCK_M must be 16, 32 or 64, not {BLOCK_M}")
 BLOCK_N, BLOCK_K = 64, 32
 # The block's LayerNorms inside the linear maps that read them (LayerNormIn) and the LoRA up maps in
-# the down map's launch (down_up; model.rimer.PoolStep), or as launches of their own: RIMER_FUSE_LN=0,
+# the down map's launch (down_up; runtime.pool.PoolStep), or as launches of their own: RIMER_FUSE_LN=0,
 # read at import, for the benchmark's comparison.
 FUSE_LN = os.environ.get("RIMER_FUSE_LN", "1") != "0"
 LINEAR_WARPS = 4

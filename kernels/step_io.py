@@ -1,10 +1,10 @@
 """The one-patch pool step's two ends, each one Triton launch beside its plain PyTorch reference.
 
-`Rimer.step_slots` appends at most one patch per series to states held in a pool (a `RimerState` of
-preallocated rows). Between the network's kernels it used to run about a hundred small PyTorch ops
-(gathers of the small fields, the tail join, the float64 causal statistics, normalisation, `where`s,
-scatters), which dominated a single series' step on a GPU. Here they are two kernels, one program per
-series row:
+`PoolRunner.step_slots` (runtime/pool.py) appends at most one patch per series to states held in a
+pool (a `RimerState` of preallocated rows). Between the network's kernels it used to run about a
+hundred small PyTorch ops (gathers of the small fields, the tail join, the float64 causal statistics,
+normalisation, `where`s, scatters), which dominated a single series' step on a GPU. Here they are two
+kernels, one program per series row:
 
 * ``prologue``: reads the slot's small fields (tail, tail_len, n_patches, norm, the token shifts),
   joins the tail with the new values, decides whether a patch completes, updates the causal statistics

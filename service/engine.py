@@ -7,10 +7,10 @@ the model imposes, and keeps states. Three backends:
   (`Rimer.append`) and swaps it in only when it succeeded, so a failed append changes nothing.
 * `triton` (default with CUDA): one preallocated pool of states on the device (a RimerState of
   max_series + scratch + 1 rows), an id -> slot map and a free list; appends update the pool in
-  place (`Rimer.append_slots`; an append that completes no patch only copies its points into
-  the tail; on a GPU one-patch appends replay a CUDA graph of `step_slots`; a micro-batch runs
-  as a few batched calls, `_pool_batch`),
-  forecasts roll out in scratch slots (`Rimer.forecast_slots`). Everything a request could be
+  place (`PoolRunner.append_slots`, runtime/pool.py; an append that completes no patch only
+  copies its points into the tail; on a GPU one-patch appends replay a CUDA graph of
+  `step_slots`; a micro-batch runs as a few batched calls, `_pool_batch`),
+  forecasts roll out in scratch slots (`PoolRunner.forecast_slots`). Everything a request could be
   refused for is checked before the pool is touched, so a rejected append changes nothing.
   Lengths are kept on the host, so the checks need no device round trip. One lock serialises
   pool operations.
@@ -161,10 +161,13 @@ class SlotPool:
         self.length: dict[str, int] = {}  # points seen, on the host: every series, any tier
         self.touched: dict[str, float] = {}  # time.monotonic() of the last request
         self.lock = threading.RLock()  # re-entrant: a batch holds it around several appends
+        from runtime.pool import PoolRunner  # (Triton: the triton backend's dependency only)
+
+        self.runner = PoolRunner(model)  # append_slots, step_slots, forecast_slots on self.pool
         self.graphs = None
         if graphs:
-            from kernels.graphs import StepGraphs
-            self.graphs = StepGraphs(model, self.pool, self.spare)
+            from runtime.graphs import StepGraphs
+            self.graphs = StepGraphs(self.runner, self.pool, self.spare)
 
     def rows(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.int64, device=self.pool.tail.device)
@@ -949,9 +952,9 @@ class Engine:
             held = sp.rows([slots[op.series_id] for op in longs if op.series_id in sp.length])
             before = sp.pool.select(held) if len(held) else None  # put back on a failure
             try:
-                self.model.append_slots(sp.pool, sp.rows([slots[op.series_id] for op in longs]),
-                                        [torch.tensor(op.values, dtype=torch.float32)
-                                         for op in longs])
+                sp.runner.append_slots(sp.pool, sp.rows([slots[op.series_id] for op in longs]),
+                                       [torch.tensor(op.values, dtype=torch.float32)
+                                        for op in longs])
             except BaseException:
                 if before is not None:
                     sp.pool.write_(held, before)
@@ -1151,7 +1154,7 @@ class Engine:
                 elif values:
                     if before is None and not created:
                         before = sp.pool.select(rows)
-                    self.model.append_slots(sp.pool, rows, [vals])
+                    sp.runner.append_slots(sp.pool, rows, [vals])
                 mean = self._pool_forecasts(rows, horizon, sp.scratch[:1])[0] if horizon else None
                 with self._journal_lock():
                     if self.journal is not None:
@@ -1223,7 +1226,7 @@ class Engine:
                 chunk = tensors[start:start + len(sp.scratch)]
                 rows = sp.scratch[: len(chunk)]
                 sp.pool.write_(rows, self.model.init_state(chunk))
-                self.model.append_slots(sp.pool, rows, chunk)
+                sp.runner.append_slots(sp.pool, rows, chunk)
                 out += self._pool_forecasts(rows, horizon, rows)
         return out
 
@@ -1231,5 +1234,5 @@ class Engine:
         """The forecasts of the pool's `rows` (rollouts in `scratch`), as Forecasts."""
         sp = self._pool
         calib = sp.pool.calib.index_select(0, rows) if sp.pool.calib is not None else None
-        return forecasts(self.model, calib, lambda q: self.model.forecast_slots(
+        return forecasts(self.model, calib, lambda q: sp.runner.forecast_slots(
             sp.pool, rows, horizon, scratch, quantiles=q))
