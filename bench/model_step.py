@@ -35,7 +35,7 @@ import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import copy_bandwidth, timer
-from kernels import block_out, fused, pdl
+from kernels.settings import KernelSettings
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
@@ -184,15 +184,16 @@ def _one_patch_setup(model: Rimer, device: str):
     return pool, slots, values, counts
 
 
-def count_launches(model: Rimer, device: str) -> dict:
+def count_launches(model: Rimer, device: str, settings: KernelSettings | None = None) -> dict:
     """Kernel-launching operations of one one-patch `step_slots` at B = 1, counted on the host:
-    PyTorch ops dispatched that are not views or allocations, plus Triton kernel launches."""
+    PyTorch ops dispatched that are not views or allocations, plus Triton kernel launches.
+    settings: the runner's launch settings (None: the environment's)."""
     import collections
 
     import triton.runtime.jit as jit
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    runner = PoolRunner(model)
+    runner = PoolRunner(model, settings)
 
     no_kernel = {"empty", "empty_strided", "_local_scalar_dense", "lift_fresh", "detach", "alias"}
     ops, launches, inside = collections.Counter(), collections.Counter(), [False]
@@ -313,13 +314,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     measure = timer(device, warmup=10, rep=60, cpu_reps=2)
+    settings = KernelSettings.from_env()  # (RIMER_* variables: gpu_check.sh runs one per setting)
     copy_bw = copy_bandwidth(device, measure, cpu_elems=1 << 20)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
-              "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "linear_block_m": fused.BLOCK_M,
-              "fuse_ln": fused.FUSE_LN, "fuse_out": block_out.FUSE_OUT and fused.FUSE_LN,
-              "wkv_warps": fused.WKV_WARPS,
+              "copy_gbps": copy_bw / 1e9, **settings.describe(),  # (what the runners use)
               "cases": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -355,10 +355,10 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(result, indent=2) + "\n")  # as we go, in case of a timeout
 
     state_bytes = 2 * RimerState.zeros(model.cfg, 1).nbytes_per_series()
-    print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if pdl.ENABLED else 'off'}  "
-          f"linear rows/tile {fused.BLOCK_M}  LayerNorm in linears {fused.FUSE_LN}  "
-          f"o_proj+ffn in one {block_out.FUSE_OUT and fused.FUSE_LN}  "
-          f"wkv warps {fused.WKV_WARPS}  "
+    print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if settings.pdl_on else 'off'}  "
+          f"linear rows/tile {settings.block_m}  LayerNorm in linears {settings.fuse_ln}  "
+          f"o_proj+ffn in one {settings.out_in_one}  "
+          f"wkv warps {settings.wkv_warps}  "
           f"copy {copy_bw / 1e9:.0f} GB/s  "
           f"state {state_bytes} B read+written per series-step")
     print(f"{'B':>6} {'graph us':>10} {'eager us':>10} {'torch us':>10} {'bound us':>9} {'of bound':>8} "

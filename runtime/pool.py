@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 import kernels  # (first: it sets TRITON_INTERPRET without CUDA before Triton is imported)
 from kernels import block_out, fused, step_io
+from kernels.settings import KernelSettings, or_default
 from model import calibration, normalisation
 from model.rimer import Block, Rimer, lag_copy
 from model.state import RimerState
@@ -31,21 +32,20 @@ from model.state import RimerState
 
 class PoolStep:
     """The Triton step: batch-invariant linear maps; the recurrence updates the states
-    `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
+    `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series).
 
-    # True: the block's LayerNorms run inside the linear maps that read them, and the LoRA up maps
-    # inside the down map's launch (three or four launches per block, see fuse_out); False: ln_mix
-    # and up-map launches of their own (seven). None: kernels.fused.FUSE_LN (the environment's
-    # RIMER_FUSE_LN, default on; the benchmark times both).
-    fuse_ln: bool | None = None
-    # With fuse_ln: True, o_proj and the channel mix in one launch (kernels/block_out.py; three
-    # launches per block); False, two. None: kernels.block_out.FUSE_OUT (RIMER_FUSE_OUT, default on).
-    fuse_out: bool | None = None
+    `settings` (kernels/settings.py; None: the environment's) says how the block's kernels are
+    launched: fuse_ln, the block's LayerNorms inside the linear maps that read them and the LoRA up
+    maps inside the down map's launch (three or four launches per block, see fuse_out), or ln_mix
+    and up-map launches of their own (seven); fuse_out (with fuse_ln), o_proj and the channel mix in
+    one launch (kernels/block_out.py; three per block) or two; the row tile, warps and PDL."""
 
-    def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
+    def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor,
+                 settings: KernelSettings | None = None):
         self.linear = kernels.linear
         self._kernel = kernels.wkv7_pool_step
         self.pool_wkv, self.slots = pool_wkv, slots
+        self.settings = or_default(settings)
 
     def recurrence(self, layer: int, r, w, k, v, a, b, wkv: None, valid: torch.Tensor | None):
         lengths = valid.sum(1) if valid is not None else None
@@ -78,38 +78,38 @@ class PoolStep:
         pk = _packed(block)
         m, d = h2.shape
         n1, n2 = block.norm1, block.norm2
-        fuse = fused.FUSE_LN if self.fuse_ln is None else self.fuse_ln
-        fuse_out = fuse and (block_out.FUSE_OUT if self.fuse_out is None else self.fuse_out)
-        if fuse:
+        s = self.settings
+        if s.fuse_ln:
             ln_out = torch.empty(m, d, device=h2.device) if x_in else None
             ln1 = fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t, pk.mix7, ln_out, keep)
             if pk.up_maps is not None:  # the LoRA up maps in the same launch
-                a, u = fused.down_up(h2, pk.down, pk.up_maps, ln=ln1)
+                a, u = fused.down_up(h2, pk.down, pk.up_maps, ln=ln1, settings=s)
             else:
-                a = fused.grouped_linear(h2, pk.down, ln=ln1)
-                u = fused.grouped_linear(a, pk.up)
+                a = fused.grouped_linear(h2, pk.down, ln=ln1, settings=s)
+                u = fused.grouped_linear(a, pk.up, settings=s)
         else:
-            mixed = fused.ln_mix(h2, shift, t, n1.weight, n1.bias, n1.eps, block.attn.x_x, keep)
-            a = fused.grouped_linear(mixed, pk.down)
+            mixed = fused.ln_mix(h2, shift, t, n1.weight, n1.bias, n1.eps, block.attn.x_x, keep,
+                                 settings=s)
+            a = fused.grouped_linear(mixed, pk.down, settings=s)
             ln_out = mixed[0]
-            u = fused.grouped_linear(a, pk.up)
+            u = fused.grouped_linear(a, pk.up, settings=s)
         vf = None
         if v_first is not None:
             buf, col = v_first
             vf = buf[:, col: col + d]
         o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
-                                  block.attn.layer, lengths, t)
-        if fuse_out:  # (the epilogue, if any, in the same launch)
+                                  block.attn.layer, lengths, t, settings=s)
+        if s.out_in_one:  # (the epilogue, if any, in the same launch)
             h2 = block_out.block_out(o, h2, block.attn.o_proj.weight, block.ffn.weight, block.ffn.bias,
-                                     n2.weight, n2.bias, n2.eps, epilogue)
+                                     n2.weight, n2.bias, n2.eps, epilogue, settings=s)
         else:
-            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-            if fuse:
+            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d, settings=s)
+            if s.fuse_ln:
                 ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
-                h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
+                h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2, settings=s)
             else:
-                x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
-                h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
+                x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps, settings=s)
+                h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d, settings=s)
             if epilogue is not None:
                 epilogue.run(h2)
         if block.attn.layer == 0:
@@ -170,10 +170,13 @@ def _packed(block: Block) -> _Packed:
 class PoolRunner:
     """Appends and forecasts for the states held in rows (slots) of a pool, in place, with the
     Triton kernels. `model` is the network (its weights are read at each call; packed once per
-    block and repacked when a parameter changes)."""
+    block and repacked when a parameter changes). `settings`: how the kernels are launched
+    (kernels/settings.py), fixed for the runner's lifetime (a series' bits are promised under one
+    setting); None: `KernelSettings.from_env()`, read now."""
 
-    def __init__(self, model: Rimer):
+    def __init__(self, model: Rimer, settings: KernelSettings | None = None):
         self.model = model
+        self.settings = or_default(settings)
         self._consts: torch.Tensor | None = None
 
     @torch.no_grad()
@@ -184,7 +187,8 @@ class PoolRunner:
         """
         if len(values) != len(slots):
             raise ValueError(f"{len(values)} value lists for {len(slots)} slots")
-        state = self.model.append(pool.select(slots, wkv=False), values, PoolStep(pool.wkv, slots))
+        step = PoolStep(pool.wkv, slots, self.settings)
+        state = self.model.append(pool.select(slots, wkv=False), values, step)
         pool.write_(slots, state)
 
     @torch.no_grad()
@@ -202,7 +206,7 @@ class PoolRunner:
         Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
         normalisation, embedding), three per block (`PoolStep.block_rows`; the first writes the new
         token shift into the pool), the epilogue (head, de-normalisation, the small fields written
-        into the pool) in the last block's last launch (a launch of its own with RIMER_FUSE_OUT=0).
+        into the pool) in the last block's last launch (a launch of its own with fuse_out off).
         Bit-identical for a series whatever its batch and slot; equal to `append_slots` to rounding
         (embed and head sum in another order), not bit for bit.
         """
@@ -216,10 +220,11 @@ class PoolRunner:
                       pool.n_patches.index_select(0, slots))
         io = step_io.prologue(pool, slots, values, counts, model.embed.weight,
                               model.pe if cfg.pos_emb == "sinusoidal" else None,
-                              consts, cfg.norm == "causal")
-        step = PoolStep(pool.wkv, slots)
+                              consts, cfg.norm == "causal", self.settings)
+        step = PoolStep(pool.wkv, slots, self.settings)
         h, v_first = io.h, None
-        last = step_io.Epilogue(pool, slots, counts, io, model.head.weight, model.head.bias, consts)
+        last = step_io.Epilogue(pool, slots, counts, io, model.head.weight, model.head.bias, consts,
+                                self.settings)
         for i, block in enumerate(model.blocks):
             h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
                                             keep=(pool.shift[:, i], slots, io.done), x_in=False,
@@ -284,4 +289,4 @@ class PoolRunner:
         if scratch is not slots:
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
         return self.model.forecast(pool.select(slots, wkv=False), horizon, quantiles,
-                                   PoolStep(pool.wkv, scratch))
+                                   PoolStep(pool.wkv, scratch, self.settings))
