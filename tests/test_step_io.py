@@ -1,7 +1,7 @@
-"""The one-patch pool step (`Rimer.step_slots`): its prologue and epilogue kernels (kernels/step_io.py)
-against their PyTorch references, and the whole fused step against `append_slots`, the torch backend,
-and itself across batches and slots. Tiny shapes: on the CPU the kernels run under Triton's
-interpreter."""
+"""The one-patch pool step (`PoolRunner.step_slots`, runtime/pool.py): its prologue and epilogue
+kernels (kernels/step_io.py) against their PyTorch references, and the whole fused step against
+`append_slots`, the torch backend, and itself across batches and slots. Tiny shapes: on the CPU the
+kernels run under Triton's interpreter."""
 
 from __future__ import annotations
 
