@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from kernels import block_out, fused, step_io, wkv7_pool  # noqa: E402
+from kernels.settings import KernelSettings  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 I64, F64 = "*i64", "*fp64"
@@ -67,17 +68,18 @@ def build(fn, types: dict, constexprs: dict, options: dict) -> str:
 
 def main() -> int:
     failed = 0
+    settings = KernelSettings.from_env()  # the row tile and warps the runner would launch with
     for p, d, layers, causal, pe in SHAPES:
         bp, bd = triton.next_power_of_2(p), triton.next_power_of_2(d)
         ends = {"num_warps": step_io.NUM_WARPS, "enable_fp_fusion": step_io.FP_FUSION}
         lin = dict(K=d, HAS_BIAS=True, HAS_RES=False, UP=False, N_UP=fused.BLOCK_N, LN=0, SHIFT_ONLY=False,
                    WRITE_LN=False, KEEP=False,
-                   PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
+                   PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=settings.block_m, BLOCK_N=fused.BLOCK_N,
                    BLOCK_K=fused.BLOCK_K, PDL=True)
         lin_opts = {"num_warps": fused.LINEAR_WARPS}
-        out = dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=fused.BLOCK_M, BLOCK_N=fused.BLOCK_N,
-                   BLOCK_K=fused.BLOCK_K, HEAD=False, P=1, BLOCK_P=16, PDL=True)
-        out_opts = {"num_warps": block_out.NUM_WARPS}
+        out = dict(D=d, PRECISION=fused.PRECISION, USE_DOT=True, BLOCK_M=settings.block_m,
+                   BLOCK_N=fused.BLOCK_N, BLOCK_K=fused.BLOCK_K, HEAD=False, P=1, BLOCK_P=16, PDL=True)
+        out_opts = {"num_warps": settings.out_warps}
         jobs = [
             ("linear", fused._grouped_linear_kernel, LINEAR_TYPES, lin, lin_opts),
             ("linear ln2", fused._grouped_linear_kernel, LINEAR_TYPES, {**lin, "LN": 1, "HAS_RES": True},
@@ -96,7 +98,7 @@ def main() -> int:
             ("block_out+epi", block_out._block_out_kernel, BLOCK_OUT_TYPES,
              {**out, "HEAD": True, "P": p, "BLOCK_P": max(16, bp)}, out_opts),
             ("wkv7 fused", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
-             {"num_warps": fused.WKV_WARPS}),
+             {"num_warps": settings.wkv_warps}),
             ("wkv7 fused 8w", fused._wkv7_fused_kernel, WKV_TYPES, dict(N=64, HAS_VF=True, PDL=True),
              {"num_warps": 8}),
             ("prologue", step_io._prologue_kernel, PROLOGUE_TYPES,

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import calibration, checkpoint, data
+from model import calibration, checkpoint
 from model.rimer import Rimer
 from service.settings import DEFAULT_WEIGHTS
+from training import data
 
 LEVELS = (80.0, 95.0)
 WARMUP = 2000

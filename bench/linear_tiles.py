@@ -25,7 +25,8 @@ import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import timer, write_json
-from kernels.fused import BLOCK_M, grouped_linear, pack_groups
+from kernels.fused import grouped_linear, pack_groups
+from kernels.settings import KernelSettings
 
 TILES = (16, 32, 64)
 
@@ -44,8 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sizes = (1, 16, 256, 4096, 32768) if device == "cuda" else (1, 3)
     measure = timer(device, warmup=10, rep=50, cpu_reps=1)
+    pinned_m = KernelSettings.from_env().block_m  # the pinned tile (RIMER_LINEAR_BLOCK_M)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-              "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "pinned_block_m": BLOCK_M,
+              "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "pinned_block_m": pinned_m,
               "cases": []}
     for k in (64, 128):
         g = make_groups(k, device)
@@ -60,12 +62,12 @@ def main(argv: list[str] | None = None) -> dict:
                 row[f"us_block_m{bm}"] = measure(
                     lambda xm=xm, g=g, bm=bm: grouped_linear(xm, g, block_m=bm)) * 1e6
             first = min(m, 16)
-            row["rows_equal_across_tiles"] = all(torch.equal(outs[bm][:first], outs[BLOCK_M][:first])
+            row["rows_equal_across_tiles"] = all(torch.equal(outs[bm][:first], outs[pinned_m][:first])
                                                  for bm in TILES)
             row["row0_equals_one_row_call"] = all(torch.equal(outs[bm][:1], one_pinned) for bm in TILES)
             result["cases"].append(row)
             print(row, flush=True)
-    print(f"\ndevice: {result['device']}  (pinned block_m {BLOCK_M})")
+    print(f"\ndevice: {result['device']}  (pinned block_m {pinned_m})")
     print(f"{'K':>4} {'M':>6} " + " ".join(f"{'bm=' + str(bm) + ' us':>11}" for bm in TILES)
           + "  rows equal across tiles  row 0 = one-row call (pinned tile)")
     for r in result["cases"]:

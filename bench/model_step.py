@@ -4,10 +4,10 @@
 
 On a GPU, for B = 1, 256, 4096, 32768 series (a pool of B + 1 slots, the series in a random
 permutation of them, each with a random state and exactly one new patch):
-  * triton, CUDA graph: `Rimer.step_slots` captured for a bucket of exactly B rows and replayed
-    (kernels.graphs.StepGraphs); time = triton.testing.do_bench median (L2 flushed between runs);
+  * triton, CUDA graph: `PoolRunner.step_slots` captured for a bucket of exactly B rows and replayed
+    (runtime.graphs.StepGraphs); time = triton.testing.do_bench median (L2 flushed between runs);
   * triton, eager: the same step without the graph (Python and launch overhead included);
-  * torch backend: `Rimer._advance` on a batch RimerState (functional; no gather or scatter counted);
+  * torch backend: `Rimer.advance` on a batch RimerState (functional; no gather or scatter counted);
   * the state-traffic bound: every byte of a series' state read and written once per step
     (2 x state bytes per series) at the device-to-device copy bandwidth measured in the same run,
     and the fraction of that bound the graph step reaches (bound time / step time);
@@ -35,11 +35,12 @@ import torch
 
 import kernels  # noqa: F401  (sets TRITON_INTERPRET without CUDA, before triton is imported)
 from bench.common import copy_bandwidth, timer
-from kernels import block_out, fused, pdl
+from kernels.settings import KernelSettings
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
+from runtime.pool import PoolRunner
 from service.settings import DEFAULT_WEIGHTS  # the service default
 
 CHECK_SERIES = 64
@@ -66,6 +67,7 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_bw: float,
              graphs_on: bool) -> dict:
+    runner = PoolRunner(model)
     cfg, p = model.cfg, model.cfg.patch_len
     g = torch.Generator(device=device).manual_seed(bsz)
     pool = random_pool(cfg, bsz + 1, device, seed=bsz)
@@ -79,16 +81,16 @@ def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_
     # Correctness: one eager step on a copy against float64 torch on the first series.
     m = min(CHECK_SERIES, bsz)
     work = pool.clone()
-    model.step_slots(work, slots, values, counts)
+    runner.step_slots(work, slots, values, counts)
     before = pool.select(slots[:m])
-    ref = model64._advance(RimerState(**{k: v.double() if v.dtype == torch.float32 else v
+    ref = model64.advance(RimerState(**{k: v.double() if v.dtype == torch.float32 else v
                                          for k, v in before.tensors().items()}),
                            values[:m, None, :p].double()).state
     row["err_next_patch_vs_f64"] = rel_err(work.next_patch[slots[:m]], ref.next_patch)
     row["err_wkv_vs_f64"] = rel_err(work.wkv[slots[:m]], ref.wkv)
     del work
 
-    row["triton_eager_us"] = measure(lambda: model.step_slots(pool, slots, values, counts)) * 1e6
+    row["triton_eager_us"] = measure(lambda: runner.step_slots(pool, slots, values, counts)) * 1e6
     if graphs_on:
         try:
             _time_graph(model, pool, slots, values, counts, measure, row)
@@ -97,21 +99,23 @@ def run_case(model: Rimer, model64: Rimer, bsz: int, device: str, measure, copy_
     # Bit-identity: the series in slots[0] stepped alone (from the same state) vs in the batch.
     alone = pool.select(slots[:1])
     batch = pool.clone()
-    model.step_slots(alone, torch.zeros(1, dtype=torch.int64, device=device), values[:1], counts[:1])
-    model.step_slots(batch, slots, values, counts)
+    runner.step_slots(alone, torch.zeros(1, dtype=torch.int64, device=device), values[:1], counts[:1])
+    runner.step_slots(batch, slots, values, counts)
     row["alone_equals_batched"] = _equal(alone, batch.select(slots[:1]))
     del batch, alone
 
     torch_state = pool.select(slots)
     patches = values[:, None, :p].contiguous()
-    row["torch_us"] = measure(lambda: model._advance(torch_state, patches)) * 1e6
+    row["torch_us"] = measure(lambda: model.advance(torch_state, patches)) * 1e6
     row["speedup_vs_torch"] = row["torch_us"] / row.get("triton_graph_us", row["triton_eager_us"])
     return row
 
 
 def _time_graph(model: Rimer, pool: RimerState, slots, values, counts, measure, row: dict) -> None:
-    from kernels.graphs import StepGraphs
-    graph, s, v, c = StepGraphs(model, pool, spare_slot=len(slots), buckets=(len(slots),)).capture(len(slots))
+    from runtime.graphs import StepGraphs
+    runner = PoolRunner(model)
+    graphs = StepGraphs(runner, pool, spare_slot=len(slots), buckets=(len(slots),))
+    graph, s, v, c = graphs.capture(len(slots))
     s.copy_(slots)
     v.copy_(values)
     c.copy_(counts)
@@ -122,7 +126,7 @@ def _time_graph(model: Rimer, pool: RimerState, slots, values, counts, measure, 
     graph.replay()
     replayed = pool.clone()
     _restore(pool, backup)
-    model.step_slots(pool, slots, values, counts)
+    runner.step_slots(pool, slots, values, counts)
     row["graph_equals_eager"] = _equal(pool, replayed)
     _restore(pool, backup)
     del graph, backup, replayed
@@ -141,10 +145,11 @@ def single_append_gpu_us(model: Rimer, device: str) -> dict:
     """GPU time of one replay of the B = 1 graph: CUDA events over many back-to-back replays."""
     import triton.testing
 
-    from kernels.graphs import StepGraphs
+    from runtime.graphs import StepGraphs
+    runner = PoolRunner(model)
     p = model.cfg.patch_len
     pool = random_pool(model.cfg, 2, device, seed=1)
-    sg = StepGraphs(model, pool, spare_slot=1, buckets=(1,))  # (spare slot 1: padding rows)
+    sg = StepGraphs(runner, pool, spare_slot=1, buckets=(1,))  # (spare slot 1: padding rows)
     graph, s, v, c = sg.capture(1)
     s.fill_(0)
     v.normal_()
@@ -179,13 +184,16 @@ def _one_patch_setup(model: Rimer, device: str):
     return pool, slots, values, counts
 
 
-def count_launches(model: Rimer, device: str) -> dict:
+def count_launches(model: Rimer, device: str, settings: KernelSettings | None = None) -> dict:
     """Kernel-launching operations of one one-patch `step_slots` at B = 1, counted on the host:
-    PyTorch ops dispatched that are not views or allocations, plus Triton kernel launches."""
+    PyTorch ops dispatched that are not views or allocations, plus Triton kernel launches.
+    settings: the runner's launch settings (None: the environment's)."""
     import collections
 
     import triton.runtime.jit as jit
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    runner = PoolRunner(model, settings)
 
     no_kernel = {"empty", "empty_strided", "_local_scalar_dense", "lift_fresh", "detach", "alias"}
     ops, launches, inside = collections.Counter(), collections.Counter(), [False]
@@ -214,12 +222,12 @@ def count_launches(model: Rimer, device: str) -> dict:
         return run
 
     pool, slots, values, counts = _one_patch_setup(model, device)
-    model.step_slots(pool, slots, values, counts)
+    runner.step_slots(pool, slots, values, counts)
     for cls, orig in originals.items():
         cls.run = wrap(orig)
     try:
         with Count():
-            model.step_slots(pool, slots, values, counts)
+            runner.step_slots(pool, slots, values, counts)
     finally:
         for cls, orig in originals.items():
             cls.run = orig
@@ -233,7 +241,8 @@ def profile_kernels(model: Rimer, device: str) -> dict:
     B = 1 and for one replay of its CUDA graph."""
     from torch.profiler import ProfilerActivity, profile
 
-    from kernels.graphs import StepGraphs
+    from runtime.graphs import StepGraphs
+    runner = PoolRunner(model)
 
     def gpu_events(fn):
         torch.cuda.synchronize()
@@ -253,9 +262,9 @@ def profile_kernels(model: Rimer, device: str) -> dict:
                 "per_kernel_us": [[name, round(end - start, 2)] for start, end, name in spans]}
 
     pool, slots, values, counts = _one_patch_setup(model, device)
-    model.step_slots(pool, slots, values, counts)
-    eager = gpu_events(lambda: model.step_slots(pool, slots, values, counts))
-    graph, s, v, c = StepGraphs(model, pool, spare_slot=1, buckets=(1,)).capture(1)
+    runner.step_slots(pool, slots, values, counts)
+    eager = gpu_events(lambda: runner.step_slots(pool, slots, values, counts))
+    graph, s, v, c = StepGraphs(runner, pool, spare_slot=1, buckets=(1,)).capture(1)
     s.copy_(slots)
     v.copy_(values)
     c.copy_(counts)
@@ -305,13 +314,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sizes:
         sizes = [int(s) for s in args.sizes.split(",")]
     measure = timer(device, warmup=10, rep=60, cpu_reps=2)
+    settings = KernelSettings.from_env()  # (RIMER_* variables: gpu_check.sh runs one per setting)
     copy_bw = copy_bandwidth(device, measure, cpu_elems=1 << 20)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
               "mode": "gpu" if device == "cuda" else "cpu-interpreter-smoke", "model": name,
               "config": model.cfg.to_dict(), "torch": torch.__version__, "triton": triton.__version__,
-              "copy_gbps": copy_bw / 1e9, "pdl": pdl.ENABLED, "linear_block_m": fused.BLOCK_M,
-              "fuse_ln": fused.FUSE_LN, "fuse_out": block_out.FUSE_OUT and fused.FUSE_LN,
-              "wkv_warps": fused.WKV_WARPS,
+              "copy_gbps": copy_bw / 1e9, **settings.describe(),  # (what the runners use)
               "cases": []}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -347,10 +355,10 @@ def main(argv: list[str] | None = None) -> dict:
         out.write_text(json.dumps(result, indent=2) + "\n")  # as we go, in case of a timeout
 
     state_bytes = 2 * RimerState.zeros(model.cfg, 1).nbytes_per_series()
-    print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if pdl.ENABLED else 'off'}  "
-          f"linear rows/tile {fused.BLOCK_M}  LayerNorm in linears {fused.FUSE_LN}  "
-          f"o_proj+ffn in one {block_out.FUSE_OUT and fused.FUSE_LN}  "
-          f"wkv warps {fused.WKV_WARPS}  "
+    print(f"\ndevice: {result['device']}  model: {name}  PDL {'on' if settings.pdl_on else 'off'}  "
+          f"linear rows/tile {settings.block_m}  LayerNorm in linears {settings.fuse_ln}  "
+          f"o_proj+ffn in one {settings.out_in_one}  "
+          f"wkv warps {settings.wkv_warps}  "
           f"copy {copy_bw / 1e9:.0f} GB/s  "
           f"state {state_bytes} B read+written per series-step")
     print(f"{'B':>6} {'graph us':>10} {'eager us':>10} {'torch us':>10} {'bound us':>9} {'of bound':>8} "

@@ -1,4 +1,4 @@
-"""Operations one one-patch `Rimer.step_slots` call issues at B = 1, counted on the host.
+"""Operations one one-patch `PoolRunner.step_slots` call issues at B = 1, counted on the host.
 
     python -m bench.step_ops [--label after] [--out bench/results/step_ops-after-cpu.json]
                              [--compare bench/results/step_ops-before-cpu.json]

@@ -12,27 +12,25 @@ the last block's launch also runs the step's epilogue (kernels/step_io.py: the h
 de-normalisation and the pool's small fields), once its rows are final: one launch fewer again.
 Every program reads each of its rows' h mid once per output block: from cache, D / BLOCK_N times.
 
-RIMER_FUSE_OUT=0 (read at import) keeps the two launches, for the benchmark's comparison.
+With `KernelSettings.fuse_out` off (RIMER_FUSE_OUT=0 by default; kernels/settings.py) the pool
+runner keeps the two launches, for the benchmark's comparison.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import pdl, step_io
-from kernels.fused import BLOCK_K, BLOCK_M, BLOCK_N, _ln_tile, _row_stats
+from kernels import step_io
+from kernels.fused import BLOCK_K, BLOCK_N, _ln_tile, _row_stats
 from kernels.linear import PRECISION, USE_DOT, matmul_tile
 from kernels.pdl import wait_then_release
+from kernels.settings import KernelSettings, or_default
 
-FUSE_OUT = os.environ.get("RIMER_FUSE_OUT", "1") != "0"
-# Warps per program, pinned with the row tile: at 64 rows and 4 warps the compiler spills (440 bytes
-# per thread at D = 64, 56 at 32 rows; bench/compile_check.py); 8 warps do not; at 16 rows 4 do not.
-NUM_WARPS = 4 if BLOCK_M == 16 else 8
+# The row tile is the grouped linears' (settings.block_m), the warps pinned with it
+# (settings.out_warps: where the compiler would spill).
 
 
 @triton.jit
@@ -93,13 +91,16 @@ def _block_out_kernel(o_ptr, h_ptr, wo_ptr, wf_ptr, bf_ptr, lnw_ptr, lnb_ptr, ep
 
 def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weight: torch.Tensor,
               ffn_bias: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
-              epilogue: step_io.Epilogue | None = None) -> torch.Tensor:
+              epilogue: step_io.Epilogue | None = None,
+              settings: KernelSettings | None = None) -> torch.Tensor:
     """o, h [M, D] (contiguous) -> h2 + LayerNorm(h2) Wf^T + bf with h2 = o Wo^T + h; every
     weight float32 and contiguous ([D, D] and [D]).
 
     epilogue: the one-patch step's last block (M = its B rows) also runs `step_io.epilogue` on the
     result, writing the pool's small fields, in the same launch (the head summed as a row-invariant
-    tile product, so next_patch agrees with the separate epilogue to rounding)."""
+    tile product, so next_patch agrees with the separate epilogue to rounding). settings: the
+    launch's row tile, warps and PDL (None: the environment's)."""
+    settings = or_default(settings)
     m, d = o.shape
     if h.shape != (m, d) or not (o.is_contiguous() and h.is_contiguous()):
         raise ValueError("block_out needs contiguous o and h of one shape [M, D]")
@@ -123,11 +124,11 @@ def block_out(o: torch.Tensor, h: torch.Tensor, o_weight: torch.Tensor, ffn_weig
         head = (y,) * 15  # (unused)
     if m:
         mid = torch.empty(m, d, device=h.device, dtype=torch.float32)
-        _block_out_kernel[(triton.cdiv(m, BLOCK_M),)](
+        _block_out_kernel[(triton.cdiv(m, settings.block_m),)](
             o, h, o_weight, ffn_weight, ffn_bias, ln_weight, ln_bias, eps, mid, y, m, *head, D=d,
-            PRECISION=PRECISION, USE_DOT=USE_DOT, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            PRECISION=PRECISION, USE_DOT=USE_DOT, BLOCK_M=settings.block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
             HEAD=epilogue is not None, P=p, BLOCK_P=max(16, triton.next_power_of_2(p)),
-            num_warps=NUM_WARPS, **pdl.KWARGS)
+            num_warps=settings.out_warps, **settings.launch)
     return y
 
 

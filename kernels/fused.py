@@ -20,8 +20,9 @@ one, kernels/block_out.py, the default):
 4. ``grouped_linear`` (the channel-mix linear, bias) reading through LayerNorm 2, with the residual.
 
 ``ln_mix`` computes the same planes in a launch of its own ([7, M, D] in memory); with
-RIMER_FUSE_LN=0 the block uses it for both LayerNorms and launches the up maps separately (seven
-launches), for comparison. (A model whose LoRA ranks exceed BLOCK_N launches its up maps apart.)
+``KernelSettings.fuse_ln`` off (RIMER_FUSE_LN=0; kernels/settings.py) the block uses it for both
+LayerNorms and launches the up maps separately (seven launches), for comparison. (A model whose LoRA
+ranks exceed BLOCK_N launches its up maps apart.)
 
 Every reduction is a ``tl.sum`` over a fixed-shape tile inside one program (a row, or a head of one
 series), and launch configurations are pinned: a series' results depend on that series alone, bit
@@ -33,38 +34,28 @@ sum (NumPy's matmul is not row-invariant).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import pdl
 from kernels.linear import ACTIVATIONS, PRECISION, USE_DOT, matmul_tile
 from kernels.pdl import wait_then_release
+from kernels.settings import KernelSettings, or_default
 
-# The grouped linears' row tile. Pinned for the whole process (a row's bits are promised under one
-# configuration); RIMER_LINEAR_BLOCK_M (16, 32 or 64, read at import) picks it, so that the GPU
-# benchmark can time the whole step with each tile side by side (a one-row step pays for the tile's
-# padding rows; bench/gpu_check.sh).
-BLOCK_M = int(os.environ.get("RIMER_LINEAR_BLOCK_M", "64"))
-if BLOCK_M not in (16, 32, 64):
-    raise ValueError(f"RIMER_LINEAR_BLOCK_M must be 16, 32 or 64, not {BLOCK_M}")
+# Launch settings come from a `KernelSettings` (kernels/settings.py; the environment's when none is
+# given). settings.block_m: the grouped linears' row tile (16, 32 or 64), pinned per runner since a
+# row's bits are promised under one configuration; the GPU benchmark times the whole step with each
+# (a one-row step pays for the tile's padding rows; bench/gpu_check.sh). settings.fuse_ln: the
+# block's LayerNorms inside the linear maps that read them (LayerNormIn) and the LoRA up maps in the
+# down map's launch (down_up; runtime.pool.PoolStep), or as launches of their own. settings.wkv_warps:
+# warps of the recurrence kernel (one program per series and head of 64), 4 or 8: at 4 the compiler
+# spills about 440 bytes per thread for a 64 x 64 head (bench/compile_check.py); at 8 it does not, at
+# twice the threads per program.
 BLOCK_N, BLOCK_K = 64, 32
-# The block's LayerNorms inside the linear maps that read them (LayerNormIn) and the LoRA up maps in
-# the down map's launch (down_up; model.rimer.PoolStep), or as launches of their own: RIMER_FUSE_LN=0,
-# read at import, for the benchmark's comparison.
-FUSE_LN = os.environ.get("RIMER_FUSE_LN", "1") != "0"
 LINEAR_WARPS = 4
 LN_ROWS = 8  # rows per program of ln_mix
-# Warps of the recurrence kernel (one program per series and head of 64). Pinned per process:
-# RIMER_WKV_WARPS (4 or 8, read at import). At 4 the compiler spills about 440 bytes per thread
-# for a 64 x 64 head (bench/compile_check.py); at 8 it does not, at twice the threads per program.
-# The GPU benchmark times both before one is chosen.
-WKV_WARPS = int(os.environ.get("RIMER_WKV_WARPS", "4"))
-if WKV_WARPS not in (4, 8):
-    raise ValueError(f"RIMER_WKV_WARPS must be 4 or 8, not {WKV_WARPS}")
 ACT = ACTIVATIONS
 DECAY_SCALE = math.exp(-0.5)  # w = -exp(-0.5) sigmoid(w_lora): log-decay in [-0.607, 0]
 
@@ -113,7 +104,8 @@ def _ln_mix_kernel(h_ptr, shift_ptr, lw_ptr, lb_ptr, mix_ptr, out_ptr, M, T, str
 
 def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Tensor,
            bias: torch.Tensor, eps: float, mix: torch.Tensor | None = None,
-           keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+           keep: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+           settings: KernelSettings | None = None) -> torch.Tensor:
     """h [M = B T, D] rows (series-major), shift [B, D] (row stride free), mix [n, D] -> [1 + n, M, D]:
     plane 0 = LayerNorm(h), plane 1 + j = y + (y_prev - y) mix[j], y_prev the previous row's
     LayerNorm output within a series (shift[b] for t = 0). mix None: LayerNorm only ([1, M, D]).
@@ -133,7 +125,7 @@ def ln_mix(h: torch.Tensor, shift: torch.Tensor | None, t: int, weight: torch.Te
         _ln_mix_kernel[(triton.cdiv(m, LN_ROWS),)](
             h, shift, weight, bias, weight if mix is None else mix.contiguous(), out, m, t, shift.stride(0),
             out.stride(0), eps, dest, slots, flags, dest.stride(0), D=d, BLOCK_D=triton.next_power_of_2(d),
-            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4, **pdl.KWARGS)
+            BLOCK_R=LN_ROWS, N_MIX=n_mix, KEEP=keep is not None, num_warps=4, **or_default(settings).launch)
     return out
 
 
@@ -368,27 +360,30 @@ class UpMaps:
 
 
 def grouped_linear(x: torch.Tensor, g: Groups, residual: torch.Tensor | None = None,
-                   n: int | None = None, *, ln: LayerNormIn | None = None, block_m: int = BLOCK_M,
-                   num_warps: int = LINEAR_WARPS) -> torch.Tensor:
+                   n: int | None = None, *, ln: LayerNormIn | None = None, block_m: int | None = None,
+                   num_warps: int = LINEAR_WARPS, settings: KernelSettings | None = None) -> torch.Tensor:
     """x [planes, M, C] or [M, C] (rows contiguous) -> y [M, n] with, for output block j,
     y[:, j] = act_j(x[plane_j, :, col_j: col_j + K] W_j^T + b_j) (+ residual). n defaults to the
     packed width (groups padded to BLOCK_N); a single-group map may give its true width.
     ln: x is rows h [M, K] normalised (and mixed) on load, every block at column 0 (LayerNormIn).
-    block_m, num_warps: the row tile and warps, for benchmarks (bench/linear_tiles.py); the model
-    keeps the pinned ones, since a row's bits are only promised under one configuration."""
-    return _grouped(x, g, residual, n, ln, None, block_m, num_warps)[0]
+    settings: the launch settings (None: the environment's); block_m, num_warps: the row tile (default
+    settings.block_m) and warps, for benchmarks (bench/linear_tiles.py); the model keeps its
+    settings' ones, since a row's bits are only promised under one configuration."""
+    return _grouped(x, g, residual, n, ln, None, block_m, num_warps, or_default(settings))[0]
 
 
 def down_up(x: torch.Tensor, g: Groups, up: UpMaps, *, ln: LayerNormIn | None = None,
-            block_m: int = BLOCK_M, num_warps: int = LINEAR_WARPS) -> tuple[torch.Tensor, torch.Tensor]:
+            block_m: int | None = None, num_warps: int = LINEAR_WARPS,
+            settings: KernelSettings | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``grouped_linear(x, g, ln=ln)`` and, in the same launch, the up maps on its blocks: returns
     (y, u), u [M, up width] as ``grouped_linear(y, up.maps)`` (to rounding: each up map sums its
     K = BLOCK_N inputs in one block)."""
-    return _grouped(x, g, None, None, ln, up, block_m, num_warps)
+    return _grouped(x, g, None, None, ln, up, block_m, num_warps, or_default(settings))
 
 
-def _grouped(x, g: Groups, residual, n, ln: LayerNormIn | None, up: UpMaps | None, block_m: int,
-             num_warps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _grouped(x, g: Groups, residual, n, ln: LayerNormIn | None, up: UpMaps | None, block_m: int | None,
+             num_warps: int, settings: KernelSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    block_m = settings.block_m if block_m is None else block_m
     x3 = x if x.dim() == 3 else x[None]
     if x3.stride(2) != 1:
         raise ValueError("x's rows must be contiguous")
@@ -430,7 +425,7 @@ def _grouped(x, g: Groups, residual, n, ln: LayerNormIn | None, up: UpMaps | Non
             SHIFT_ONLY=ln is not None and ln.t == 1, WRITE_LN=ln is not None and ln.out is not None,
             KEEP=ln is not None and ln.keep is not None, PRECISION=PRECISION,
             USE_DOT=USE_DOT, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=num_warps,
-            **pdl.KWARGS)
+            **settings.launch)
     return y, u
 
 
@@ -538,7 +533,8 @@ class HeadParams:
 
 def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch.Tensor | None,
                     prm: HeadParams, pool: torch.Tensor, slots: torch.Tensor, layer: int,
-                    lengths: torch.Tensor | None, t: int) -> torch.Tensor:
+                    lengths: torch.Tensor | None, t: int,
+                    settings: KernelSettings | None = None) -> torch.Tensor:
     """One RWKV-7 time-mix core for B series of T steps (rows b T + t), states in pool[slots, layer].
 
     a [M, *] holds r, k, v (raw projections) at column offsets offs["r"|"k"|"v"]; u [M, *] the LoRA
@@ -558,6 +554,7 @@ def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch
     if bsz == 0:
         return o
     vf = v_first if v_first is not None else a
+    settings = or_default(settings)
     _wkv7_fused_kernel[(bsz, h)](
         a, u, vf, o, pool, slots, lengths,
         prm.k_k, prm.k_a, prm.r_k, prm.g_weight, prm.g_bias,
@@ -565,7 +562,7 @@ def wkv7_fused_step(a: torch.Tensor, offs: dict, u: torch.Tensor, v_first: torch
         offs["r"], offs["k"], offs["v"], offs["w"], offs["a"], offs.get("vl", 0), offs["g"],
         pool.stride(0), pool.stride(1), pool.stride(2), pool.stride(3),
         DECAY_SCALE, prm.eps, N=n, HAS_VF=v_first is not None,
-        num_warps=WKV_WARPS if n >= 64 else 2, **pdl.KWARGS,
+        num_warps=settings.wkv_warps if n >= 64 else 2, **settings.launch,
     )
     return o
 

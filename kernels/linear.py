@@ -27,7 +27,10 @@ import triton.language as tl
 BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 NUM_WARPS = 4
 PRECISION = "tf32x3"
-USE_DOT = os.environ.get("TRITON_INTERPRET") != "1"  # kernels/__init__ sets it before importing us
+# tl.dot, or an explicit sum under the interpreter (NumPy's matmul is not row-invariant). Fixed at
+# import, unlike the launch settings (kernels/settings.py): it follows TRITON_INTERPRET, which must be
+# set before Triton is imported (kernels/__init__ sets it before importing us) and cannot change after.
+USE_DOT = os.environ.get("TRITON_INTERPRET") != "1"
 ACTIVATIONS = {None: 0, "tanh": 1, "sigmoid": 2}
 
 

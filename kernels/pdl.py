@@ -9,25 +9,32 @@ recurrent state) before the wait, so launch latency and those loads overlap the 
 while every kernel still sees all of its predecessors' results: results are bit for bit those
 without PDL (the same loads and arithmetic, in another order in time).
 
-Off under Triton's interpreter (no inline PTX there), before sm_90, and with ``RIMER_PDL=0`` (read at
-import; the benchmark runs both settings side by side).
+Off under Triton's interpreter (no inline PTX there), before sm_90, and where the launch settings
+say so (`KernelSettings.pdl`, kernels/settings.py; ``RIMER_PDL=0`` by default; the benchmark runs
+both settings side by side).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-ENABLED = (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
-           and torch.cuda.get_device_capability() >= (9, 0) and os.environ.get("RIMER_PDL", "1") != "0")
 
-# The launch attribute, and everything a step kernel's launch passes: its PDL flag (a constexpr,
-# so the wait compiles away when off) with the attribute.
-LAUNCH = {"launch_pdl": True} if ENABLED else {}
-KWARGS = {"PDL": ENABLED, **LAUNCH}
+@functools.cache
+def supported() -> bool:
+    """PDL can be used here: CUDA, compiled kernels (not the interpreter), sm_90 or newer."""
+    return (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and torch.cuda.get_device_capability() >= (9, 0))
+
+
+def kwargs(enabled: bool) -> dict:
+    """Everything a step kernel's launch passes: its PDL flag (a constexpr, so the wait compiles
+    away when off) with the launch attribute. `enabled` must imply `supported()`."""
+    return {"PDL": True, "launch_pdl": True} if enabled else {"PDL": False}
 
 
 @triton.jit

@@ -1,10 +1,10 @@
 """The one-patch pool step's two ends, each one Triton launch beside its plain PyTorch reference.
 
-`Rimer.step_slots` appends at most one patch per series to states held in a pool (a `RimerState` of
-preallocated rows). Between the network's kernels it used to run about a hundred small PyTorch ops
-(gathers of the small fields, the tail join, the float64 causal statistics, normalisation, `where`s,
-scatters), which dominated a single series' step on a GPU. Here they are two kernels, one program per
-series row:
+`PoolRunner.step_slots` (runtime/pool.py) appends at most one patch per series to states held in a
+pool (a `RimerState` of preallocated rows). Between the network's kernels it used to run about a
+hundred small PyTorch ops (gathers of the small fields, the tail join, the float64 causal statistics,
+normalisation, `where`s, scatters), which dominated a single series' step on a GPU. Here they are two
+kernels, one program per series row:
 
 * ``prologue``: reads the slot's small fields (tail, tail_len, n_patches, norm, the token shifts),
   joins the tail with the new values, decides whether a patch completes, updates the causal statistics
@@ -16,7 +16,8 @@ series row:
   written straight into the pool at the slot: next_patch, norm and n_patches for rows whose patch
   completed; tail and tail_len for every row with new points. Rows with no new points (padding rows,
   which may all name one spare slot) write nothing. By default it runs inside the last block's
-  launch (kernels/block_out.py, given an `Epilogue`); this launch of its own with RIMER_FUSE_OUT=0.
+  launch (kernels/block_out.py, given an `Epilogue`); this launch of its own with fuse_out off
+  (kernels/settings.py).
 
 The token shift of each layer is written by that layer's first ``ln_mix`` (kernels/fused.py), the
 matrices by the recurrence kernel: nothing else of the pool changes.
@@ -36,8 +37,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import pdl
 from kernels.pdl import wait_then_release
+from kernels.settings import KernelSettings, or_default
 
 NUM_WARPS = 4
 # No fused multiply-adds: each float64 operation of the statistics and the de-normalisation rounds as
@@ -147,10 +148,11 @@ def _log2_exact(n: int) -> int:
 
 
 def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tensor,
-             embed: torch.Tensor, pe: torch.Tensor | None, consts: torch.Tensor, causal: bool) -> StepIO:
+             embed: torch.Tensor, pe: torch.Tensor | None, consts: torch.Tensor, causal: bool,
+             settings: KernelSettings | None = None) -> StepIO:
     """pool: a RimerState of slots (small fields contiguous); values [B, n] f32 (n >= every count; only
     the first counts[b] are read), counts [B] i64 with tail_len + counts < 2P; embed [D, P]; pe
-    [positions, D] or None; consts f64 [eps, 1 / norm_window]."""
+    [positions, D] or None; consts f64 [eps, 1 / norm_window]; settings: the launch's (PDL)."""
     bsz, p = len(slots), pool.tail.shape[1]
     layers, d = pool.shift.shape[1], pool.shift.shape[2]
     dev = values.device
@@ -174,7 +176,7 @@ def prologue(pool, slots: torch.Tensor, values: torch.Tensor, counts: torch.Tens
             P=p, D=d, S=layers * d, LOG_P=_log2_exact(block_p), BLOCK_P=block_p,
             BLOCK_D=triton.next_power_of_2(d), BLOCK_S=triton.next_power_of_2(layers * d),
             CAUSAL=causal, HAS_PE=pe is not None, num_warps=NUM_WARPS,
-            enable_fp_fusion=FP_FUSION, **pdl.KWARGS)
+            enable_fp_fusion=FP_FUSION, **or_default(settings).launch)
     return io
 
 
@@ -272,7 +274,8 @@ def _epilogue_kernel(h_ptr, head_w_ptr, head_b_ptr, consts_ptr, counts_ptr, slot
 
 
 def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, io: StepIO,
-             head_w: torch.Tensor, head_b: torch.Tensor, consts: torch.Tensor) -> None:
+             head_w: torch.Tensor, head_b: torch.Tensor, consts: torch.Tensor,
+             settings: KernelSettings | None = None) -> None:
     """In place on `pool` at `slots`: next_patch = head(h) de-normalised, norm and n_patches where a
     patch completed; tail and tail_len where counts > 0. h [B, D] the network's last hidden rows."""
     bsz, p = len(slots), pool.tail.shape[1]
@@ -284,7 +287,7 @@ def epilogue(pool, slots: torch.Tensor, counts: torch.Tensor, h: torch.Tensor, i
             h, head_w, head_b, consts, counts, slots, io.stats, io.tail, io.tail_len, io.done, io.n_patches,
             pool.next_patch, pool.norm, pool.n_patches, pool.tail, pool.tail_len, h.stride(0),
             P=p, D=d, BLOCK_P=triton.next_power_of_2(p), BLOCK_D=triton.next_power_of_2(d),
-            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **pdl.KWARGS)
+            num_warps=NUM_WARPS, enable_fp_fusion=FP_FUSION, **or_default(settings).launch)
 
 
 @dataclass
@@ -299,9 +302,11 @@ class Epilogue:
     head_w: torch.Tensor
     head_b: torch.Tensor
     consts: torch.Tensor
+    settings: KernelSettings | None = None
 
     def run(self, h: torch.Tensor) -> None:
-        epilogue(self.pool, self.slots, self.counts, h, self.io, self.head_w, self.head_b, self.consts)
+        epilogue(self.pool, self.slots, self.counts, h, self.io, self.head_w, self.head_b, self.consts,
+                 self.settings)
 
 
 def epilogue_reference(pool, slots, counts, h, io: StepIO, head_w, head_b, consts) -> None:

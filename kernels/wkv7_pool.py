@@ -16,16 +16,12 @@ Design (what makes it fast on a GPU):
   (2 x 4 N^2 bytes per head) and should run near the copy bandwidth; prefill reads and writes the
   state once for the whole chunk and is bound by the per-step vector loads and the two reductions.
 * BLOCK_V rows per program: N / BLOCK_V programs per head. Pinned at 64 rows and 4 warps (for N = 64
-  the whole head, a 64 x 64 fp32 tile, 32 registers per thread). Measured on an H100
-  (bench/kernels.py --sweep, H = 8, N = 64): decode of 4096 series moves the state at 88.5% of the
-  device-to-device copy bandwidth (32 rows: 84.5%, 16 rows: 78%), 32768 series at 89.3%; prefill of
-  64 x 1024 steps takes 1.31 ms (32 rows and 2 warps: 1.36 ms). On an H200: 84.1% and 85.2%.
+  the whole head, a 64 x 64 fp32 tile, 32 registers per thread): the fastest of the sweep
+  (bench/kernels.py --sweep; figures in bench/RESULTS.md).
 * The next step's vectors are loaded before this step's arithmetic (software pipelining by hand), so
-  their latency overlaps the dependent chain; prefill of 4 x 1024 steps went from 0.88 to 0.79 ms
-  at the pinned config (16 rows, 4 warps: 1.03 to 0.63 ms).
+  their latency overlaps the dependent chain (bench/RESULTS.md, "Moved from code comments").
 * The output is not pre-zeroed: the kernel writes zeros for steps past a series' length itself, so
-  a call is one kernel (the memset it replaced wrote B H N 4 bytes per step, about 0.8% of decode's
-  state traffic, plus a launch; not yet timed on a GPU). Without lengths no lengths array is built.
+  a call is one kernel, with no memset before it. Without lengths no lengths array is built.
 * Both reductions (S a and S r) are ``tl.sum`` over the full key axis of a fixed-shape tile, no atomics,
   and the launch configuration is pinned (no autotune). A series' result depends only on its own
   inputs and state: it is bit-identical whether it runs alone or in a batch, in any slot.
@@ -91,8 +87,8 @@ def _wkv7_pool_kernel(
     # With PREFETCH the next step's vectors are loaded before this step's arithmetic, so their memory
     # latency overlaps the dependent chain (reduce, update, reduce) instead of adding to it each step;
     # Triton does not software-pipeline a while loop by itself.
-    # (A straight-line T = 1 path was measured no faster on an H200 and, at 64 rows x 4 warps, not
-    # bit-equal to one pass of this loop, which would make results depend on the batch.)
+    # (No straight-line T = 1 path: it would not be bit-equal to one pass of this loop at 64 rows x
+    # 4 warps, which would make results depend on the batch; bench/RESULTS.md.)
     t = 0
     while t < n_steps:
         off = x_base + t * stride_xt

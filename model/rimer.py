@@ -6,22 +6,20 @@ One module, three forms of the same function:
     return the new state (constant memory per series, whatever the history length);
   * `forecast(state, horizon)`: roll the next `horizon` points out patch by patch from a copy,
     never changing the stored state.
-All three run `_advance`, so they cannot drift apart.
+All three run `advance`, so they cannot drift apart.
 
-Two backends run the same `_advance`; they differ only in a `Step` (how the linear maps and the
-RWKV-7 recurrence are computed):
-  * `TorchStep`: PyTorch; functional (states in, new states out). The reference.
-  * `PoolStep`: Triton; the states live in a preallocated pool (a `RimerState` of `slots` rows) and
-    the kernel updates `pool.wkv[slots]` in place; linear maps are batch-invariant kernels, so a
-    series' result is bit-identical whether it is stepped alone or with others, in any slot. Entry
-    points: `append_slots`, `step_slots` (one patch, no host sync: CUDA-graph capturable) and
-    `forecast_slots`.
+`advance` takes a `Step`: how the linear maps and the RWKV-7 recurrence are computed. Here only
+`TorchStep`, PyTorch, functional (states in, new states out): the reference. The triton backend's
+`PoolStep` (runtime/pool.py) runs the same `append` and `forecast` with Triton kernels on states
+held in a preallocated pool, updated in place; runtime/ also has the pool's one-patch step, which
+does not go through `advance` at all. Nothing here imports runtime/ or kernels/.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -68,6 +66,18 @@ def _torch_linear(x, weight, bias=None, activation: str | None = None):
     return y
 
 
+class Step(Protocol):
+    """How `Rimer.advance` computes the linear maps and the recurrence (duck-typed; `TorchStep` is
+    the reference, runtime.pool.PoolStep and training.losses.ChunkStep are others). A step that
+    also has `block(block, h, shift, v_first, valid)` runs whole blocks itself (`Block.forward`)."""
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               activation: str | None = None) -> torch.Tensor: ...
+
+    def recurrence(self, layer: int, r, w, k, v, a, b, wkv: torch.Tensor | None,
+                   valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
 class TorchStep:
     """The reference step: PyTorch linear maps and recurrence; functional (new states returned).
 
@@ -79,150 +89,6 @@ class TorchStep:
     @staticmethod
     def recurrence(layer: int, r, w, k, v, a, b, wkv: torch.Tensor, valid: torch.Tensor | None):
         return wkv7_recurrent(r, w, k, v, a, b, wkv, valid)
-
-
-class PoolStep:
-    """The Triton step: batch-invariant linear maps; the recurrence updates the states
-    `pool_wkv[slots]` ([slots, layers, H, N, N]) in place (slots distinct among live series)."""
-
-    # True: the block's LayerNorms run inside the linear maps that read them, and the LoRA up maps
-    # inside the down map's launch (three or four launches per block, see fuse_out); False: ln_mix
-    # and up-map launches of their own (seven). None: kernels.fused.FUSE_LN (the environment's
-    # RIMER_FUSE_LN, default on; the benchmark times both).
-    fuse_ln: bool | None = None
-    # With fuse_ln: True, o_proj and the channel mix in one launch (kernels/block_out.py; three
-    # launches per block); False, two. None: kernels.block_out.FUSE_OUT (RIMER_FUSE_OUT, default on).
-    fuse_out: bool | None = None
-
-    def __init__(self, pool_wkv: torch.Tensor, slots: torch.Tensor):
-        import kernels  # Triton is a dependency of this backend only
-
-        self.linear = kernels.linear
-        self._kernel = kernels.wkv7_pool_step
-        self.pool_wkv, self.slots = pool_wkv, slots
-
-    def recurrence(self, layer: int, r, w, k, v, a, b, wkv: None, valid: torch.Tensor | None):
-        lengths = valid.sum(1) if valid is not None else None
-        return self._kernel(r, w, k, v, a, b, self.pool_wkv, self.slots, layer, lengths), None
-
-    def block(self, block: Block, h: torch.Tensor, shift: torch.Tensor, v_first, valid: torch.Tensor | None):
-        """`Block.forward` in three fused kernels (`block_rows`); h [B, T, D]."""
-        bsz, t, d = h.shape
-        lengths = valid.sum(1) if valid is not None else None
-        h2, x_in, v_first = self.block_rows(block, h.reshape(bsz * t, d), t, shift, v_first, lengths)
-        return h2.view(bsz, t, d), x_in.view(bsz, t, d), None, v_first
-
-    def block_rows(self, block: Block, h2: torch.Tensor, t: int, shift: torch.Tensor, v_first,
-                   lengths: torch.Tensor | None, keep: tuple | None = None, x_in: bool = True,
-                   epilogue=None):
-        """`Block.forward` on rows h2 [B T, D] in three fused kernels (kernels/fused.py,
-        kernels/block_out.py): r, k, v and the LoRA down maps in one grouped linear, reading h2
-        through LayerNorm 1, the token shift and the six interpolations, with the LoRA up maps in
-        the same launch; the recurrence with the per-head work around it (decay, kk, k, v_first
-        mix, GroupNorm, bonus, gate); o_proj + residual and then the channel-mix linear reading
-        through LayerNorm 2, + residual. (With fuse_out False the last two are launches of their
-        own: four. With fuse_ln False, the two LayerNorms are launches of their own,
-        `fused.ln_mix`, and the up maps another: seven.)
-        lengths [B]: real steps per series (None: all t). v_first here is (buffer, column offset) of the
-        first layer's v, not a tensor. keep: `fused.ln_mix`'s (the one-patch step writes the new token
-        shift into the pool there). epilogue: the one-patch step's `step_io.Epilogue`, for its last
-        block: run on the block's output, in the block's last launch where o_proj and the channel
-        mix share one. Returns (new h2, the LayerNorm-1 output [B T, D] (None with x_in False),
-        v_first)."""
-        from kernels import block_out, fused
-
-        pk = _packed(block)
-        m, d = h2.shape
-        n1, n2 = block.norm1, block.norm2
-        fuse = fused.FUSE_LN if self.fuse_ln is None else self.fuse_ln
-        fuse_out = fuse and (block_out.FUSE_OUT if self.fuse_out is None else self.fuse_out)
-        if fuse:
-            ln_out = torch.empty(m, d, device=h2.device) if x_in else None
-            ln1 = fused.LayerNormIn(n1.weight, n1.bias, n1.eps, shift, t, pk.mix7, ln_out, keep)
-            if pk.up_maps is not None:  # the LoRA up maps in the same launch
-                a, u = fused.down_up(h2, pk.down, pk.up_maps, ln=ln1)
-            else:
-                a = fused.grouped_linear(h2, pk.down, ln=ln1)
-                u = fused.grouped_linear(a, pk.up)
-        else:
-            mixed = fused.ln_mix(h2, shift, t, n1.weight, n1.bias, n1.eps, block.attn.x_x, keep)
-            a = fused.grouped_linear(mixed, pk.down)
-            ln_out = mixed[0]
-            u = fused.grouped_linear(a, pk.up)
-        vf = None
-        if v_first is not None:
-            buf, col = v_first
-            vf = buf[:, col: col + d]
-        o = fused.wkv7_fused_step(a, pk.offs, u, vf, pk.heads, self.pool_wkv, self.slots,
-                                  block.attn.layer, lengths, t)
-        if fuse_out:  # (the epilogue, if any, in the same launch)
-            h2 = block_out.block_out(o, h2, block.attn.o_proj.weight, block.ffn.weight, block.ffn.bias,
-                                     n2.weight, n2.bias, n2.eps, epilogue)
-        else:
-            h2 = fused.grouped_linear(o, pk.o_proj, residual=h2, n=d)
-            if fuse:
-                ln2 = fused.LayerNormIn(n2.weight, n2.bias, n2.eps)
-                h2 = fused.grouped_linear(h2, pk.ffn, residual=h2, n=d, ln=ln2)
-            else:
-                x2 = fused.ln_mix(h2, None, t, n2.weight, n2.bias, n2.eps)
-                h2 = fused.grouped_linear(x2, pk.ffn, residual=h2, n=d)
-            if epilogue is not None:
-                epilogue.run(h2)
-        if block.attn.layer == 0:
-            v_first = (a, pk.offs["v"])
-        return h2, ln_out if x_in else None, v_first
-
-
-class _Packed:
-    """A block's weights in the fused kernels' layout (kernels/fused.py)."""
-
-    def __init__(self, block: Block):
-        from kernels import fused
-
-        att, dev = block.attn, block.ffn.weight.device
-        d = att.x_x.shape[1]
-        downs = [("w", att.w_lora, 2, "tanh"), ("a", att.a_lora, 5, None)]
-        if att.layer > 0:
-            downs.append(("vl", att.v_lora, 4, None))
-        downs.append(("g", att.g_lora, 6, "sigmoid"))
-        # Every LoRA's down map padded to the widest (so each up map reads a full-width slice).
-        ranks = [lora.lora[0].weight.shape[0] for _, lora, _, _ in downs]
-        width = fused.BLOCK_N * max(-(-rank // fused.BLOCK_N) for rank in ranks)
-
-        def pad_rows(w):
-            return F.pad(w, (0, 0, 0, width - w.shape[0]))
-
-        # planes of ln_mix's output: 0 LayerNorm, 1 xr, 2 xw, 3 xk, 4 xv, 5 xa, 6 xg
-        self.down = fused.pack_groups(
-            [(att.r_proj.weight, None, (1, 0), None), (att.k_proj.weight, None, (3, 0), None),
-             (att.v_proj.weight, None, (4, 0), None)]
-            + [(pad_rows(lora.lora[0].weight), None, (plane, 0), act) for _, lora, plane, act in downs],
-            d, dev)
-        starts = self.down.starts
-        self.offs = {"r": starts[0], "k": starts[1], "v": starts[2]}
-        ups = [(lora.lora[2].weight, lora.lora[2].bias, (0, start), None)
-               for (_, lora, _, _), start in zip(downs, starts[3:])]
-        self.up = fused.pack_groups(ups, width, dev)
-        for (name, _, _, _), start in zip(downs, self.up.starts):
-            self.offs[name] = start
-        # With every rank within one column block, each up map runs inside its down block's program.
-        self.up_maps = fused.UpMaps(self.down, self.up) if width == fused.BLOCK_N else None
-        self.mix7 = torch.cat([torch.zeros(1, d, device=dev), att.x_x]).contiguous()  # plane p: row p
-        self.heads = fused.HeadParams(att.k_k, att.k_a, att.r_k, att.g_norm.weight, att.g_norm.bias,
-                                      att.g_norm.eps)
-        self.o_proj = fused.pack_groups([(att.o_proj.weight, None, (0, 0), None)], d, dev)
-        self.ffn = fused.pack_groups([(block.ffn.weight, block.ffn.bias, (0, 0), None)], d, dev)
-
-
-def _packed(block: Block) -> _Packed:
-    """The block's packed weights, rebuilt when any parameter changed (in place or replaced)."""
-    key = tuple((p.data_ptr(), p._version) for p in block.parameters())
-    cached = block.__dict__.get("_fused_pack")
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            cached = (key, _Packed(block))
-        block.__dict__["_fused_pack"] = cached
-    return cached[1]
 
 
 class TimeMix(nn.Module):
@@ -249,11 +115,11 @@ class TimeMix(nn.Module):
 
     def forward(self, x: torch.Tensor, shift: torch.Tensor, wkv: torch.Tensor | None,
                 v_first: torch.Tensor | None, valid: torch.Tensor | None,
-                step: TorchStep | PoolStep = TorchStep):
-        """x [B, T, D] (after LayerNorm 1); shift [B, D]; wkv [B, H, N, N] (None with a PoolStep,
-        whose states are in its pool). Linear maps and the recurrence come from `step`.
+                step: Step = TorchStep):
+        """x [B, T, D] (after LayerNorm 1); shift [B, D]; wkv [B, H, N, N] (None with a step that
+        keeps the states in a pool). Linear maps and the recurrence come from `step`.
 
-        Returns output [B, T, D], v_first, and the new wkv state (None with a PoolStep).
+        Returns output [B, T, D], v_first, and the new wkv state (None with a pool's step).
         """
         lin = step.linear
         bsz, t, d = x.shape
@@ -326,7 +192,7 @@ def sinusoidal_table(positions: int, dim: int) -> torch.Tensor:
 
 @dataclass
 class Advance:
-    """What `_advance` returns: the new state and, per patch, the normalised outputs and stats."""
+    """What `advance` returns: the new state and, per patch, the normalised outputs and stats."""
 
     state: RimerState
     preds: torch.Tensor  # [B, T, P] normalised forecast of the patch after each patch
@@ -450,7 +316,7 @@ class Rimer(nn.Module):
     # ---- the network on normalised patches -------------------------------------------------
 
     def _network(self, xn: torch.Tensor, state: RimerState, valid: torch.Tensor | None,
-                 step: TorchStep | PoolStep, check_positions: bool = True, forecast: bool = False):
+                 step: Step, check_positions: bool = True, forecast: bool = False):
         """xn [B, T, P] normalised patches -> (outputs [B, T, P], new wkv or None, new shift).
 
         check_positions=False skips the (host-synchronising) position-table check: the caller's job.
@@ -490,10 +356,11 @@ class Rimer(nn.Module):
             wkv_out.append(wkv)
         new_wkv = torch.stack(wkv_out, dim=1) if state.wkv is not None else None
         preds = step.linear(h, self.head.weight, self.head.bias)
-        return preds, new_wkv, torch.stack(shift_out, dim=1), self._heads(h, step.linear)
+        return preds, new_wkv, torch.stack(shift_out, dim=1), self.extra_heads(h, step.linear)
 
-    def _heads(self, h: torch.Tensor, linear) -> dict[str, torch.Tensor]:
-        """The lag and quantile heads' raw outputs from the last block's output h [..., D]."""
+    def extra_heads(self, h: torch.Tensor, linear=TorchStep.linear) -> dict[str, torch.Tensor]:
+        """The lag and quantile heads' raw outputs from the last block's output h [..., D], for the
+        heads the config has ({"lag": ..., "quantile": ...}; empty for a model with neither)."""
         out = {}
         if self.cfg.lag_window:
             out["lag"] = linear(h, self.lag_head.weight, self.lag_head.bias)
@@ -501,17 +368,35 @@ class Rimer(nn.Module):
             out["quantile"] = linear(h, self.quantile_head.weight, self.quantile_head.bias)
         return out
 
-    def _advance(self, state: RimerState, patches: torch.Tensor,
-                 valid: torch.Tensor | None = None, step: TorchStep | PoolStep = TorchStep,
+    def advance(self, state: RimerState, patches: torch.Tensor,
+                 valid: torch.Tensor | None = None, step: Step = TorchStep,
                  check_positions: bool = True, forecast: bool = False,
                  quantiles: bool = False) -> Advance:
-        """Consume complete patches [B, T, P] (data units); valid [B, T] marks real ones, a prefix.
+        """Run complete patches through the network from `state`: the one step every form uses.
 
-        Normalises (causal statistics are updated patch by patch), runs the network, and returns
-        the new state with `next_patch` de-normalised; `tail` is left for the caller to set.
-        With a `PoolStep` the matrices are updated in place in its pool (`state.wkv` is None, and
-        so is the new state's); by default (`TorchStep`) they are read from `state.wkv` and
-        returned anew.
+        `whole`, `append` and `forecast` are built on it, and training calls it directly for the
+        per-patch outputs (teacher forcing, truncated BPTT, rollouts fed their own forecasts).
+
+        Args:
+            state: the states before the patches, batch first (`RimerState`).
+            patches: [B, T, P] complete patches in data units.
+            valid: [B, T] bool, which patches are real; a prefix per row (None: all of them).
+                Padding patches change nothing in their row's state.
+            step: how the linear maps and the recurrence are computed (`Step`): `TorchStep` (the
+                default, functional: the matrices are read from `state.wkv` and returned anew),
+                or another of the same interface (runtime.pool.PoolStep updates the matrices in
+                place in its pool, `state.wkv` and the new state's being None;
+                training.losses.ChunkStep runs the recurrence 16 patches at a time).
+            check_positions: refuse patches past the sinusoidal position table (per row).
+            forecast: the patches are the model's own forecasts (a rollout), not data: the
+                calibration is not updated, and models trained with `forecast_flag` are told so.
+            quantiles: also return the quantile head's normalised quantiles for every patch.
+
+        Returns:
+            `Advance`: the new state (causal statistics updated patch by patch, `next_patch`
+            de-normalised; `tail` and `tail_len` as they were, for the caller to set), the
+            normalised forecast after each patch [B, T, P], the statistics used for each patch
+            [B, T, 2] (float64), and the quantiles [B, T, Q, P] when asked for.
         """
         cfg = self.cfg
         bsz, t, _ = patches.shape
@@ -633,7 +518,7 @@ class Rimer(nn.Module):
         state = RimerState.zeros(self.cfg, bsz, x.device)
         if self.cfg.norm == "window":
             state.norm = normalisation.window_stats(x, torch.full((bsz,), length, device=x.device))
-        return self._advance(state, x.view(bsz, length // p, p))
+        return self.advance(state, x.view(bsz, length // p, p))
 
     # ---- form 2: recurrent step ------------------------------------------------------------
 
@@ -649,156 +534,41 @@ class Rimer(nn.Module):
         return state
 
     @torch.no_grad()
-    def append(self, state: RimerState, values: list[torch.Tensor]) -> RimerState:
+    def append(self, state: RimerState, values: list[torch.Tensor],
+               step: Step = TorchStep) -> RimerState:
         """Consume new points (any number per series, 0 allowed); return the new state.
 
         Cost is O(new points) and memory is bounded by MAX_CHUNK_PATCHES per call, whatever
-        the history. The input state is not modified.
+        the history. The input state is not modified (with a step that keeps the matrices in a
+        pool, `state.wkv` is None and the step updates them there: runtime.pool).
         """
         if len(values) != state.batch:
             raise ValueError(f"{len(values)} value lists for a batch of {state.batch} series")
         split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
         for patches, valid in split.chunks(state.tail.device):
-            state = self._advance(state, patches, valid).state
+            state = self.advance(state, patches, valid, step).state
         return RimerState(wkv=state.wkv, shift=state.shift, n_patches=state.n_patches,
                           tail=split.tail.to(state.tail.device),
                           tail_len=split.tail_len.to(state.tail.device), norm=state.norm,
                           next_patch=state.next_patch, history=state.history,
                           quantile_offsets=state.quantile_offsets, calib=state.calib)
 
-    # ---- form 2 on a pool of states (triton backend), in place ----------------------------
-
-    @torch.no_grad()
-    def append_slots(self, pool: RimerState, slots: torch.Tensor, values: list[torch.Tensor]) -> None:
-        """`append` for the states in rows `slots` (distinct) of `pool`, written back in place.
-
-        The small fields are gathered and scattered; the matrices are updated in place by the kernel.
-        """
-        if len(values) != len(slots):
-            raise ValueError(f"{len(values)} value lists for {len(slots)} slots")
-        state = pool.select(slots, wkv=False)
-        split = _Split(state.tail, state.tail_len, values, self.cfg.patch_len)
-        step = PoolStep(pool.wkv, slots)
-        for patches, valid in split.chunks(pool.tail.device):
-            state = self._advance(state, patches, valid, step).state
-        state.tail = split.tail.to(pool.tail.device)
-        state.tail_len = split.tail_len.to(pool.tail.device)
-        pool.write_(slots, state)
-
-    @torch.no_grad()
-    def step_slots(self, pool: RimerState, slots: torch.Tensor, values: torch.Tensor,
-                   counts: torch.Tensor) -> None:
-        """Append at most one patch per series, in place, with no host synchronisation (so a CUDA
-        graph can capture it; the caller checks position limits).
-
-        values [B, n] float32 (rows contiguous, n >= every count; the graphs pass 2P): the new points
-        of each series, the first counts[b] (int64) real, with tail_len[b] + counts[b] < 2P. A series
-        whose tail reaches P points completes a patch and steps the network; the others only extend
-        their tail. Rows with counts 0 change nothing (padding may repeat one spare slot); the other
-        rows' slots must be distinct.
-
-        Triton launches only (kernels/step_io.py): a prologue (gather, tail join, causal statistics,
-        normalisation, embedding), three per block (`PoolStep.block_rows`; the first writes the new
-        token shift into the pool), the epilogue (head, de-normalisation, the small fields written
-        into the pool) in the last block's last launch (a launch of its own with RIMER_FUSE_OUT=0).
-        Bit-identical for a series whatever its batch and slot; equal to `append_slots` to rounding
-        (embed and head sum in another order), not bit for bit.
-        """
-        from kernels import step_io
-
-        consts = self._step_consts(values.device)
-        heads = self.cfg.lag_window or self.cfg.quantiles
-        patch = step_io.joined_patch(pool, slots, values, counts) if heads else None
-        before = None
-        if self.cfg.quantiles:  # the forecast the completing patch is checked against, and its age
-            before = (self.next_quantiles(pool.select(slots, wkv=False)),
-                      pool.n_patches.index_select(0, slots))
-        io = step_io.prologue(pool, slots, values, counts, self.embed.weight,
-                              self.pe if self.cfg.pos_emb == "sinusoidal" else None,
-                              consts, self.cfg.norm == "causal")
-        step = PoolStep(pool.wkv, slots)
-        h, v_first = io.h, None
-        last = step_io.Epilogue(pool, slots, counts, io, self.head.weight, self.head.bias, consts)
-        for i, block in enumerate(self.blocks):
-            h, _, v_first = step.block_rows(block, h, 1, io.shift[:, i], v_first, io.done,
-                                            keep=(pool.shift[:, i], slots, io.done), x_in=False,
-                                            epilogue=last if i == len(self.blocks) - 1 else None)
-        if heads:
-            self._pool_heads(pool, slots, patch, io, h, step.linear, before)
-
-    def _pool_heads(self, pool: RimerState, slots, patch, io, h, linear, before) -> None:
-        """After a one-patch pool step (its epilogue wrote the head's forecast), the extra heads:
-        the lag head's mix into next_patch and the history, and the quantile offsets, for the rows
-        whose patch completed (torch operators without host synchronisation: capturable)."""
-        done = (io.done > 0)[:, None]
-        heads = self._heads(h, linear)
-        if self.cfg.lag_window:
-            p, w = self.cfg.patch_len, self.cfg.lag_window
-            n_lags = w - p + 1
-            history = pool.history.index_select(0, slots)
-            out = heads["lag"][:, None]
-            mean = io.stats[:, 0:1]
-            sd = normalisation.scale(io.stats[:, 1:2], self.cfg.norm_eps)
-            copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags],
-                                    F.softplus(out[..., n_lags + p]), (sd ** 2).to(out.dtype))
-            copy = copy[:, 0]
-            gate = torch.sigmoid(out[:, 0, n_lags: n_lags + p]) * usable
-            preds = linear(h, self.head.weight, self.head.bias)
-            mixed = preds + gate * (((copy.double() - mean) / sd).to(preds.dtype) - preds)
-            forecast = (mixed.double() * sd + mean).to(pool.next_patch.dtype)
-            pool.next_patch.index_copy_(0, slots, torch.where(done, forecast,
-                                                               pool.next_patch.index_select(0, slots)))
-            shifted = torch.cat([history[:, p:], patch], dim=1)
-            pool.history.index_copy_(0, slots, torch.where(done, shifted, history))
-        if self.cfg.quantiles:
-            old = pool.quantile_offsets.index_select(0, slots)
-            pool.quantile_offsets.index_copy_(0, slots, torch.where(done, heads["quantile"], old))
-            predicted, n_before = before
-            scores = calibration.abs_scores(patch, predicted, self.cfg.quantiles)
-            calib = calibration.update(pool.calib.index_select(0, slots), scores,
-                                       (io.done > 0) & (n_before >= 1))
-            pool.calib.index_copy_(0, slots, calib)
-
-    def _step_consts(self, device) -> torch.Tensor:
-        """float64 [norm_eps, 1 / norm_window] on `device` for the step kernels (a float argument
-        would reach them as float32); made once, before any graph capture (its warm-up)."""
-        consts = self.__dict__.get("_step_consts_cache")
-        if consts is None or consts.device != torch.device(device):
-            consts = torch.tensor([self.cfg.norm_eps, 1.0 / self.cfg.norm_window], dtype=torch.float64,
-                                  device=device)
-            self.__dict__["_step_consts_cache"] = consts
-        return consts
-
     # ---- form 3: forecast rollout ----------------------------------------------------------
 
     @torch.no_grad()
-    def forecast(self, state: RimerState, horizon: int, quantiles: bool = False):
+    def forecast(self, state: RimerState, horizon: int, quantiles: bool = False,
+                 step: Step = TorchStep):
         """The next `horizon` points of each series [B, horizon], autoregressively; with
         `quantiles` (a model with a quantile head) also their quantiles [B, Q, horizon] at the
         config's levels, each forecast patch's from the step that forecast it.
 
         The model's forecast of the current patch is used for its points not yet seen; the
-        completed patch is fed back, and so on. Works on copies: `state` is unchanged.
+        completed patch is fed back, and so on. Works on copies: `state` is unchanged (a step
+        that keeps the matrices in a pool updates its own rows there: runtime.pool rolls out in
+        scratch rows).
         """
         return self._rollout(state, horizon,
-                             lambda s, patch: self._advance(s, patch, check_positions=False,
-                                                            forecast=True, quantiles=quantiles),
-                             quantiles)
-
-    @torch.no_grad()
-    def forecast_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
-                       scratch: torch.Tensor, quantiles: bool = False):
-        """`forecast` for the states in rows `slots` of `pool` [len(slots), horizon].
-
-        The matrices are copied into the rows `scratch` (as many, distinct, none of `slots`) and the
-        rollout runs there, so the stored states never change. `scratch` may be `slots` itself when
-        those states are temporaries (they are then consumed).
-        """
-        if scratch is not slots:
-            pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
-        step = PoolStep(pool.wkv, scratch)
-        return self._rollout(pool.select(slots, wkv=False), horizon,
-                             lambda s, patch: self._advance(s, patch, None, step, False,
+                             lambda s, patch: self.advance(s, patch, None, step, check_positions=False,
                                                             forecast=True, quantiles=quantiles),
                              quantiles)
 
@@ -854,8 +624,8 @@ class Rimer(nn.Module):
 class _Split:
     """New points joined to each series' tail and cut into complete patches (in chunks of at most
     MAX_CHUNK_PATCHES) and a new tail; built on the host, whatever the state's device. The
-    per-series slicing is done in NumPy views of torch-allocated buffers (a few small torch ops
-    per series cost 2 ms for a batch of 31 one-point appends, 35 ms for 1,000 tails)."""
+    per-series slicing is done in NumPy views of torch-allocated buffers, not small torch ops per
+    series (bench/RESULTS.md has the timing)."""
 
     def __init__(self, tail: torch.Tensor, tail_len: torch.Tensor, values: list[torch.Tensor], p: int):
         tail, lens = tail.cpu(), tail_len.cpu().tolist()

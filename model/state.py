@@ -111,6 +111,50 @@ class RimerState:
         return cls(**{f.name: None if getattr(states[0], f.name) is None
                       else torch.cat([getattr(s, f.name) for s in states]) for f in fields(cls)})
 
+    # ---- the state's own rules (what an append or a forecast may do, without the network) ----
+
+    def without_wkv(self) -> RimerState:
+        """The same state without its matrices (`wkv = None`; the other fields shared, not copied):
+        what an append that completes no patch, or a step that keeps the matrices in a pool, reads."""
+        return RimerState(**{**self.tensors(), "wkv": None})
+
+    def completes_patch(self, counts: torch.Tensor | list[int]) -> torch.Tensor:
+        """[B] bool: whether appending counts[b] points to row b completes at least one patch
+        (otherwise only its tail changes: `extend_tail`)."""
+        counts = torch.as_tensor(counts, dtype=self.tail_len.dtype, device=self.tail_len.device)
+        return self.tail_len + counts >= self.tail.shape[1]
+
+    def extend_tail(self, values: list[torch.Tensor]) -> RimerState:
+        """A new state with values[b] appended to row b's tail, for appends that complete no patch:
+        the matrices, statistics and forecasts do not change then, so this gives the bits
+        `Rimer.append` gives without running the network (the tail's unused points stay zero).
+        Raises ValueError where a row's points would complete a patch."""
+        if len(values) != self.batch:
+            raise ValueError(f"{len(values)} value lists for a batch of {self.batch} series")
+        counts = [len(v) for v in values]
+        if bool(self.completes_patch(counts).any()):
+            raise ValueError("an append completes a patch: it needs the network (Rimer.append)")
+        tail, tail_len = self.tail.clone(), self.tail_len.clone()
+        starts = self.tail_len.tolist()
+        for b, (v, start) in enumerate(zip(values, starts)):
+            if len(v):
+                tail[b, start: start + len(v)] = torch.as_tensor(v, dtype=tail.dtype).to(tail.device)
+        tail_len += torch.tensor(counts, dtype=tail_len.dtype, device=tail_len.device)
+        return RimerState(**{**self._nones(), **self.tensors(), "tail": tail, "tail_len": tail_len})
+
+    def forecastable(self, horizon: int, cfg: RimerConfig) -> torch.Tensor:
+        """[B] bool: whether `Rimer.forecast(state, horizon)` may run for each row: at least one
+        complete patch, and for a sinusoidal model a position for every patch its rollout feeds
+        back (the table covers `cfg.max_positions` patches, history and forecast together)."""
+        if horizon < 1:
+            raise ValueError("horizon must be at least 1")
+        ok = self.n_patches >= 1
+        if cfg.pos_emb == "sinusoidal":
+            p = self.tail.shape[1]
+            rollout = (horizon + self.tail_len + p - 1) // p - 1  # patches fed back
+            ok = ok & (self.n_patches + rollout <= cfg.max_positions)
+        return ok
+
     def nbytes_per_series(self) -> int:
         """Bytes one series' state occupies; independent of its history length."""
         total = sum(t.numel() * t.element_size() for t in self.tensors().values())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.state import RimerState
+from runtime.pool import PoolRunner
 from service.engine import Engine, EngineError
 from service.settings import Settings, parse
 from tests.conftest import rel_err
@@ -39,18 +40,19 @@ def assert_states_equal(a: RimerState, b: RimerState) -> None:
 
 
 def test_slots_match_functional_append_and_forecast(model):
+    runner = PoolRunner(model)
     xs = [walk(n, n) for n in (8, 29, 50)]
     reference = model.append(model.init_state(xs), xs)
     pool = RimerState.zeros(model.cfg, 9, DEVICE)
     slots = rows(6, 1, 3)
-    model.append_slots(pool, slots, xs)
+    runner.append_slots(pool, slots, xs)
     got = pool.select(slots)
     for name, t in reference.tensors().items():
         assert rel_err(getattr(got, name), t) <= 1e-5, name
 
     scratch = rows(0, 2, 8)
     before = pool.clone()
-    out = model.forecast_slots(pool, slots, 13, scratch)
+    out = runner.forecast_slots(pool, slots, 13, scratch)
     assert rel_err(out, model.forecast(reference, 13)) <= 1e-4
     kept = torch.tensor([i for i in range(9) if i not in scratch.tolist()], device=DEVICE)
     assert_states_equal(pool.select(kept), before.select(kept))  # the forecast changed no state
@@ -58,19 +60,20 @@ def test_slots_match_functional_append_and_forecast(model):
 
 def test_bit_identical_alone_or_batched_in_any_slot(model):
     """A series' state and forecast do not depend on its batch, its slot, or its neighbours."""
+    runner = PoolRunner(model)
     x, others = walk(29, 1), [walk(50, 2), walk(13, 3)]
     alone = RimerState.zeros(model.cfg, 1, DEVICE)
     batch = RimerState.zeros(model.cfg, 7, DEVICE)
-    model.append_slots(alone, rows(0), [x])
-    model.append_slots(batch, rows(3, 5, 0), [others[0], x, others[1]])
+    runner.append_slots(alone, rows(0), [x])
+    runner.append_slots(batch, rows(3, 5, 0), [others[0], x, others[1]])
     assert_states_equal(alone.select([0]), batch.select([5]))
     # A second append, alone versus with a neighbour that completes more patches.
     more = walk(11, 4)
-    model.append_slots(alone, rows(0), [more])
-    model.append_slots(batch, rows(5, 3), [more, walk(40, 5)])
+    runner.append_slots(alone, rows(0), [more])
+    runner.append_slots(batch, rows(5, 3), [more, walk(40, 5)])
     assert_states_equal(alone.select([0]), batch.select([5]))
-    f_alone = model.forecast_slots(alone, rows(0), 20, rows(0))
-    f_batch = model.forecast_slots(batch, rows(0, 5), 20, rows(1, 2))
+    f_alone = runner.forecast_slots(alone, rows(0), 20, rows(0))
+    f_batch = runner.forecast_slots(batch, rows(0, 5), 20, rows(1, 2))
     assert torch.equal(f_alone[0], f_batch[1])
 
 
@@ -81,16 +84,17 @@ def test_one_patch_step_equals_append_slots(model):
     own prologue and epilogue, summing in another order than kernels.linear, so the matrices, shifts
     and forecasts agree to 1e-5 relative; the tail, counts and statistics are still exact. Its own
     bit-identity across batches and slots is tests/test_step_io.py's."""
+    runner = PoolRunner(model)
     pool = RimerState.zeros(model.cfg, 5, DEVICE)
-    model.append_slots(pool, rows(0, 1, 2), [walk(8, 6), walk(13, 7), walk(19, 8)])
+    runner.append_slots(pool, rows(0, 1, 2), [walk(8, 6), walk(13, 7), walk(19, 8)])
     other = pool.clone()
     news = [walk(3, 9), walk(3, 10), walk(12, 11)]  # tails 0, 5, 3: none, one, one + 7 left
     values = torch.zeros(4, 2 * P, device=DEVICE)
     for i, v in enumerate(news):
         values[i, : len(v)] = v
     counts = rows(3, 3, 12, 0)
-    model.step_slots(pool, rows(0, 1, 2, 4), values, counts)  # row 3: padding, spare slot
-    model.append_slots(other, rows(0, 1, 2), news)
+    runner.step_slots(pool, rows(0, 1, 2, 4), values, counts)  # row 3: padding, spare slot
+    runner.append_slots(other, rows(0, 1, 2), news)
     for name, t in other.tensors().items():
         if name in ("wkv", "shift", "next_patch"):
             assert rel_err(getattr(pool, name), t) <= 1e-5, name

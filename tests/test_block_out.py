@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from kernels import block_out, fused
+from kernels.settings import KernelSettings
 from tests.conftest import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BM = KernelSettings.from_env().block_m  # the row tile block_out launches with (RIMER_LINEAR_BLOCK_M)
 
 
 def inputs(m: int, d: int, seed: int):
@@ -24,7 +26,7 @@ def inputs(m: int, d: int, seed: int):
 
 @pytest.mark.parametrize("d", [32, 80])  # under one column block, and over one with a partial one
 def test_block_out_matches_float64_and_the_two_launches_it_replaces(d):
-    m = fused.BLOCK_M + 5  # two row tiles, the second mostly padding
+    m = BM + 5  # two row tiles, the second mostly padding
     o, h, wo, wf, bf, lw, lb = inputs(m, d, d)
     got = block_out.block_out(o, h, wo, wf, bf, lw, lb, 1e-5)
     want = block_out.block_out_reference(*(x.double() for x in (o, h, wo, wf, bf, lw, lb)), 1e-5)
@@ -41,9 +43,9 @@ def test_block_out_matches_float64_and_the_two_launches_it_replaces(d):
 
 def test_block_out_rows_do_not_depend_on_the_batch():
     d = 48
-    o, h, *weights = inputs(2 * fused.BLOCK_M + 3, d, 7)
+    o, h, *weights = inputs(2 * BM + 3, d, 7)
     got = block_out.block_out(o, h, *weights, 1e-5)
-    bm = fused.BLOCK_M
+    bm = BM
     for lo, hi in ((0, 1), (bm - 1, bm + 2), (2 * bm + 2, 2 * bm + 3)):  # alone, across tiles, last
         part = block_out.block_out(o[lo:hi].contiguous(), h[lo:hi].contiguous(), *weights, 1e-5)
         assert torch.equal(part, got[lo:hi])

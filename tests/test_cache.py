@@ -174,7 +174,8 @@ def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via)
         name = "forecast_slots" if backend == "triton" else "forecast"
     p = model.cfg.patch_len
     engine.append("s", series(2 * p, 1), None)
-    real = getattr(model, name)
+    target = engine.store.runner if backend == "triton" else model  # what the engine calls
+    real = getattr(target, name)
     expired: list = []
 
     def held(*args, **kwargs):
@@ -185,7 +186,7 @@ def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via)
         held.expiry = expiry
         return real(*args, **kwargs)
 
-    setattr(model, name, held)
+    setattr(target, name, held)
     try:
         if via == "append":
             engine.append("s", series(3 * p, 2)[2 * p:], None)
@@ -194,7 +195,7 @@ def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via)
         else:
             engine.forecast_series("s", 4)
     finally:
-        delattr(model, name)
+        delattr(target, name)
     held.expiry.join(10)
     assert expired == []
     assert engine.describe("s")["length"] == (2 * p if via == "forecast" else 3 * p)

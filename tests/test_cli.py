@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from model import cli, evaluate, long_history, train
+from model import cli
 from tests.conftest import DEFAULT_WEIGHTS
+from training import evaluate, long_history, train
 
 
 @pytest.mark.parametrize("tool, argv, says", [
@@ -34,7 +35,7 @@ def test_bad_arguments_are_one_line(tool, argv, says, capsys, tmp_path):
 def test_a_missing_checkpoint_is_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         cli.run(lambda: evaluate.main(["--weights", str(tmp_path / "nowhere")]),
-                "python -m model.evaluate")
+                "python -m training.evaluate")
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"python -m model.evaluate: error: no checkpoint at {tmp_path / 'nowhere'}"
+    assert err == f"python -m training.evaluate: error: no checkpoint at {tmp_path / 'nowhere'}"

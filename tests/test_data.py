@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model import data, evaluate
+from training import data, evaluate
 
 
 def test_repeat_last_on_etth1_matches_the_protocol_check():

@@ -87,7 +87,7 @@ def test_dockerfile_runs_the_service_as_non_root_with_a_healthcheck(kind, monkey
             *sources, _dest = a.split()
             for src in sources:
                 assert (ROOT / src).exists(), f"{kind}: COPY {src} does not exist"
-    for needed in ("service/", "model/", "kernels/", "weights/"):
+    for needed in ("service/", "model/", "kernels/", "runtime/", "weights/"):
         assert any(w == "COPY" and a.startswith(needed) for w, a in ins), needed
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import checkpoint, evaluate, merge_eval
-from model.evaluate import full_history_forecasts
+from model import checkpoint
 from model.rimer import Rimer
 from tests.test_model import TINY, tiny_model, walk
+from training import evaluate, merge_eval
+from training.evaluate import full_history_forecasts
 
 
 def test_full_history_equals_each_window_forecast_from_its_whole_patch_history():
@@ -48,7 +49,7 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
 
 
 def test_merged_parts_equal_one_evaluation_of_all_datasets(tmp_path):
-    """model.merge_eval joins per-dataset runs into what one run of all datasets writes, and
+    """training.merge_eval joins per-dataset runs into what one run of all datasets writes, and
     refuses parts evaluated differently."""
     torch.manual_seed(0)
     checkpoint.save(Rimer(TINY).eval(), tmp_path / "w", {"name": "tiny"})

@@ -4,15 +4,14 @@ On the GPU when there is one, else under Triton's interpreter (TRITON_INTERPRET=
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from kernels import fused
+from kernels.settings import KernelSettings
 from tests.conftest import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -59,7 +58,7 @@ def test_ln_mix_keep_writes_the_shift_into_the_pool_at_flagged_slots():
     assert torch.equal(got, fused.ln_mix(h, shift, 1, w, b, 1e-5, mix))  # the output is unchanged
 
 
-@pytest.mark.parametrize("block_m", [fused.BLOCK_M, 16])
+@pytest.mark.parametrize("block_m", [KernelSettings.from_env().block_m, 16])
 def test_grouped_linear_matches_reference_and_is_row_invariant(block_m):
     g = torch.Generator().manual_seed(1)
     m, d = 70, 32
@@ -83,27 +82,42 @@ def test_grouped_linear_matches_reference_and_is_row_invariant(block_m):
     assert fused.grouped_linear(x[0], one, n=20).shape == (m, 20)
 
 
-def test_launch_settings_come_from_the_environment():
-    """RIMER_LINEAR_BLOCK_M, RIMER_WKV_WARPS, RIMER_FUSE_LN and RIMER_FUSE_OUT pin the step's row
-    tile, the recurrence's warps and the LayerNorms' and last linears' placement for the process;
-    other values are refused."""
-    code = ("import kernels.fused as f, kernels.block_out as b; "
-            "print(f.BLOCK_M, f.WKV_WARPS, f.FUSE_LN, b.FUSE_OUT)")
+def test_launch_settings_come_from_the_environment(monkeypatch):
+    """RIMER_LINEAR_BLOCK_M, RIMER_WKV_WARPS, RIMER_FUSE_LN and RIMER_FUSE_OUT give the step's row
+    tile, the recurrence's warps and the LayerNorms' and last linears' placement, read when the
+    settings are made (a runner keeps its own); other values are refused."""
+    for name in ("RIMER_LINEAR_BLOCK_M", "RIMER_WKV_WARPS", "RIMER_FUSE_LN", "RIMER_FUSE_OUT", "RIMER_PDL"):
+        monkeypatch.delenv(name, raising=False)
 
-    def run(**settings):
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RIMER_")}, **settings}
-        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                              timeout=120)
+    def fields(s: KernelSettings):
+        return s.block_m, s.wkv_warps, s.fuse_ln, s.fuse_out
 
-    out = run(RIMER_LINEAR_BLOCK_M="16", RIMER_WKV_WARPS="8", RIMER_FUSE_LN="0", RIMER_FUSE_OUT="0")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-4:] == ["16", "8", "False", "False"]
-    out = run()
-    assert out.returncode == 0 and out.stdout.split()[-4:] == ["64", "4", "True", "True"]
-    out = run(RIMER_LINEAR_BLOCK_M="48")
-    assert out.returncode != 0 and "RIMER_LINEAR_BLOCK_M must be 16, 32 or 64" in out.stderr
-    out = run(RIMER_WKV_WARPS="2")
-    assert out.returncode != 0 and "RIMER_WKV_WARPS must be 4 or 8" in out.stderr
+    assert fields(KernelSettings.from_env()) == (64, 4, True, True) == fields(KernelSettings())
+    for name, value in (("RIMER_LINEAR_BLOCK_M", "16"), ("RIMER_WKV_WARPS", "8"), ("RIMER_FUSE_LN", "0"),
+                        ("RIMER_FUSE_OUT", "0")):
+        monkeypatch.setenv(name, value)
+    assert fields(KernelSettings.from_env()) == (16, 8, False, False)
+    assert not KernelSettings.from_env().out_in_one and KernelSettings.from_env().out_warps == 4
+    assert fields(KernelSettings.from_env({"RIMER_FUSE_OUT": "0"})) == (64, 4, True, False)
+    with pytest.raises(ValueError, match="RIMER_LINEAR_BLOCK_M must be 16, 32 or 64"):
+        KernelSettings.from_env({"RIMER_LINEAR_BLOCK_M": "48"})
+    with pytest.raises(ValueError, match="RIMER_WKV_WARPS must be 4 or 8"):
+        KernelSettings.from_env({"RIMER_WKV_WARPS": "2"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        KernelSettings().block_m = 16
+
+
+def test_a_runner_launches_with_its_own_settings(monkeypatch):
+    """Settings passed to the runner decide the launches, whatever the environment says later."""
+    from bench.model_step import count_launches
+    from tests.test_model import tiny_model
+
+    model = tiny_model().to(DEVICE)
+    layers = model.cfg.n_layers
+    monkeypatch.setenv("RIMER_FUSE_LN", "0")  # the environment's default: seven launches per block
+    assert count_launches(model, DEVICE)["triton_launches"] == 2 + 7 * layers
+    chosen = KernelSettings(fuse_ln=True, fuse_out=True)
+    assert count_launches(model, DEVICE, chosen)["triton_launches"] == 1 + 3 * layers
 
 
 @pytest.mark.parametrize("t", [1, 4])

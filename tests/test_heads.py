@@ -8,6 +8,7 @@ import torch
 
 from model.rimer import lag_copy
 from model.state import RimerState
+from runtime.pool import PoolRunner
 from service.engine import Engine
 from tests.conftest import rel_err
 from tests.test_backend import DEVICE, MANIFEST, P
@@ -82,11 +83,12 @@ def test_streamed_equals_whole_and_alone_equals_batched():
 
 def test_pool_paths_match_the_reference():
     model = head_model().to(DEVICE)
+    runner = PoolRunner(model)
     xs = [walk(n, n).to(DEVICE) for n in (2 * P + 3, 5 * P + 1, 4 * P)]
     reference = model.append(model.init_state(xs), xs)
     pool = RimerState.zeros(model.cfg, 8, DEVICE)
     slots = torch.tensor([5, 1, 3], device=DEVICE)
-    model.append_slots(pool, slots, xs)
+    runner.append_slots(pool, slots, xs)
     for f, t in reference.tensors().items():
         if f != "wkv":
             assert rel_err(pool.select(slots).tensors()[f], t) < 1e-5, f
@@ -96,12 +98,12 @@ def test_pool_paths_match_the_reference():
     values = torch.zeros(3, 2 * P, device=DEVICE)
     for b, v in enumerate(new):
         values[b, : len(v)] = v
-    model.step_slots(pool, slots, values, counts)
+    runner.step_slots(pool, slots, values, counts)
     reference = model.append(reference, new)
     for f, t in reference.tensors().items():
         if f != "wkv":
             assert rel_err(pool.select(slots).tensors()[f], t) < 1e-5, f
-    mean, q = model.forecast_slots(pool, slots, 2 * P, torch.tensor([6, 7, 0], device=DEVICE),
+    mean, q = runner.forecast_slots(pool, slots, 2 * P, torch.tensor([6, 7, 0], device=DEVICE),
                                    quantiles=True)
     want_mean, want_q = model.forecast(reference, 2 * P, quantiles=True)
     assert rel_err(mean, want_mean) < 1e-4 and rel_err(q, want_q) < 1e-4

@@ -191,14 +191,19 @@ def test_interpreter_only_without_cuda():
 
 def test_programmatic_dependent_launch_only_where_supported():
     """PDL (inline PTX) is never used under the interpreter or before sm_90; on sm_90+ it is on
-    unless RIMER_PDL=0, and the launch keyword goes with the kernels' flag."""
+    unless the settings turn it off (RIMER_PDL=0), and the launch keyword goes with the kernels' flag."""
     import os
 
     from kernels import pdl
+    from kernels.settings import KernelSettings
     supported = (torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1"
                  and torch.cuda.get_device_capability() >= (9, 0))
-    assert pdl.ENABLED == (supported and os.environ.get("RIMER_PDL", "1") != "0")
-    assert pdl.LAUNCH == ({"launch_pdl": True} if pdl.ENABLED else {})
+    assert pdl.supported() == supported
+    assert KernelSettings().pdl_on == supported and not KernelSettings(pdl=False).pdl_on
+    assert KernelSettings.from_env({"RIMER_PDL": "0"}).pdl is False
+    for settings in (KernelSettings(), KernelSettings(pdl=False)):
+        on = settings.pdl_on
+        assert settings.launch == ({"PDL": True, "launch_pdl": True} if on else {"PDL": False})
 
 
 def test_linear_tiles_benchmark_checks_row_bits(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.long_history import mse_by_history
 from tests.test_model import tiny_model, walk
+from training.long_history import mse_by_history
 
 
 def test_histories_are_rounded_to_whole_patches():

@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+from runtime.pool import PoolRunner
 from service import store
 from service.engine import Engine, EngineError, Op
 from tests.conftest import rel_err
@@ -73,17 +74,18 @@ def states_of(e: Engine, ids: list[str]):
 def test_batched_equals_request_by_request_bit_for_bit(model):
     batched, alone = seeded(model), seeded(model)
     calls = {"append_slots": 0}
-    real = model.append_slots
+    runner = batched.store.runner
+    real = runner.append_slots
 
     def counting(*args, **kw):
         calls["append_slots"] += 1
         return real(*args, **kw)
 
-    model.append_slots = counting
+    runner.append_slots = counting
     try:
         got = batched.apply_batch(requests())
     finally:
-        del model.append_slots
+        del runner.append_slots
     want = op_by_op(alone, requests(), refused={2})
     assert isinstance(got[2], EngineError) and got[2].status == 404
     assert got[2].field == "series[1].id"
@@ -170,19 +172,20 @@ def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_
     before = states_of(e, ["a", "b", "c"]).clone()
     free = list(e.store.free)
 
-    real = model.append_slots
+    runner = e.store.runner
+    real = runner.append_slots
 
     def broken(*args, **kw):  # fails after it changed the pool
         real(*args, **kw)
         raise RuntimeError("device lost")
 
-    model.append_slots = broken
+    runner.append_slots = broken
     try:
         with pytest.raises(RuntimeError, match="device lost"):
             e.apply_batch([[Op("a", vals(2 * P, 30), None), Op("new", vals(P, 31), None)],
                            [Op("b", vals(2 * P, 32), 3)]])
     finally:
-        del model.append_slots
+        del runner.append_slots
     assert_states_equal(states_of(e, ["a", "b", "c"]), before)
     assert "new" not in e.store.slot and sorted(e.store.free) == sorted(free)
     assert [e.describe(s)["length"] for s in "abc"] == [2 * P + 3, P + 5, 4]
@@ -262,12 +265,12 @@ def test_a_failed_forecast_only_batch_leaves_the_log_open(model, tmp_path):
     def broken(*args, **kw):
         raise RuntimeError("device lost")
 
-    model.forecast_slots = broken
+    e.store.runner.forecast_slots = broken
     try:
         with pytest.raises(RuntimeError):
             e.apply_batch([[Op("a", None, 4)]])
     finally:
-        del model.forecast_slots
+        del e.store.runner.forecast_slots
     assert wal.broken is None  # nothing was logged: no reason to refuse changes
     [ok] = e.apply_batch([[Op("c", vals(1, 40), None)]])
     assert ok == [(5, None)]
@@ -309,6 +312,7 @@ def test_copying_points_into_the_tail_is_what_the_network_paths_write(model, cou
     `append_slots` and the one-patch step (`step_slots`, the CUDA graphs' body) write: every
     field of every row (a tail's unused points stay zero on each path). One point each is a
     bulk ingest's case, which has a path of its own."""
+    runner = PoolRunner(model)
     e = seeded(model)  # tails of 3, 5 and 4 points
     sp, ids = e.store, ["a", "b", "c"]
     adds = {s: vals(n, 50 + k) for k, (s, n) in enumerate(zip(ids, counts))}
@@ -316,11 +320,11 @@ def test_copying_points_into_the_tail_is_what_the_network_paths_write(model, cou
     by_append, by_step = sp.pool.clone(), sp.pool.clone()
     e.store.extend_tails([Op(s, adds[s], length=sp.length[s] + len(adds[s])) for s in ids],
                          sp.slot)
-    model.append_slots(by_append, rows, [torch.tensor(adds[s]) for s in ids])
+    runner.append_slots(by_append, rows, [torch.tensor(adds[s]) for s in ids])
     values = torch.zeros(len(ids), 2 * P, device=DEVICE)
     for b, s in enumerate(ids):
         values[b, : len(adds[s])] = torch.tensor(adds[s])
     counts = torch.tensor([len(adds[s]) for s in ids], device=DEVICE)
-    model.step_slots(by_step, rows, values, counts)
+    runner.step_slots(by_step, rows, values, counts)
     assert_states_equal(sp.pool, by_append)
     assert_states_equal(sp.pool, by_step)

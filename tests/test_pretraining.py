@@ -98,7 +98,7 @@ def test_a_model_with_quantiles_and_a_flag_keeps_its_mean_paths_and_round_trips(
     state = model.append(model.init_state(hist), hist)
     fc = model.forecast(state, 30)
     # the flag is told to the network in a rollout (and only there)
-    no_flag = model._rollout(state, 30, lambda s, p: model._advance(s, p, check_positions=False))
+    no_flag = model._rollout(state, 30, lambda s, p: model.advance(s, p, check_positions=False))
     assert not torch.allclose(fc, no_flag)
     # the rest of the patch the appends predicted comes from them, flag or not (tails 4 and 5)
     assert torch.equal(fc[:, :3], no_flag[:, :3])

@@ -1,4 +1,4 @@
-"""model.record_metrics: an evaluation's table lands in the manifest, the tensors' hash untouched."""
+"""training.record_metrics: an evaluation's table lands in the manifest, the tensors' hash untouched."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import shutil
 
 import pytest
 
-from model import checkpoint, cli, record_metrics
+from model import checkpoint, cli
 from tests.conftest import DEFAULT_WEIGHTS
+from training import record_metrics
 
 
 def test_metrics_table_goes_into_the_manifest(tmp_path):

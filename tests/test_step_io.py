@@ -1,16 +1,19 @@
-"""The one-patch pool step (`Rimer.step_slots`): its prologue and epilogue kernels (kernels/step_io.py)
-against their PyTorch references, and the whole fused step against `append_slots`, the torch backend,
-and itself across batches and slots. Tiny shapes: on the CPU the kernels run under Triton's
-interpreter."""
+"""The one-patch pool step (`PoolRunner.step_slots`, runtime/pool.py): its prologue and epilogue
+kernels (kernels/step_io.py) against their PyTorch references, and the whole fused step against
+`append_slots`, the torch backend, and itself across batches and slots. Tiny shapes: on the CPU the
+kernels run under Triton's interpreter."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
 
 from kernels import block_out, step_io
-from model.rimer import PoolStep
+from kernels.settings import KernelSettings
 from model.state import RimerState
+from runtime.pool import PoolRunner
 from tests.conftest import rel_err
 from tests.test_model import tiny_model, walk
 
@@ -117,9 +120,11 @@ def test_epilogue_matches_reference_and_writes_only_changed_rows(where):
 
 # ---- the whole fused step -------------------------------------------------------------------------
 
-def pool_with_history(model, slots: int, histories: dict[int, torch.Tensor]) -> RimerState:
+def pool_with_history(model, slots: int, histories: dict[int, torch.Tensor],
+                      settings: KernelSettings | None = None) -> RimerState:
+    runner = PoolRunner(model, settings)
     pool = RimerState.zeros(model.cfg, slots, DEVICE)
-    model.append_slots(pool, rows(*histories), list(histories.values()))
+    runner.append_slots(pool, rows(*histories), list(histories.values()))
     return pool
 
 
@@ -136,13 +141,14 @@ def test_step_matches_append_slots_and_the_torch_backend(overrides):
     """Within rounding (embed and head sum in another order than kernels.linear), not bit for bit;
     the tail, its length, the patch count and the statistics are exact."""
     model = tiny_model(**overrides).to(DEVICE)
+    runner = PoolRunner(model)
     hist = {0: walk(8, 6), 1: walk(13, 7), 2: walk(19, 8), 3: walk(2, 9)}
     pool = pool_with_history(model, 6, hist)
     other, before = pool.clone(), pool.clone()
     news = [walk(3, 9), walk(3, 10), walk(12, 11), walk(6, 12)]  # tails 0, 5, 3, 2: none, 1, 1 + 7, 1 + 0
     values, counts = padded(news, extra_rows=1)
-    model.step_slots(pool, rows(0, 1, 2, 3, 5), values, counts)  # the last row: padding, spare slot
-    model.append_slots(other, rows(0, 1, 2, 3), news)
+    runner.step_slots(pool, rows(0, 1, 2, 3, 5), values, counts)  # the last row: padding, spare slot
+    runner.append_slots(other, rows(0, 1, 2, 3), news)
     for name, t in other.tensors().items():
         if name in ("wkv", "shift", "next_patch"):
             assert rel_err(getattr(pool, name), t) <= 1e-5, name
@@ -156,31 +162,35 @@ def test_step_matches_append_slots_and_the_torch_backend(overrides):
         assert rel_err(getattr(pool, name)[:4], getattr(state, name)) <= 1e-4, name
 
 
-# (fuse_ln, fuse_out) of model.rimer.PoolStep: three, four or seven launches per block
+# (fuse_ln, fuse_out) of kernels.settings.KernelSettings: three, four or seven launches per block
 PLACEMENTS = {"out-in-one": (True, True), "ln-in-linear": (True, False), "ln-launches": (False, False)}
 
 
+def placed(name: str) -> KernelSettings:
+    """The environment's launch settings (a GPU run may pin the row tile) with a placement."""
+    fuse_ln, fuse_out = PLACEMENTS[name]
+    return dataclasses.replace(KernelSettings.from_env(), fuse_ln=fuse_ln, fuse_out=fuse_out)
+
+
 @pytest.fixture(params=list(PLACEMENTS))
-def placement(request, monkeypatch):
+def placement(request) -> KernelSettings:
     """Every placement of the block's LayerNorms and last two linears."""
-    fuse_ln, fuse_out = PLACEMENTS[request.param]
-    monkeypatch.setattr(PoolStep, "fuse_ln", fuse_ln)
-    monkeypatch.setattr(PoolStep, "fuse_out", fuse_out)
-    return request.param
+    return placed(request.param)
 
 
 def test_step_bit_identical_alone_or_batched_in_any_slot(placement):
     """The fused step's promise: a series' state does not depend on its batch, slot or neighbours."""
     model = tiny_model().to(DEVICE)
+    runner = PoolRunner(model, placement)
     x, a, b = walk(21, 1), walk(30, 2), walk(9, 3)
-    alone = pool_with_history(model, 2, {0: x})
-    batch = pool_with_history(model, 8, {6: a, 2: x, 0: b})
+    alone = pool_with_history(model, 2, {0: x}, placement)
+    batch = pool_with_history(model, 8, {6: a, 2: x, 0: b}, placement)
     for news in ([walk(2, 4), walk(5, 5), walk(1, 6)],  # x extends its tail (5 -> 7), a completes
                  [walk(8, 7), walk(1, 8), walk(13, 9)]):  # x completes a patch with 7 left over
         v1, c1 = padded(news[:1])
-        model.step_slots(alone, rows(0), v1, c1)
+        runner.step_slots(alone, rows(0), v1, c1)
         vb, cb = padded([news[1], news[0], news[2]], extra_rows=2)
-        model.step_slots(batch, rows(6, 2, 0, 7, 7), vb, cb)  # two padding rows on spare slot 7
+        runner.step_slots(batch, rows(6, 2, 0, 7, 7), vb, cb)  # two padding rows on spare slot 7
         for name, t in alone.tensors().items():
             assert torch.equal(getattr(batch, name)[2], t[0]), name
     assert int(alone.tail_len[0]) == (21 + 2 + 8) % P
@@ -188,17 +198,18 @@ def test_step_bit_identical_alone_or_batched_in_any_slot(placement):
 
 def test_rows_without_points_change_nothing():
     model = tiny_model().to(DEVICE)
+    runner = PoolRunner(model)
     pool = pool_with_history(model, 4, {0: walk(13, 1), 1: walk(20, 2)})
     before = pool.clone()
     values, counts = padded([walk(4, 3)], extra_rows=3)
     values[1:] = 7.0  # values beyond a row's count are ignored
-    model.step_slots(pool, rows(1, 0, 3, 3), values, counts)  # slot 0 named with count 0
+    runner.step_slots(pool, rows(1, 0, 3, 3), values, counts)  # slot 0 named with count 0
     for name, t in before.tensors().items():
         assert torch.equal(getattr(pool, name)[[0, 2, 3]], t[[0, 2, 3]]), name
     assert int(pool.n_patches[1]) == 3 and int(pool.tail_len[1]) == 0
 
 
-def test_layer_norms_in_the_linears_agree_with_their_own_launches(monkeypatch):
+def test_layer_norms_in_the_linears_agree_with_their_own_launches():
     """Every placement of the block's LayerNorms gives the same step to rounding: o_proj and the
     channel mix in one launch, with the epilogue in the last one, 1 + 3 launches per block; in two,
     2 + 4 (the LoRA up maps run in the down map's launch either way); the LayerNorms and up maps as
@@ -209,14 +220,13 @@ def test_layer_norms_in_the_linears_agree_with_their_own_launches(monkeypatch):
     hist = {0: walk(21, 1), 1: walk(30, 2)}
     news = [walk(6, 3), walk(9, 4)]
     states, launches = {}, {}
-    for name, (fuse, fuse_out) in PLACEMENTS.items():
-        monkeypatch.setattr(PoolStep, "fuse_ln", fuse)
-        monkeypatch.setattr(PoolStep, "fuse_out", fuse_out)
-        pool = pool_with_history(model, 3, hist)
+    for name in PLACEMENTS:
+        settings = placed(name)
+        pool = pool_with_history(model, 3, hist, settings)
         values, counts = padded(news)
-        model.step_slots(pool, rows(0, 1), values, counts)
+        PoolRunner(model, settings).step_slots(pool, rows(0, 1), values, counts)
         states[name] = pool
-        launches[name] = count_launches(model, DEVICE)["triton_launches"]
+        launches[name] = count_launches(model, DEVICE, settings)["triton_launches"]
     for name, t in states["ln-launches"].tensors().items():
         assert rel_err(getattr(states["ln-in-linear"], name), t) <= 1e-5, name
         if DEVICE == "cpu" and name != "next_patch":  # block_out sums as the two linears it

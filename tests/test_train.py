@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from model import checkpoint, train
+from model import checkpoint
 from model.rimer import Rimer
 from tests.test_model import TINY, tiny_model, walk
+from training import train
 
 
 def test_chunked_loss_equals_whole_window_loss():

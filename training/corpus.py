@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model import data
+from training import data
 
 SHARED = data.DEFAULT_DATA_DIR
 M4_LICENCE = "M4 competition data (Mcompetitions/M4-methods), free for research use"

@@ -79,7 +79,7 @@ def window_loss(model: Rimer, x: torch.Tensor, ahead: int = 0, bptt: int = 0,
     step = bptt if bptt > 0 else context
     for lo in range(0, context, step):
         hi = min(lo + step, context)
-        adv = model._advance(state, patches[:, lo:hi], step=ChunkStep, quantiles=want_q)
+        adv = model.advance(state, patches[:, lo:hi], step=ChunkStep, quantiles=want_q)
         err, cnt = _errors(model, adv, patches[:, lo + 1: hi + 1], quantile_weight)
         total, count = total + err, count + cnt
         state = adv.state
@@ -87,7 +87,7 @@ def window_loss(model: Rimer, x: torch.Tensor, ahead: int = 0, bptt: int = 0,
             state = RimerState(**{k: v.detach() for k, v in state.tensors().items()})
     for k in range(1, ahead):
         fed = state.next_patch.detach()[:, None]
-        adv = model._advance(state, fed, forecast=True, quantiles=want_q)
+        adv = model.advance(state, fed, forecast=True, quantiles=want_q)
         err, cnt = _errors(model, adv, patches[:, context + k: context + k + 1], quantile_weight)
         total, count = total + err, count + cnt
         state = adv.state

@@ -6,7 +6,7 @@
 Each step's batch mixes synthetic windows (training/synth.py, generated on the device) with
 windows of the corpus's train series (training/corpus.py): some downsampled by a random factor
 (new sampling steps from old series), some convex mixes of two or three standardised windows
-(TSMixup). The loss is the next-patch error in normalised units (model/train.py's
+(TSMixup). The loss is the next-patch error in normalised units (training/train.py's
 `next_patch_loss`); every `--long-every`th step is a long window consumed `--bptt` patches at a
 time with the state carried over (histories far longer than a training window, as streamed
 series have). Model selection: the corpus's validation series (never trained on) under the
@@ -31,8 +31,8 @@ import torch
 from model import checkpoint, cli
 from model.config import RimerConfig
 from model.rimer import Rimer
-from model.train import init_weights, learning_rate, progress
 from training import corpus, losses, protocol, synth
+from training.train import init_weights, learning_rate, progress
 
 QUANTILES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995)
 

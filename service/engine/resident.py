@@ -49,18 +49,16 @@ class SeriesEntry:
         self.pending = []
 
 
-def append_tails(model, states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
-    """Append points that complete no patch to each state, in one model call per chunk: the
-    matrices are neither read nor changed, so only the small fields go through the model."""
+def append_tails(states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
+    """Append points that complete no patch to each state (`RimerState.extend_tail`, a chunk of
+    states at a time): the matrices are neither read nor changed, so they are shared, not cat."""
     out = []
     for a in range(0, len(states), EXPORT_CHUNK):
         old = states[a:a + EXPORT_CHUNK]
-        fields = [f for f in old[0].tensors() if f != "wkv"]  # (history etc. where the model has them)
-        small = {f: torch.cat([getattr(s, f) for s in old]) for f in fields}
-        new = model.append(RimerState(wkv=None, **small),
-                           [torch.tensor(v, dtype=torch.float32) for v in values[a:a + EXPORT_CHUNK]])
+        new = RimerState.cat([s.without_wkv() for s in old]).extend_tail(
+            [torch.tensor(v, dtype=torch.float32) for v in values[a:a + EXPORT_CHUNK]])
         rows = {f: t.split(1) for f, t in new.tensors().items()}
-        out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in fields}) for b, s in enumerate(old)]
+        out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in rows}) for b, s in enumerate(old)]
     return out
 
 
@@ -212,7 +210,7 @@ class ResidentStore:
             copied = admission.tail_only(cfg, op.length - len(v), op.length)
             (tail_only if copied else stepped).append((op, v))
         if tail_only:
-            new = append_tails(model, [states[op.series_id] for op, _ in tail_only],
+            new = append_tails([states[op.series_id] for op, _ in tail_only],
                                [v for _, v in tail_only])
             for (op, _), state in zip(tail_only, new):
                 op.state = state
@@ -332,7 +330,7 @@ class ResidentStore:
         """The entry's state with its pending points in the tail (a new state; entry unchanged)."""
         if not entry.pending:
             return entry.state
-        return append_tails(self.e.model, [entry.state], [entry.pending])[0]
+        return append_tails([entry.state], [entry.pending])[0]
 
     # ---- deletes ---------------------------------------------------------------------------
 
@@ -374,7 +372,7 @@ class ResidentStore:
         # lists are copies), all series at once.
         states = [s for _, s, _ in held]
         waiting = [k for k, (_, _, p) in enumerate(held) if p]
-        for k, state in zip(waiting, append_tails(self.e.model, [states[k] for k in waiting],
+        for k, state in zip(waiting, append_tails([states[k] for k in waiting],
                                                   [held[k][2] for k in waiting])):
             states[k] = state
         return [i for i, _, _ in held] + spilled, [s.to("cpu") for s in states] + chunks, mark

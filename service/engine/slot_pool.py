@@ -4,7 +4,8 @@ A `RimerState` of capacity + scratch + 1 rows, an id -> slot map (least recently
 a free list. Appends update the pool in place: a batch is checked whole, written to the log,
 then applied in rounds (the k-th op of every series): points that complete no patch are copied
 into the tails, one-patch steps replay a CUDA graph of `step_slots` on a GPU, the rest run
-`append_slots`; forecasts roll out in the scratch rows (`forecast_slots`). Everything a request
+`append_slots`; forecasts roll out in the scratch rows (`forecast_slots`); the kernels are
+driven by runtime/pool.py's `PoolRunner`. Everything a request
 could be refused for is checked before the pool is touched. Lengths are kept on the host, so the
 checks need no device round trip. One re-entrant lock serialises pool operations."""
 
@@ -46,10 +47,13 @@ class SlotPoolStore:
         self.length: dict[str, int] = {}  # points seen, on the host: every series, any tier
         self.touched: dict[str, float] = {}  # time.monotonic() of the last request
         self.lock = threading.RLock()  # re-entrant: a batch applied op by op takes it again
+        from runtime.pool import PoolRunner  # (Triton: the triton backend's dependency only)
+
+        self.runner = PoolRunner(model)  # append_slots, step_slots, forecast_slots on self.pool
         self.graphs = None
         if graphs:
-            from kernels.graphs import StepGraphs
-            self.graphs = StepGraphs(model, self.pool, self.spare)
+            from runtime.graphs import StepGraphs
+            self.graphs = StepGraphs(self.runner, self.pool, self.spare)
 
     def rows(self, slots: list[int]) -> torch.Tensor:
         return torch.tensor(slots, dtype=torch.int64, device=self.pool.tail.device)
@@ -104,14 +108,14 @@ class SlotPoolStore:
                 chunk = tensors[start:start + len(self.scratch)]
                 rows = self.scratch[: len(chunk)]
                 self.pool.write_(rows, self.model.init_state(chunk))
-                self.model.append_slots(self.pool, rows, chunk)
+                self.runner.append_slots(self.pool, rows, chunk)
                 out += self._forecasts(rows, horizon, rows)
         return out
 
     def _forecasts(self, rows: torch.Tensor, horizon: int, scratch: torch.Tensor) -> list:
         """The forecasts of the pool's `rows` (rollouts in `scratch`), as Forecasts."""
         calib = self.pool.calib.index_select(0, rows) if self.pool.calib is not None else None
-        return forecasts(self.model, calib, lambda q: self.model.forecast_slots(
+        return forecasts(self.model, calib, lambda q: self.runner.forecast_slots(
             self.pool, rows, horizon, scratch, quantiles=q))
 
     # ---- batches ---------------------------------------------------------------------------
@@ -258,7 +262,7 @@ class SlotPoolStore:
             held = self.rows([slots[op.series_id] for op in longs if op.series_id in self.length])
             before = self.pool.select(held) if len(held) else None  # put back on a failure
             try:
-                self.model.append_slots(self.pool, self.rows([slots[op.series_id] for op in longs]),
+                self.runner.append_slots(self.pool, self.rows([slots[op.series_id] for op in longs]),
                                         [torch.tensor(op.values, dtype=torch.float32) for op in longs])
             except BaseException:
                 if before is not None:

@@ -1,6 +1,6 @@
 """Train a Rimer on the benchmark CSVs: channel-independent, next-patch objective.
 
-    python -m model.train --datasets ETTh1 ETTh2 ETTm1 weather --steps 1500 --out weights/rimer-small
+    python -m training.train --datasets ETTh1 ETTh2 ETTm1 weather --steps 1500 --out weights/rimer-small
 
 Windows of varied length (a streamed series grows without bound) are drawn from the train split
 of each dataset, each variable its own series; the loss is the MSE (`--loss huber`: Huber) of
@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, cli, data, normalisation, synthetic
+from model import checkpoint, cli, normalisation
 from model.config import RimerConfig
 from model.rimer import Rimer
 from model.state import RimerState
+from training import data, synthetic
 
 TARGET_CLIP = 10.0
 VALIDATION = {"forecast": "val split: MSE of 720-point rollouts after 512 points, averaged over "
@@ -85,8 +86,8 @@ class WindowSampler:
 
 
 def synthetic_split(count: int, length: int) -> np.ndarray:
-    """[length, count] synthetic series (model/synthetic.py), each standardised as the datasets'
-    train splits are; seeds 1_000_000 + i, apart from the ones model.long_history tests on."""
+    """[length, count] synthetic series (training/synthetic.py), each standardised as the datasets'
+    train splits are; seeds 1_000_000 + i, apart from the ones training.long_history tests on."""
     cols = [synthetic.series(length, 1_000_000 + i) for i in range(count)]
     return np.stack([(c - c.mean()) / (c.std() + 1e-8) for c in cols], axis=1).astype(np.float32)
 
@@ -141,7 +142,7 @@ def chunk_errors(model: Rimer, state: RimerState, patches: torch.Tensor,
     de-normalised forecast, in the units of the data (train-scaled, as the benchmark scores it),
     so that volatile stretches weigh as much as they do in the benchmark's MSE. Targets are
     clipped in normalised units either way. `kind` picks the error (`pointwise_error`)."""
-    adv = model._advance(state, patches[:, :-1])
+    adv = model.advance(state, patches[:, :-1])
     var = adv.stats[..., 1:2] + model.cfg.norm_eps
     target = ((patches[:, 1:].double() - adv.stats[..., 0:1]) / torch.sqrt(var)).float()
     err = pointwise_error(adv.preds - target.clamp(-TARGET_CLIP, TARGET_CLIP), kind)
@@ -206,7 +207,7 @@ def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
     if model.cfg.norm == "window":
         ctx = x[:, : context * p]
         state.norm = normalisation.window_stats(ctx, torch.full((bsz,), ctx.shape[1], device=x.device))
-    adv = model._advance(state, patches[:, :context])
+    adv = model.advance(state, patches[:, :context])
     scale = torch.sqrt(adv.state.norm[:, 1:2] + model.cfg.norm_eps).float()
     state, losses = adv.state, []
     for j in range(context, patches.shape[1]):
@@ -214,7 +215,7 @@ def rollout_loss(model: Rimer, x: torch.Tensor, context: int) -> torch.Tensor:
         err = ((pred - patches[:, j]) / scale).clamp(-TARGET_CLIP, TARGET_CLIP)
         losses.append((err ** 2).mean())
         if j + 1 < patches.shape[1]:
-            state = model._advance(state, pred[:, None]).state
+            state = model.advance(state, pred[:, None]).state
     return torch.stack(losses).mean()
 
 
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset-weights", type=float, nargs="+", default=None,
                     help="with --balance datasets: how often each dataset is drawn, relatively")
     ap.add_argument("--synthetic", type=cli.non_negative, default=0,
-                    help="add this many synthetic series (model/synthetic.py, seeds fixed) to the "
+                    help="add this many synthetic series (training/synthetic.py, seeds fixed) to the "
                          "training series; validation stays on the datasets")
     ap.add_argument("--synthetic-length", type=cli.positive, default=8640, help="points per synthetic series")
     ap.add_argument("--threads", type=cli.non_negative, default=0, help="torch threads (0: torch's default)")
@@ -482,18 +483,18 @@ def main(argv: list[str] | None = None) -> None:
                        "StandardScaler fitted on train", "validation": VALIDATION[args.val] + (
                            "; the mean of each dataset's figure" if args.val == "forecast"
                            and args.val_average == "datasets" else "")},
-        "training": {"command": "python -m model.train " + " ".join(argv or sys.argv[1:]),
+        "training": {"command": "python -m training.train " + " ".join(argv or sys.argv[1:]),
                      "seed": args.seed, "steps": args.steps, "best_step": best_step,
                      "hardware": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
                      "wall_seconds": round(time.time() - start, 1),
                      "torch": torch.__version__},
         "metrics": {("val_forecast_mse" if args.val == "forecast"
                      else "val_next_patch_mse_normalised"): round(best, 5)},
-        "note": "Written by model.train; training.command reproduces it.",
+        "note": "Written by training.train; training.command reproduces it.",
     }
     checkpoint.save(best_model, out, manifest)
     print(json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":
-    cli.run(main, "python -m model.train")
+    cli.run(main, "python -m training.train")

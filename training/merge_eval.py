@@ -1,6 +1,6 @@
 """Join evaluations of the same weights, lookback and stride, run for different datasets.
 
-    python -m model.merge_eval weights/rimer-general/eval-512 /tmp/weather-512
+    python -m training.merge_eval weights/rimer-general/eval-512 /tmp/weather-512
 
 A stride-1 evaluation of all four datasets takes most of an hour on two cores; this lets one
 dataset be (re)run on its own and joined to the others without rerunning them. The first
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from model import cli
-from model.evaluate import write_report
+from training.evaluate import write_report
 
 AGREE = ("weights", "model", "lookback", "stride", "base_lookback")
 
@@ -89,4 +89,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(main, "python -m model.merge_eval")
+    cli.run(main, "python -m training.merge_eval")

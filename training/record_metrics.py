@@ -1,6 +1,6 @@
 """Copy an evaluation's metrics table into the manifest of the weights it evaluated.
 
-    python -m model.record_metrics weights/rimer-etth1 weights/rimer-etth1/eval-512
+    python -m training.record_metrics weights/rimer-etth1 weights/rimer-etth1/eval-512
 
 so that a manifest carries its model's benchmark figures (MSE and MAE per dataset and horizon,
 their averages, and the baselines' averages), next to where they came from. Only
@@ -36,7 +36,7 @@ def table(metrics: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("weights", help="directory of our format")
-    ap.add_argument("evaluation", help="directory that model.evaluate --out wrote for these "
+    ap.add_argument("evaluation", help="directory that training.evaluate --out wrote for these "
                     "weights, inside their directory")
     ap.add_argument("--renamed", action="store_true",
                     help="the evaluation names another model: these weights, renamed since")
@@ -61,4 +61,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(main, "python -m model.record_metrics")
+    cli.run(main, "python -m training.record_metrics")

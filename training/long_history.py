@@ -1,11 +1,11 @@
 """Forecast error against history length: does quality hold when the history is far longer
 than the training windows?
 
-    python -m model.long_history --weights weights/rimer-small --out weights/rimer-small/long_history.json
+    python -m training.long_history --weights weights/rimer-small --out weights/rimer-small/long_history.json
 
 The same forecast targets are predicted from the last N points before each window, for N from
 1k to 100k, so only the history length changes. Real data: ETTm1's test windows (all rows before
-them are available, about 46k). Synthetic: long series from model/synthetic.py (scaled by their
+them are available, about 46k). Synthetic: long series from training/synthetic.py (scaled by their
 first 10k points). Reports MSE at H = 96 per N and the spread relative to N = 1k.
 
 N is rounded down to whole patches (1k -> 992 points with patch 32), so every N ends on a patch
@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, cli, data, synthetic
-from model.evaluate import scaled
+from model import checkpoint, cli
 from model.rimer import Rimer
+from training import data, synthetic
+from training.evaluate import scaled
 
 HISTORIES = (1_000, 3_000, 10_000, 30_000, 100_000)
 
@@ -98,4 +99,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(main, "python -m model.long_history")
+    cli.run(main, "python -m training.long_history")

@@ -1,6 +1,6 @@
 """The standard long-term forecasting protocol, our model next to simple baselines.
 
-    python -m model.evaluate --weights weights/rimer-small --datasets ETTh1 --out weights/rimer-small
+    python -m training.evaluate --weights weights/rimer-small --datasets ETTh1 --out weights/rimer-small
 
 Test windows slide by one step (`--stride` > 1 only for quick looks; the report says which);
 horizons 96, 192, 336, 720; MSE and MAE on train-scaled values, averaged over windows, steps and
@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model import checkpoint, cli, data
+from model import checkpoint, cli
 from model.rimer import Rimer
 from model.state import RimerState
+from training import data
 
 HORIZONS = (96, 192, 336, 720)
 SEASON = {"ETTh1": 24, "ETTh2": 24, "ETTm1": 96, "weather": 144}
@@ -77,7 +78,7 @@ def full_history_forecasts(model: Rimer, x: np.ndarray, ends: np.ndarray, horizo
     windows of that phase: the phase's rows (one per variable) start at row e mod P, are
     streamed a patch at a time through the test split, and their state is forecast from at each
     window end. Whole patches matter: the points of an incomplete last patch would only inform
-    the forecast from its second patch on (see model/long_history.py).
+    the forecast from its second patch on (see training/long_history.py).
     """
     p = model.cfg.patch_len
     n_vars = x.shape[1]
@@ -200,10 +201,10 @@ def lookback_description(lookback: str) -> str:
 def write_report(out: Path, name: str, all_results: dict, stride: int, base_lookback: int,
                  lookback: str, commands: list[str]) -> None:
     """report.md: our figures beside the baselines', per dataset and horizon, and the
-    command(s) that produced them (several when parts were merged, see model/merge_eval.py)."""
+    command(s) that produced them (several when parts were merged, see training/merge_eval.py)."""
     methods = ["rimer", "repeat_last", "seasonal_naive", "linear"]
     ran = " ".join(f"`{c}`" for c in commands)
-    ran = (f"Commands (their parts joined by `python -m model.merge_eval`): {ran}."
+    ran = (f"Commands (their parts joined by `python -m training.merge_eval`): {ran}."
            if len(commands) > 1 else f"Command: {ran}.")
     lines = [f"# Evaluation of `{name}`", "",
              f"Standard protocol: test windows sliding by {stride} step(s), train-scaled "
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = {name: sample for name, (_, sample) in zip(args.datasets, done)}
     result = {"weights": args.weights, "model": manifest.get("name"), "lookback": args.lookback,
               "stride": args.stride, "base_lookback": args.base_lookback,
-              "commands": [f"python -m model.evaluate {' '.join(argv)}"],
+              "commands": [f"python -m training.evaluate {' '.join(argv)}"],
               "seconds": round(time.time() - t0, 1),
               "results": {d: {str(h): r for h, r in res.items()} for d, res in all_results.items()}}
     for d, res in all_results.items():
@@ -325,4 +326,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    cli.run(main, "python -m model.evaluate")
+    cli.run(main, "python -m training.evaluate")
