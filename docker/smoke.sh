@@ -238,13 +238,19 @@ for _ in $(seq 1 40); do
   sleep 3
 done
 [ $ok = 1 ] && pass "Prometheus: up{job=\"rimer\"} == 1" || fail "Prometheus: up{job=\"rimer\"}: $(head -c 300 "$WORK/up.json")"
-ok=0
-for _ in $(seq 1 30); do
+# Counters restart at zero with the process: send some traffic to the restarted one (a third
+# series, bounded: at most 40 appends and forecasts over ~2 minutes, at least 12 over ~36 s, so
+# that the dashboard's rates see two scrapes), until Prometheus has scraped appended points.
+ok=0 k=0
+for k in $(seq 1 40); do
+  post /series/smoke-c/append "$WORK/t.json" "{\"values\": [$(values "$((k * 4))" 4)], \"horizon\": 4}" >/dev/null
+  post /forecast "$WORK/t.json" "{\"series\": [{\"id\": \"y\", \"values\": [$(values "$k" 40)]}], \"horizon\": 6}" >/dev/null
   promq 'rimer_points_appended_total' "$WORK/pts.json"
   v="$(jget "$WORK/pts.json" "max([float(r['value'][1]) for r in d['data']['result']] or [0])" 2>/dev/null)"
-  if python3 -c "import sys; sys.exit(not float(sys.argv[1]) > 0)" "${v:-0}"; then ok=1; break; fi
+  if [ "$k" -ge 12 ] && python3 -c "import sys; sys.exit(not float(sys.argv[1]) > 0)" "${v:-0}"; then ok=1; break; fi
   sleep 3
 done
+info "sent $k appends and $k forecasts to the restarted service"
 [ $ok = 1 ] && pass "Prometheus: rimer_points_appended_total scraped ($v)" || fail "Prometheus: no rimer_points_appended_total > 0: $(head -c 300 "$WORK/pts.json")"
 promq 'rimer_ready' "$WORK/ready.json"
 [ "$(jget "$WORK/ready.json" "[r['value'][1] for r in d['data']['result']]" 2>/dev/null)" = "['1']" ] \
