@@ -449,5 +449,5 @@ def test_stand_in_images_carry_the_tags_the_files_name():
     named = {instructions(p)[0][1] for p in DOCKERFILES.values()}
     named.add(compose()["services"]["prometheus"]["image"])
     assert named <= built, named - built
-    for tag, dockerfile in re.findall(r"build (\S+:\S+) (Dockerfile\.\w+)", text):
+    for _tag, dockerfile in re.findall(r"build (\S+:\S+) (Dockerfile\.\w+)", text):
         assert (DOCKER / "standins" / dockerfile).is_file(), dockerfile
