@@ -241,16 +241,21 @@ done
 # Counters restart at zero with the process: send some traffic to the restarted one (a third
 # series, bounded: at most 40 appends and forecasts over ~2 minutes, at least 12 over ~36 s, so
 # that the dashboard's rates see two scrapes), until Prometheus has scraped appended points.
-ok=0 k=0
+ok=0 k=0 bad=0
+code=$(post /series/smoke-c/append "$WORK/t.json" "{\"values\": [$(values 0 40)]}")
+[ "$code" = 200 ] || bad=$((bad + 1))
 for k in $(seq 1 40); do
-  post /series/smoke-c/append "$WORK/t.json" "{\"values\": [$(values "$((k * 4))" 4)], \"horizon\": 4}" >/dev/null
-  post /forecast "$WORK/t.json" "{\"series\": [{\"id\": \"y\", \"values\": [$(values "$k" 40)]}], \"horizon\": 6}" >/dev/null
+  code=$(post /series/smoke-c/append "$WORK/t.json" "{\"values\": [$(values "$((36 + k * 4))" 4)], \"horizon\": 4}")
+  [ "$code" = 200 ] || { bad=$((bad + 1)); echo "  append: HTTP $code $(head -c 200 "$WORK/t.json")"; }
+  code=$(post /forecast "$WORK/t.json" "{\"series\": [{\"id\": \"y\", \"values\": [$(values "$k" 40)]}], \"horizon\": 6}")
+  [ "$code" = 200 ] || { bad=$((bad + 1)); echo "  forecast: HTTP $code $(head -c 200 "$WORK/t.json")"; }
   promq 'rimer_points_appended_total' "$WORK/pts.json"
   v="$(jget "$WORK/pts.json" "max([float(r['value'][1]) for r in d['data']['result']] or [0])" 2>/dev/null)"
   if [ "$k" -ge 12 ] && python3 -c "import sys; sys.exit(not float(sys.argv[1]) > 0)" "${v:-0}"; then ok=1; break; fi
   sleep 3
 done
-info "sent $k appends and $k forecasts to the restarted service"
+[ "$bad" = 0 ] && pass "traffic to the restarted service: $((k + 1)) appends (with forecasts) and $k forecasts, all 200" \
+  || fail "traffic to the restarted service: $bad requests not 200"
 [ $ok = 1 ] && pass "Prometheus: rimer_points_appended_total scraped ($v)" || fail "Prometheus: no rimer_points_appended_total > 0: $(head -c 300 "$WORK/pts.json")"
 promq 'rimer_ready' "$WORK/ready.json"
 [ "$(jget "$WORK/ready.json" "[r['value'][1] for r in d['data']['result']]" 2>/dev/null)" = "['1']" ] \
