@@ -419,7 +419,7 @@ def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard():
     assert (ROOT / mounts[target] / home.removeprefix(target + "/")).is_file()
 
 
-SCRIPTS = [DOCKER / "smoke.sh", DOCKER / "standins" / "build.sh"]
+SCRIPTS = [DOCKER / "smoke.sh", DOCKER / "standins" / "build.sh", DOCKER / "standins" / "engine.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
