@@ -13,11 +13,7 @@ from runtime.pool import PoolRunner
 from service.engine import Engine, EngineError
 from service.settings import Settings, parse
 from tests.conftest import rel_err
-from tests.test_model import tiny_model, walk
-
-P = 8  # the tiny model's patch length
-MANIFEST = {"name": "tiny"}
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+from tests.helpers import DEVICE, MANIFEST, P, assert_states_equal, tiny_model, walk
 
 
 def rows(*slots: int) -> torch.Tensor:
@@ -34,9 +30,6 @@ def engines(model, max_series=4):
             Engine(model, MANIFEST, max_series, backend="triton", scratch_slots=3))
 
 
-def assert_states_equal(a: RimerState, b: RimerState) -> None:
-    for name, t in a.tensors().items():
-        assert torch.equal(t, getattr(b, name)), name
 
 
 def test_slots_match_functional_append_and_forecast(model):

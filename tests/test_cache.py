@@ -16,9 +16,7 @@ from model.state import RimerState
 from service.cache import SpillTiers
 from service.engine import Engine, EngineError, Op
 from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
-from tests.test_model import tiny_model, walk
-from tests.test_ops import value
-from tests.test_streaming import series
+from tests.helpers import series, tiny_model, value, walk
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch
 from model import checkpoint
 from model.checkpoint import CheckpointError
 from tests.conftest import DEFAULT_WEIGHTS, ORIGINAL_PTH
-from tests.test_model import tiny_model, walk
+from tests.helpers import tiny_model, walk
 
 
 def test_our_format_round_trips(tmp_path):

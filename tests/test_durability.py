@@ -22,8 +22,7 @@ from service.metrics import Metrics
 from service.settings import parse
 from service.store import HEADER_SIZE, Store, StoreError
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ROOT, Server
-from tests.test_ops import value
-from tests.test_streaming import series
+from tests.helpers import series, value
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +178,7 @@ def test_data_dir_is_locked(loaded, tmp_path):
 def test_triton_backend_exports_and_imports_states(tmp_path):
     """The slot pool's export/import (the triton backend, Triton's interpreter on the CPU) agrees
     with the torch backend, through a snapshot and a log replayed in either backend."""
-    from tests.test_backend import DEVICE, MANIFEST, tiny_model, walk
+    from tests.helpers import DEVICE, MANIFEST, tiny_model, walk
 
     model = tiny_model().to(DEVICE)  # on a GPU the pool's one-patch appends replay CUDA graphs
     pool = Engine(model, MANIFEST, 4, backend="triton", scratch_slots=2)

@@ -110,7 +110,7 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
 def test_a_runner_launches_with_its_own_settings(monkeypatch):
     """Settings passed to the runner decide the launches, whatever the environment says later."""
     from bench.model_step import count_launches
-    from tests.test_model import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model().to(DEVICE)
     layers = model.cfg.n_layers

@@ -11,15 +11,7 @@ from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
 from tests.conftest import rel_err
-from tests.test_backend import DEVICE, MANIFEST, P
-from tests.test_model import tiny_model, walk
-
-LEVELS = (0.1, 0.5, 0.9)
-HEADS = {"lag_window": 3 * P, "lag_match": 2 * P, "quantiles": LEVELS}
-
-
-def head_model(seed: int = 0):
-    return tiny_model(seed, **HEADS)
+from tests.helpers import DEVICE, LEVELS, MANIFEST, P, head_model, walk
 
 
 def test_lag_copy_points_at_one_period_back():

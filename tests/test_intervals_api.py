@@ -12,9 +12,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings
-from tests.test_backend import MANIFEST, P
-from tests.test_heads import head_model
-from tests.test_model import tiny_model, walk
+from tests.helpers import MANIFEST, P, head_model, tiny_model, walk
 
 SETTINGS = Settings(max_horizon=200, max_series_per_request=8, max_points_per_request=5000,
                     batch_window_ms=0.0)

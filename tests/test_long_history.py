@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.test_model import tiny_model, walk
+from tests.helpers import tiny_model, walk
 from training.long_history import mse_by_history
 
 

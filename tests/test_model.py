@@ -7,28 +7,9 @@ import math
 import numpy as np
 import torch
 
-from model.config import RimerConfig
-from model.rimer import Rimer
 from model.state import RimerState
 from tests.conftest import rel_err
-
-TINY = RimerConfig(patch_len=8, d_model=32, n_layers=2, head_size=16, w_rank=8, a_rank=8,
-                   v_rank=4, g_rank=8, pos_emb="none", norm="causal", norm_window=4)
-
-
-def tiny_model(seed: int = 0, **overrides) -> Rimer:
-    torch.manual_seed(seed)
-    cfg = RimerConfig(**{**TINY.to_dict(), **overrides})
-    model = Rimer(cfg).eval()
-    with torch.no_grad():  # randomise every term so none is trivially zero
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    return model
-
-
-def walk(n: int, seed: int) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    return torch.tensor(np.cumsum(rng.normal(size=n)) + 5.0, dtype=torch.float32)
+from tests.helpers import TINY, tiny_model, walk
 
 
 def test_causal_whole_outputs_equal_stepwise_next_patch():

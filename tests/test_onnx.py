@@ -19,9 +19,7 @@ from model.state import RimerState
 from service.engine import Engine, Op
 from service.settings import parse
 from tests.conftest import DEFAULT_WEIGHTS, ORIGINAL_PTH, rel_err
-from tests.test_model import tiny_model
-from tests.test_parity import TOLERANCE, _as_series
-from tests.test_streaming import series
+from tests.helpers import TOLERANCE, as_series, series, tiny_model
 
 pytest.importorskip("onnxruntime")
 WEIGHTS = sorted(p for p in DEFAULT_WEIGHTS.parent.iterdir() if (p / "manifest.json").is_file())
@@ -176,8 +174,8 @@ def test_onnx_reproduces_the_original(original_onnx, golden, length):
     input and the window statistics included)."""
     x, y = golden[f"x_{length}"], golden[f"y_{length}"]
     with torch.no_grad():
-        out = original_onnx.whole(_as_series(x))
-    assert rel_err(out, _as_series(y)) <= TOLERANCE[length]
+        out = original_onnx.whole(as_series(x))
+    assert rel_err(out, as_series(y)) <= TOLERANCE[length]
 
 
 @pytest.mark.parametrize("damage", ["sidecar not json", "sidecar a list", "graph unloadable"])

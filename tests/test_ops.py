@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings, parse
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, Server
+from tests.helpers import value
 
 LIMITS = dict(max_horizon=500, max_series_per_request=4, max_points_per_request=5000,
               max_body_bytes=200_000, max_series=3)
@@ -37,17 +37,8 @@ def ramp(n: int) -> list[float]:
     return [float(i % 24) + 0.01 * i for i in range(n)]
 
 
-def samples(text: str) -> dict[tuple, float]:
-    """{(sample name, sorted labels): value} of a Prometheus exposition."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
 
 
-def value(text: str, name: str, **labels) -> float | None:
-    return samples(text).get((name, tuple(sorted(labels.items()))))
 
 
 # ---- metrics -------------------------------------------------------------------------------

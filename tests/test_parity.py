@@ -6,24 +6,20 @@ import pytest
 import torch
 
 from tests.conftest import rel_err
+from tests.helpers import TOLERANCE, as_series
 
 # L <= 2048 ran the original's recurrent kernel (float64 reproduces it to 4e-7); L = 4096 ran
 # its chunked kernel, which itself strays by 2e-4 (see ../shared/reference/README.md).
-TOLERANCE = {32: 1e-4, 256: 1e-4, 2048: 1e-4, 4096: 5e-3}
 
 
-def _as_series(x: torch.Tensor) -> torch.Tensor:
-    """[B, L, M] -> [B * M, L], the original's channel independence."""
-    b, length, m = x.shape
-    return x.permute(0, 2, 1).reshape(b * m, length)
 
 
 @pytest.mark.parametrize("length", sorted(TOLERANCE))
 def test_whole_form_reproduces_original(original_model, golden, length):
     x, y = golden[f"x_{length}"], golden[f"y_{length}"]
     with torch.no_grad():
-        out = original_model.whole(_as_series(x))
-    assert rel_err(out, _as_series(y)) <= TOLERANCE[length]
+        out = original_model.whole(as_series(x))
+    assert rel_err(out, as_series(y)) <= TOLERANCE[length]
 
 
 def test_attention_layer_reproduces_original(original_model, golden):
@@ -43,8 +39,8 @@ def test_attention_layer_reproduces_original(original_model, golden):
 @pytest.mark.parametrize("length", [256, 2048])
 def test_step_form_with_any_split_reproduces_original(original_model, golden, length):
     """Window statistics frozen up front, then patches appended in uneven pieces."""
-    series = _as_series(golden[f"x_{length}"])
-    expected = _as_series(golden[f"y_{length}"])[:, -32:]
+    series = as_series(golden[f"x_{length}"])
+    expected = as_series(golden[f"y_{length}"])[:, -32:]
     values = list(series)
     state = original_model.init_state(values)
     cuts = [0, 1, 33, 95, 96, length // 2 + 7, length]

@@ -16,8 +16,7 @@ from runtime.pool import PoolRunner
 from service import store
 from service.engine import Engine, EngineError, Op
 from tests.conftest import rel_err
-from tests.test_backend import DEVICE, MANIFEST, P, assert_states_equal
-from tests.test_model import tiny_model, walk
+from tests.helpers import DEVICE, MANIFEST, P, assert_states_equal, tiny_model, walk
 
 
 @pytest.fixture(scope="module")

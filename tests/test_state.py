@@ -8,7 +8,7 @@ import torch
 
 from model.rimer import PositionLimitError
 from model.state import RimerState
-from tests.test_model import tiny_model, walk
+from tests.helpers import tiny_model, walk
 
 P = 8  # tests.test_model.TINY's patch
 

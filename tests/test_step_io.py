@@ -15,7 +15,7 @@ from kernels.settings import KernelSettings
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from tests.conftest import rel_err
-from tests.test_model import tiny_model, walk
+from tests.helpers import tiny_model, walk
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 P, D, LAYERS = 8, 32, 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -15,6 +14,7 @@ from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings
 from tests.conftest import DEFAULT_WEIGHTS, rel_err
+from tests.helpers import series
 
 _ids = itertools.count()
 
@@ -26,11 +26,6 @@ def client():
         yield c
 
 
-def series(n: int, seed: int) -> list[float]:
-    """A seasonal random walk with an offset, like the data the model was trained on."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    return (100 + 3 * np.sin(2 * np.pi * t / 24) + np.cumsum(rng.normal(0, 0.5, n))).tolist()
 
 
 def stream_then_compare(client, values: list[float], cuts: list[int], horizon: int) -> None:
@@ -83,7 +78,7 @@ def test_a_short_position_table_is_a_422_on_either_path_and_does_not_stop_the_st
     batch check stays inside the table, and an append past it is a 422 naming `values` whether it
     goes through the batcher or the single-append path (it was a PositionLimitError, a 500)."""
     from service.engine import EngineError, appends_are_batch_invariant
-    from tests.test_model import tiny_model
+    from tests.helpers import tiny_model
 
     model = tiny_model(pos_emb="sinusoidal", max_positions=4, norm="causal")
     assert appends_are_batch_invariant(model) in (True, False)  # does not raise

@@ -26,7 +26,7 @@ from service.settings import Settings, parse
 from service.store import Store
 from service.timeline import Stamp, TimelineError, parse_freq, parse_timestamp, plan_append
 from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
-from tests.test_streaming import series
+from tests.helpers import series
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 

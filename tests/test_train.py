@@ -10,7 +10,7 @@ import torch
 
 from model import checkpoint
 from model.rimer import Rimer
-from tests.test_model import TINY, tiny_model, walk
+from tests.helpers import TINY, tiny_model, walk
 from training import train
 
 
