@@ -83,16 +83,16 @@ for setting in RIMER_FUSE_OUT=0 RIMER_FUSE_LN=0 RIMER_LINEAR_BLOCK_M=16 RIMER_LI
         | tee -a "$OUT/model_step.log" || status=1
 done
 stamp "RIMER_LINEAR_BLOCK_M=16 pytest fused, step, backend (GPU)" | tee "$OUT/pytest-bm16.log"
-RIMER_LINEAR_BLOCK_M=16 timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py \
-    tests/test_step_io.py tests/test_block_out.py tests/test_backend.py 2>&1 | tee -a "$OUT/pytest-bm16.log" \
+RIMER_LINEAR_BLOCK_M=16 timeout 60 "$PY" -m pytest -q -p no:cacheprovider tests/unit/kernels/test_fused.py \
+    tests/unit/kernels/test_step_io.py tests/unit/kernels/test_block_out.py tests/unit/service/test_backend.py 2>&1 | tee -a "$OUT/pytest-bm16.log" \
     || status=1
 stamp "python -m bench.kernels --sweep" | tee "$OUT/kernels.log"
 timeout 170 "$PY" -m bench.kernels --sweep --out "$OUT/kernels.json" 2>&1 | tee -a "$OUT/kernels.log" \
     || status=1
 stamp "pytest kernels, fused, linear, step, backend (GPU)" | tee "$OUT/pytest.log"
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/test_fused.py tests/test_kernels.py \
-    tests/test_linear.py tests/test_step_io.py tests/test_block_out.py tests/test_backend.py \
-    tests/test_pool_batch.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/unit/kernels/test_fused.py tests/unit/kernels/test_kernels.py \
+    tests/unit/kernels/test_linear.py tests/unit/kernels/test_step_io.py tests/unit/kernels/test_block_out.py tests/unit/service/test_backend.py \
+    tests/unit/service/test_pool_batch.py 2>&1 | tee -a "$OUT/pytest.log" || status=1
 stamp "python -m bench.engine_batch (micro-batches on the pool: batched vs op by op)" | tee "$OUT/engine_batch.log"
 timeout 100 "$PY" -m bench.engine_batch --out "$OUT/engine_batch.json" 2>&1 | tee -a "$OUT/engine_batch.log" \
     || status=1

@@ -128,7 +128,7 @@ for svc in prometheus grafana; do
     info "image $img: $(size "$img")$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.description"}}' "$img" 2>/dev/null | grep -o 'STAND-IN.*' | sed 's/^/ -- /')"
     [ "$svc" = grafana ] && SERVICES+=(grafana)
   elif [ "$svc" = grafana ]; then
-    skip "Grafana: image $img is not on this machine and cannot be pulled (no registry reachable?); the Grafana checks are skipped, its provisioning files are still checked statically by tests/test_docker.py"
+    skip "Grafana: image $img is not on this machine and cannot be pulled (no registry reachable?); the Grafana checks are skipped, its provisioning files are still checked statically by tests/integration/test_docker.py"
   else
     die "image $img is not on this machine and cannot be pulled"
   fi

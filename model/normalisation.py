@@ -48,7 +48,7 @@ class _NumPy:
     """The same for NumPy arrays: on the CPU the statistics run in NumPy, whose operators cost
     about a microsecond where torch's cost five to ten; a patch's statistics are some fifty of
     them, so for one series they took longer in torch than the network itself. The same IEEE
-    float64 operations in the same order: the same bits as torch (tests/test_model.py)."""
+    float64 operations in the same order: the same bits as torch (tests/unit/model/test_model.py)."""
 
     f64 = staticmethod(lambda x: x.astype(np.float64))
     where = staticmethod(np.where)

@@ -206,7 +206,7 @@ class OnnxNetwork:
         schedule that depends on its own patch count only, never on the rest of the batch. The two
         graphs compute the recurrence in different forms (so differ in the last bits); ONNX
         Runtime's products give each row the same bits whatever the other rows
-        (tests/test_onnx.py), so a series' results are the same bits alone or in any batch."""
+        (tests/unit/model/test_onnx.py), so a series' results are the same bits alone or in any batch."""
         bsz, t, _ = xn.shape
         if self.positions and check_positions:
             self.model.check_positions(state.n_patches, t, valid.sum(1) if valid is not None else None)

@@ -48,6 +48,14 @@ def original_model():
 
 
 @pytest.fixture(scope="session")
+def tiny():
+    """The small random model of tests/helpers.py (seed 0), built once per session. Tests read
+    it and may wrap its methods for a moment (restored in `finally`), never change its weights."""
+    from tests.helpers import tiny_model
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
 def default_model():
     from model import checkpoint
     model, _ = checkpoint.load(DEFAULT_WEIGHTS)

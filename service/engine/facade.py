@@ -90,7 +90,7 @@ class Engine:
         # Whether appends give a series the same bits in a batch as alone: then they are computed
         # batched even with a write-ahead log, and the log is replayed in batches. The onnx
         # backend: checked on this machine at start (torch's CPU products are not); triton: its
-        # kernels are row-invariant by construction (tests/test_pool_batch.py, on the GPU too).
+        # kernels are row-invariant by construction (tests/unit/service/test_pool_batch.py, on the GPU too).
         self.batch_invariant = self.backend == "triton" or (
             self.backend == "onnx" and appends_are_batch_invariant(model))
         if self.backend == "onnx" and not self.batch_invariant:

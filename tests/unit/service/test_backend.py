@@ -21,8 +21,8 @@ def rows(*slots: int) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model().to(DEVICE)
+def model(tiny):
+    return tiny.to(DEVICE)  # (the session's tiny model, on the GPU when there is one)
 
 
 def engines(model, max_series=4):
@@ -76,7 +76,7 @@ def test_one_patch_step_equals_append_slots(model):
     Relaxed from bit equality: the fused step (kernels/step_io.py) embeds and applies the head in its
     own prologue and epilogue, summing in another order than kernels.linear, so the matrices, shifts
     and forecasts agree to 1e-5 relative; the tail, counts and statistics are still exact. Its own
-    bit-identity across batches and slots is tests/test_step_io.py's."""
+    bit-identity across batches and slots is tests/unit/kernels/test_step_io.py's."""
     runner = PoolRunner(model)
     pool = RimerState.zeros(model.cfg, 5, DEVICE)
     runner.append_slots(pool, rows(0, 1, 2), [walk(8, 6), walk(13, 7), walk(19, 8)])

@@ -212,7 +212,7 @@ def test_invalid_series_ids(client):
 def test_rejected_append_changes_nothing(client):
     client.post("/series/k/append", json={"values": ramp(50)})
     before = client.get("/series/k/forecast", params={"horizon": 12}).json()
-    # (null is a missing point now, filled: tests/test_timestamps.py; a string is still refused)
+    # (null is a missing point now, filled: tests/unit/service/test_timestamps.py; a string is still refused)
     assert_error(client.post("/series/k/append", json={"values": [1.0, "x"]}), 422, "values[1]")
     assert_error(client.post("/series/k/append", json={"values": [1.0], "horizon": 501}), 422,
                  "horizon")

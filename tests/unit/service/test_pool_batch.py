@@ -20,8 +20,8 @@ from tests.helpers import DEVICE, MANIFEST, P, assert_states_equal, tiny_model, 
 
 
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model().to(DEVICE)
+def model(tiny):
+    return tiny.to(DEVICE)  # (the session's tiny model, on the GPU when there is one)
 
 
 def triton_engine(model, **kw) -> Engine:
