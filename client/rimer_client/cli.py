@@ -19,9 +19,9 @@ from pathlib import Path
 # part of rimer-client). Module moves (model.train -> training.train, ...) change this table only.
 PROJECT_MODULES = {
     "serve": "service",  # python -m service: the HTTP server
-    "train": "model.train",  # train a model on the benchmark datasets
+    "train": "training.train",  # train a model on the benchmark datasets
     "pretrain": "training.pretrain",  # pretrain the general model (the default's recipe)
-    "evaluate": "model.evaluate",  # the long-term forecasting protocol on the test splits
+    "evaluate": "training.evaluate",  # the long-term forecasting protocol on the test splits
     "export": "model.onnx_network",  # export a checkpoint's network to ONNX for the onnx backend
 }
 APP_FACTORY = ("service.app", "create_app")  # create_app(settings) -> the FastAPI app

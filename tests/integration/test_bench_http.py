@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_bench_http_quick(tmp_path):
     out = tmp_path / "http.json"
     proc = subprocess.run(

@@ -54,6 +54,7 @@ def long_csv(path) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.slow
 def test_forecast_in_process_wide_and_long_csv(tmp_path, default_server):
     """`rimer forecast` without --url runs the shipped model in-process; its CSV matches the
     client's forecast of the same series from a real server."""
@@ -131,6 +132,7 @@ def test_append_models_and_errors_against_a_server(tmp_path, default_server, cap
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_everywhere(monkeypatch, capfd):
     for args in ([], ["forecast"], ["append"], ["models"]):
         with pytest.raises(SystemExit) as exit_:

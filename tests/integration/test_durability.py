@@ -175,6 +175,7 @@ def test_data_dir_is_locked(loaded, tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_triton_backend_exports_and_imports_states(tmp_path):
     """The slot pool's export/import (the triton backend, Triton's interpreter on the CPU) agrees
     with the torch backend, through a snapshot and a log replayed in either backend."""
@@ -246,6 +247,7 @@ def kill(server: Server) -> None:
     server.proc.wait(10)
 
 
+@pytest.mark.slow
 def test_kill_9_loses_no_acknowledged_append(tmp_path):
     ids = [f"plant-{k}.load" for k in range(5)]
     server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0")
@@ -269,6 +271,7 @@ def test_kill_9_loses_no_acknowledged_append(tmp_path):
         kill(server)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_flight(tmp_path):
     """Killed while appends are in flight: each series holds every acknowledged append, and at
     most the one in flight besides (sent, maybe logged, never acknowledged)."""
@@ -308,6 +311,7 @@ def test_kill_9_mid_flight(tmp_path):
         kill(server)
 
 
+@pytest.mark.slow
 def test_kill_9_after_a_periodic_snapshot(tmp_path):
     ids = ["a", "b", "c"]
     server = Server("--data-dir", str(tmp_path), "--snapshot-interval-s", "0.5",
@@ -332,6 +336,7 @@ def test_kill_9_after_a_periodic_snapshot(tmp_path):
     assert len(list(tmp_path.glob("snapshot-*.safetensors"))) == 1
 
 
+@pytest.mark.slow
 def test_server_refuses_to_start_on_a_corrupt_snapshot(loaded, tmp_path):
     engine = new_engine(loaded)
     store = open_store(tmp_path, engine)

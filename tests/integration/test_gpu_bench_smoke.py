@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
 
+
+@pytest.mark.slow
 def test_model_step_smoke_runs_every_case_and_feeds_the_settings_table(tmp_path):
     from bench import model_step, step_settings
 
@@ -32,6 +37,7 @@ def test_model_step_smoke_runs_every_case_and_feeds_the_settings_table(tmp_path)
     assert [r["run"] for r in rows] == ["model_step"] and rows[0]["alone_equals_batched"] is True
 
 
+@pytest.mark.slow
 def test_kernels_smoke_compares_the_pool_kernel_with_float64(tmp_path):
     from bench import kernels
 

@@ -3,7 +3,7 @@
 Every ```bash block of the README holds either one of the two set-up commands (run by .ci/run,
 checked below), `curl` commands against the API (replayed in-process by
 `test_readme_curl_commands_answer_2xx`), or `rimer` commands, which
-tests/test_cli_client.py::test_forecast_in_process_wide_and_long_csv runs with the same flags
+tests/integration/test_cli_client.py::test_forecast_in_process_wide_and_long_csv runs with the same flags
 (checked by `test_readme_rimer_commands_are_exercised`).
 """
 
@@ -21,7 +21,7 @@ from tests.conftest import ROOT
 README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 MAX_README_LINES = 210
-CLI_TEST = ROOT / "tests" / "test_cli_client.py"  # runs `rimer forecast ... --plot ...`
+CLI_TEST = ROOT / "tests" / "integration" / "test_cli_client.py"  # runs `rimer forecast ... --plot ...`
 
 
 def _blocks() -> list[str]:
@@ -135,7 +135,7 @@ def test_readme_curl_commands_answer_2xx():
 
 def test_readme_rimer_commands_are_exercised():
     """The README's `rimer` commands parse, and every flag they use is one
-    tests/test_cli_client.py::test_forecast_in_process_wide_and_long_csv passes to the same
+    tests/integration/test_cli_client.py::test_forecast_in_process_wide_and_long_csv passes to the same
     subcommand (that test runs `rimer forecast` in-process with --h, --level, --out, --plot)."""
     from rimer_client import cli
 

@@ -29,6 +29,7 @@ def answered(server: Server) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_every_answer_matches_the_schema(server):
     before = answered(server)
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")

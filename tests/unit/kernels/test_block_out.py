@@ -10,6 +10,8 @@ from kernels import block_out, fused
 from kernels.settings import KernelSettings
 from tests.conftest import rel_err
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BM = KernelSettings.from_env().block_m  # the row tile block_out launches with (RIMER_LINEAR_BLOCK_M)
 

@@ -14,6 +14,8 @@ from kernels import fused
 from kernels.settings import KernelSettings
 from tests.conftest import rel_err
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -107,6 +109,7 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
         KernelSettings().block_m = 16
 
 
+@pytest.mark.slow
 def test_a_runner_launches_with_its_own_settings(monkeypatch):
     """Settings passed to the runner decide the launches, whatever the environment says later."""
     from bench.model_step import count_launches

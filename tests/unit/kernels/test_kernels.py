@@ -14,6 +14,8 @@ import kernels
 from kernels import wkv7_pool_step
 from model.wkv import wkv7_recurrent
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-5
 
@@ -206,6 +208,7 @@ def test_programmatic_dependent_launch_only_where_supported():
         assert settings.launch == ({"PDL": True, "launch_pdl": True} if on else {"PDL": False})
 
 
+@pytest.mark.slow
 def test_linear_tiles_benchmark_checks_row_bits(tmp_path):
     """bench.linear_tiles runs here (interpreter smoke) and reports the bit checks a tile change
     would need; on the CPU every tile gives every row the pinned one-row call's bits."""

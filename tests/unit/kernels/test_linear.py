@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from kernels import linear
 from tests.conftest import rel_err
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 

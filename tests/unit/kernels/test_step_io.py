@@ -17,6 +17,8 @@ from runtime.pool import PoolRunner
 from tests.conftest import rel_err
 from tests.helpers import tiny_model, walk
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 P, D, LAYERS = 8, 32, 2
 
@@ -136,6 +138,7 @@ def padded(news: list[torch.Tensor], extra_rows: int = 0):
     return values, counts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [{}, {"pos_emb": "sinusoidal"}, {"norm": "window"}])
 def test_step_matches_append_slots_and_the_torch_backend(overrides):
     """Within rounding (embed and head sum in another order than kernels.linear), not bit for bit;
@@ -178,6 +181,7 @@ def placement(request) -> KernelSettings:
     return placed(request.param)
 
 
+@pytest.mark.slow
 def test_step_bit_identical_alone_or_batched_in_any_slot(placement):
     """The fused step's promise: a series' state does not depend on its batch, slot or neighbours."""
     model = tiny_model().to(DEVICE)
@@ -209,6 +213,7 @@ def test_rows_without_points_change_nothing():
     assert int(pool.n_patches[1]) == 3 and int(pool.tail_len[1]) == 0
 
 
+@pytest.mark.slow
 def test_layer_norms_in_the_linears_agree_with_their_own_launches():
     """Every placement of the block's LayerNorms gives the same step to rounding: o_proj and the
     channel mix in one launch, with the epilogue in the last one, 1 + 3 launches per block; in two,

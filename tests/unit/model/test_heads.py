@@ -4,6 +4,7 @@ back whole), and the heads do what they say (the lag head can copy a season exac
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model.rimer import lag_copy
@@ -73,6 +74,7 @@ def test_streamed_equals_whole_and_alone_equals_batched():
     assert torch.equal(model.forecast(batched, 3 * P + 1), mean)
 
 
+@pytest.mark.slow
 def test_pool_paths_match_the_reference():
     model = head_model().to(DEVICE)
     runner = PoolRunner(model)
@@ -101,6 +103,7 @@ def test_pool_paths_match_the_reference():
     assert rel_err(mean, want_mean) < 1e-4 and rel_err(q, want_q) < 1e-4
 
 
+@pytest.mark.slow
 def test_onnx_graphs_output_the_heads(tmp_path):
     from model import checkpoint
     from model.onnx_network import OnnxNetwork, export

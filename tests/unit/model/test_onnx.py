@@ -138,6 +138,7 @@ def test_auto_serves_onnx_on_the_cpu_where_a_current_graph_is_shipped(tmp_path, 
     assert parse(["--backend", "onnx"]).backend == "onnx"
 
 
+@pytest.mark.slow
 def test_export_of_a_new_checkpoint_and_a_changed_one_is_refused(tmp_path):
     model = tiny_model(seed=4)
     directory = checkpoint.save(model, tmp_path / "tiny", {"name": "tiny"})
@@ -168,6 +169,7 @@ def original_onnx(tmp_path_factory):
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", [256, 2048])
 def test_onnx_reproduces_the_original(original_onnx, golden, length):
     """The reference outputs of the original Rimer code, through ONNX Runtime (the positions
@@ -197,6 +199,7 @@ def test_an_unreadable_graph_is_refused_by_onnx_and_skipped_by_auto(tmp_path, da
     assert Engine.load(str(copy), "cpu", 10, "auto").backend == "torch"
 
 
+@pytest.mark.slow
 def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
     """A mistake in the flags is one line on stderr and exit 2, not a traceback from the app's
     startup."""
@@ -231,6 +234,7 @@ def test_the_server_refuses_bad_configuration_in_one_line(tmp_path):
     os.close(lock)
 
 
+@pytest.mark.slow
 def test_onnx_results_do_not_depend_on_the_batch():
     """On the onnx backend a series' forecast is the same bit for bit alone or in a batch of any
     size (ONNX Runtime's CPU matrix products sum each row in one order whatever the rows; the

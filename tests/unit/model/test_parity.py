@@ -50,6 +50,7 @@ def test_step_form_with_any_split_reproduces_original(original_model, golden, le
     assert rel_err(state.next_patch, expected) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("length", sorted(TOLERANCE))
 def test_http_forecast_reproduces_original(original_server, golden, length):
     x, y = golden[f"x_{length}"], golden[f"y_{length}"]

@@ -93,6 +93,7 @@ def test_models_and_health(client):
     ({"series": [{"id": "../etc", "values": ramp(40)}]}, "series[0].id"),
     ({"series": [{"id": "a", "values": ramp(40), "extra": 1}]}, "series[0].extra"),
 ])
+@pytest.mark.slow
 def test_forecast_rejects_bad_input(client, body, field):
     assert_error(client.post("/forecast", json=body), 422, field)
 
@@ -245,6 +246,7 @@ def test_series_count_is_bounded(client):
     assert_error(client.post("/series/c3/append", json={"values": [1.0]}), 409, "id")
 
 
+@pytest.mark.slow
 def test_window_normalised_model_refuses_streaming_and_long_inputs():
     engine = Engine.load(str(ORIGINAL_PTH), "cpu", max_series=10)
     roomy = Settings(max_points_per_request=200_000, max_body_bytes=10_000_000,
@@ -262,6 +264,7 @@ def test_window_normalised_model_refuses_streaming_and_long_inputs():
         assert_error(c.post("/forecast", json=rollout_over), 422, "series[0].values")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raw", ["not json", '{"series": [', "[1, 2]", '"text"'])
 def test_a_body_that_is_not_a_json_object_is_named_as_the_body(client, raw):
     """Malformed JSON or a body of the wrong type is a 422 naming `body` (a decode error's
@@ -304,6 +307,7 @@ def test_values_beyond_float32_range_are_refused(client):
     ({"values": ramp(40), "horizon": 8.0}, "horizon"),
     ({"values": [1.0], "timestamps": ["2024-05-01T00:00:00Z"], "freq": "\u0661h"}, "freq"),
 ])
+@pytest.mark.slow
 def test_json_types_are_not_coerced(client, body, field):
     """A string or a boolean where a number belongs is a client's mistake to hear about, not a
     value to guess (pydantic's lax mode would read "1" as 1.0 and true as 1)."""
@@ -311,6 +315,7 @@ def test_json_types_are_not_coerced(client, body, field):
     assert_error(client.get("/series/t"), 404, "id")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("raw", [b'{"values": [1.0]}\xff\xfe', b'{"values": ' + b"[" * 100_000])
 def test_an_unparseable_body_is_named_as_the_body(client, raw):
     """Bytes that are not UTF-8, or JSON nested past the parser's depth: FastAPI's own 400, with

@@ -15,6 +15,8 @@ from service.settings import Settings, parse
 from tests.conftest import rel_err
 from tests.helpers import DEVICE, MANIFEST, P, assert_states_equal, tiny_model, walk
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 
 def rows(*slots: int) -> torch.Tensor:
     return torch.tensor(slots, dtype=torch.int64, device=DEVICE)
@@ -32,6 +34,7 @@ def engines(model, max_series=4):
 
 
 
+@pytest.mark.slow
 def test_slots_match_functional_append_and_forecast(model):
     runner = PoolRunner(model)
     xs = [walk(n, n) for n in (8, 29, 50)]
@@ -51,6 +54,7 @@ def test_slots_match_functional_append_and_forecast(model):
     assert_states_equal(pool.select(kept), before.select(kept))  # the forecast changed no state
 
 
+@pytest.mark.slow
 def test_bit_identical_alone_or_batched_in_any_slot(model):
     """A series' state and forecast do not depend on its batch, its slot, or its neighbours."""
     runner = PoolRunner(model)
@@ -70,6 +74,7 @@ def test_bit_identical_alone_or_batched_in_any_slot(model):
     assert torch.equal(f_alone[0], f_batch[1])
 
 
+@pytest.mark.slow
 def test_one_patch_step_equals_append_slots(model):
     """step_slots (the CUDA-graph body) is append_slots for appends of under one patch past the tail.
 
@@ -104,6 +109,7 @@ def stream(engine: Engine, sid: str, values: list[float], cuts: list[int], horiz
     return out, engine.forecast_series(sid, horizon)
 
 
+@pytest.mark.slow
 def test_engine_triton_equals_torch_streaming_and_whole(model):
     torch_engine, triton_engine = engines(model)
     rng = np.random.default_rng(0)
@@ -125,6 +131,7 @@ def test_engine_triton_equals_torch_streaming_and_whole(model):
     assert rel_err(got, want) <= 1e-4
 
 
+@pytest.mark.slow
 def test_http_triton_equals_torch(model):
     pytest.importorskip("fastapi")  # (the GPU machines' image has no FastAPI)
     from fastapi.testclient import TestClient
@@ -151,6 +158,7 @@ def test_http_triton_equals_torch(model):
     assert rel_err(torch.tensor(s_triton), torch.tensor(w_triton[0])) <= 1e-4  # streaming = whole
 
 
+@pytest.mark.slow
 def test_rejected_append_and_forecasts_leave_the_pool_unchanged(model):
     engine = Engine(model, MANIFEST, max_series=3, backend="triton", scratch_slots=2)
     pool = engine.store.pool

@@ -303,6 +303,7 @@ def _concurrent_appends(server: Server, ids: list[str], chunks: int, horizon: in
     return last
 
 
+@pytest.mark.slow
 def test_batching_on_and_off_agree_on_a_real_server():
     ids = [f"m{k}" for k in range(12)]
     results = {}

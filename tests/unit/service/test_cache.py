@@ -38,6 +38,7 @@ def play(engine: Engine, ids: list[str], rounds: int, seed: int, batched: bool =
     return {i: engine.forecast_series(i, 20) for i in ids if engine.describe(i)["length"] >= 32}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batched", [False, True])
 def test_torch_spills_and_reloads_exactly(loaded, tmp_path, batched):
     model, manifest = loaded
@@ -127,6 +128,7 @@ def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
     assert torch.equal(tiers.take("a").tail, a.tail)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_idle_series_expire(loaded, backend):
     """Series no request touched (append, forecast, describe) for the given time are deleted."""
@@ -154,6 +156,7 @@ def test_idle_series_expire(loaded, backend):
     assert not engine.spill.directory.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("via", ["append", "apply_batch", "forecast"])
 def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via):
@@ -199,6 +202,7 @@ def test_a_series_is_idle_from_the_end_of_its_last_request(loaded, backend, via)
     assert engine.describe("s")["length"] == (2 * p if via == "forecast" else 3 * p)
 
 
+@pytest.mark.slow
 def test_triton_pool_spills_and_reloads_exactly(tmp_path):
     pytest.importorskip("kernels")  # sets TRITON_INTERPRET=1 without CUDA first
     model = tiny_model()
@@ -222,6 +226,7 @@ def test_triton_pool_spills_and_reloads_exactly(tmp_path):
     assert bounded.list_series(10) == unbounded.list_series(10)
 
 
+@pytest.mark.slow
 def test_real_server_with_capacity_far_below_the_series(tmp_path):
     """30 series through a real server holding 3 on the device and 3 in host memory, with a data
     dir and a restart: every forecast matches the stateless forecast of its whole history."""

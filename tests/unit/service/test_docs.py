@@ -29,6 +29,7 @@ def client():
         yield c
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
 def test_docs_pages_reference_only_assets_the_service_serves(client, page):
     html = client.get(page)

@@ -235,6 +235,7 @@ def test_keys_are_not_shown(capsys, monkeypatch):
 
 # ---- through uvicorn -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_keys_and_metrics_through_a_real_server(monkeypatch):
     monkeypatch.setenv("RIMER_API_KEYS", "real-server-key")  # the env, as a deployment would
     server = Server("--access-log")  # waits on /healthz, which needs no key

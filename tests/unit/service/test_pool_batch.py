@@ -18,6 +18,8 @@ from service.engine import Engine, EngineError, Op
 from tests.conftest import rel_err
 from tests.helpers import DEVICE, MANIFEST, P, assert_states_equal, tiny_model, walk
 
+pytestmark = pytest.mark.gpu  # the Triton kernels (under TRITON_INTERPRET=1 on a CPU)
+
 
 @pytest.fixture(scope="module")
 def model(tiny):
@@ -70,6 +72,7 @@ def states_of(e: Engine, ids: list[str]):
     return sp.pool.select(sp.rows([sp.slot[i] for i in ids]))
 
 
+@pytest.mark.slow
 def test_batched_equals_request_by_request_bit_for_bit(model):
     batched, alone = seeded(model), seeded(model)
     calls = {"append_slots": 0}
@@ -106,6 +109,7 @@ def test_batched_equals_request_by_request_bit_for_bit(model):
     assert calls["append_slots"] <= 2
 
 
+@pytest.mark.slow
 def test_more_series_than_the_device_holds_go_op_by_op_with_the_same_bits(model, tmp_path):
     small = seeded(model, capacity=2, spill_dir=str(tmp_path / "spill"))
     roomy = seeded(model)
@@ -165,6 +169,7 @@ def test_a_broken_log_applies_what_it_holds_and_nothing_after(model, tmp_path,
     assert len(e.store.free) + len(e.store.slot) == e.capacity
 
 
+@pytest.mark.slow
 def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_path):
     e = seeded(model)
     wal = with_log(e, tmp_path)
@@ -194,6 +199,7 @@ def test_a_failed_computation_puts_the_states_back_and_stops_the_log(model, tmp_
     assert isinstance(refused, EngineError) and refused.status == 503
 
 
+@pytest.mark.slow
 def test_engine_batch_benchmark_checks_bits_before_timing(model):
     """bench.engine_batch (run on a GPU by gpu_check.sh) on one tiny case: both paths timed, and
     the states and answers of the batched path compared with op by op."""
@@ -210,6 +216,7 @@ def corrupt_spill_of(directory, series_id: str) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_an_unreadable_spilled_state_refuses_its_requests_and_the_rest_are_planned_without_them(
         model, tmp_path):
     """The request naming the unreadable series fails (500, naming its item); a later request on
@@ -275,6 +282,7 @@ def test_a_failed_forecast_only_batch_leaves_the_log_open(model, tmp_path):
     assert ok == [(5, None)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backend):
     """With a position table of 8 patches, a series at 7 patches and one at 1 append a patch and
@@ -305,6 +313,7 @@ def test_a_sinusoidal_model_batch_near_the_table_end_is_planned_per_series(backe
     assert isinstance(refused, EngineError) and refused.status == 422
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("counts", [(4, 2, 3), (1, 1, 1)], ids=["several", "one-each"])
 def test_copying_points_into_the_tail_is_what_the_network_paths_write(model, counts):
     """`SlotPoolStore.extend_tails` (appends that complete no patch, batched or single) writes the bits

@@ -587,6 +587,7 @@ def test_version_1_log_segments_are_still_read(loaded, tmp_path):
 
 # ---- a real server, killed -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_kill_9_keeps_the_timeline(tmp_path):
     """Timestamps, a gap and nulls; kill -9; the log alone restores the timeline and the last value
     (a gap right after the restart takes it); a clean stop; the snapshot alone restores them."""

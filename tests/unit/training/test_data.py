@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training import data, evaluate
 
 
+@pytest.mark.slow
 def test_repeat_last_on_etth1_matches_the_protocol_check():
     """../shared/data/README.md: repeat-last scores ETTh1 MSE 1.294 (H=96) and 1.321 (avg), L=96."""
     ds = data.load("ETTh1")

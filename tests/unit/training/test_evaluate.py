@@ -33,6 +33,7 @@ def test_full_history_equals_each_window_forecast_from_its_whole_patch_history()
         np.testing.assert_allclose(got[w].T, want, rtol=0, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_results_as_one_process(tmp_path):
     """--workers evaluates datasets in parallel processes; the results must not depend on it."""
     torch.manual_seed(0)
@@ -48,6 +49,7 @@ def test_workers_give_the_same_results_as_one_process(tmp_path):
                 np.testing.assert_allclose(two[name][h][method], value, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_merged_parts_equal_one_evaluation_of_all_datasets(tmp_path):
     """training.merge_eval joins per-dataset runs into what one run of all datasets writes, and
     refuses parts evaluated differently."""

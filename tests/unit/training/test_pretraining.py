@@ -133,6 +133,7 @@ def test_pinball_is_minimised_at_the_quantile():
     assert int(by_level[:, 0].argmin()) == 1 and int(by_level[:, 1].argmin()) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantiles", ["0.1,0.5,0.9", ""])
 def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path, quantiles):
     from training import pretrain

@@ -22,6 +22,7 @@ def test_chunked_loss_equals_whole_window_loss():
         assert torch.allclose(train.next_patch_loss(model, x, bptt=bptt), whole, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_runs_saves_and_resumes(tmp_path):
     args = ["--datasets", "ETTh1", "--out", str(tmp_path / "m"), "--d-model", "64",
             "--layers", "2", "--batch", "4", "--max-patches", "6", "--val-every", "2",
@@ -84,6 +85,7 @@ def test_streams_carry_each_series_state_from_step_to_step():
     assert int(streams.state.n_patches[0]) == chunk
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     """Fixed seeds and complete checkpoints (optimizer, EMA, sampler, streams): stopping after a
     save and running the same command again gives the weights of an uninterrupted run."""
@@ -112,6 +114,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
         assert torch.equal(x, y), name
 
 
+@pytest.mark.slow
 def test_validation_logs_each_dataset_and_selects_by_their_mean(tmp_path):
     """--val-average datasets: the selection score is the mean of the datasets' own figures (not
     the pooled one, where weather's 21 variables outweigh ETTh1's 7), and each validation is

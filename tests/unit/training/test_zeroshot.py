@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from training import corpus, protocol, zeroshot
 
@@ -36,6 +37,7 @@ def test_synthetic_checks_are_what_they_say():
     assert np.allclose(protocol.seasonal_naive(task), task.truth)
 
 
+@pytest.mark.slow
 def test_no_benchmark_series_or_its_source_is_trained_or_validated_on():
     series = corpus.load(package_data=False)
     bench = [s for s in series if s.role == "bench"]
