@@ -84,6 +84,21 @@ def test_forecast_in_process_wide_and_long_csv(tmp_path, default_server):
         assert (tmp_path / f"{kind}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_forecast_against_a_live_server_writes_a_csv_and_a_png(tmp_path, default_server):
+    """`rimer forecast data.csv --url URL`: the server's forecast, as a CSV and a PNG."""
+    df = long_csv(tmp_path / "long.csv")
+    assert cli.main(["forecast", str(tmp_path / "long.csv"), "--h", "4", "--level", "80",
+                     "--url", default_server.url, "--out", str(tmp_path / "fc.csv"),
+                     "--plot", str(tmp_path / "fc.png"), "--no-progress"]) == 0
+    got = pd.read_csv(tmp_path / "fc.csv", parse_dates=["ds"])
+    served = Client(default_server.url).forecast(df, 4, level=[80])
+    assert list(got.columns) == list(served.columns) == ["unique_id", "ds", "Rimer", "Rimer-lo-80",
+                                                         "Rimer-hi-80"]
+    np.testing.assert_allclose(got.drop(columns=["unique_id", "ds"]).to_numpy(),
+                               served.drop(columns=["unique_id", "ds"]).to_numpy(), rtol=1e-5)
+    assert (tmp_path / "fc.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_csv_layouts_are_detected_and_can_be_forced(tmp_path):
     wide = wide_csv(tmp_path / "wide.csv")
     df, fmt = read_series(tmp_path / "wide.csv")
