@@ -68,6 +68,8 @@ def error_message(error: dict) -> str:
         return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points "
                 f"in float32); got {_echo(error.get('input'))}")
     return str(error.get("msg"))
+# Lists are validated `fail_fast`: the first bad element is reported, not one error object per bad
+# element (a 12 MB body of a million bad values cost gigabytes that way).
 Values = list[Value | None]
 TIMESTAMPS_RULE = ("one ISO 8601 timestamp per value (naive ones are UTC), strictly increasing, "
                    "on the series' grid; gaps are filled (see the README)")
@@ -116,14 +118,14 @@ class Distribution(Strict):
 
 class SeriesIn(Strict):
     id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
-    values: Values = Field(min_length=1, description="the whole history, oldest first; "
+    values: Values = Field(min_length=1, fail_fast=True, description="the whole history, oldest first; "
                            + NULLS_RULE)
-    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, fail_fast=True, description=TIMESTAMPS_RULE)
     freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
 class ForecastRequest(Distribution):
-    series: list[SeriesIn] = Field(min_length=1)
+    series: list[SeriesIn] = Field(min_length=1, fail_fast=True)
     horizon: int = Field(96, ge=1, strict=True, description="points to forecast")
 
 
@@ -143,9 +145,11 @@ class ForecastResponse(BaseModel):
 
 
 class AppendRequest(Distribution):
-    values: Values = Field(min_length=1, description="new points, oldest first; " + NULLS_RULE)
-    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE + "; left out "
-                                               "for a series with timestamps: the next grid points")
+    values: Values = Field(min_length=1, fail_fast=True,
+                           description="new points, oldest first; " + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, fail_fast=True, description=TIMESTAMPS_RULE
+                                               + "; left out for a series with timestamps: the next "
+                                               "grid points")
     freq: Freq | None = Field(None, description=FREQ_RULE)
     horizon: int | None = Field(None, ge=1, strict=True,
                                 description="also return a forecast of this many points")
@@ -169,14 +173,15 @@ class AppendResponse(BaseModel):
 
 class BulkItem(Strict):
     id: str = Field(pattern=SERIES_ID_PATTERN, description=SERIES_ID_RULE)
-    values: Values = Field(min_length=1, description="new points, oldest first; " + NULLS_RULE)
-    timestamps: list[Timestamp] | None = Field(None, description=TIMESTAMPS_RULE)
+    values: Values = Field(min_length=1, fail_fast=True,
+                           description="new points, oldest first; " + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, fail_fast=True, description=TIMESTAMPS_RULE)
     freq: Freq | None = Field(None, description=FREQ_RULE)
 
 
 class BulkAppendRequest(Distribution):
-    series: list[BulkItem] = Field(min_length=1, description="appends, applied in order (an id "
-                                   "may repeat: its appends apply in order)")
+    series: list[BulkItem] = Field(min_length=1, fail_fast=True, description="appends, applied in "
+                                   "order (an id may repeat: its appends apply in order)")
     horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
                                 "forecast of this many points")
     anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
