@@ -15,6 +15,7 @@ from model.checkpoint import CheckpointError
 from model.onnx_network import OnnxNetworkError
 from service.app import create_app
 from service.cache import SpillError
+from service.http_protocol import with_header_timeout
 from service.settings import Settings, parse
 from service.store import StoreError
 
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"python -m service: error: cannot start: {exc}", file=sys.stderr)
         sys.exit(2)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info",
-                access_log=settings.access_log)
+                access_log=settings.access_log, http=with_header_timeout(settings.header_timeout_s),
+                limit_concurrency=settings.max_connections)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ class Settings:
     max_gap_points: int = 10_000  # points gaps between timestamps may add to one request
     max_body_bytes: int = 64 * 1024 * 1024
     body_timeout_s: float = 60.0  # a body must arrive whole within this
+    header_timeout_s: float = 10.0  # a request's line and headers must arrive within this
+    max_connections: int = 2048  # open connections and requests in flight; 503 beyond
     max_series: int = 100_000  # streaming series held at once, all cache tiers together
     cache_capacity: int = 16_384  # series states on the model's device
     host_capacity: int = 16_384  # series states spilled to host memory before disk
@@ -62,6 +64,10 @@ HELP = {
                       "(422 beyond); they count toward --max-points-per-request too",
     "max_body_bytes": "largest request body accepted (413 beyond)",
     "body_timeout_s": "seconds a request body may take to arrive whole (408 beyond)",
+    "header_timeout_s": "seconds a request's line and headers may take to arrive (the connection "
+                        "is answered 408 and closed beyond)",
+    "max_connections": "open connections plus requests in flight (uvicorn's limit_concurrency: "
+                       "503 beyond)",
     "max_series": "most streaming series held at once, in all cache tiers (409 beyond)",
     "cache_capacity": "series states kept on the model's device (the triton backend preallocates "
                       "this many); past it the least recently used spill to host memory",
@@ -152,8 +158,10 @@ def parse(argv: list[str] | None = None) -> Settings:
             ap.error("--api-keys holds no keys (leave it empty to serve without keys)")
     if values["host_capacity"] < 0 or values["idle_expiry_s"] < 0:
         ap.error("--host-capacity and --idle-expiry-s must be 0 or more")
-    if values["body_timeout_s"] <= 0:
-        ap.error("--body-timeout-s must be positive")
+    if values["body_timeout_s"] <= 0 or values["header_timeout_s"] <= 0:
+        ap.error("--body-timeout-s and --header-timeout-s must be positive")
+    if values["max_connections"] < 1:
+        ap.error("--max-connections must be at least 1")
     if values["max_gap_points"] < 0:
         ap.error("--max-gap-points must be 0 (gaps refused) or more")
     if values["fsync"] not in ("always", "interval"):

@@ -70,3 +70,47 @@ def test_a_large_invalid_body_is_refused_in_bounded_memory_and_time(server, kind
     # Measured here: 62 and 42 ms at worst; the bar is 100 ms, with room for a busy CI machine.
     assert latencies and max(latencies) < 0.2, f"/healthz took {max(latencies) * 1000:.0f} ms"
     assert server.client.get("/series/hostile").status_code == 404  # nothing appended
+
+
+@pytest.mark.slow
+def test_slow_headers_are_cut_off_and_do_not_stop_healthz():
+    """1,000 connections that send a request line and then one header line a second: /healthz
+    answers meanwhile, and each is answered 408 and closed after --header-timeout-s."""
+    import socket
+
+    slow = Server("--header-timeout-s", "2", "--weights", "weights/rimer-small")
+    socks = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection(("127.0.0.1", slow.port))
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        start = time.monotonic()
+        closed, latencies = set(), []
+        while time.monotonic() - start < 6 and len(closed) < len(socks):
+            t = time.perf_counter()
+            assert slow.client.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - t)
+            for i, s in enumerate(socks):
+                if i in closed:
+                    continue
+                s.setblocking(False)
+                try:
+                    if time.monotonic() - start < 1.5:
+                        s.sendall(b"X-Trickle: 1\r\n")  # one more header line, never the end
+                    data = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except (ConnectionResetError, BrokenPipeError):
+                    closed.add(i)
+                    continue
+                if data == b"" or data.startswith(b"HTTP/1.1 408"):
+                    closed.add(i)
+            time.sleep(0.2)
+        assert max(latencies) < 0.5, f"/healthz took {max(latencies) * 1000:.0f} ms"
+        assert len(closed) == len(socks), f"{len(socks) - len(closed)} slow connections still open"
+        assert time.monotonic() - start < 6
+    finally:
+        for s in socks:
+            s.close()
+        slow.stop()
