@@ -149,3 +149,18 @@ def test_readme_rimer_commands_are_exercised():
         assert args[0] == "forecast" and f'"{args[0]}"' in source
         for flag in (a for a in args if a.startswith("--")):
             assert f'"{flag}"' in source, f"{flag} of {command!r} is not exercised by {CLI_TEST.name}"
+
+
+def test_readme_python_example_runs_against_a_live_server(default_server, tmp_path, monkeypatch):
+    """The README's Python block, as written, against a real server (its URL swapped in)."""
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.+?)\n```", text, flags=re.S)
+    assert len(blocks) == 1
+    code = blocks[0].replace("http://127.0.0.1:8000", default_server.url)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 (our own README)
+    fc = scope["fc"]
+    assert list(fc.columns) == ["unique_id", "ds", "Rimer", "Rimer-lo-95", "Rimer-lo-80", "Rimer-hi-80",
+                                "Rimer-hi-95"]
+    assert len(fc) == 3 * 24 and (tmp_path / "fc.png").read_bytes()[:4] == b"\x89PNG"
