@@ -201,6 +201,8 @@ class ResidentStore:
             else:
                 computed.append((op, pending[sid] + values))
                 pending[sid] = []
+        if not computed and all(op.horizon is None for op in ops):
+            return  # (every append deferred: a bulk ingest's common case)
 
         def tensors(group):
             return [torch.tensor(v, dtype=torch.float32) for _, v in group]
@@ -241,8 +243,13 @@ class ResidentStore:
     def _lock_entries(self, requests: list[list[Op]]) -> tuple[dict[str, SeriesEntry], list, set]:
         """The entries of every series named, locked (in id order); placeholders for new series
         an append names. Returns (entries, locks held, ids of placeholders created here)."""
-        appended = {op.series_id for ops in requests for op in ops if op.values is not None}
-        named = sorted({op.series_id for ops in requests for op in ops})
+        appended, every = set(), set()
+        for ops in requests:
+            for op in ops:
+                every.add(op.series_id)
+                if op.values is not None:
+                    appended.add(op.series_id)
+        named = sorted(every)
         while True:
             entries, created = {}, set()
             with self.table_lock:
