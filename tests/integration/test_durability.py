@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from model import checkpoint
-from service import store as store_module
+from service import snapshots as snapshot_module
 from service.engine import Engine, EngineError
 from service.metrics import Metrics
 from service.settings import parse
@@ -152,7 +152,7 @@ def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path,
     other = new_engine(loaded, manifest={"name": "retrained", "sha256": {"model.safetensors": "0"}})
     with pytest.raises(StoreError, match=rf"written by model '{DEFAULT_NAME}'.*loaded 'retrained'"):
         open_store(tmp_path, other)
-    monkeypatch.setattr(store_module, "STATE_VERSION", 99)
+    monkeypatch.setattr(snapshot_module, "STATE_VERSION", 99)
     with pytest.raises(StoreError, match=r"STATE_VERSION 2, this build uses 99"):
         open_store(tmp_path, new_engine(loaded))
 

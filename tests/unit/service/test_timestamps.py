@@ -18,8 +18,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from model import checkpoint
-from service import store as store_module
 from service import timeline
+from service import wal as wal_format
 from service.app import create_app
 from service.engine import Engine
 from service.settings import Settings, parse
@@ -561,12 +561,12 @@ def test_metadata_is_logged_and_snapshotted(loaded, tmp_path):
 
 def test_version_1_log_segments_are_still_read(loaded, tmp_path):
     """Segments written before the metadata existed replay; the series have none."""
-    header = store_module.HEADER.pack(store_module.MAGIC, 1, 1)
+    header = wal_format.HEADER.pack(wal_format.MAGIC, 1, 1)
     data = header + struct.pack("<I", zlib.crc32(header))
     for seq, (sid, values) in enumerate([("a", [1.0, 2.0]), ("a", [3.0])], start=1):
         sid_b = sid.encode()
-        payload = (store_module.PAYLOAD.pack(store_module.KIND_APPEND, seq, len(sid_b)) + sid_b
-                   + store_module.APPEND.pack(2 if seq == 1 else 3, len(values))
+        payload = (wal_format.PAYLOAD.pack(wal_format.KIND_APPEND, seq, len(sid_b)) + sid_b
+                   + wal_format.APPEND.pack(2 if seq == 1 else 3, len(values))
                    + struct.pack(f"<{len(values)}d", *values))
         head = struct.pack("<I", len(payload))
         data += head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload

@@ -1,0 +1,258 @@
+"""The write-ahead log: its binary format (see service/store.py for the whole data directory),
+segments, records, and the writer with its fsync policies (group commit, or an interval)."""
+
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.engine import EngineError
+
+log = logging.getLogger("rimer.store")
+
+MAGIC = b"RIMERWAL"
+WAL_VERSION = 2  # 2: append records end with the series' metadata (JSON)
+WAL_READABLE = (1, 2)
+HEADER = struct.Struct("<8sIQ")  # magic, version, segment number; then u32 CRC32 of these
+HEADER_SIZE = HEADER.size + 4
+RECORD = struct.Struct("<II")  # payload length, CRC32 of the length bytes and the payload
+PAYLOAD = struct.Struct("<BQH")  # kind, sequence number, id length
+APPEND = struct.Struct("<QI")  # resulting length, number of values
+META = struct.Struct("<I")  # bytes of the metadata's JSON (version 2)
+KIND_APPEND, KIND_DELETE = 1, 2
+MAX_PAYLOAD = 1 << 30
+WAL_NAME = re.compile(r"^wal-(\d{16})\.log$")
+FSYNC_POLICIES = ("always", "interval")
+
+
+class StoreError(RuntimeError):
+    """The data directory cannot be used as it is; the message names the file and what to do."""
+
+
+@dataclass
+class Record:
+    kind: int
+    seq: int
+    series_id: str
+    length: int = 0
+    values: list[float] | None = None
+    meta: dict | None = None  # the series' metadata after an append (None: unchanged)
+
+
+def wal_path(directory: Path, segment: int) -> Path:
+    return directory / f"wal-{segment:016d}.log"
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode(record: Record) -> bytes:
+    sid = record.series_id.encode()
+    payload = PAYLOAD.pack(record.kind, record.seq, len(sid)) + sid
+    if record.kind == KIND_APPEND:
+        values = np.asarray(record.values, dtype="<f8")
+        payload += APPEND.pack(record.length, len(values)) + values.tobytes()
+        meta = (b"" if record.meta is None else
+                json.dumps(record.meta, separators=(",", ":"), allow_nan=False).encode())
+        payload += META.pack(len(meta)) + meta
+    head = struct.pack("<I", len(payload))
+    return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
+    kind, seq, id_len = PAYLOAD.unpack_from(payload)
+    at = PAYLOAD.size + id_len
+    series_id = payload[PAYLOAD.size:at].decode()
+    if kind == KIND_DELETE and at == len(payload):
+        return Record(kind, seq, series_id)
+    if kind == KIND_APPEND:
+        length, n = APPEND.unpack_from(payload, at)
+        at += APPEND.size
+        values = np.frombuffer(payload, dtype="<f8", count=n, offset=at).tolist()
+        at += 8 * n
+        meta = None
+        if version >= 2:
+            (size,) = META.unpack_from(payload, at)
+            at += META.size
+            if size:
+                meta = json.loads(payload[at:at + size].decode())
+                if not isinstance(meta, dict):
+                    raise ValueError("metadata is not a JSON object")
+            at += size
+        if at == len(payload):
+            return Record(kind, seq, series_id, length, values, meta)
+    raise ValueError("malformed payload")
+
+
+def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]:
+    """(segment number, records, end of the good records if a torn tail should be cut off).
+
+    Only in the last segment (`last`) may the final record be torn: incomplete, or complete but
+    failing its CRC with nothing after it. Anything else that does not check is an error."""
+    data = path.read_bytes()
+    if len(data) < HEADER_SIZE:
+        if last:
+            return -1, [], 0  # the header itself was torn: the segment holds nothing
+        raise StoreError(f"{path}: truncated header ({len(data)} bytes)")
+    magic, version, segment = HEADER.unpack_from(data)
+    (crc,) = struct.unpack_from("<I", data, HEADER.size)
+    if magic != MAGIC or crc != zlib.crc32(data[:HEADER.size]):
+        raise StoreError(f"{path}: not a Rimer write-ahead log segment (bad magic or header CRC)")
+    if version not in WAL_READABLE:
+        raise StoreError(f"{path}: write-ahead log format version {version}; this build reads "
+                         f"versions {', '.join(map(str, WAL_READABLE))}")
+    records, at = [], HEADER_SIZE
+    while at < len(data):
+        problem = None
+        if at + RECORD.size > len(data):
+            problem = "incomplete record header"
+        else:
+            size, crc = RECORD.unpack_from(data, at)
+            end = at + RECORD.size + size
+            if size > MAX_PAYLOAD or end > len(data):
+                problem = f"record of {size} bytes runs past the end of the file"
+            elif zlib.crc32(data[at + RECORD.size:end], zlib.crc32(data[at:at + 4])) != crc:
+                problem = "CRC mismatch"
+        torn = last and (problem is not None and (problem != "CRC mismatch" or end == len(data)))
+        if torn:
+            log.warning("%s: dropping a torn last record at byte %d (%s, %d bytes): a write cut "
+                        "short by a crash, never acknowledged", path, at, problem, len(data) - at)
+            return segment, records, at
+        if problem is not None:
+            raise StoreError(f"{path}: corrupt record at byte {at} ({problem}) with more of the log "
+                             "after it; refusing to start. Restore the data directory from a "
+                             "backup, or move this file aside to lose the changes it holds")
+        try:
+            records.append(_decode_payload(data[at + RECORD.size:end], version))
+        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: malformed record at byte {at} ({exc})") from exc
+        at = end
+    return segment, records, None
+
+
+class WriteAheadLog:
+    """The journal the engine writes to (service.engine.Journal)."""
+
+    def __init__(self, directory: Path, segment: int, seq: int, fsync: str, metrics=None):
+        self.directory, self.fsync_policy, self.metrics = directory, fsync, metrics
+        self.lock = threading.RLock()  # a record's write and its state change
+        self._sync_lock = threading.RLock()  # taken before `lock`, never after
+        self.seq = self._synced = seq  # last sequence number written; last one made durable
+        self.broken: str | None = None
+        self.segment, self._fd = segment, self._create(segment)
+
+    def _create(self, segment: int) -> int:
+        path = wal_path(self.directory, segment)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        header = HEADER.pack(MAGIC, WAL_VERSION, segment)
+        os.write(fd, header + struct.pack("<I", zlib.crc32(header)))
+        os.fsync(fd)
+        _fsync_dir(self.directory)
+        return fd
+
+    @contextmanager
+    def exclusive(self):
+        with self._sync_lock, self.lock:
+            yield
+
+    def _check(self) -> None:
+        if self.broken is not None:
+            raise EngineError(503, f"the write-ahead log failed ({self.broken}); changes are "
+                                   "refused until the service is restarted")
+
+    def _write(self, record: Record, op: str) -> int:
+        with self.lock:
+            self._check()
+            record.seq = self.seq + 1
+            data = encode(record)
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+            except OSError as exc:
+                self.broken = f"write: {exc}"
+                log.error("write-ahead log %s: %s", wal_path(self.directory, self.segment), exc)
+                self._check()
+            self.seq += 1
+            if self.metrics is not None:
+                self.metrics.wal_records.labels(op).inc()
+                self.metrics.wal_bytes.inc(len(data))
+            return self.seq
+
+    def fail(self, reason: str) -> None:
+        """Refuse every change from now on: the engine could not apply what the log holds, so
+        only a restart (which replays it) makes the states and the log agree again."""
+        with self.lock:
+            self.broken = self.broken or reason
+        log.error("write-ahead log %s: %s; changes are refused until the service is restarted",
+                  wal_path(self.directory, self.segment), reason)
+
+    def write_append(self, series_id: str, values: list[float], length: int,
+                     meta: dict | None = None) -> int:
+        return self._write(Record(KIND_APPEND, 0, series_id, length, values, meta), "append")
+
+    def write_delete(self, series_id: str) -> int:
+        return self._write(Record(KIND_DELETE, 0, series_id), "delete")
+
+    def sync(self, ticket: int) -> None:
+        """With --fsync always: return once record `ticket` is on stable storage."""
+        if self.fsync_policy == "always":
+            self.flush(ticket)
+        else:
+            self._check()
+
+    def flush(self, ticket: int | None = None) -> None:
+        with self._sync_lock:
+            if ticket is not None and self._synced >= ticket:
+                return  # another thread's fsync covered it
+            with self.lock:
+                self._check()
+                target = self.seq
+            if self._synced >= target:
+                return
+            start = time.perf_counter()
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:  # the page cache may have dropped the data: never retry
+                self.broken = f"fsync: {exc}"
+                log.error("write-ahead log %s: fsync failed: %s", wal_path(self.directory,
+                                                                           self.segment), exc)
+                self._check()
+            if self.metrics is not None:
+                self.metrics.wal_fsync.observe(time.perf_counter() - start)
+            self._synced = target
+
+    def rotate(self) -> tuple[int, int]:
+        """Close this segment (fsynced) and start the next; (the new segment, last seq before it)."""
+        with self.exclusive():
+            self.flush()
+            os.close(self._fd)
+            self.segment += 1
+            self._fd = self._create(self.segment)
+            return self.segment, self.seq
+
+    def close(self) -> None:
+        with self.exclusive():
+            if self._fd >= 0:
+                if self.broken is None:
+                    self.flush()
+                os.close(self._fd)
+                self._fd = -1
+                self.broken = self.broken or "closed"
