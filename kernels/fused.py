@@ -1,5 +1,8 @@
 """Fused kernels for the triton backend's block step, each beside its plain PyTorch reference.
 
+(Why ~590 lines: each kernel sits beside the reference it is tested against, as in
+flash-linear-attention's fla/ops; the three share the LayerNorm-on-load helper.)
+
 A Rimer block step on the GPU used to be a few hundred small kernels (element-wise passes over the
 [B, D] activations between linear maps). Here one block is four launches (three with 3 and 4 in
 one, kernels/block_out.py, the default):

@@ -8,6 +8,10 @@ One module, three forms of the same function:
     never changing the stored state.
 All three run `advance`, so they cannot drift apart.
 
+Why one file of ~670 lines: the network is read top to bottom as one function (blocks, heads,
+the advance, the rollout), as nanoGPT keeps its model; split, the shared `advance` would be
+three files away from the forms that must agree with it.
+
 `advance` takes a `Step`: how the linear maps and the RWKV-7 recurrence are computed. Here only
 `TorchStep`, PyTorch, functional (states in, new states out): the reference. The triton backend's
 `PoolStep` (runtime/pool.py) runs the same `append` and `forecast` with Triton kernels on states

@@ -7,6 +7,9 @@ of each dataset, each variable its own series; the loss is the MSE (`--loss hube
 every patch's forecast of the next patch in normalised units. The validation split picks the best
 step. Fixed seeds; a resumable checkpoint is written every `--save-every` steps to
 `<out>/train_state/`.
+
+(Why ~500 lines: one command line with its resume rules, whose checks name each flag; the
+loss and data pieces it shares with training/pretrain.py live in losses.py and data.py.)
 """
 
 from __future__ import annotations
