@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pydantic
 from fastapi import Depends, Path, Query, Request
 
 from service import schemas
 from service.engine import Engine
-from service.errors import ServiceError, shown
+from service.errors import ServiceError, field_path, shown
 from service.scheduler import Executor
 from service.settings import Settings
 
@@ -91,6 +92,19 @@ def require_quantiles(e: Engine, **asked) -> None:
         if value and not e.model.cfg.quantiles:
             raise ServiceError(422, f"{name}: the model {e.name!r} predicts no quantiles, so it "
                                     "gives no intervals (serve a model with a quantile head)", name)
+
+
+def distribution_query(e: Engine, **asked) -> schemas.Distribution:
+    """`?level=..&quantiles=..` of a GET, checked as a body's would be (422 naming the field),
+    and only of a model that predicts quantiles."""
+    try:
+        dist = schemas.Distribution.model_validate(asked)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        raise ServiceError(422, f"{field_path(first)}: {schemas.error_message(first)}",
+                           field_path(first)) from None
+    require_quantiles(e, **{name: getattr(dist, name) for name in asked})
+    return dist
 
 
 def check_distribution(e: Engine, body) -> None:

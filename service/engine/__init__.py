@@ -3,10 +3,9 @@
 facade.py (the public calls), admission.py (what a request may do), resident.py and
 slot_pool.py (the two state stores), loading.py (backend, device, weights), ops.py (requests)."""
 
-from service.engine.admission import check_forecastable
 from service.engine.facade import Engine, Journal, StateStore
 from service.engine.loading import BACKENDS, appends_are_batch_invariant, resolve_backend, resolve_device
 from service.engine.ops import EngineError, Op
 
 __all__ = ["BACKENDS", "Engine", "EngineError", "Journal", "Op", "StateStore", "appends_are_batch_invariant",
-           "check_forecastable", "resolve_backend", "resolve_device"]
+           "resolve_backend", "resolve_device"]

@@ -31,8 +31,8 @@ from service.cache import SpillError, SpillTiers
 from service.distribution import forecasts
 from service.engine import admission
 from service.engine.loading import appends_are_batch_invariant, load_model, resolve_backend
-from service.engine.ops import EngineError, Op
-from service.engine.resident import EXPORT_CHUNK, ResidentStore
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op
+from service.engine.resident import ResidentStore
 from service.engine.slot_pool import SCRATCH_SLOTS, SlotPoolStore
 
 log = logging.getLogger("rimer.engine")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from model.state import RimerState
 from service.errors import ServiceError
 
+EXPORT_CHUNK = 1024  # states gathered into one model call or host copy at a time
+
 
 class EngineError(ServiceError):
     """A request the engine refuses (a `ServiceError`: `status` and `field` for the answer)."""

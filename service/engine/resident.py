@@ -20,12 +20,11 @@ import torch
 from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
-from service.engine.ops import EngineError, Op, rounds, unknown
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, rounds, unknown
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
 
-EXPORT_CHUNK = 1024  # states gathered into one model call or host copy at a time
 
 
 @dataclass(eq=False, slots=True)

@@ -25,12 +25,11 @@ from model.state import RimerState
 from service.cache import SpillError
 from service.distribution import forecasts
 from service.engine import admission
-from service.engine.ops import EngineError, Op, rounds, unknown
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, rounds, unknown
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
 
-EXPORT_CHUNK = 1024  # rows copied from the pool to the host at a time
 SCRATCH_SLOTS = 256  # rows of the pool for forecasts and POST /forecast (series per batch)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import pydantic
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
@@ -21,13 +20,12 @@ from service.deps import (
     check_many,
     check_plain_ints,
     check_points,
+    distribution_query,
     engine_of,
     executor_of,
-    require_quantiles,
 )
 from service.docs import APPEND_EXAMPLES, BULK_EXAMPLES, errors
 from service.engine import Engine, Op
-from service.errors import ServiceError, field_path
 from service.responses import json_response, shaped, with_stamps
 from service.scheduler import work_of
 from service.strict_json import StrictJsonRoute
@@ -218,13 +216,7 @@ async def series_forecast(request: Request, series_id: str = SeriesId,
     check_plain_ints(request, "horizon")
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
-    try:
-        dist = schemas.Distribution.model_validate({"level": level, "quantiles": quantiles})
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        raise ServiceError(422, f"{field_path(first)}: {schemas.error_message(first)}",
-                           field_path(first)) from None
-    require_quantiles(e, level=dist.level, quantiles=dist.quantiles)
+    dist = distribution_query(e, level=level, quantiles=quantiles)
     executor = executor_of(request)
 
     async def work():
@@ -251,13 +243,7 @@ async def series_plot(request: Request, series_id: str = SeriesId,
     check_plain_ints(request, "horizon")
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
-    try:
-        dist = schemas.Distribution.model_validate({"level": level})
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        raise ServiceError(422, f"{field_path(first)}: {schemas.error_message(first)}",
-                           field_path(first)) from None
-    require_quantiles(e, level=dist.level)
+    dist = distribution_query(e, level=level)
     levels = dist.level or ([80, 95] if e.model.cfg.quantiles else [])
     executor = executor_of(request)
 
