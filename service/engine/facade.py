@@ -36,6 +36,7 @@ from service.engine.resident import ResidentStore
 from service.engine.slot_pool import SCRATCH_SLOTS, SlotPoolStore
 
 log = logging.getLogger("rimer.engine")
+_NO_LOCK = nullcontext()  # (reusable: the journal's lock where there is no journal)
 
 
 class Journal(Protocol):
@@ -128,7 +129,7 @@ class Engine:
     # ---- what the stores share -------------------------------------------------------------
 
     def journal_lock(self) -> AbstractContextManager:
-        return self.journal.lock if self.journal is not None else nullcontext()
+        return self.journal.lock if self.journal is not None else _NO_LOCK
 
     def set_meta(self, series_id: str, meta: dict | None) -> None:
         if meta is not None:

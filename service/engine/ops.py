@@ -35,8 +35,8 @@ class Op:
 
 def rounds(ops: list[Op]) -> list[list[Op]]:
     """The ops in rounds, the k-th op of every series in round k (order kept within each)."""
-    if len({op.series_id for op in ops}) == len(ops):  # each series once (a bulk append's case)
-        return [ops] if ops else []
+    if len(ops) < 2 or len({op.series_id for op in ops}) == len(ops):
+        return [ops] if ops else []  # each series once (a single append's, a bulk append's case)
     out: list[list[Op]] = []
     seen: dict[str, int] = {}
     for op in ops:

@@ -135,22 +135,21 @@ class ResidentStore:
         results: list = [None] * len(requests)
         ticket = None
         try:
-            lengths = {sid: e.length for sid, e in entries.items()}
-            for sid in created:  # (placeholders: not held until an append is applied)
-                del lengths[sid]
+            lengths, states, pending = self._on_device_all(entries, created)
             held = len(self.series) - len(created)
             errors = admission.plan(self.cfg, self.e.max_series, requests, lengths, held)
-            accepted = [r for r in range(len(requests)) if r not in errors]
-            for r, exc in errors.items():
-                results[r] = exc
-            states = self._on_device_all(entries)
-            # (the rounds rebind these lists, never change them: the entries stay as they are
-            # until every computation has succeeded)
-            pending = {sid: e.pending for sid, e in entries.items()}
-            for ops in rounds([op for r in accepted for op in requests[r]]):
+            if errors:
+                accepted = [r for r in range(len(requests)) if r not in errors]
+                for r, exc in errors.items():
+                    results[r] = exc
+            else:
+                accepted = range(len(requests))
+            flat = requests[0] if len(requests) == 1 and not errors else [
+                op for r in accepted for op in requests[r]]
+            for ops in rounds(flat):
                 self._round(ops, states, pending)
             with self.e.journal_lock():
-                now, journal = time.monotonic(), self.e.journal
+                now, journal, meta = time.monotonic(), self.e.journal, self.e.meta
                 for r in accepted:
                     done = []
                     try:
@@ -159,7 +158,8 @@ class ResidentStore:
                             if values is not None:
                                 if journal is not None:
                                     ticket = journal.write_append(op.series_id, values, op.length, op.meta)
-                                self.e.set_meta(op.series_id, op.meta)
+                                if op.meta is not None:
+                                    meta[op.series_id] = op.meta
                             if op.state is not None:  # computed: pending points folded in
                                 entry.set_state(op.state, op.length)
                             elif values is not None:  # deferred: a copy into the tail
@@ -169,8 +169,9 @@ class ResidentStore:
                             done.append((op.length, op.mean))
                     except EngineError as exc:  # the log broke: what it holds stays applied
                         results[r] = exc
-                        for rest in accepted[accepted.index(r) + 1:]:
-                            results[rest] = exc
+                        for rest in accepted:
+                            if rest > r:
+                                results[rest] = exc
                         break
                     results[r] = done
         finally:
@@ -187,20 +188,23 @@ class ResidentStore:
         own: one model call for those that complete no patch (the matrices are neither read
         nor changed), one for those that do; then forecasts, one call per horizon. Sets
         `op.state` and `op.mean`; `states` and `pending` move on."""
-        model, cfg = self.e.model, self.cfg
+        model, cfg, p = self.e.model, self.cfg, self.cfg.patch_len
         computed: list[tuple[Op, list[float]]] = []
+        forecasting = False
         for op in ops:
             sid, values = op.series_id, op.values
+            if op.horizon is not None:
+                forecasting = True
             if values is None:
                 if pending[sid]:
                     computed.append((op, pending[sid]))
                     pending[sid] = []
-            elif op.horizon is None and admission.tail_only(cfg, op.length - len(values), op.length):
-                pending[sid] = pending[sid] + values
+            elif op.horizon is None and (op.length - len(values)) // p == op.length // p:
+                pending[sid] = pending[sid] + values  # (admission.tail_only, inline: the hot path)
             else:
                 computed.append((op, pending[sid] + values))
                 pending[sid] = []
-        if not computed and all(op.horizon is None for op in ops):
+        if not computed and not forecasting:
             return  # (every append deferred: a bulk ingest's common case)
 
         def tensors(group):
@@ -242,28 +246,31 @@ class ResidentStore:
     def _lock_entries(self, requests: list[list[Op]]) -> tuple[dict[str, SeriesEntry], list, set]:
         """The entries of every series named, locked (in id order); placeholders for new series
         an append names. Returns (entries, locks held, ids of placeholders created here)."""
-        appended, every = set(), set()
+        appends: dict[str, bool] = {}  # every id named: whether an op appends to it
         for ops in requests:
             for op in ops:
-                every.add(op.series_id)
                 if op.values is not None:
-                    appended.add(op.series_id)
-        named = sorted(every)
+                    appends[op.series_id] = True
+                elif op.series_id not in appends:
+                    appends[op.series_id] = False
+        named = sorted(appends) if len(appends) > 1 else list(appends)
+        table = self.series
         while True:
             entries, created = {}, set()
             with self.table_lock:
                 for sid in named:
-                    entry = self.series.get(sid)
-                    if entry is None and sid in appended:
+                    entry = table.get(sid)
+                    if entry is None:
+                        if not appends[sid]:
+                            continue
                         state = RimerState.zeros(self.cfg, 1, self.e.device)
-                        entry = self.series[sid] = SeriesEntry(state, threading.Lock())
+                        entry = table[sid] = SeriesEntry(state, threading.Lock())
                         created.add(sid)
-                    if entry is not None:
-                        entries[sid] = entry
-            locks = [entry.lock for entry in entries.values()]  # (in id order, as `named`)
-            for lock in locks:
-                lock.acquire()
-            table = self.series
+                    entries[sid] = entry
+            locks = []  # (in id order, as `named`)
+            for entry in entries.values():
+                entry.lock.acquire()
+                locks.append(entry.lock)
             for sid, entry in entries.items():
                 if table.get(sid) is not entry:
                     break
@@ -281,12 +288,17 @@ class ResidentStore:
 
     # ---- the cache tiers -------------------------------------------------------------------
 
-    def _on_device_all(self, entries: dict[str, SeriesEntry]) -> dict[str, RimerState]:
-        """The entries' states on the device (their locks held), taken back from a lower tier
-        where spilled, under one hold of the table lock. `_shrink` once the locks are let go."""
-        spill, device = self.e.spill, self.e.device
+    def _on_device_all(self, entries: dict[str, SeriesEntry], created: set[str]
+                       ) -> tuple[dict[str, int], dict[str, RimerState], dict[str, list[float]]]:
+        """The entries' lengths (placeholders in `created` left out: not held until an append is
+        applied), states on the device and pending points, their locks held; spilled states taken
+        back from their tier, under one hold of the table lock. `_shrink` once the locks are let
+        go. (The rounds rebind the pending lists, never change them: the entries stay as they are
+        until every computation has succeeded.)"""
+        spill, device, stats = self.e.spill, self.e.device, self.e.cache_stats
+        resident, now, misses = self.resident, time.monotonic(), 0
+        lengths, states, pending = {}, {}, {}
         with self.table_lock:
-            resident, now, states, misses = self.resident, time.monotonic(), {}, 0
             try:
                 for series_id, entry in entries.items():
                     if entry.state is None:
@@ -301,10 +313,13 @@ class ResidentStore:
                         resident[series_id] = None
                     entry.touched = now
                     states[series_id] = entry.state
+                    pending[series_id] = entry.pending
+                    if series_id not in created:
+                        lengths[series_id] = entry.length
             finally:
-                self.e.cache_stats["misses"] += misses
-                self.e.cache_stats["hits"] += len(states) - misses
-            return states
+                stats["misses"] += misses
+                stats["hits"] += len(states) - misses
+        return lengths, states, pending
 
     def _shrink(self) -> None:
         """Spill least recently used states until the device holds `capacity`; states in use
