@@ -45,7 +45,7 @@ import asyncio
 import contextlib
 import re
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -208,9 +208,31 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
 
     if stamps is not None:
         stamps = parse_stamps(stamps, name("timestamps"))
-
     meta = meta or {}
     old_freq = meta.get("freq") if exists else None
+    _check_options(exists, old_freq, len(values), stamps, freq, name)
+    last = meta.get("last") if exists else None
+    if stamps is not None:
+        new_meta, gaps, filled = _place_on_grid(meta, old_freq, stamps, freq, gap_budget, name)
+    elif old_freq is not None:
+        t = meta["t"] + len(values) * old_freq * US
+        if t > MAX_US:
+            raise TimelineError(422, "these points' timestamps (the next grid points) would pass "
+                                     "the year 9999", name("values"))
+        new_meta, gaps, filled = {"freq": old_freq, "t": t, "off": meta.get("off", 0)}, None, 0
+    else:
+        new_meta, gaps, filled = {}, None, 0
+
+    if not filled and None not in values:  # the common case: nothing to fill
+        new_meta["last"] = values[-1] if values else last
+        return Plan(list(values), new_meta, 0)
+    out, new_meta["last"] = _filled(values, gaps, last, name)
+    return Plan(out, new_meta, filled)
+
+
+def _check_options(exists: bool, old_freq: int | None, n_values: int, stamps: list[Stamp] | None,
+                   freq: int | None, name: Callable[[str], str]) -> None:
+    """What an append's timestamps and frequency may be, given the series it goes to."""
     if exists and old_freq is None:
         if stamps is not None:
             raise TimelineError(409, "this series was created without timestamps, so its appends "
@@ -225,65 +247,58 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
     if not exists and freq is not None and stamps is None:
         raise TimelineError(422, "`freq` needs `timestamps`: the first timestamp anchors the "
                                  "series' grid", name("freq"))
-    if stamps is not None and len(stamps) != len(values):
-        raise TimelineError(422, f"one timestamp per value: {len(values)} values, "
+    if stamps is not None and len(stamps) != n_values:
+        raise TimelineError(422, f"one timestamp per value: {n_values} values, "
                                  f"{len(stamps)} timestamps", name("timestamps"))
 
-    last = meta.get("last") if exists else None
-    filled = 0
-    new_meta: dict = {}
-    if stamps is not None:
-        for i in range(1, len(stamps)):
-            if stamps[i].us <= stamps[i - 1].us:
-                what = "the same time as" if stamps[i].us == stamps[i - 1].us else "before"
-                raise TimelineError(422, f"timestamps[{i}] is {what} timestamps[{i - 1}]: "
-                                         "timestamps must increase strictly (duplicates and "
-                                         "out-of-order points are refused)",
-                                    name(f"timestamps[{i}]"))
-        if old_freq is not None:
-            step, prev = old_freq * US, meta["t"]
-            if stamps[0].us <= prev:
-                late = "the same as" if stamps[0].us == prev else "before"
-                given = format_timestamp(stamps[0].us, stamps[0].offset_s)
-                last_seen = format_timestamp(prev, meta.get("off", 0))
-                raise TimelineError(409, f"timestamps[0] ({given}) is {late} the series' last "
-                                         f"timestamp ({last_seen}): points are appended in time "
-                                         "order, each once", name("timestamps[0]"))
-        else:
-            step = (freq if freq is not None else infer_freq(stamps, name("timestamps"))) * US
-            prev = None
-        anchor = prev if prev is not None else stamps[0].us
-        gaps = []
-        for i, s in enumerate(stamps):
-            if (s.us - anchor) % step:
-                raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: "
-                                         f"{format_timestamp(anchor, s.offset_s)} plus a whole "
-                                         f"number of steps of {step // US} s",
-                                    name(f"timestamps[{i}]"))
-            missing = 0 if prev is None else (s.us - prev) // step - 1
-            if filled + missing > gap_budget:
-                raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
-                                         "missing points) passes the limit on points that gaps "
-                                         f"may add to one request ({gap_budget - filled} left "
-                                         "of --max-gap-points); send points closer together",
-                                    name(f"timestamps[{i}]"))
-            filled += missing
-            gaps.append(missing)
-            prev = s.us
-        new_meta = {"freq": step // US, "t": stamps[-1].us, "off": stamps[-1].offset_s}
-    elif old_freq is not None:
-        t = meta["t"] + len(values) * old_freq * US
-        if t > MAX_US:
-            raise TimelineError(422, "these points' timestamps (the next grid points) would pass "
-                                     "the year 9999", name("values"))
-        new_meta = {"freq": old_freq, "t": t, "off": meta.get("off", 0)}
-        gaps = None
-    else:
-        gaps = None
 
-    if not filled and None not in values:  # the common case: nothing to fill
-        new_meta["last"] = values[-1] if values else last
-        return Plan(list(values), new_meta, 0)
+def _place_on_grid(meta: dict, old_freq: int | None, stamps: list[Stamp], freq: int | None,
+                   gap_budget: int, name: Callable[[str], str]) -> tuple[dict, list[int], int]:
+    """Timestamps checked against the series' grid (or one inferred from them, for a new series):
+    the metadata after them, the points missing before each, and how many that is in all."""
+    for i in range(1, len(stamps)):
+        if stamps[i].us <= stamps[i - 1].us:
+            what = "the same time as" if stamps[i].us == stamps[i - 1].us else "before"
+            raise TimelineError(422, f"timestamps[{i}] is {what} timestamps[{i - 1}]: "
+                                     "timestamps must increase strictly (duplicates and "
+                                     "out-of-order points are refused)",
+                                name(f"timestamps[{i}]"))
+    if old_freq is not None:
+        step, prev = old_freq * US, meta["t"]
+        if stamps[0].us <= prev:
+            late = "the same as" if stamps[0].us == prev else "before"
+            given = format_timestamp(stamps[0].us, stamps[0].offset_s)
+            last_seen = format_timestamp(prev, meta.get("off", 0))
+            raise TimelineError(409, f"timestamps[0] ({given}) is {late} the series' last "
+                                     f"timestamp ({last_seen}): points are appended in time "
+                                     "order, each once", name("timestamps[0]"))
+    else:
+        step = (freq if freq is not None else infer_freq(stamps, name("timestamps"))) * US
+        prev = None
+    anchor = prev if prev is not None else stamps[0].us
+    gaps, filled = [], 0
+    for i, s in enumerate(stamps):
+        if (s.us - anchor) % step:
+            raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: "
+                                     f"{format_timestamp(anchor, s.offset_s)} plus a whole "
+                                     f"number of steps of {step // US} s",
+                                name(f"timestamps[{i}]"))
+        missing = 0 if prev is None else (s.us - prev) // step - 1
+        if filled + missing > gap_budget:
+            raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
+                                     "missing points) passes the limit on points that gaps "
+                                     f"may add to one request ({gap_budget - filled} left "
+                                     "of --max-gap-points); send points closer together",
+                                name(f"timestamps[{i}]"))
+        filled += missing
+        gaps.append(missing)
+        prev = s.us
+    return {"freq": step // US, "t": stamps[-1].us, "off": stamps[-1].offset_s}, gaps, filled
+
+
+def _filled(values: Sequence[float | None], gaps: list[int] | None, last: float | None,
+            name: Callable[[str], str]) -> tuple[list[float], float | None]:
+    """Gaps and nulls filled with the last value before them; the values and the new last."""
     out: list[float] = []
     for i, v in enumerate(values):
         if gaps is not None and gaps[i]:
@@ -296,8 +311,7 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
             v = last
         out.append(v)
         last = v
-    new_meta["last"] = last
-    return Plan(out, new_meta, filled)
+    return out, last
 
 
 def forecast_timestamps(meta: dict | None, horizon: int, field: str = "horizon") -> list[str] | None:
