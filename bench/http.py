@@ -439,6 +439,8 @@ def server_torch_threads(env: dict[str, str]) -> int:
     return int(out.stdout.strip())
 
 
+# Long (~120 lines): ~40 of them the command line's arguments, the rest one case after another,
+# kept in one place so the benchmark reads top to bottom as it runs.
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per case")

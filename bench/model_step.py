@@ -291,6 +291,7 @@ def tiny() -> Rimer:
     return model
 
 
+# Long (~90 lines): the arguments and the cases in the order they run, read top to bottom.
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=str(DEFAULT_WEIGHTS))

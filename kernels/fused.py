@@ -189,6 +189,8 @@ def _ln_tile(x_ptr, rows, stride_xm, rk, rmask, kmask, mean, sd, lnw_ptr, lnb_pt
     return xc / sd[:, None] * lw + lb, m2
 
 
+# Long (~90 lines): a Triton kernel is one function (the prologue, the tiled product and the
+# epilogues share registers); its pieces are named by the comments inside.
 @triton.jit
 def _grouped_linear_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, plane_ptr, col_ptr, act_ptr, M, N,
                            stride_xp, stride_xm, stride_ym, stride_rm,

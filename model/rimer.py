@@ -372,6 +372,8 @@ class Rimer(nn.Module):
             out["quantile"] = linear(h, self.quantile_head.weight, self.quantile_head.bias)
         return out
 
+    # Long (~85 lines, 30 of them the docstring): the one step every form uses; the two ways of
+    # building the new state (every patch real, or gathers for padded rows) end it.
     def advance(self, state: RimerState, patches: torch.Tensor,
                  valid: torch.Tensor | None = None, step: Step = TorchStep,
                  check_positions: bool = True, forecast: bool = False,

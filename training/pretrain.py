@@ -137,6 +137,8 @@ def validation_score(model: Rimer, tasks: list[tuple[str, protocol.Task]],
     return float(np.mean(list(each.values()))), each
 
 
+# Long (~190 lines) like nanoGPT's train.py: the arguments, the model, the corpus, the loop,
+# validation and the manifest in the order they happen, so one recipe reads as one piece.
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

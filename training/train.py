@@ -283,6 +283,8 @@ def progress(step: int, total: int, start: float, text: str) -> None:
     sys.stderr.flush()
 
 
+# Long (~210 lines) like nanoGPT's train.py: the arguments, the model, the loop, validation and
+# the manifest in the order they happen, so one recipe reads as one piece.
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", nargs="+", default=list(data.DATASETS), choices=list(data.DATASETS))
