@@ -32,7 +32,11 @@ else PY=python3; fi
 
 die() { echo "local.sh: $*" >&2; exit 1; }
 replica_port() { echo $((PORT + 1 + $1)); }
-alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+alive() {  # $1: pid file; its process runs (a zombie, killed but not reaped yet, does not)
+  local pid
+  [ -f "$1" ] && pid=$(cat "$1") && kill -0 "$pid" 2>/dev/null || return 1
+  [ ! -r "/proc/$pid/stat" ] || [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ]
+}
 
 # GET a URL; 0 if it answered 200 (python, so curl is not needed)
 ok() {
@@ -142,7 +146,7 @@ $servers        keepalive 64;
 
         location = /series/append {
             if (\$http_x_rimer_series = "") {
-                return 400 '{"detail": "a bulk append through the cluster proxy must hold the series of one replica and name one of them in the X-Rimer-Series header: split it with rimer_client (Client(url, ring=\"proxy\")), or use POST /series/{id}/append", "field": "series"}';
+                return 400 '{"detail": "a bulk append through the cluster proxy must hold the series of one replica and name one of them in the X-Rimer-Series header: split it by owner (rimer_client: Client(url, ring=proxy)), or use POST /series/{id}/append", "field": "series"}';
             }
             $write_gate
             proxy_pass http://rimer;
