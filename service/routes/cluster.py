@@ -15,6 +15,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.deps import KnownQuery, SeriesId, engine_of
 from service.docs import errors
@@ -28,6 +29,14 @@ from service.snapshots import (
 )
 
 router = APIRouter()
+
+
+class ImportResult(BaseModel):
+    id: str
+    length: int
+    imported: bool  # False: held already with exactly this state (nothing changed)
+    sha256: str  # the record's content sha256 (X-Rimer-Sha256 of the export)
+
 RECORD_TYPE = "application/vnd.rimer.series-record"
 
 
@@ -52,7 +61,10 @@ async def series_export(request: Request, series_id: str = SeriesId):
 
 @router.put("/series/{series_id}/import", dependencies=KnownQuery, tags=["cluster"],
             summary="Import a series' state",
-            responses={201: {"description": "imported"}, **errors(401, 409, 413, 422, 503)})
+            status_code=201, response_model=ImportResult,
+            responses={200: {"model": ImportResult,
+                             "description": "held already with exactly this state: nothing changed"},
+                       **errors(401, 409, 413, 422, 503)})
 async def series_import(request: Request, series_id: str = SeriesId):
     """Hold the series of a record from `GET /series/{id}/export` (durably: logged before the
     answer). 201 imported; 200 held already with exactly this state (nothing changed); 409 held
