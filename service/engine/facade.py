@@ -272,10 +272,9 @@ class Engine:
         if state.batch != 1:
             raise ValueError("import_series takes one series' state")
         if self.store.held_length(series_id) is not None:
+            from service.snapshots import series_record_sha256  # (snapshots imports the engine)
             if digest is None:
-                from service.snapshots import series_record  # (snapshots imports the engine)
-                digest = series_record(self, series_id, state, meta)
-            from service.snapshots import series_record_sha256
+                digest = series_record_sha256(self, series_id, state, meta)
             held, held_meta = self.export_series(series_id)
             if series_record_sha256(self, series_id, held, held_meta) == digest:
                 return False
