@@ -10,13 +10,32 @@ from service.auth import ApiKeyAuth, load_keys
 from service.engine import Engine
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
-from service.routes import forecast, ops, series
+from service.routes import cluster, forecast, ops, series
 from service.settings import Settings
 from service.timeline import SeriesLocks
 
 DESCRIPTION = ("Forecasts from a small RWKV-7 patch model. Streaming series keep a constant-size "
                "state on the server: append new points and forecast without resending the history. "
                "Every refusal is a 4xx with `{detail, field}` naming the offending field.")
+
+
+class ReplicaHeader:
+    """Pure ASGI middleware: `X-Rimer-Replica: <--replica-name>` on every answer, so a client
+    (and the cluster tests) can see which replica behind a proxy answered."""
+
+    def __init__(self, app, name: str):
+        self.app, self.header = app, (b"x-rimer-replica", name.encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, named)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -36,9 +55,11 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         open_paths = {"/healthz", "/readyz"} | ({"/metrics"} if settings.metrics_public else set())
         app.add_middleware(ApiKeyAuth, keys=keys, open_paths=frozenset(open_paths))
     app.add_middleware(RequestMetrics, metrics=metrics, routes=lambda: app.routes)
+    if settings.replica_name:  # outermost: every answer says which replica gave it
+        app.add_middleware(ReplicaHeader, name=settings.replica_name)
     errors.install(app)
     docs.install(app)
-    for router in (ops.router, forecast.router, series.router):
+    for router in (ops.router, forecast.router, series.router, cluster.router):
         # Their routes themselves, not FastAPI's lazy wrapper of an included router (0.165's
         # `include_router`): the 405 answer's Allow list and the metrics' route templates walk
         # `app.routes`, and see routes only.

@@ -19,6 +19,8 @@ TAGS = [
     {"name": "series", "description": "Streaming series: each keeps a constant-size state on the "
                                       "server; append new points and forecast from it."},
     {"name": "operations", "description": "Health, readiness and the loaded model."},
+    {"name": "cluster", "description": "Moving a series between replicas: its state out as one "
+                                       "checked record, and in again (deploy/rebalance.py)."},
 ]
 WHEN = {
     401: "a missing or wrong API key (when the service has keys)",

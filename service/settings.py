@@ -42,6 +42,7 @@ class Settings:
     batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
     max_batch: int = 1024
     batch_max_points: int = 4096  # larger requests (values + forecast points) skip the batcher
+    replica_name: str = ""  # a cluster's name for this replica: sent as X-Rimer-Replica
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -103,6 +104,8 @@ HELP = {
     "batch_max_points": "requests of more points than this (values appended plus points "
                         "forecast) skip the micro-batcher and run on their own, so that one "
                         "large request does not hold up the batches of small ones",
+    "replica_name": "this replica's name in a cluster (deploy/local.sh: its proxy upstream "
+                    "address), sent with every answer as the X-Rimer-Replica header; none: no header",
 }
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")

@@ -9,7 +9,10 @@ Files in the data directory (series ids live inside files, never in file names):
   `u8 kind | u64 sequence number | u16 id length | id (UTF-8)`, then for an append
   `u64 resulting length | u32 n | n float64 values` (the values appended: gaps and nulls already
   filled) `| u32 m | m bytes of JSON` (the series' metadata after the append, service/timeline.py;
-  m = 0: none). Format version 1 (read, no longer written) had no metadata. Sequence numbers
+  m = 0: none); for a state record (a series imported whole, PUT /series/{id}/import, format
+  version 3) `u32 n | n bytes` of the series record (service/snapshots.py: a one-series snapshot,
+  checked again at replay). Format version 1 (read, no longer written) had no metadata, 2 no
+  state records. Sequence numbers
   run on across segments without gaps, so a missing record or segment is detected.
 * `snapshot-<segment>.safetensors`: every series' state, each RimerState field stacked over the
   series; the metadata holds the ids (JSON), each series' metadata (a JSON list in the ids' order;
@@ -53,11 +56,19 @@ from pathlib import Path
 
 from model.state import RimerState
 from service.engine import Engine, EngineError, Op
-from service.snapshots import SNAPSHOT_NAME, read_snapshot, snapshot_path, write_snapshot
+from service.snapshots import (
+    SNAPSHOT_NAME,
+    read_series_record,
+    read_snapshot,
+    snapshot_path,
+    write_snapshot,
+)
 from service.wal import (  # noqa: F401 (HEADER_SIZE, StoreError: re-exported for callers)
     FSYNC_POLICIES,
     HEADER_SIZE,
+    KIND_APPEND,
     KIND_DELETE,
+    KIND_STATE,
     WAL_NAME,
     Record,
     StoreError,
@@ -155,7 +166,7 @@ class Store:
                 if record.seq != seq + 1:
                     raise StoreError(f"{path}: record {offset} has sequence number {record.seq}, "
                                      f"expected {seq + 1} (records are missing)")
-                if batched and record.kind != KIND_DELETE:
+                if batched and record.kind == KIND_APPEND:
                     pending.append((path, record))
                     if len(pending) >= REPLAY_BATCH:
                         self._replay_batch(pending)
@@ -199,6 +210,13 @@ class Store:
 
     def _replay(self, path: Path, record: Record) -> None:
         try:
+            if record.kind == KIND_STATE:
+                series_id, state, meta, _ = read_series_record(record.record, self.engine)
+                if series_id != record.series_id:
+                    raise StoreError(f"{path}: record {record.seq} imports {series_id!r} under "
+                                     f"the id {record.series_id!r}")
+                self.engine.import_series(series_id, state, meta, record.record)
+                return
             if record.kind == KIND_DELETE:
                 try:
                     self.engine.delete(record.series_id)

@@ -23,15 +23,16 @@ from service.engine import EngineError
 log = logging.getLogger("rimer.store")
 
 MAGIC = b"RIMERWAL"
-WAL_VERSION = 2  # 2: append records end with the series' metadata (JSON)
-WAL_READABLE = (1, 2)
+WAL_VERSION = 3  # 2: append records end with the series' metadata (JSON); 3: state records
+WAL_READABLE = (1, 2, 3)
 HEADER = struct.Struct("<8sIQ")  # magic, version, segment number; then u32 CRC32 of these
 HEADER_SIZE = HEADER.size + 4
 RECORD = struct.Struct("<II")  # payload length, CRC32 of the length bytes and the payload
 PAYLOAD = struct.Struct("<BQH")  # kind, sequence number, id length
 APPEND = struct.Struct("<QI")  # resulting length, number of values
 META = struct.Struct("<I")  # bytes of the metadata's JSON (version 2)
-KIND_APPEND, KIND_DELETE = 1, 2
+BLOB = struct.Struct("<I")  # bytes of a series record (version 3)
+KIND_APPEND, KIND_DELETE, KIND_STATE = 1, 2, 3
 MAX_PAYLOAD = 1 << 30
 WAL_NAME = re.compile(r"^wal-(\d{16})\.log$")
 FSYNC_POLICIES = ("always", "interval")
@@ -49,6 +50,7 @@ class Record:
     length: int = 0
     values: list[float] | None = None
     meta: dict | None = None  # the series' metadata after an append (None: unchanged)
+    record: bytes | None = None  # KIND_STATE: a series record (service/snapshots.py) imported
 
 
 def wal_path(directory: Path, segment: int) -> Path:
@@ -72,6 +74,8 @@ def encode(record: Record) -> bytes:
         meta = (b"" if record.meta is None else
                 json.dumps(record.meta, separators=(",", ":"), allow_nan=False).encode())
         payload += META.pack(len(meta)) + meta
+    elif record.kind == KIND_STATE:
+        payload += BLOB.pack(len(record.record)) + record.record
     head = struct.pack("<I", len(payload))
     return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
@@ -82,6 +86,11 @@ def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
     series_id = payload[PAYLOAD.size:at].decode()
     if kind == KIND_DELETE and at == len(payload):
         return Record(kind, seq, series_id)
+    if kind == KIND_STATE and version >= 3:
+        (size,) = BLOB.unpack_from(payload, at)
+        at += BLOB.size
+        if at + size == len(payload):
+            return Record(kind, seq, series_id, record=payload[at:])
     if kind == KIND_APPEND:
         length, n = APPEND.unpack_from(payload, at)
         at += APPEND.size
@@ -210,6 +219,10 @@ class WriteAheadLog:
 
     def write_delete(self, series_id: str) -> int:
         return self._write(Record(KIND_DELETE, 0, series_id), "delete")
+
+    def write_state(self, series_id: str, record: bytes) -> int:
+        """A series imported whole (PUT /series/{id}/import): its checked record."""
+        return self._write(Record(KIND_STATE, 0, series_id, record=record), "import")
 
     def sync(self, ticket: int) -> None:
         """With --fsync always: return once record `ticket` is on stable storage."""

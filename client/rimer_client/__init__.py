@@ -18,8 +18,9 @@ from rimer_client.errors import (
     ValidationError,
 )
 from rimer_client.plotting import plot
+from rimer_client.ring import Ring
 
 __version__ = "0.1.0"
 __all__ = ["AsyncClient", "Client", "Conflict", "ConnectionFailed", "NotFound", "PayloadTooLarge",
-           "RimerError", "ServerError", "Unauthorized", "Unavailable", "ValidationError", "plot",
+           "RimerError", "Ring", "ServerError", "Unauthorized", "Unavailable", "ValidationError", "plot",
            "__version__"]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from rimer_client import frames
 from rimer_client.errors import Conflict, ConnectionFailed, PayloadTooLarge, error_for
+from rimer_client.ring import Ring
 
 # Transport errors raised before any byte of the request left: always safe to resend.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -45,6 +46,7 @@ class Call:
     # (status, field) of an answer to a resend that means an earlier try landed
     landed: Callable[[int, str | None], bool] | None = None
     series_ids: list | None = None  # the frame's ids of `series[i]`, for errors
+    headers: dict | None = None  # extra headers (X-Rimer-Series: a cluster proxy's routing key)
 
     def encoded(self) -> bytes | None:
         if self.body is None:
@@ -121,6 +123,8 @@ class Attempts:
 
     def request(self) -> dict:
         headers = {"content-type": "application/json"} if self.call.body is not None else None
+        if self.call.headers:
+            headers = {**(headers or {}), **self.call.headers}
         return {"method": self.call.method, "url": self.call.path, "params": self.call.params,
                 "content": self.call.encoded(), "headers": headers}
 
@@ -304,9 +308,23 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
                     series_ids=[series[items[k][0]].uid for k in idx])
 
     results: dict[int, dict] = {}  # series index -> its last answer item
+    ring = yield from ring_of(cfg)
+    # Behind a cluster's proxy: one bulk per replica (each request holds only series of one
+    # owner, and names one of them in X-Rimer-Series, the key the proxy hashes for it). A
+    # series' items stay in order within its group.
+    groups = ([list(range(len(items)))] if ring is None else
+              list(ring.group([str(series[i].uid) for i, _, _ in items]).values()))
     with progress_bar(progress, len(items), "append") as bar:
-        done = yield from send_batches(make_call, [b - a for _, a, b in items],
-                                       cfg.max_series_per_request, chunk, bar)
+        done = []
+        for members in groups:
+            def group_call(local: list[int], members=members) -> Call:
+                call = make_call([members[j] for j in local])
+                if ring is not None:
+                    call.headers = {ROUTE_HEADER: str(series[items[members[local[0]]][0]].uid)}
+                return call
+            sent = yield from send_batches(group_call, [items[k][2] - items[k][1] for k in members],
+                                           cfg.max_series_per_request, chunk, bar)
+            done += [([members[j] for j in local], answer) for local, answer in sent]
         for idx, answer in done:
             if answer.replayed:  # an earlier try landed: check it, and read what it answered
                 for k in idx:
@@ -330,6 +348,22 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
         else:  # positions in the stream
             ds.append(frames.future(s, "none", h, start_position=results[i]["length"]))
     return frames.frame(uids, ds, fc, level, quantiles)
+
+
+ROUTE_HEADER = "X-Rimer-Series"  # the key a cluster's proxy hashes a bulk append on
+
+
+def ring_of(cfg) -> Generator[Call, Answer, Ring | None]:
+    """The client's ring: None (one server), a Ring given, or ("proxy") the one the cluster's
+    proxy publishes at GET /cluster/ring, read once and kept."""
+    ring = getattr(cfg, "ring", None)
+    if ring == "proxy":
+        body = (yield Call("GET", "/cluster/ring")).body
+        if not isinstance(body, dict) or body.get("hash") != "nginx-consistent":
+            raise ValueError(f"GET /cluster/ring answered {body!r}, not a ring of nginx's "
+                             "consistent hash: is base_url a Rimer cluster's proxy?")
+        ring = cfg.ring = Ring(body["servers"])
+    return ring
 
 
 def landed_item(s: frames.Series, h, level, quantiles, tz) -> Generator[Call, Answer, dict]:

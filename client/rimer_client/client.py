@@ -12,6 +12,7 @@ import pandas as pd
 
 from rimer_client import _core
 from rimer_client.errors import RimerError
+from rimer_client.ring import Ring
 
 DEFAULT_MAX_SERIES_PER_REQUEST = 1024  # the server's --max-series-per-request default
 # Half of the server's --max-points-per-request default (2,000,000): keeps a body with a
@@ -26,7 +27,7 @@ class _Base:
                  retries: int = 3, *, backoff: float = 0.5, max_backoff: float = 8.0,
                  max_series_per_request: int = DEFAULT_MAX_SERIES_PER_REQUEST,
                  max_points_per_request: int = DEFAULT_MAX_POINTS_PER_REQUEST,
-                 headers: dict | None = None):
+                 headers: dict | None = None, ring=None):
         if retries < 0:
             raise ValueError("retries must be 0 or more")
         if max_series_per_request < 1 or max_points_per_request < 1:
@@ -39,6 +40,9 @@ class _Base:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.timeout = timeout
+        if not (ring is None or ring == "proxy" or isinstance(ring, Ring)):
+            ring = Ring(list(ring))
+        self.ring = ring
 
     # The operations, as generators (shared); each public method runs one.
     def _forecast(self, df, h, level=None, quantiles=None, freq=None, id_col="unique_id",
@@ -67,6 +71,10 @@ class Client(_Base):
     Retry-After header wins, up to 60 s). `max_series_per_request` and `max_points_per_request`:
     how frames are split into requests (keep them at or below the server's
     --max-series-per-request and --max-points-per-request; a 413 also splits a batch).
+    `ring`: behind a cluster's proxy (deploy/local.sh, deploy/k8s), how bulk appends are split:
+    "proxy" (the ring the proxy publishes at GET /cluster/ring), a `Ring`, or a list of the
+    proxy's upstream addresses; each request then holds the series of one replica and names
+    one of them in X-Rimer-Series, which the proxy routes on. None: one server.
     `http_client`: an httpx.Client to use instead of one made here (fastapi's TestClient for an
     in-process server, say); `transport`: an httpx transport for the client made here.
 

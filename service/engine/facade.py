@@ -48,6 +48,7 @@ class Journal(Protocol):
     def write_append(self, series_id: str, values: list[float], length: int,
                      meta: dict | None = None) -> int: ...
     def write_delete(self, series_id: str) -> int: ...
+    def write_state(self, series_id: str, record: bytes) -> int: ...
     def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
     def fail(self, reason: str) -> None: ...  # refuse every change from now on (until a restart)
 
@@ -68,6 +69,8 @@ class StateStore(Protocol):
     def delete(self, series_id: str, idle_since: float | None) -> int | None: ...
     def export(self, exclusive: AbstractContextManager, cut: Callable[[], Any] | None): ...
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None: ...
+    def import_new(self, series_id: str, state: RimerState, now: float,
+                   log: Callable[[], int | None]) -> int | None: ...
 
 
 class Engine:
@@ -251,6 +254,46 @@ class Engine:
             expired.append(series_id)
         self.cache_stats["expired"] += len(expired)
         return expired
+
+    # ---- one series' state, to and from another replica (moving series between replicas) ----
+
+    def export_series(self, series_id: str) -> tuple[RimerState, dict | None]:
+        """The series' state now (on the host) and its metadata; 404 if it is not held. The
+        caller keeps other requests on the series out meanwhile (the HTTP layer's series lock)."""
+        state = self.store.state_of(series_id).to("cpu")
+        return state, self.meta.get(series_id)
+
+    def import_series(self, series_id: str, state: RimerState, meta: dict | None,
+                      record: bytes, digest: str | None = None) -> bool:
+        """Hold `state` (one series, from `export_series` on another engine of the same model)
+        as `series_id`, logged as one state record (`record`: its checked bytes) before it is
+        held. Idempotent: a series held already with the same state and metadata (its record's
+        sha256 is `digest`) is left as it is (False, nothing logged); held with a different one
+        is a 409, never overwritten. True when imported."""
+        if state.batch != 1:
+            raise ValueError("import_series takes one series' state")
+        if self.store.held_length(series_id) is not None:
+            from service.snapshots import series_record_sha256  # (snapshots imports the engine)
+            if digest is None:
+                digest = series_record_sha256(self, series_id, state, meta)
+            held, held_meta = self.export_series(series_id)
+            if series_record_sha256(self, series_id, held, held_meta) == digest:
+                return False
+            raise EngineError(409, f"series {series_id!r} is held here already with another state "
+                                   "(appended to since it was exported, or another series of the "
+                                   "same id): delete it first to replace it", "id")
+        if self.series_held + 1 > self.max_series:
+            raise EngineError(409, f"--max-series is {self.max_series} and as many are held", "id")
+
+        def log() -> int | None:  # under the store's and the journal's locks, before it is held
+            ticket = self.journal.write_state(series_id, record) if self.journal is not None else None
+            self.set_meta(series_id, meta)
+            return ticket
+
+        ticket = self.store.import_new(series_id, state, time.monotonic(), log)
+        if ticket is not None:
+            self.journal.sync(ticket)
+        return True
 
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 

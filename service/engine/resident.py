@@ -400,13 +400,26 @@ class ResidentStore:
 
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
         with self.table_lock:
-            if any(i in self.series for i in ids):
-                raise ValueError("import_states: a series is held already")
-            for row, series_id in enumerate(ids):
-                entry = SeriesEntry(None, threading.Lock(), lengths[row], now)
-                if len(self.resident) < self.e.capacity:
-                    entry.state = states.select([row]).to(self.e.device)
-                    self.resident[series_id] = None
-                else:
-                    self.e.spill.put(series_id, states.select([row]))
-                self.series[series_id] = entry
+            self._insert(ids, states, lengths, now)
+
+    def import_new(self, series_id: str, state: RimerState, now: float, log) -> int | None:
+        """One series not held yet, `log()` (the journal's record) called first: under the
+        journal's lock and then the table's (the order a delete takes them in)."""
+        with self.e.journal_lock(), self.table_lock:
+            if series_id in self.series:
+                raise EngineError(409, f"series {series_id!r} was created meanwhile", "id")
+            ticket = log()
+            self._insert([series_id], state, [int(state.length[0])], now)
+            return ticket
+
+    def _insert(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
+        if any(i in self.series for i in ids):
+            raise ValueError("import_states: a series is held already")
+        for row, series_id in enumerate(ids):
+            entry = SeriesEntry(None, threading.Lock(), lengths[row], now)
+            if len(self.resident) < self.e.capacity:
+                entry.state = states.select([row]).to(self.e.device)
+                self.resident[series_id] = None
+            else:
+                self.e.spill.put(series_id, states.select([row]))
+            self.series[series_id] = entry

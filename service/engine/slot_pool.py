@@ -380,6 +380,16 @@ class SlotPoolStore:
             mark = cut() if cut is not None else None
         return ids + spilled, chunks, mark
 
+    def import_new(self, series_id: str, state: RimerState, now: float, log) -> int | None:
+        """One series not held yet, `log()` (the journal's record) called first: under the
+        pool's lock and then the journal's (the order a delete takes them in)."""
+        with self.lock, self.e.journal_lock():
+            if series_id in self.length or series_id in self.slot:
+                raise EngineError(409, f"series {series_id!r} was created meanwhile", "id")
+            ticket = log()
+            self.import_([series_id], state, [int(state.length[0])], now)
+            return ticket
+
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
         with self.lock:
             if any(i in self.length for i in ids):

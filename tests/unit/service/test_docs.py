@@ -20,6 +20,8 @@ ROUTES_4XX = {  # what each route can answer besides 2xx, by the code that refus
     ("delete", "/series/{series_id}"): {401, 404, 422, 503},
     ("get", "/series"): {401, 422, 503},
     ("get", "/models"): {401, 422, 503},
+    ("get", "/series/{series_id}/export"): {401, 404, 422, 503},
+    ("put", "/series/{series_id}/import"): {401, 409, 413, 422, 503},
 }
 
 
@@ -48,7 +50,7 @@ def test_docs_pages_reference_only_assets_the_service_serves(client, page):
 def test_every_route_is_documented_with_its_real_error_body(client):
     spec = client.get("/openapi.json").json()
     tags = {t["name"] for t in spec["tags"]}
-    assert tags == {"forecasts", "series", "operations"}
+    assert tags == {"forecasts", "series", "operations", "cluster"}
     seen = set()
     for path, ops in spec["paths"].items():
         for method, op in ops.items():
