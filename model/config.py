@@ -98,6 +98,13 @@ class RimerConfig:
         """A stream can only be normalised by what it has seen so far."""
         return self.norm == "causal"
 
+    def position_limit(self, needed: int, what: str) -> str:
+        """The one message for input past a sinusoidal model's position table: `what` ("the
+        input", "2000 points plus a horizon of 96") needs `needed` patches."""
+        return (f"this model's sinusoidal position embedding covers {self.max_positions} patches "
+                f"of {self.patch_len} points ({self.max_positions * self.patch_len} points, history "
+                f"and forecast together); {what} would need {needed}")
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["quantiles"] = list(self.quantiles)

@@ -305,10 +305,7 @@ class Rimer(nn.Module):
         ends = n_patches + (t if counts is None else counts)
         last = int(ends.max()) if len(n_patches) else 0
         if last > self.cfg.max_positions:
-            raise PositionLimitError(
-                f"this model's sinusoidal position embedding covers {self.cfg.max_positions} "
-                f"patches ({self.cfg.max_positions * self.cfg.patch_len} points, forecast "
-                f"included); the input needs {last}")
+            raise PositionLimitError(self.cfg.position_limit(last, "the input"))
 
     def set_dropout(self, p: float) -> None:
         """Residual-branch dropout for training (see `Block`); eval mode ignores it."""

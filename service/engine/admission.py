@@ -20,10 +20,8 @@ def check_forecastable(cfg: RimerConfig, length: int, horizon: int, field: str) 
         rollout = math.ceil((horizon + length % cfg.patch_len) / cfg.patch_len) - 1
         needed = length // cfg.patch_len + rollout
         if needed > cfg.max_positions:
-            raise EngineError(
-                422, f"this model's sinusoidal position embedding covers {cfg.max_positions} "
-                     f"patches of {cfg.patch_len} points, history and forecast together; "
-                     f"{length} points plus a horizon of {horizon} need {needed}", field)
+            raise EngineError(422, cfg.position_limit(
+                needed, f"{length} points plus a horizon of {horizon}"), field)
 
 
 def positions_end(cfg: RimerConfig) -> float:
@@ -33,9 +31,8 @@ def positions_end(cfg: RimerConfig) -> float:
 
 def check_positions(cfg: RimerConfig, length: int, field: str) -> None:
     if length >= positions_end(cfg):
-        raise EngineError(422, f"this model's sinusoidal position embedding covers "
-                               f"{cfg.max_positions} patches of {cfg.patch_len} points; the "
-                               f"series would have {length} points", field)
+        raise EngineError(422, cfg.position_limit(
+            length // cfg.patch_len, f"a series of {length} points"), field)
 
 
 def require_streamable(cfg: RimerConfig, name: str) -> None:

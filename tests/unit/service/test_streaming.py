@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -88,6 +89,12 @@ def test_a_short_position_table_is_a_422_on_either_path_and_does_not_stop_the_st
     with pytest.raises(EngineError) as refused:
         engine.append("direct", series(p, 2), None)
     assert (refused.value.status, refused.value.field) == (422, "values")
+    # one wording for the limit, the engine's and the model's (model.config.position_limit)
+    from model.rimer import PositionLimitError
+    limit = f"covers 4 patches of {p} points ({4 * p} points, history and forecast together)"
+    assert limit in str(refused.value), str(refused.value)
+    with pytest.raises(PositionLimitError, match=re.escape(limit)):
+        model.append(model.init_state([torch.zeros(5 * p)]), [torch.zeros(5 * p)])
     with TestClient(create_app(Settings(batch_window_ms=window_ms), engine)) as c:
         assert c.post("/series/s/append", json={"values": series(4 * p, 3)}).status_code == 200
         r = c.post("/series/s/append", json={"values": series(p, 4)})
