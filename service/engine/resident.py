@@ -15,12 +15,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
-from service.engine.ops import EXPORT_CHUNK, EngineError, Op, rounds, unknown
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, full, rounds, unknown
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
@@ -180,6 +181,85 @@ class ResidentStore:
                 self._forget_if_empty(sid, entries[sid])
         return results, ticket
 
+    def apply_columns(self, ids: list[str], bounds: list[int], values: np.ndarray,
+                      metas: list[dict]) -> tuple[list[int], int | None]:
+        """`Engine.append_columns` where each id is named once and nothing is forecast: the
+        lengths after it and the journal's ticket, or the EngineError refusing it whole. The
+        same rules as `apply` on a request of one op per series (admission, deferred tail
+        points, one model call for the series whose patch completes, the same log records),
+        checked on arrays: an `Op` only for those series whose patch completes."""
+        try:
+            return self._columns_locked(ids, bounds, values, metas)
+        finally:
+            self._shrink()
+
+    def _columns_locked(self, ids, bounds, values, metas):
+        e, p = self.e, self.cfg.patch_len
+        entries, locks, created = self._lock_named(sorted(ids), None)
+        ticket = None
+        try:
+            listed = list(map(entries.__getitem__, ids))  # (request order)
+            old = np.fromiter([en.length for en in listed], np.int64, len(ids))
+            new = old + np.diff(np.asarray(bounds, np.int64))
+            # The first refusal in request order, as admission.plan finds it.
+            refused: list[tuple[int, EngineError]] = []
+            if created:
+                room = max(0, e.max_series - (len(self.series) - len(created)))
+                if len(created) > room:
+                    i = [i for i, sid in enumerate(ids) if sid in created][room]
+                    refused.append((i, full(e.max_series, f"ids[{i}]")))
+            end = admission.positions_end(self.cfg)
+            if end != float("inf") and (new >= end).any():
+                i = int(np.flatnonzero(new >= end)[0])
+                try:
+                    admission.check_positions(self.cfg, int(new[i]), f"ids[{i}]")
+                except EngineError as exc:
+                    refused.append((i, exc))
+            if refused:
+                raise min(refused, key=lambda r: r[0])[1]
+            stepped = np.flatnonzero(old // p != new // p).tolist()
+            if e.spill is not None:
+                states = self._on_device_all(entries)
+            else:
+                states = None
+                e.cache_stats["hits"] += len(ids) - len(created)
+                e.cache_stats["misses"] += len(created)
+                if created:
+                    with self.table_lock:
+                        self.resident.update(dict.fromkeys(created))
+            floats = values.tolist()
+            new_lengths = new.tolist()
+            computed: dict[int, Op] = {}
+            if stepped:
+                ops, st, pend = [], {}, {}
+                for i in stepped:
+                    sid, entry = ids[i], listed[i]
+                    op = Op(sid, floats[bounds[i]:bounds[i + 1]], None, f"ids[{i}]")
+                    op.length = new_lengths[i]
+                    ops.append(op)
+                    computed[i] = op
+                    st[sid] = states[sid] if states is not None else entry.state
+                    pend[sid] = entry.pending
+                self._round(ops, st, pend)
+            with e.journal_lock():
+                if e.journal is not None:  # (all the records in one write, before any change)
+                    ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)
+                now, meta = time.monotonic(), e.meta
+                for i, entry in enumerate(listed):
+                    meta[ids[i]] = metas[i]
+                    if computed and i in computed:
+                        entry.set_state(computed[i].state, new_lengths[i])
+                    else:
+                        entry.pending.extend(floats[bounds[i]:bounds[i + 1]])
+                        entry.length = new_lengths[i]
+                    entry.touched = now
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+            for sid in created:
+                self._forget_if_empty(sid, entries[sid])
+        return new_lengths, ticket
+
     def _round(self, ops: list[Op], states: dict[str, RimerState], pending: dict[str, list[float]]) -> None:
         """At most one op per series. An append that completes no patch and asks no forecast is
         deferred (its points join `pending`; `op.state` stays None). The others, and forecasts
@@ -248,13 +328,18 @@ class ResidentStore:
                 every.add(op.series_id)
                 if op.values is not None:
                     appended.add(op.series_id)
-        named = sorted(every)
+        return self._lock_named(sorted(every), appended)
+
+    def _lock_named(self, named: list[str], appended: set | None
+                    ) -> tuple[dict[str, SeriesEntry], list, set]:
+        """`_lock_entries` of the sorted ids `named`, those in `appended` (None: all) created
+        where missing."""
         while True:
             entries, created = {}, set()
             with self.table_lock:
                 for sid in named:
                     entry = self.series.get(sid)
-                    if entry is None and sid in appended:
+                    if entry is None and (appended is None or sid in appended):
                         state = RimerState.zeros(self.cfg, 1, self.e.device)
                         entry = self.series[sid] = SeriesEntry(state, threading.Lock())
                         created.add(sid)
