@@ -178,8 +178,10 @@ def plan_columns(e: Engine, cols: columnar.Columns, gap_budget: int
         try:
             planned = plan_append(e, sid, item, budget, "", chain)
         except timeline.TimelineError as exc:
-            raise timeline.TimelineError(exc.status, f"ids[{i}] ({sid!r}): {exc.message}",
-                                         columnar.field_of(exc.field, i, a)) from None
+            field = columnar.field_of(exc.field, i, a)
+            about = field if field == f"ids[{i}]" else f"{field} (series ids[{i}])"
+            raise timeline.TimelineError(exc.status, f"{about}, {sid!r}: {exc.message}",
+                                         field) from None
         budget -= planned.filled
         values += planned.values
         out.append(len(values))
