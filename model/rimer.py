@@ -260,7 +260,9 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     earlier = ext.as_strided((bsz, t, m, n_lags), (s0, p, 1, 1), off)
     current = ext.as_strided((bsz, t, m), (s0, p, 1), off + w)
     diff = earlier - current[..., None]
-    match = -(diff * diff).mean(2).flip(-1) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
+    # (squared in place when no gradient needs `diff`: one temporary fewer, the same bits)
+    square = diff * diff if diff.requires_grad else diff.mul_(diff)
+    match = -square.mean(2).flip(-1) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
     seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
     reach = (p + m + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
     score = logits.float() + sharpness.float()[..., None] * match.float()

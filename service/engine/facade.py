@@ -233,12 +233,13 @@ class Engine:
         return results
 
     def append_columns(self, ids: list[str], bounds: list[int], values: np.ndarray,
-                       metas: list[dict], horizon: int | None = None
+                       metas: list[dict], horizon: int | None = None, name: str = "ids"
                        ) -> tuple[list[int], list | None]:
         """The columnar bulk append: series `ids[i]` appends `values[bounds[i]:bounds[i + 1]]`
         (float64) and takes `metas[i]` as its metadata; all or nothing, like a request of
         `apply_batch`. Returns each series' length after it (and with `horizon`, its forecast),
-        or raises the EngineError refusing it (its field `ids[i]...`). Where each series is
+        or raises the EngineError refusing it (its field `ids[i].id`, `ids[i].values`, ...;
+        `name` for `ids`: the per-item form's `series[i]...`). Where each series is
         named once and no forecast is asked (a bulk ingest), the store applies the arrays
         without an `Op` per series (`ResidentStore.apply_columns`); else, and on the triton
         backend, one `Op` per run through `apply_batch`. The log gets the same records either
@@ -247,13 +248,13 @@ class Engine:
         columns = getattr(self.store, "apply_columns", None)
         if columns is None or horizon is not None or len(set(ids)) != len(ids):
             listed = values.tolist()
-            ops = [Op(sid, listed[bounds[i]:bounds[i + 1]], horizon, f"ids[{i}]", meta=metas[i])
+            ops = [Op(sid, listed[bounds[i]:bounds[i + 1]], horizon, f"{name}[{i}]", meta=metas[i])
                    for i, sid in enumerate(ids)]
             [out] = self.apply_batch([ops])
             if isinstance(out, EngineError):
                 raise out
             return [length for length, _ in out], ([mean for _, mean in out] if horizon else None)
-        lengths, ticket = columns(ids, bounds, values, metas)
+        lengths, ticket = columns(ids, bounds, values, metas, name)
         if ticket is not None:
             self.journal.sync(ticket)
         return lengths, None

@@ -182,18 +182,18 @@ class ResidentStore:
         return results, ticket
 
     def apply_columns(self, ids: list[str], bounds: list[int], values: np.ndarray,
-                      metas: list[dict]) -> tuple[list[int], int | None]:
+                      metas: list[dict], name: str = "ids") -> tuple[list[int], int | None]:
         """`Engine.append_columns` where each id is named once and nothing is forecast: the
         lengths after it and the journal's ticket, or the EngineError refusing it whole. The
         same rules as `apply` on a request of one op per series (admission, deferred tail
         points, one model call for the series whose patch completes, the same log records),
         checked on arrays: an `Op` only for those series whose patch completes."""
         try:
-            return self._columns_locked(ids, bounds, values, metas)
+            return self._columns_locked(ids, bounds, values, metas, name)
         finally:
             self._shrink()
 
-    def _columns_locked(self, ids, bounds, values, metas):
+    def _columns_locked(self, ids, bounds, values, metas, name):
         e, p = self.e, self.cfg.patch_len
         entries, locks, created = self._lock_named(sorted(ids), None)
         ticket = None
@@ -207,12 +207,12 @@ class ResidentStore:
                 room = max(0, e.max_series - (len(self.series) - len(created)))
                 if len(created) > room:
                     i = [i for i, sid in enumerate(ids) if sid in created][room]
-                    refused.append((i, full(e.max_series, f"ids[{i}]")))
+                    refused.append((i, full(e.max_series, f"{name}[{i}].id")))
             end = admission.positions_end(self.cfg)
             if end != float("inf") and (new >= end).any():
                 i = int(np.flatnonzero(new >= end)[0])
                 try:
-                    admission.check_positions(self.cfg, int(new[i]), f"ids[{i}]")
+                    admission.check_positions(self.cfg, int(new[i]), f"{name}[{i}].values")
                 except EngineError as exc:
                     refused.append((i, exc))
             if refused:
@@ -234,7 +234,7 @@ class ResidentStore:
                 ops, st, pend = [], {}, {}
                 for i in stepped:
                     sid, entry = ids[i], listed[i]
-                    op = Op(sid, floats[bounds[i]:bounds[i + 1]], None, f"ids[{i}]")
+                    op = Op(sid, floats[bounds[i]:bounds[i + 1]], None, f"{name}[{i}]")
                     op.length = new_lengths[i]
                     ops.append(op)
                     computed[i] = op

@@ -113,9 +113,22 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
         filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
         return ops, sum(len(op.values) for op in ops) if filled else points
 
+    def in_columns(ops: list[Op]) -> tuple[list[int], np.ndarray]:
+        bounds, flat = [0], []
+        for op in ops:
+            flat += op.values
+            bounds.append(len(flat))
+        return bounds, np.array(flat, dtype=np.float64)
+
     async def work():
         ops, planned = await executor.off_loop(points, plan_all)
         check_points(settings, planned, "series")
+        if not body.horizon and body.anomaly_level is None:  # a bulk ingest: the engine's
+            bounds, values = in_columns(ops)  # columnar path (the same rules and records)
+            lengths, _ = await executor.call(
+                "bulk_append", planned, len(ops), e.append_columns, [op.series_id for op in ops],
+                bounds, values, [op.meta for op in ops], None, "series")
+            return ops, planned, [None] * len(ops), [(n, None) for n in lengths], None
         stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
                    for op in ops] if body.horizon else [None] * len(ops))
         work = work_of(planned, (body.horizon or 0) * len(ops))

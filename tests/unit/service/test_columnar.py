@@ -230,6 +230,7 @@ def test_columnar_log_records_equal_per_item_and_recover(loaded, tmp_path):
     logs = {form: b"".join(p.read_bytes() for p in sorted(d.glob("wal-*.log")))
             for form, d in dirs.items()}
     assert logs["per-item"] == logs["columnar"] and len(logs["columnar"]) > 3_000
+    same_states(engines["per-item"], engines["columnar"], ids)  # (Op path against columnar)
     again = Engine(model, manifest, 20, backend="torch")
     store = Store(dirs["columnar"], again, snapshot_interval_s=0)
     assert store.open()["replayed"] == len(ids) * len(runs)
