@@ -78,6 +78,20 @@ def encode(record: Record) -> bytes:
 
 _META_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # (as json.dumps)
 _LENGTH, _CRC = struct.Struct("<I"), struct.Struct("<I")
+_INF = float("inf")
+
+
+def _meta_bytes(meta: dict | None) -> bytes:
+    """`encode`'s metadata bytes; the common `{"last": x}` written directly (json writes a float
+    as `float.__repr__` and an int as `int.__repr__`: the same bytes, 3x faster)."""
+    if meta is None:
+        return b""
+    if len(meta) == 1:
+        last = meta.get("last")
+        kind = type(last)
+        if (kind is float and -_INF < last < _INF) or kind is int:
+            return b'{"last":%s}' % repr(last).encode()
+    return _META_JSON(meta).encode()
 
 
 def encode_appends(seq: int, ids: list[str], bounds: list[int], values: np.ndarray,
@@ -87,15 +101,17 @@ def encode_appends(seq: int, ids: list[str], bounds: list[int], values: np.ndarr
     1]], metas[i])`, joined (the values' bytes made once for all)."""
     data = np.ascontiguousarray(values, dtype="<f8").tobytes()
     out = []
-    pack_head, pack_append, pack_meta = PAYLOAD.pack, APPEND.pack, META.pack
-    pack_len, pack_crc, crc32 = _LENGTH.pack, _CRC.pack, zlib.crc32
+    pack_meta, pack_len, pack_crc, crc32 = META.pack, _LENGTH.pack, _CRC.pack, zlib.crc32
+    fronts: dict[int, struct.Struct] = {}  # id length -> PAYLOAD, the id and APPEND in one
     for i, sid in enumerate(ids):
         key = sid.encode()
+        front = fronts.get(len(key))
+        if front is None:
+            front = fronts[len(key)] = struct.Struct(f"<BQH{len(key)}sQI")
         a, b = bounds[i], bounds[i + 1]
-        meta = b"" if metas[i] is None else _META_JSON(metas[i]).encode()
-        payload = b"".join((pack_head(KIND_APPEND, seq + i, len(key)), key,
-                            pack_append(lengths[i], b - a), data[8 * a:8 * b],
-                            pack_meta(len(meta)), meta))
+        meta = _meta_bytes(metas[i])
+        payload = (front.pack(KIND_APPEND, seq + i, len(key), key, lengths[i], b - a)
+                   + data[8 * a:8 * b] + pack_meta(len(meta)) + meta)
         head = pack_len(len(payload))
         out += (head, pack_crc(crc32(payload, crc32(head))), payload)
     return b"".join(out)
