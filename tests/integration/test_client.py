@@ -332,6 +332,23 @@ def test_append_resent_after_it_landed_counts_once(default_server):
         rimer.append(first)
 
 
+def test_append_errors_name_the_series_of_a_flat_field(default_server):
+    """The client sends the columnar form: a bad point is `values[k]` of the flat array, and the
+    error says whose it is."""
+    prefix = f"cf-{uuid.uuid4().hex[:8]}"
+    df = pd.concat([pd.DataFrame({"unique_id": f"{prefix}-{k}", "y": wave(40, k)}) for k in range(3)],
+                   ignore_index=True)
+    df.loc[85, "y"] = np.inf  # series 2's 6th point
+    with Client(default_server.url) as rimer:
+        with pytest.raises(ValidationError) as err:
+            rimer.append(df)
+        assert err.value.field == "values[85]" and err.value.series_id == f"{prefix}-2"
+        with pytest.raises(NotFound):
+            rimer.describe(f"{prefix}-0")  # nothing applied
+        out = rimer.append(df.assign(y=df.y.replace(np.inf, 1.0)))
+        assert list(out["length"]) == [40, 40, 40]
+
+
 def test_append_without_timestamps_is_not_resent(default_server):
     uid = f"cc-{uuid.uuid4().hex[:8]}"
     lose = LoseFirst("/series/append")

@@ -238,3 +238,16 @@ def test_columnar_log_records_equal_per_item_and_recover(loaded, tmp_path):
         assert again.forecast_series(sid, 9) == engines["columnar"].forecast_series(sid, 9)
     same_states(again, engines["columnar"], ids)
     store.close()
+
+
+def test_the_docs_show_both_forms(loaded):
+    with client_for(loaded, LIMITS) as c:
+        spec = c.get("/openapi.json").json()
+    body = spec["paths"]["/series/append"]["post"]["requestBody"]["content"]["application/json"]
+    refs = {s["$ref"].rsplit("/", 1)[1] for s in body["schema"]["oneOf"]}
+    assert refs == {"BulkAppendRequest", "ColumnarAppendRequest"}
+    assert {"ids", "offsets", "values", "timestamps"} <= set(
+        spec["components"]["schemas"]["ColumnarAppendRequest"]["properties"])
+    assert "ids" in body["examples"]["columnar"]["value"]
+    answer = spec["paths"]["/series/append"]["post"]["responses"]["200"]["content"]
+    assert "ColumnarAppendResponse" in json.dumps(answer)
