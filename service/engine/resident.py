@@ -7,6 +7,7 @@ series (taken in id order, so batches never wait for each other in a cycle) and 
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -47,6 +48,9 @@ class SeriesEntry:
         self.state = RimerState(**tensors)
         self.length = int(state.length[0]) if length is None else length
         self.pending = []
+
+
+_lock_of, _length_of = operator.attrgetter("lock"), operator.attrgetter("length")
 
 
 def append_tails(states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
@@ -199,7 +203,7 @@ class ResidentStore:
         ticket = None
         try:
             listed = list(map(entries.__getitem__, ids))  # (request order)
-            old = np.fromiter([en.length for en in listed], np.int64, len(ids))
+            old = np.fromiter(map(_length_of, listed), np.int64, len(ids))
             new = old + np.diff(np.asarray(bounds, np.int64))
             # The first refusal in request order, as admission.plan finds it.
             refused: list[tuple[int, EngineError]] = []
@@ -241,18 +245,28 @@ class ResidentStore:
                     st[sid] = states[sid] if states is not None else entry.state
                     pend[sid] = entry.pending
                 self._round(ops, st, pend)
+            deferred = ([i for i in range(len(ids)) if i not in computed] if computed
+                        else range(len(ids)))
             with e.journal_lock():
                 if e.journal is not None:  # (all the records in one write, before any change)
                     ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)
-                now, meta = time.monotonic(), e.meta
-                for i, entry in enumerate(listed):
-                    meta[ids[i]] = metas[i]
-                    if computed and i in computed:
-                        entry.set_state(computed[i].state, new_lengths[i])
-                    else:
+                now = time.monotonic()
+                e.meta.update(zip(ids, metas))
+                for i, op in computed.items():
+                    listed[i].set_state(op.state, new_lengths[i])
+                    listed[i].touched = now
+                if len(floats) == len(ids):  # one point per series (a bulk ingest's case)
+                    for i in deferred:
+                        entry = listed[i]
+                        entry.pending.append(floats[i])
+                        entry.length = new_lengths[i]
+                        entry.touched = now
+                else:
+                    for i in deferred:
+                        entry = listed[i]
                         entry.pending.extend(floats[bounds[i]:bounds[i + 1]])
                         entry.length = new_lengths[i]
-                    entry.touched = now
+                        entry.touched = now
         finally:
             for lock in reversed(locks):
                 lock.release()
@@ -334,25 +348,23 @@ class ResidentStore:
                     ) -> tuple[dict[str, SeriesEntry], list, set]:
         """`_lock_entries` of the sorted ids `named`, those in `appended` (None: all) created
         where missing."""
+        table = self.series
         while True:
-            entries, created = {}, set()
+            created = set()
             with self.table_lock:
-                for sid in named:
-                    entry = self.series.get(sid)
-                    if entry is None and (appended is None or sid in appended):
-                        state = RimerState.zeros(self.cfg, 1, self.e.device)
-                        entry = self.series[sid] = SeriesEntry(state, threading.Lock())
-                        created.add(sid)
-                    if entry is not None:
-                        entries[sid] = entry
-            locks = [entry.lock for entry in entries.values()]  # (in id order, as `named`)
+                found = list(map(table.get, named))  # (one C pass when all are held)
+                if None in found:
+                    for k, sid in enumerate(named):
+                        if found[k] is None and (appended is None or sid in appended):
+                            state = RimerState.zeros(self.cfg, 1, self.e.device)
+                            found[k] = table[sid] = SeriesEntry(state, threading.Lock())
+                            created.add(sid)
+                entries = {sid: entry for sid, entry in zip(named, found) if entry is not None}
+            held = list(entries.values())
+            locks = list(map(_lock_of, held))  # (in id order, as `named`)
             for lock in locks:
                 lock.acquire()
-            table = self.series
-            for sid, entry in entries.items():
-                if table.get(sid) is not entry:
-                    break
-            else:
+            if all(map(operator.is_, map(table.get, entries), held)):
                 return entries, locks, created
             for lock in reversed(locks):  # one was deleted meanwhile: start again
                 lock.release()

@@ -251,3 +251,30 @@ def test_the_docs_show_both_forms(loaded):
     assert "ids" in body["examples"]["columnar"]["value"]
     answer = spec["paths"]["/series/append"]["post"]["responses"]["200"]["content"]
     assert "ColumnarAppendResponse" in json.dumps(answer)
+
+
+def test_columnar_with_spilled_states_equals_per_item(loaded, tmp_path):
+    """Past the device's capacity states spill to host memory and disk; a columnar append takes
+    them back as a per-item one does."""
+    model, manifest = loaded
+    ids = [f"s{i}" for i in range(5)]
+    runs = [[(sid, series(30 + i, i)) for i, sid in enumerate(ids)]]
+    runs += [[(sid, [float(k) - i]) for i, sid in enumerate(ids)] for k in range(4)]
+    engines = {}
+    for form in ("per-item", "columnar"):
+        e = engines[form] = Engine(model, manifest, 20, backend="torch", capacity=2,
+                                   host_capacity=1, spill_dir=str(tmp_path / form))
+        for run in runs:
+            for part in (run[:3], run[3:]):  # (the first part's states spill in the second)
+                metas = [{"last": v[-1]} for _, v in part]
+                if form == "per-item":
+                    [out] = e.apply_batch([[Op(s, v, meta=m) for (s, v), m in zip(part, metas)]])
+                    assert not isinstance(out, Exception)
+                else:
+                    bounds = np.cumsum([0] + [len(v) for _, v in part]).tolist()
+                    e.append_columns([s for s, _ in part], bounds,
+                                     np.array([x for _, v in part for x in v]), metas)
+        assert e.cache_sizes["device"] <= 3 and e.cache_stats["misses"] > 0
+    for sid in ids:
+        assert engines["columnar"].forecast_series(sid, 5) == engines["per-item"].forecast_series(sid, 5)
+    same_states(engines["per-item"], engines["columnar"], ids)
