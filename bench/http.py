@@ -14,6 +14,9 @@ connections (keep-alive, one connection per client worker):
   2. bulk appends, `POST /series/append` with --bulk-series series x 1 point per request, at each
      --bulk-concurrency; each bulk worker has its own series, created beforehand likewise
      staggered (about 1/32 of them complete a patch, running the network, in each request);
+     in both forms, one after the other on the same series: per item (`{"series": [{"id",
+     "values"}, ...]}`, case `bulk`) and columnar (`{"ids", "offsets", "values"}`, case
+     `columnar`), and the ratio of their throughputs (`bulk_forms` in the JSON);
   3. stateless forecasts, `POST /forecast` of one series of --forecast-points points (a new random
      walk per request, of a cycle of 8), horizon 96, at each --forecast-concurrency (none: skipped);
      its points/s are history points consumed;
@@ -202,6 +205,16 @@ def bulk_workload(workers: int, n: int, prefix: str, cycle: int = 8) -> Workload
         return [json.dumps({"series": [{"id": sid, "values": [float(v)]}
                                        for sid, v in zip(ids, row)]}).encode() for row in values]
     return Workload("bulk", lambda w: BULK_PATH, bodies_of, n, workers)
+
+
+def columnar_workload(workers: int, n: int, prefix: str, cycle: int = 8) -> Workload:
+    """The bulk workload's requests (the same series and values) in the columnar form."""
+    def bodies_of(w: int) -> list[bytes]:
+        ids = bulk_ids(w, n, prefix)
+        values = np.asarray(walk(cycle * n, 2000 + w)).reshape(cycle, n)
+        return [json.dumps({"ids": ids, "offsets": list(range(n)),
+                            "values": [float(v) for v in row]}).encode() for row in values]
+    return Workload("columnar", lambda w: BULK_PATH, bodies_of, n, workers)
 
 
 def forecast_workload(workers: int, points: int, cycle: int = 8) -> Workload:
@@ -518,8 +531,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                for s in bulk_ids(w, args.bulk_series, prefix)],
                                   args.initial_points)
                     created = max(created, c)
+                    # the two forms of one workload, side by side (the same series, values
+                    # and order of requests): per item, then columnar
                     rows.append(measure(server, bulk_workload(c, args.bulk_series, prefix), args,
                                         "bulk", BULK_PATH, window))
+                    rows.append(measure(server, columnar_workload(c, args.bulk_series, prefix),
+                                        args, "columnar", BULK_PATH, window))
                 for c in (args.forecast_concurrency if batching else []):
                     rows.append(measure(server, forecast_workload(c, args.forecast_points), args,
                                         "forecast", FORECAST_PATH, window))
@@ -533,6 +550,17 @@ def main(argv: list[str] | None = None) -> dict:
                and not r["batch_window_ms"])
     ratio = on["requests_per_s"] / off["requests_per_s"]
     print_table(rows)
+    forms = []
+    for r in rows:
+        if r["case"] == "columnar":
+            item = next(b for b in rows if b["case"] == "bulk" and b["concurrency"] == r["concurrency"])
+            forms.append({"concurrency": r["concurrency"], "series_per_request": r["points_per_request"],
+                          "per_item_points_per_s": item["points_per_s"],
+                          "columnar_points_per_s": r["points_per_s"],
+                          "ratio": r["points_per_s"] / item["points_per_s"]})
+            print(f"bulk ingest, {r['points_per_request']} series x 1 point, {r['concurrency']} "
+                  f"client(s): per item {item['points_per_s']:.0f} points/s, columnar "
+                  f"{r['points_per_s']:.0f} points/s: x{forms[-1]['ratio']:.2f}")
     print(f"micro-batching at concurrency {top}: {on['requests_per_s']:.0f} req/s with a "
           f"{args.batch_window_ms:g} ms window, {off['requests_per_s']:.0f} req/s off: x{ratio:.2f}")
     print("req/s, points/s, p50/p99: measured by the client (send to last byte); srv ms: the server's "
@@ -552,6 +580,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "note")},
         "versions": versions(),
         "cases": rows,
+        "bulk_forms": forms,
         "batching": {"concurrency": top, "window_ms": args.batch_window_ms,
                      "on_requests_per_s": on["requests_per_s"],
                      "off_requests_per_s": off["requests_per_s"], "ratio": ratio},

@@ -63,6 +63,13 @@ BULK_EXAMPLES = {
     "two series": {"summary": "append to two series in one request (all or nothing)",
                    "value": {"series": [{"id": "plant-7.load", "values": _history(40)},
                                         {"id": "b", "values": [2.0, 2.5]}]}},
+    "columnar": {"summary": "the columnar form: ids, where each series' run starts, one flat "
+                            "array of values (the faster form for many series)",
+                 "value": {"ids": ["plant-7.load", "b", "c"], "offsets": [0, 40, 42],
+                           "values": _history(40) + [2.0, 2.5, 7.0]}},
+    "columnar with a forecast": {"summary": "the columnar form, forecasting each series 4 points",
+                                 "value": {"ids": ["plant-7.load"], "offsets": [0],
+                                           "values": _history(40), "horizon": 4}},
 }
 
 

@@ -32,9 +32,11 @@ def field_path(error: dict) -> str:
     """`series[0].values[2]` for a pydantic error's loc; `body` for the body as a whole (a
     JSON decode error's loc ends in a character offset, not a field)."""
     loc = tuple(error.get("loc", ()))
-    if error.get("type") == "json_invalid" or loc == ("body",):
+    if error.get("type") == "json_invalid" or loc in (("body",), ("body", "per-item")):
         return "body"
     out = ""
+    if len(loc) > 1 and loc[0] == "body" and loc[1] in ("per-item", "columnar"):
+        loc = loc[:1] + loc[2:]  # (POST /series/append's two forms: schemas.BulkAppendBody)
     for p in (str(p) for p in loc if p not in ("body", "path", "query")):
         out += f"[{p}]" if p.isdigit() else (f".{p}" if out else p)
     return out

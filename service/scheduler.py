@@ -17,10 +17,12 @@ answered request by request, each with its own result or error.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
@@ -37,9 +39,13 @@ class _Pending:
     loop: asyncio.AbstractEventLoop
     histories: list[list[float]] | None = None  # a stateless forecast's series
     horizon: int = 0
+    call: Callable[[], object] | None = None  # an engine call of its own (a columnar append)
+    weight: int = 0  # the call's series
 
     @property
     def size(self) -> int:
+        if self.call is not None:
+            return self.weight
         return len(self.ops) if self.histories is None else len(self.histories)
 
 
@@ -75,6 +81,14 @@ class Scheduler:
         self._queue.put(pending)
         return await pending.future
 
+    async def run(self, call: Callable[[], object], series: int):
+        """`call()` (an engine call of `series` series: a columnar bulk append) on the worker, in
+        queue order with the batches around it; its result, or the EngineError it raised."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending([], loop.create_future(), loop, call=call, weight=series)
+        self._queue.put(pending)
+        return await pending.future
+
     def close(self) -> None:
         """Finish what is queued, then stop the worker."""
         self._queue.put(None)
@@ -105,7 +119,7 @@ class Scheduler:
             batch, stop = self._gather(first)
             self._last_requests = len(batch)
             start = time.perf_counter()
-            appends = [p for p in batch if p.histories is None]
+            appends = [p for p in batch if p.histories is None and p.call is None]
             outcomes: dict[int, object] = {}
             if appends:
                 try:
@@ -114,6 +128,9 @@ class Scheduler:
                     log.exception("batch of %d requests failed", len(appends))
                     results = [_internal(exc)] * len(appends)
                 outcomes.update((id(p), r) for p, r in zip(appends, results))
+            for p in batch:
+                if p.call is not None:  # (its series are locked by the HTTP layer: no other
+                    outcomes[id(p)] = _called(p.call)  # request of the batch touches them)
             by_horizon: dict[int, list[_Pending]] = {}
             for p in batch:
                 if p.histories is not None:
@@ -153,6 +170,15 @@ class Scheduler:
                     log.exception("stateless forecast failed")
                 out[id(p)] = exc if isinstance(exc, EngineError) else _internal(exc)
         return out
+
+
+def _called(call: Callable[[], object]):
+    try:
+        return call()
+    except BaseException as exc:
+        if not isinstance(exc, EngineError):
+            log.exception("engine call failed")
+        return _internal(exc)
 
 
 def _internal(exc: BaseException) -> EngineError:
@@ -199,6 +225,17 @@ class Executor:
         if isinstance(out, EngineError):
             raise out
         return out
+
+    async def call(self, label: str, work: int, series: int, fn, *args):
+        """`fn(*args)`, an engine call of its own (a columnar bulk append of `series` series and
+        `work` points of work): on the batcher's worker when batching is on and it is not
+        large, else in the thread pool."""
+        if self.batcher is not None and not self.is_large(work):
+            out = await self.batcher.run(functools.partial(fn, *args), series)
+            if isinstance(out, EngineError):
+                raise out
+            return out
+        return await run_in_threadpool(self.metrics.timed, label, fn, *args)
 
     async def forecast(self, histories: list[list[float]], horizon: int, values: int):
         """Stateless forecasts of `histories` (`values` points given)."""

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    WithJsonSchema,
+    model_validator,
+)
 
 from service import timeline
 
@@ -189,6 +198,79 @@ class BulkAppendRequest(Distribution):
 
 class BulkAppendResponse(BaseModel):
     series: list[AppendResponse]
+
+
+SeriesIdItem = Annotated[str, Field(pattern=SERIES_ID_PATTERN)]
+COLUMNAR_RULE = ("The columnar form: run i is `values[offsets[i]:offsets[i + 1]]` (the last run to "
+                 "the end of `values`) and is appended to series `ids[i]`. Checked whole in bulk "
+                 "(one bad value refuses the request, naming it by its place in the flat arrays: "
+                 "`values[17]`, `offsets[3]`, `ids[2]`). `freq` and `horizon` (and `level`, "
+                 "`quantiles`) apply to every series; `anomaly_level` is the per-item form's only.")
+
+
+class ColumnarBody:
+    """A columnar bulk append as parsed JSON, checked by `service.columnar.parse` (in bulk, with
+    the service's limits), not by pydantic (which would make an object per point)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: dict):
+        self.raw = raw
+
+
+class ColumnarAppendRequest(Distribution):
+    """Documents the columnar form of `POST /series/append`; its checks are
+    `service.columnar.parse`'s (the validator hands the body on unchecked)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra={"description": COLUMNAR_RULE})
+
+    ids: list[SeriesIdItem] = Field(min_length=1, description="the series, in order; an id may "
+                                    "repeat (its runs apply in order). " + SERIES_ID_RULE)
+    offsets: list[int] = Field(min_length=1, description="where each series' run starts in "
+                               "`values`: one per id, the first 0, strictly increasing (no empty "
+                               "runs)")
+    values: Values = Field(min_length=1, description="every series' new points, run after run; "
+                           + NULLS_RULE)
+    timestamps: list[Timestamp] | None = Field(None, description="one per value, parallel to "
+                                               "`values`: " + TIMESTAMPS_RULE)
+    freq: Freq | None = Field(None, description=FREQ_RULE + " (for every new series of the request)")
+    horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
+                                "forecast of this many points")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unchecked(cls, value, handler):
+        return ColumnarBody(value)
+
+
+def _form(value) -> str:
+    return "columnar" if isinstance(value, dict) and "ids" in value else "per-item"
+
+
+# POST /series/append's body: the columnar form when it has `ids`, else the per-item one. (The
+# tags are left out of error fields: service.errors.field_path.)
+BULK_FORMS = ("per-item", "columnar")
+BulkAppendBody = Annotated[Annotated[BulkAppendRequest, Tag("per-item")]
+                           | Annotated[ColumnarAppendRequest, Tag("columnar")], Discriminator(_form)]
+
+
+class ColumnarForecast(BaseModel):
+    offsets: list[int] = Field(description="where each series' forecast starts in `mean` "
+                               "(i * horizon)")
+    mean: list[float]
+    intervals: list[Interval] | None = Field(None, description="`lo` and `hi` parallel to `mean`")
+    quantiles: list[QuantileValues] | None = Field(None, description="`values` parallel to `mean`")
+    timestamps: list[str | None] | None = Field(None, description="parallel to `mean` when a "
+                                                "series has timestamps (null for those without)")
+
+
+class ColumnarAppendResponse(BaseModel):
+    """The columnar form's answer: parallel to the request's `ids`."""
+
+    ids: list[str]
+    lengths: list[int] = Field(description="each series' length after the append")
+    forecast: ColumnarForecast | None = Field(None, description="with `horizon`")
 
 
 class SeriesLength(BaseModel):

@@ -80,6 +80,47 @@ def encode(record: Record) -> bytes:
     return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
+_META_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # (as json.dumps)
+_LENGTH, _CRC = struct.Struct("<I"), struct.Struct("<I")
+_INF = float("inf")
+
+
+def _meta_bytes(meta: dict | None) -> bytes:
+    """`encode`'s metadata bytes; the common `{"last": x}` written directly (json writes a float
+    as `float.__repr__` and an int as `int.__repr__`: the same bytes, 3x faster)."""
+    if meta is None:
+        return b""
+    if len(meta) == 1:
+        last = meta.get("last")
+        kind = type(last)
+        if (kind is float and -_INF < last < _INF) or kind is int:
+            return b'{"last":%s}' % repr(last).encode()
+    return _META_JSON(meta).encode()
+
+
+def encode_appends(seq: int, ids: list[str], bounds: list[int], values: np.ndarray,
+                   lengths: list[int], metas: list[dict | None]) -> bytes:
+    """The append records of a columnar bulk append, numbered from `seq`: the bytes `encode`
+    gives each `Record(KIND_APPEND, seq + i, ids[i], lengths[i], values[bounds[i]:bounds[i +
+    1]], metas[i])`, joined (the values' bytes made once for all)."""
+    data = np.ascontiguousarray(values, dtype="<f8").tobytes()
+    out = []
+    pack_meta, pack_len, pack_crc, crc32 = META.pack, _LENGTH.pack, _CRC.pack, zlib.crc32
+    fronts: dict[int, struct.Struct] = {}  # id length -> PAYLOAD, the id and APPEND in one
+    for i, sid in enumerate(ids):
+        key = sid.encode()
+        front = fronts.get(len(key))
+        if front is None:
+            front = fronts[len(key)] = struct.Struct(f"<BQH{len(key)}sQI")
+        a, b = bounds[i], bounds[i + 1]
+        meta = _meta_bytes(metas[i])
+        payload = (front.pack(KIND_APPEND, seq + i, len(key), key, lengths[i], b - a)
+                   + data[8 * a:8 * b] + pack_meta(len(meta)) + meta)
+        head = pack_len(len(payload))
+        out += (head, pack_crc(crc32(payload, crc32(head))), payload)
+    return b"".join(out)
+
+
 def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
     kind, seq, id_len = PAYLOAD.unpack_from(payload)
     at = PAYLOAD.size + id_len
@@ -216,6 +257,28 @@ class WriteAheadLog:
     def write_append(self, series_id: str, values: list[float], length: int,
                      meta: dict | None = None) -> int:
         return self._write(Record(KIND_APPEND, 0, series_id, length, values, meta), "append")
+
+    def write_appends(self, ids: list[str], bounds: list[int], values: np.ndarray,
+                      lengths: list[int], metas: list[dict | None]) -> int:
+        """The records `write_append` would write for each series of a columnar bulk append
+        (series i: `values[bounds[i]:bounds[i + 1]]`), in one write; the last one's ticket. A
+        failed write refuses this and every later change, as for one record."""
+        with self.lock:
+            self._check()
+            data = encode_appends(self.seq + 1, ids, bounds, values, lengths, metas)
+            try:
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+            except OSError as exc:
+                self.broken = f"write: {exc}"
+                log.error("write-ahead log %s: %s", wal_path(self.directory, self.segment), exc)
+                self._check()
+            self.seq += len(ids)
+            if self.metrics is not None:
+                self.metrics.wal_records.labels("append").inc(len(ids))
+                self.metrics.wal_bytes.inc(len(data))
+            return self.seq
 
     def write_delete(self, series_id: str) -> int:
         return self._write(Record(KIND_DELETE, 0, series_id), "delete")

@@ -47,6 +47,7 @@ class Call:
     landed: Callable[[int, str | None], bool] | None = None
     series_ids: list | None = None  # the frame's ids of `series[i]`, for errors
     headers: dict | None = None  # extra headers (X-Rimer-Series: a cluster proxy's routing key)
+    offsets: list[int] | None = None  # a columnar body's offsets: `values[k]` -> its series
 
     def encoded(self) -> bytes | None:
         if self.body is None:
@@ -161,7 +162,7 @@ class Attempts:
             wait = self.policy.wait(self.attempt, retry_after(response.headers))
             self.attempt += 1
             return wait
-        raise error_for(status, body, self.call.series_ids)
+        raise error_for(status, body, self.call.series_ids, self.call.offsets)
 
 
 Op = Generator[Call, Answer, object]
@@ -261,9 +262,32 @@ def freq_seconds(freq) -> int | None:
     return off.nanos // 1_000_000_000
 
 
-def late_first_timestamp(bulk: bool) -> Callable[[int, str | None], bool]:
-    want = "series[0].timestamps[0]" if bulk else "timestamps[0]"
-    return lambda status, field: status == 409 and field == want
+def late_first_timestamp() -> Callable[[int, str | None], bool]:
+    """A 409 naming the first timestamp: of the series (`POST /series/{id}/append`), or of the
+    first series of a columnar bulk append (its timestamps are one flat array)."""
+    return lambda status, field: status == 409 and field == "timestamps[0]"
+
+
+def columnar_items(body: dict) -> list[dict]:
+    """A columnar bulk append's answer (`ids`, `lengths`, `forecast` of flat arrays) as the
+    per-item form's items (`id`, `length`, `forecast`), one per series."""
+    fc = body.get("forecast")
+    items = [{"id": i, "length": n} for i, n in zip(body["ids"], body["lengths"])]
+    if not fc:
+        return items
+    bounds = [*fc["offsets"], len(fc["mean"])]
+    for j, item in enumerate(items):
+        a, b = bounds[j], bounds[j + 1]
+        one = {"mean": fc["mean"][a:b]}
+        if fc.get("intervals"):
+            one["intervals"] = [{"level": x["level"], "lo": x["lo"][a:b], "hi": x["hi"][a:b]}
+                                for x in fc["intervals"]]
+        if fc.get("quantiles"):
+            one["quantiles"] = [{"q": x["q"], "values": x["values"][a:b]} for x in fc["quantiles"]]
+        if fc.get("timestamps") and fc["timestamps"][a] is not None:
+            one["timestamps"] = fc["timestamps"][a:b]
+        item["forecast"] = one
+    return items
 
 
 def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, time_col: str,
@@ -292,20 +316,25 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
     extra = distribution_body(level, quantiles)
 
     def make_call(idx: list[int]) -> Call:
-        wire = []
+        # the columnar form: the ids, where each one's run starts, and one flat array of values
+        ids, offsets, values, stamps = [], [], [], []
         for k in idx:
             i, a, b = items[k]
             s = series[i]
-            item = {"id": str(s.uid), "values": frames.wire_values(s.values[a:b], missing)}
+            ids.append(str(s.uid))
+            offsets.append(len(values))
+            values += frames.wire_values(s.values[a:b], missing)
             if send_stamps:
-                item["timestamps"] = frames.iso_timestamps(s.ds[a:b])
-                if fsec is not None:
-                    item["freq"] = fsec
-            wire.append(item)
-        body = {"series": wire, **({"horizon": h} if h is not None else {}), **extra}
+                stamps += frames.iso_timestamps(s.ds[a:b])
+        body = {"ids": ids, "offsets": offsets, "values": values}
+        if send_stamps:
+            body["timestamps"] = stamps
+            if fsec is not None:
+                body["freq"] = fsec
+        body.update({"horizon": h} if h is not None else {}, **extra)
         return Call("POST", "/series/append", body=body, resend_safe=send_stamps,
-                    landed=late_first_timestamp(bulk=True) if send_stamps else None,
-                    series_ids=[series[items[k][0]].uid for k in idx])
+                    landed=late_first_timestamp() if send_stamps else None,
+                    series_ids=[series[items[k][0]].uid for k in idx], offsets=offsets)
 
     results: dict[int, dict] = {}  # series index -> its last answer item
     ring = yield from ring_of(cfg)
@@ -331,7 +360,7 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
                     results[items[k][0]] = yield from landed_item(series[items[k][0]], h, level,
                                                                   quantiles, prep.tz)
                 continue
-            for k, item in zip(idx, answer.body["series"]):
+            for k, item in zip(idx, columnar_items(answer.body)):
                 results[items[k][0]] = item
     uids = [s.uid for s in series]
     if h is None:

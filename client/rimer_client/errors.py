@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 
 
@@ -58,11 +59,15 @@ class ConnectionFailed(RimerError):
 _BY_STATUS = {422: ValidationError, 400: ValidationError, 404: NotFound, 409: Conflict,
               413: PayloadTooLarge, 401: Unauthorized, 403: Unauthorized, 429: Unavailable,
               503: Unavailable}
-_BATCH_FIELD = re.compile(r"^series\[(\d+)\]")
+_BATCH_FIELD = re.compile(r"^(?:series|ids|offsets)\[(\d+)\]")
+_FLAT_FIELD = re.compile(r"^(?:values|timestamps)\[(\d+)\]$")
 
 
-def error_for(status: int, body, series_ids: list | None = None) -> RimerError:
-    """The exception for an error answer; `series_ids` maps a batch's `series[i]` to its id."""
+def error_for(status: int, body, series_ids: list | None = None,
+              offsets: list[int] | None = None) -> RimerError:
+    """The exception for an error answer; `series_ids` maps a batch's `series[i]` (or a columnar
+    body's `ids[i]`) to its id, and with a columnar body's `offsets`, `values[k]` and
+    `timestamps[k]` to the series whose run holds point k."""
     if isinstance(body, dict):
         detail = str(body.get("detail") or f"HTTP {status}")
         field = body.get("field")
@@ -72,7 +77,12 @@ def error_for(status: int, body, series_ids: list | None = None) -> RimerError:
     series_id = None
     if series_ids is not None and isinstance(field, str):
         m = _BATCH_FIELD.match(field)
+        flat = _FLAT_FIELD.match(field) if offsets else None
         if m and int(m.group(1)) < len(series_ids):
             series_id = series_ids[int(m.group(1))]
+        elif flat:
+            i = bisect.bisect_right(offsets, int(flat.group(1))) - 1
+            if 0 <= i < len(series_ids):
+                series_id = series_ids[i]
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else RimerError)
     return cls(status, detail, field, errors, series_id)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from model.rimer import Rimer
@@ -47,6 +48,8 @@ class Journal(Protocol):
     def exclusive(self) -> AbstractContextManager: ...  # no write or sync in progress while held
     def write_append(self, series_id: str, values: list[float], length: int,
                      meta: dict | None = None) -> int: ...
+    def write_appends(self, ids: list[str], bounds: list[int], values: np.ndarray,
+                      lengths: list[int], metas: list[dict | None]) -> int: ...  # one write
     def write_delete(self, series_id: str) -> int: ...
     def write_state(self, series_id: str, record: bytes) -> int: ...
     def sync(self, ticket: int) -> None: ...  # durable up to `ticket` (per the fsync policy)
@@ -232,6 +235,33 @@ class Engine:
             except EngineError as exc:
                 return [exc for _ in requests]
         return results
+
+    def append_columns(self, ids: list[str], bounds: list[int], values: np.ndarray,
+                       metas: list[dict], horizon: int | None = None, name: str = "ids"
+                       ) -> tuple[list[int], list | None]:
+        """The columnar bulk append: series `ids[i]` appends `values[bounds[i]:bounds[i + 1]]`
+        (float64) and takes `metas[i]` as its metadata; all or nothing, like a request of
+        `apply_batch`. Returns each series' length after it (and with `horizon`, its forecast),
+        or raises the EngineError refusing it (its field `ids[i].id`, `ids[i].values`, ...;
+        `name` for `ids`: the per-item form's `series[i]...`). Where each series is
+        named once and no forecast is asked (a bulk ingest), the store applies the arrays
+        without an `Op` per series (`ResidentStore.apply_columns`); else, and on the triton
+        backend, one `Op` per run through `apply_batch`. The log gets the same records either
+        way, so recovery does not know which path wrote them."""
+        admission.require_streamable(self.model.cfg, self.name)
+        columns = getattr(self.store, "apply_columns", None)
+        if columns is None or horizon is not None or len(set(ids)) != len(ids):
+            listed = values.tolist()
+            ops = [Op(sid, listed[bounds[i]:bounds[i + 1]], horizon, f"{name}[{i}]", meta=metas[i])
+                   for i, sid in enumerate(ids)]
+            [out] = self.apply_batch([ops])
+            if isinstance(out, EngineError):
+                raise out
+            return [length for length, _ in out], ([mean for _, mean in out] if horizon else None)
+        lengths, ticket = columns(ids, bounds, values, metas, name)
+        if ticket is not None:
+            self.journal.sync(ticket)
+        return lengths, None
 
     # ---- deletes ---------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ series (taken in id order, so batches never wait for each other in a cycle) and 
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import OrderedDict
@@ -15,12 +16,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
-from service.engine.ops import EXPORT_CHUNK, EngineError, Op, rounds, unknown
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, full, rounds, unknown
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
@@ -46,6 +48,9 @@ class SeriesEntry:
         self.state = RimerState(**tensors)
         self.length = int(state.length[0]) if length is None else length
         self.pending = []
+
+
+_lock_of, _length_of = operator.attrgetter("lock"), operator.attrgetter("length")
 
 
 def append_tails(states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
@@ -181,6 +186,95 @@ class ResidentStore:
                 self._forget_if_empty(sid, entries[sid])
         return results, ticket
 
+    def apply_columns(self, ids: list[str], bounds: list[int], values: np.ndarray,
+                      metas: list[dict], name: str = "ids") -> tuple[list[int], int | None]:
+        """`Engine.append_columns` where each id is named once and nothing is forecast: the
+        lengths after it and the journal's ticket, or the EngineError refusing it whole. The
+        same rules as `apply` on a request of one op per series (admission, deferred tail
+        points, one model call for the series whose patch completes, the same log records),
+        checked on arrays: an `Op` only for those series whose patch completes."""
+        try:
+            return self._columns_locked(ids, bounds, values, metas, name)
+        finally:
+            self._shrink()
+
+    def _columns_locked(self, ids, bounds, values, metas, name):
+        e, p = self.e, self.cfg.patch_len
+        entries, locks, created = self._lock_named(sorted(ids), None)
+        ticket = None
+        try:
+            listed = list(map(entries.__getitem__, ids))  # (request order)
+            old = np.fromiter(map(_length_of, listed), np.int64, len(ids))
+            new = old + np.diff(np.asarray(bounds, np.int64))
+            # The first refusal in request order, as admission.plan finds it.
+            refused: list[tuple[int, EngineError]] = []
+            if created:
+                room = max(0, e.max_series - (len(self.series) - len(created)))
+                if len(created) > room:
+                    i = [i for i, sid in enumerate(ids) if sid in created][room]
+                    refused.append((i, full(e.max_series, f"{name}[{i}].id")))
+            end = admission.positions_end(self.cfg)
+            if end != float("inf") and (new >= end).any():
+                i = int(np.flatnonzero(new >= end)[0])
+                try:
+                    admission.check_positions(self.cfg, int(new[i]), f"{name}[{i}].values")
+                except EngineError as exc:
+                    refused.append((i, exc))
+            if refused:
+                raise min(refused, key=lambda r: r[0])[1]
+            stepped = np.flatnonzero(old // p != new // p).tolist()
+            if e.spill is not None:
+                _, states, _ = self._on_device_all(entries, created)
+            else:
+                states = None
+                e.cache_stats["hits"] += len(ids) - len(created)
+                e.cache_stats["misses"] += len(created)
+                if created:
+                    with self.table_lock:
+                        self.resident.update(dict.fromkeys(created))
+            floats = values.tolist()
+            new_lengths = new.tolist()
+            computed: dict[int, Op] = {}
+            if stepped:
+                ops, st, pend = [], {}, {}
+                for i in stepped:
+                    sid, entry = ids[i], listed[i]
+                    op = Op(sid, floats[bounds[i]:bounds[i + 1]], None, f"{name}[{i}]")
+                    op.length = new_lengths[i]
+                    ops.append(op)
+                    computed[i] = op
+                    st[sid] = states[sid] if states is not None else entry.state
+                    pend[sid] = entry.pending
+                self._round(ops, st, pend)
+            deferred = ([i for i in range(len(ids)) if i not in computed] if computed
+                        else range(len(ids)))
+            with e.journal_lock():
+                if e.journal is not None:  # (all the records in one write, before any change)
+                    ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)
+                now = time.monotonic()
+                e.meta.update(zip(ids, metas))
+                for i, op in computed.items():
+                    listed[i].set_state(op.state, new_lengths[i])
+                    listed[i].touched = now
+                if len(floats) == len(ids):  # one point per series (a bulk ingest's case)
+                    for i in deferred:
+                        entry = listed[i]
+                        entry.pending.append(floats[i])
+                        entry.length = new_lengths[i]
+                        entry.touched = now
+                else:
+                    for i in deferred:
+                        entry = listed[i]
+                        entry.pending.extend(floats[bounds[i]:bounds[i + 1]])
+                        entry.length = new_lengths[i]
+                        entry.touched = now
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+            for sid in created:
+                self._forget_if_empty(sid, entries[sid])
+        return new_lengths, ticket
+
     def _round(self, ops: list[Op], states: dict[str, RimerState], pending: dict[str, list[float]]) -> None:
         """At most one op per series. An append that completes no patch and asks no forecast is
         deferred (its points join `pending`; `op.state` stays None). The others, and forecasts
@@ -253,28 +347,29 @@ class ResidentStore:
                     appends[op.series_id] = True
                 elif op.series_id not in appends:
                     appends[op.series_id] = False
-        named = sorted(appends) if len(appends) > 1 else list(appends)
+        return self._lock_named(sorted(appends) if len(appends) > 1 else list(appends), appends)
+
+    def _lock_named(self, named: list[str], appended: dict[str, bool] | None
+                    ) -> tuple[dict[str, SeriesEntry], list, set]:
+        """`_lock_entries` of the sorted ids `named`, those `appended` maps to True (None: all)
+        created where missing."""
         table = self.series
         while True:
-            entries, created = {}, set()
+            created = set()
             with self.table_lock:
-                for sid in named:
-                    entry = table.get(sid)
-                    if entry is None:
-                        if not appends[sid]:
-                            continue
-                        state = RimerState.zeros(self.cfg, 1, self.e.device)
-                        entry = table[sid] = SeriesEntry(state, threading.Lock())
-                        created.add(sid)
-                    entries[sid] = entry
-            locks = []  # (in id order, as `named`)
-            for entry in entries.values():
-                entry.lock.acquire()
-                locks.append(entry.lock)
-            for sid, entry in entries.items():
-                if table.get(sid) is not entry:
-                    break
-            else:
+                found = list(map(table.get, named))  # (one C pass when all are held)
+                if None in found:
+                    for k, sid in enumerate(named):
+                        if found[k] is None and (appended is None or appended[sid]):
+                            state = RimerState.zeros(self.cfg, 1, self.e.device)
+                            found[k] = table[sid] = SeriesEntry(state, threading.Lock())
+                            created.add(sid)
+                entries = {sid: entry for sid, entry in zip(named, found) if entry is not None}
+            held = list(entries.values())
+            locks = list(map(_lock_of, held))  # (in id order, as `named`)
+            for lock in locks:
+                lock.acquire()
+            if all(map(operator.is_, map(table.get, entries), held)):
                 return entries, locks, created
             for lock in reversed(locks):  # one was deleted meanwhile: start again
                 lock.release()

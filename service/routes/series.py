@@ -4,12 +4,13 @@ an append's filled values and metadata are computed from the metadata it replace
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
+import numpy as np
 from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service import distribution, plot, schemas, timeline
+from service import columnar, distribution, plot, schemas, timeline
 from service.deps import (
     KnownQuery,
     LevelQuery,
@@ -23,9 +24,11 @@ from service.deps import (
     distribution_query,
     engine_of,
     executor_of,
+    require_quantiles,
 )
 from service.docs import APPEND_EXAMPLES, BULK_EXAMPLES, errors
 from service.engine import Engine, Op
+from service.errors import ServiceError
 from service.responses import json_response, shaped, with_stamps
 from service.scheduler import work_of
 from service.strict_json import StrictJsonRoute
@@ -72,13 +75,19 @@ def flagged(request: Request, before, values: list[float], level: float | None) 
     return found
 
 
-@router.post("/series/append", response_model=schemas.BulkAppendResponse,
+@router.post("/series/append",
+             response_model=schemas.BulkAppendResponse | schemas.ColumnarAppendResponse,
              response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
              summary="Append to many series", responses=errors(401, 409, 413, 422, 503))
-async def bulk_append(body: Annotated[schemas.BulkAppendRequest, Body(openapi_examples=BULK_EXAMPLES)],
+async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examples=BULK_EXAMPLES)],
                       request: Request):
     """Append to many series at once (created on their first append), and forecast each when
-    `horizon` is given. Checked whole: one bad item refuses them all, and nothing changes."""
+    `horizon` is given. Checked whole: one bad item refuses them all, and nothing changes.
+    Two forms: per item (`series`: one object per series) and columnar (`ids`, `offsets` and
+    one flat `values` array: checked in bulk and applied without an object per series, the
+    faster form for many series), answered in the form asked."""
+    if isinstance(body, schemas.ColumnarBody):
+        return await columnar_append(body.raw, request)
     settings, metrics = request.app.state.settings, request.app.state.metrics
     points = check_many(settings, body)
     e = engine_of(request)
@@ -104,9 +113,22 @@ async def bulk_append(body: Annotated[schemas.BulkAppendRequest, Body(openapi_ex
         filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
         return ops, sum(len(op.values) for op in ops) if filled else points
 
+    def in_columns(ops: list[Op]) -> tuple[list[int], np.ndarray]:
+        bounds, flat = [0], []
+        for op in ops:
+            flat += op.values
+            bounds.append(len(flat))
+        return bounds, np.array(flat, dtype=np.float64)
+
     async def work():
         ops, planned = await executor.off_loop(points, plan_all)
         check_points(settings, planned, "series")
+        if not body.horizon and body.anomaly_level is None:  # a bulk ingest: the engine's
+            bounds, values = in_columns(ops)  # columnar path (the same rules and records)
+            lengths, _ = await executor.call(
+                "bulk_append", planned, len(ops), e.append_columns, [op.series_id for op in ops],
+                bounds, values, [op.meta for op in ops], None, "series")
+            return ops, planned, [None] * len(ops), [(n, None) for n in lengths], None
         stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
                    for op in ops] if body.horizon else [None] * len(ops))
         work = work_of(planned, (body.horizon or 0) * len(ops))
@@ -148,6 +170,100 @@ async def bulk_append(body: Annotated[schemas.BulkAppendRequest, Body(openapi_ex
     if forecast:
         metrics.points_forecast.labels("append").inc(forecast)
     return json_response({"series": out})
+
+
+def plan_columns(e: Engine, cols: columnar.Columns, gap_budget: int
+                 ) -> tuple[list[int], np.ndarray, list[dict], int]:
+    """The columnar form's runs with gaps and nulls filled: (bounds, values, metadata per
+    series, values in all). The common case (no timestamps, freq or nulls, no series with a
+    frequency) in bulk: each series' metadata is its last value, as `plain_append_meta` says."""
+    ids, raw, bounds = cols.ids, cols.raw, cols.bounds
+    if cols.timestamps is None and cols.freq is None and not cols.nulls:
+        current = list(map(e.meta.get, ids))
+        if not any(m is not None and m.get("freq") is not None for m in current):
+            return bounds, cols.values, [{"last": raw[b - 1]} for b in bounds[1:]], len(raw)
+    chain: dict[str, dict] = {}
+    budget, values, out, metas = gap_budget, [], [0], []
+    for i, sid in enumerate(ids):
+        a, b = bounds[i], bounds[i + 1]
+        item = _Run(raw[a:b], cols.timestamps[a:b] if cols.timestamps is not None else None,
+                    cols.freq)
+        try:
+            planned = plan_append(e, sid, item, budget, "", chain)
+        except timeline.TimelineError as exc:
+            field = columnar.field_of(exc.field, i, a)
+            about = field if field == f"ids[{i}]" else f"{field} (series ids[{i}])"
+            raise timeline.TimelineError(exc.status, f"{about}, {sid!r}: {exc.message}",
+                                         field) from None
+        budget -= planned.filled
+        values += planned.values
+        out.append(len(values))
+        metas.append(planned.meta)
+    return out, np.array(values, dtype=np.float64), metas, len(values)
+
+
+class _Run(NamedTuple):
+    """One series' run of a columnar append, as `plan_append` reads an item."""
+
+    values: list
+    timestamps: list[str] | None
+    freq: int | None
+
+
+def _columnar_field(exc: ServiceError) -> ServiceError:
+    """The engine names an op of a columnar request `ids[i].id`, `ids[i].horizon`, ...: the
+    series, `ids[i]`, is the field (its message says what is wrong)."""
+    if exc.field and exc.field.startswith("ids[") and "." in exc.field:
+        exc.field = exc.field.split(".", 1)[0]
+    return exc
+
+
+async def columnar_append(body: dict, request: Request):
+    """POST /series/append in the columnar form (service/columnar.py): the per-item form's rules
+    and limits, checked on arrays, applied by `Engine.append_columns`, answered in columns."""
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    e = engine_of(request)
+    executor = executor_of(request)
+    size = len(body["values"]) if type(body.get("values")) is list else 0
+    cols = await executor.off_loop(size, columnar.parse, body, settings)
+    require_quantiles(e, level=cols.level, quantiles=cols.quantiles)
+    for name in ("level", "quantiles"):
+        if getattr(cols, name) and cols.horizon is None:
+            raise ServiceError(422, f"{name} needs a horizon (they describe the forecast)", name)
+    ids, horizon = cols.ids, cols.horizon
+
+    async def work():
+        bounds, values, metas, total = await executor.off_loop(
+            size, plan_columns, e, cols, settings.max_gap_points)
+        check_points(settings, total, "values")
+        stamps = ([timeline.forecast_timestamps(m, horizon) for m in metas] if horizon else None)
+        try:
+            lengths, means = await executor.call(
+                "bulk_append", work_of(total, (horizon or 0) * len(ids)), len(ids),
+                e.append_columns, ids, bounds, values, metas, horizon)
+        except ServiceError as exc:
+            raise _columnar_field(exc) from None
+        return total, lengths, means, stamps
+
+    total, lengths, means, stamps = await request.app.state.series_locks.run(ids, work)
+    metrics.points_appended.inc(total)
+    if not horizon:
+        return json_response({"ids": ids, "lengths": lengths})
+    forecast = {"offsets": list(range(0, horizon * len(ids), horizon)),
+                "mean": [x for m in means for x in m]}
+    if cols.level:
+        per = [distribution.intervals(m, cols.level) for m in means]
+        forecast["intervals"] = [
+            {"level": level, "lo": [x for p in per for x in p[k]["lo"]],
+             "hi": [x for p in per for x in p[k]["hi"]]} for k, level in enumerate(cols.level)]
+    if cols.quantiles:
+        per = [distribution.quantiles(m, cols.quantiles) for m in means]
+        forecast["quantiles"] = [{"q": q, "values": [x for p in per for x in p[k]["values"]]}
+                                 for k, q in enumerate(cols.quantiles)]
+    if any(t is not None for t in stamps):
+        forecast["timestamps"] = [x for t in stamps for x in (t or [None] * horizon)]
+    metrics.points_forecast.labels("append").inc(horizon * len(ids))
+    return json_response({"ids": ids, "lengths": lengths, "forecast": forecast})
 
 
 @router.get("/series", response_model=schemas.SeriesList, dependencies=KnownQuery, tags=["series"],

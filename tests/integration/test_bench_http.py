@@ -25,13 +25,19 @@ def test_bench_http_quick(tmp_path):
 
     cases = {(r["case"], r["concurrency"], r["batch_window_ms"] > 0): r for r in result["cases"]}
     expected = {("single", 1, True), ("single", 16, True), ("single", 64, True),
-                ("bulk", 1, True), ("forecast", 1, True), ("single", 64, False)}
+                ("bulk", 1, True), ("columnar", 1, True), ("forecast", 1, True),
+                ("single", 64, False)}
     assert set(cases) == expected
     for key, r in cases.items():
         assert r["requests"] > 0 and r["requests_per_s"] > 0, key
         assert r["points_per_s"] == pytest.approx(r["requests_per_s"] * r["points_per_request"]), key
         assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"], key
     assert cases[("bulk", 1, True)]["points_per_request"] == 100
+    assert cases[("columnar", 1, True)]["points_per_request"] == 100
+    [forms] = result["bulk_forms"]  # the two forms of one workload side by side, in one run
+    assert forms["ratio"] == pytest.approx(cases[("columnar", 1, True)]["points_per_s"]
+                                           / cases[("bulk", 1, True)]["points_per_s"])
+    assert "columnar" in proc.stdout and "per item" in proc.stdout
     assert cases[("forecast", 1, True)]["endpoint"] == "POST /forecast"
     assert cases[("forecast", 1, True)]["server_mean_ms"] > 0  # the server saw those requests
     assert cases[("single", 64, True)].get("mean_requests_per_batch", 0) >= 1

@@ -99,7 +99,7 @@ def mock_client(transport, **kwargs) -> Client:
 
 
 OK_FORECAST = (200, {"model": "m", "horizon": 2, "forecasts": [{"id": "a", "mean": [1.0, 2.0]}]})
-OK_APPEND = (200, {"series": [{"id": "a", "length": 3}]})
+OK_APPEND = (200, {"ids": ["a"], "lengths": [3]})  # (the client sends the columnar form)
 SMALL = pd.DataFrame({"unique_id": "a", "ds": pd.date_range("2024-01-01", periods=40, freq="h"),
                       "y": wave(40)})
 SMALL_INT = SMALL.assign(ds=np.arange(40))
@@ -324,12 +324,29 @@ def test_append_resent_after_it_landed_counts_once(default_server):
         # a late append is a Conflict when no earlier try may have landed ...
         with pytest.raises(Conflict) as err:
             rimer.append(then)
-        assert err.value.field == "series[0].timestamps[0]"
+        assert err.value.field == "timestamps[0]" and err.value.series_id == f"{prefix}-0"
     # ... and when one may have, but the series does not end where the append does
     late = LoseFirst("/series/append", forward=False)
     with Client(default_server.url, transport=late, backoff=0.0) as rimer, \
             pytest.raises(Conflict, match="cannot be confirmed"):
         rimer.append(first)
+
+
+def test_append_errors_name_the_series_of_a_flat_field(default_server):
+    """The client sends the columnar form: a bad point is `values[k]` of the flat array, and the
+    error says whose it is."""
+    prefix = f"cf-{uuid.uuid4().hex[:8]}"
+    df = pd.concat([pd.DataFrame({"unique_id": f"{prefix}-{k}", "y": wave(40, k)}) for k in range(3)],
+                   ignore_index=True)
+    df.loc[85, "y"] = np.inf  # series 2's 6th point
+    with Client(default_server.url) as rimer:
+        with pytest.raises(ValidationError) as err:
+            rimer.append(df)
+        assert err.value.field == "values[85]" and err.value.series_id == f"{prefix}-2"
+        with pytest.raises(NotFound):
+            rimer.describe(f"{prefix}-0")  # nothing applied
+        out = rimer.append(df.assign(y=df.y.replace(np.inf, 1.0)))
+        assert list(out["length"]) == [40, 40, 40]
 
 
 def test_append_without_timestamps_is_not_resent(default_server):
