@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,48 +21,16 @@ import torch
 from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
-from service.engine.ops import EXPORT_CHUNK, EngineError, Op, full, rounds, unknown
+from service.engine.entries import SeriesEntry, append_tails
+from service.engine.ops import EngineError, Op, rounds, unknown
+from service.engine.resident_columns import columns_locked
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
 
 
 
-@dataclass(eq=False, slots=True)
-class SeriesEntry:
-    state: RimerState | None  # None while spilled to the host or disk tier
-    lock: threading.Lock
-    length: int = 0  # points seen (kept here so that listing needs no state), pending included
-    touched: float = 0.0  # time.monotonic() of the last request (idle expiry)
-    # Points appended after `state` that complete no patch: they would only be copied into the
-    # state's tail (the matrices and statistics change per patch), so they wait here, plain
-    # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
-    pending: list[float] = field(default_factory=list)
-
-    def set_state(self, state: RimerState, length: int | None = None) -> None:
-        """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
-        contiguous, and CPU kernels may round differently with other strides. `length`: the
-        state's points, when the caller knows them (else read from the state)."""
-        tensors = {k: v.contiguous() for k, v in state.tensors().items()}
-        self.state = RimerState(**tensors)
-        self.length = int(state.length[0]) if length is None else length
-        self.pending = []
-
-
-_lock_of, _length_of = operator.attrgetter("lock"), operator.attrgetter("length")
-
-
-def append_tails(states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
-    """Append points that complete no patch to each state (`RimerState.extend_tail`, a chunk of
-    states at a time): the matrices are neither read nor changed, so they are shared, not cat."""
-    out = []
-    for a in range(0, len(states), EXPORT_CHUNK):
-        old = states[a:a + EXPORT_CHUNK]
-        new = RimerState.cat([s.without_wkv() for s in old]).extend_tail(
-            [torch.tensor(v, dtype=torch.float32) for v in values[a:a + EXPORT_CHUNK]])
-        rows = {f: t.split(1) for f, t in new.tensors().items()}
-        out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in rows}) for b, s in enumerate(old)]
-    return out
+_lock_of = operator.attrgetter("lock")
 
 
 class ResidentStore:
@@ -194,86 +161,9 @@ class ResidentStore:
         points, one model call for the series whose patch completes, the same log records),
         checked on arrays: an `Op` only for those series whose patch completes."""
         try:
-            return self._columns_locked(ids, bounds, values, metas, name)
+            return columns_locked(self, ids, bounds, values, metas, name)
         finally:
             self._shrink()
-
-    def _columns_locked(self, ids, bounds, values, metas, name):
-        e, p = self.e, self.cfg.patch_len
-        entries, locks, created = self._lock_named(sorted(ids), None)
-        ticket = None
-        try:
-            listed = list(map(entries.__getitem__, ids))  # (request order)
-            old = np.fromiter(map(_length_of, listed), np.int64, len(ids))
-            new = old + np.diff(np.asarray(bounds, np.int64))
-            # The first refusal in request order, as admission.plan finds it.
-            refused: list[tuple[int, EngineError]] = []
-            if created:
-                room = max(0, e.max_series - (len(self.series) - len(created)))
-                if len(created) > room:
-                    i = [i for i, sid in enumerate(ids) if sid in created][room]
-                    refused.append((i, full(e.max_series, f"{name}[{i}].id")))
-            end = admission.positions_end(self.cfg)
-            if end != float("inf") and (new >= end).any():
-                i = int(np.flatnonzero(new >= end)[0])
-                try:
-                    admission.check_positions(self.cfg, int(new[i]), f"{name}[{i}].values")
-                except EngineError as exc:
-                    refused.append((i, exc))
-            if refused:
-                raise min(refused, key=lambda r: r[0])[1]
-            stepped = np.flatnonzero(old // p != new // p).tolist()
-            if e.spill is not None:
-                _, states, _ = self._on_device_all(entries, created)
-            else:
-                states = None
-                e.cache_stats["hits"] += len(ids) - len(created)
-                e.cache_stats["misses"] += len(created)
-                if created:
-                    with self.table_lock:
-                        self.resident.update(dict.fromkeys(created))
-            floats = values.tolist()
-            new_lengths = new.tolist()
-            computed: dict[int, Op] = {}
-            if stepped:
-                ops, st, pend = [], {}, {}
-                for i in stepped:
-                    sid, entry = ids[i], listed[i]
-                    op = Op(sid, floats[bounds[i]:bounds[i + 1]], None, f"{name}[{i}]")
-                    op.length = new_lengths[i]
-                    ops.append(op)
-                    computed[i] = op
-                    st[sid] = states[sid] if states is not None else entry.state
-                    pend[sid] = entry.pending
-                self._round(ops, st, pend)
-            deferred = ([i for i in range(len(ids)) if i not in computed] if computed
-                        else range(len(ids)))
-            with e.journal_lock():
-                if e.journal is not None:  # (all the records in one write, before any change)
-                    ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)
-                now = time.monotonic()
-                e.meta.update(zip(ids, metas))
-                for i, op in computed.items():
-                    listed[i].set_state(op.state, new_lengths[i])
-                    listed[i].touched = now
-                if len(floats) == len(ids):  # one point per series (a bulk ingest's case)
-                    for i in deferred:
-                        entry = listed[i]
-                        entry.pending.append(floats[i])
-                        entry.length = new_lengths[i]
-                        entry.touched = now
-                else:
-                    for i in deferred:
-                        entry = listed[i]
-                        entry.pending.extend(floats[bounds[i]:bounds[i + 1]])
-                        entry.length = new_lengths[i]
-                        entry.touched = now
-        finally:
-            for lock in reversed(locks):
-                lock.release()
-            for sid in created:
-                self._forget_if_empty(sid, entries[sid])
-        return new_lengths, ticket
 
     def _round(self, ops: list[Op], states: dict[str, RimerState], pending: dict[str, list[float]]) -> None:
         """At most one op per series. An append that completes no patch and asks no forecast is

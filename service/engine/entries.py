@@ -1,0 +1,48 @@
+"""What the torch/onnx store (resident.py) keeps per series: its state, lock, length and the
+points still pending; and how pending points join states' tails."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from model.state import RimerState
+from service.engine.ops import EXPORT_CHUNK
+
+
+@dataclass(eq=False, slots=True)
+class SeriesEntry:
+    state: RimerState | None  # None while spilled to the host or disk tier
+    lock: threading.Lock
+    length: int = 0  # points seen (kept here so that listing needs no state), pending included
+    touched: float = 0.0  # time.monotonic() of the last request (idle expiry)
+    # Points appended after `state` that complete no patch: they would only be copied into the
+    # state's tail (the matrices and statistics change per patch), so they wait here, plain
+    # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
+    pending: list[float] = field(default_factory=list)
+
+    def set_state(self, state: RimerState, length: int | None = None) -> None:
+        """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
+        contiguous, and CPU kernels may round differently with other strides. `length`: the
+        state's points, when the caller knows them (else read from the state)."""
+        tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+        self.state = RimerState(**tensors)
+        self.length = int(state.length[0]) if length is None else length
+        self.pending = []
+
+
+
+
+def append_tails(states: list[RimerState], values: list[list[float]]) -> list[RimerState]:
+    """Append points that complete no patch to each state (`RimerState.extend_tail`, a chunk of
+    states at a time): the matrices are neither read nor changed, so they are shared, not cat."""
+    out = []
+    for a in range(0, len(states), EXPORT_CHUNK):
+        old = states[a:a + EXPORT_CHUNK]
+        new = RimerState.cat([s.without_wkv() for s in old]).extend_tail(
+            [torch.tensor(v, dtype=torch.float32) for v in values[a:a + EXPORT_CHUNK]])
+        rows = {f: t.split(1) for f, t in new.tensors().items()}
+        out += [RimerState(wkv=s.wkv, **{f: rows[f][b] for f in rows}) for b, s in enumerate(old)]
+    return out
