@@ -14,6 +14,7 @@ that fails its check is reported (`SpillError`), never used.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ log = logging.getLogger("rimer.cache")
 
 # A spill file's name: the hex of its series id (ids are ASCII), and its temporary while written.
 SPILL_FILE = re.compile(r"^(?:[0-9a-f]{2})+\.(?:safetensors|tmp)$")
+PIN_FILE = re.compile(r"^\d+\.safetensors$")  # a snapshot's link to a spill file (`pin`)
 
 
 class SpillError(Exception):
@@ -72,6 +74,15 @@ class SpillTiers:
         for stale in self.directory.iterdir():  # states from a previous run: recovery rebuilds
             if SPILL_FILE.match(stale.name) and stale.is_file():  # ours only: nothing else
                 stale.unlink()
+        # Hard links to disk-tier files a snapshot is reading (`pin`): a file's content never
+        # changes in place (a write replaces it, a take unlinks it), so a link is a consistent
+        # copy that costs no memory. Made when first needed; ours left from a previous run: removed.
+        self.pins = self.directory / ".rimer-snapshot-pins"
+        if self.pins.is_dir():
+            for stale in self.pins.iterdir():
+                if PIN_FILE.match(stale.name) and stale.is_file():
+                    stale.unlink()
+        self._pin_names = itertools.count()
         self.host: OrderedDict[str, RimerState] = OrderedDict()
         self.disk: set[str] = set()
         self.lock = threading.Lock()
@@ -112,8 +123,8 @@ class SpillTiers:
         self.disk.add(series_id)
         self.spills["disk"] += 1
 
-    def _read(self, series_id: str) -> RimerState:
-        path = self._path(series_id)
+    def _read(self, series_id: str, path: Path | None = None) -> RimerState:
+        path = self._path(series_id) if path is None else path
         try:
             # The bytes read whole and parsed by `safetensors.torch.load`, not `safe_open`:
             # safetensors 0.8's `safe_open(...).get_tensor` leaks memory on every call (Python
@@ -137,6 +148,37 @@ class SpillTiers:
             if series_id in self.host:
                 return self.host[series_id]
             return self._read(series_id)
+
+    def pin(self, ids: list[str]) -> list[RimerState | Path]:
+        """Per id, what a snapshot reads its state from later, outside every lock, cheaply now:
+        the host tier's state itself (never changed in place) or a hard link to its file (read
+        by `read_pinned`, removed by `unpin`). Where the file system refuses a link, the state
+        is read now."""
+        out: list[RimerState | Path] = []
+        with self.lock:
+            if any(i not in self.host for i in ids):
+                self.pins.mkdir(exist_ok=True)
+            for series_id in ids:
+                if series_id in self.host:
+                    out.append(self.host[series_id])
+                    continue
+                link = self.pins / f"{next(self._pin_names)}.safetensors"
+                try:
+                    os.link(self._path(series_id), link)
+                except OSError:
+                    out.append(self._read(series_id))
+                else:
+                    out.append(link)
+        return out
+
+    def read_pinned(self, series_id: str, pinned: RimerState | Path) -> RimerState:
+        return self._read(series_id, pinned) if isinstance(pinned, Path) else pinned
+
+    @staticmethod
+    def unpin(pinned: list[RimerState | Path]) -> None:
+        for p in pinned:
+            if isinstance(p, Path):
+                p.unlink(missing_ok=True)
 
     def take(self, series_id: str) -> RimerState:
         """The state on the host, no longer held here (it is going back to the device)."""

@@ -54,7 +54,6 @@ import threading
 import time
 from pathlib import Path
 
-from model.state import RimerState
 from service.engine import Engine, EngineError, Op
 from service.snapshots import (
     SNAPSHOT_NAME,
@@ -257,10 +256,9 @@ class Store:
                 return self.wal.rotate(), dict(self.engine.meta)
 
             ids, chunks, ((segment, seq), meta) = self.engine.export_states(cut=cut)
-            state = (RimerState.cat(chunks) if chunks
-                     else RimerState.zeros(self.engine.model.cfg, 0))
             path = snapshot_path(self.directory, segment)
-            write_snapshot(path, ids, state, self.engine, seq, segment, meta)
+            with chunks:  # streamed to the file a chunk at a time, off the locks
+                write_snapshot(path, ids, chunks, self.engine, seq, segment, meta)
             self._snapshot_seq = seq
             for p in self.directory.iterdir():
                 m = WAL_NAME.match(p.name) or SNAPSHOT_NAME.match(p.name)
