@@ -68,8 +68,9 @@ class StateChunks:
     place). Iterable more than once; `close()` lets go of what the export pinned (spill files)."""
 
     def __init__(self, count: int, make: Callable[[int, int], RimerState],
-                 close: Callable[[], None] | None = None, chunk: int = SNAPSHOT_CHUNK):
-        self.count, self._make, self._close, self.chunk = count, make, close, chunk
+                 close: Callable[[], None] | None = None, chunk: int | None = None):
+        self.count, self._make, self._close = count, make, close
+        self.chunk = SNAPSHOT_CHUNK if chunk is None else chunk
 
     def __len__(self) -> int:
         return -(-self.count // self.chunk)
