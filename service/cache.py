@@ -9,7 +9,9 @@ state moves on to a file in the spill directory. A series' next request takes it
 The spill directory is a cache, not durability (the write-ahead log and snapshots are): it is
 emptied when the engine starts. A file is named by the hex of the series id (ids never reach a
 path unescaped) and holds the state's tensors in safetensors with a CRC32 of their bytes; a file
-that fails its check is reported (`SpillError`), never used.
+that fails its check is reported (`SpillError`), never used. Files are read whole and parsed from
+bytes (`safe_open` leaks on every read in safetensors 0.8). A snapshot pins spilled states
+(`pin`): the host tier's state, or a hard link to its file, read after the locks are let go.
 """
 
 from __future__ import annotations
