@@ -93,7 +93,7 @@ def write_snapshot(path: Path, ids: list[str], states: RimerState | Iterable[Rim
 
     start = len(header("0" * 64))
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # (private, as the log)
     try:
         os.ftruncate(fd, start + at)
         row = 0
