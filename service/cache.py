@@ -158,19 +158,23 @@ class SpillTiers:
         is read now."""
         out: list[RimerState | Path] = []
         with self.lock:
-            if any(i not in self.host for i in ids):
-                self.pins.mkdir(exist_ok=True)
-            for series_id in ids:
-                if series_id in self.host:
-                    out.append(self.host[series_id])
-                    continue
-                link = self.pins / f"{next(self._pin_names)}.safetensors"
-                try:
-                    os.link(self._path(series_id), link)
-                except OSError:
-                    out.append(self._read(series_id))
-                else:
-                    out.append(link)
+            try:
+                if any(i not in self.host for i in ids):
+                    self.pins.mkdir(exist_ok=True)
+                for series_id in ids:
+                    if series_id in self.host:
+                        out.append(self.host[series_id])
+                        continue
+                    link = self.pins / f"{next(self._pin_names)}.safetensors"
+                    try:
+                        os.link(self._path(series_id), link)
+                    except OSError:
+                        out.append(self._read(series_id))
+                    else:
+                        out.append(link)
+            except BaseException:
+                self.unpin(out)
+                raise
         return out
 
     def read_pinned(self, series_id: str, pinned: RimerState | Path) -> RimerState:

@@ -84,6 +84,9 @@ class StateChunks:
             self._close()
             self._close = None
 
+    def __del__(self) -> None:  # (a caller that never closed it: the links go with it)
+        self.close()
+
     def __enter__(self) -> StateChunks:
         return self
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from model.state import RimerState
-from service.cache import SpillError
+from service.cache import SpillError, SpillTiers
 from service.engine import admission
 from service.engine.ops import EXPORT_CHUNK, EngineError, Op, StateChunks, rounds, unknown
 
@@ -380,7 +380,6 @@ class ResidentStore:
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 
     def export(self, exclusive: AbstractContextManager, cut: Callable[[], Any] | None):
-        spill = self.e.spill
         with exclusive:
             with self.table_lock:
                 # States are never changed in place (an append swaps in a new one), so references
@@ -393,7 +392,7 @@ class ResidentStore:
             try:
                 mark = cut() if cut is not None else None
             except BaseException:
-                spill.unpin(pinned)
+                SpillTiers.unpin(pinned)
                 raise
 
         def make(a: int, b: int) -> RimerState:
@@ -410,7 +409,7 @@ class ResidentStore:
                                   + self.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
 
         ids = [i for i, _, _ in held] + spilled
-        return ids, StateChunks(len(ids), make, (lambda: spill.unpin(pinned)) if pinned else None), mark
+        return ids, StateChunks(len(ids), make, (lambda: SpillTiers.unpin(pinned)) if pinned else None), mark
 
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
         with self.table_lock:

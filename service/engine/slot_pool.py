@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from model.state import RimerState
-from service.cache import SpillError
+from service.cache import SpillError, SpillTiers
 from service.distribution import forecasts
 from service.engine import admission
 from service.engine.ops import EXPORT_CHUNK, EngineError, Op, StateChunks, rounds, unknown
@@ -379,7 +379,7 @@ class SlotPoolStore:
             try:
                 mark = cut() if cut is not None else None
             except BaseException:
-                self.e.spill.unpin(pinned)
+                SpillTiers.unpin(pinned)
                 raise
 
         def make(a: int, b: int) -> RimerState:
@@ -387,7 +387,7 @@ class SlotPoolStore:
             lo, hi = max(a - len(ids), 0), max(b - len(ids), 0)
             return RimerState.cat(parts + self.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
 
-        close = (lambda: self.e.spill.unpin(pinned)) if pinned else None
+        close = (lambda: SpillTiers.unpin(pinned)) if pinned else None
         return ids + spilled, StateChunks(len(ids) + len(spilled), make, close), mark
 
     def import_new(self, series_id: str, state: RimerState, now: float, log) -> int | None:
