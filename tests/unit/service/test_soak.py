@@ -21,7 +21,7 @@ MANIFEST = {"name": "tiny"}
 
 
 def test_spill_cycles_grow_nothing(tmp_path):
-    """Take and put back through the disk tier many times: Python's allocations stay flat (the
+    """Take and put back through the disk tier many times: the spill tier's Python allocations stay flat (the
     spill files were read with safetensors' safe_open, whose get_tensor leaked on every read),
     and the directory holds exactly the disk tier's files."""
     cfg = tiny_model().cfg
@@ -44,13 +44,15 @@ def test_spill_cycles_grow_nothing(tmp_path):
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot().filter_traces(ours)
-        cycle(50)  # 1,000 reads
+        cycle(100)  # 2,000 reads
         gc.collect()
         after = tracemalloc.take_snapshot().filter_traces(ours)
     finally:
         tracemalloc.stop()
     grown = sum(d.size_diff for d in after.compare_to(before, "filename"))
-    assert grown < 50_000, f"{grown} bytes kept by 1,000 spill reads"  # (safe_open: 445 kB)
+    top = [str(d) for d in after.compare_to(before, "lineno")[:4]]
+    # (safe_open kept ~900 kB here; the bound leaves room for other tests' threads still running)
+    assert grown < 200_000, f"{grown} bytes kept by 2,000 spill reads: {top}"
     assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == sorted(
         sid.encode().hex() + ".safetensors" for sid in ids)
     assert all(float(tiers.take(sid).tail[0, 0]) == k for k, sid in enumerate(ids))
