@@ -4,18 +4,20 @@ service/store.py's docstring)."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
 import struct
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load as load_bytes
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from safetensors.torch import save as save_bytes
 
 from model.state import STATE_VERSION, RimerState
@@ -46,27 +48,113 @@ def _content_sha256(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) 
     return digest.hexdigest()
 
 
-def write_snapshot(path: Path, ids: list[str], state: RimerState, engine: Engine, seq: int,
-                   wal_from: int, meta: dict[str, dict] | None = None) -> None:
-    """`meta`: the series' metadata (service/timeline.py) by id, taken at the states' cut."""
-    tensors = {k: v.contiguous() for k, v in state.tensors().items()}
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16",
+           torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+           torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+_HASH_BLOCK = 8 << 20  # bytes read back at a time to hash what was written
+
+
+def write_snapshot(path: Path, ids: list[str], states: RimerState | Iterable[RimerState],
+                   engine: Engine, seq: int, wal_from: int,
+                   meta: dict[str, dict] | None = None) -> None:
+    """Every series' state in one safetensors file, streamed: `states` is a batch, or host
+    batches whose rows, in order, are `ids` (`Engine.export_states`' chunks), each written to its
+    rows of every field as it comes, so the host holds one chunk at a time, never a copy of all.
+    The file is what `safetensors.torch.save_file` would write (fields in name order): the
+    header's offsets are known from the ids' count, and its sha256 (over the metadata and every
+    field, `_content_sha256`) is computed by reading the written bytes back a block at a time and
+    filled in over a placeholder of the same length. `meta`: the series' metadata (service/
+    timeline.py) by id, taken at the states' cut. Written to a .tmp, fsynced, renamed over."""
+    n = len(ids)
+    reference = RimerState.zeros(engine.model.cfg, 1).tensors()
+    names = sorted(reference)
+    shapes = {k: (n, *reference[k].shape[1:]) for k in names}
+    row_bytes = {k: reference[k].numel() * reference[k].element_size() for k in names}
     metas = [(meta or {}).get(i) for i in ids]
     metadata = {"format": SNAPSHOT_FORMAT, "format_version": SNAPSHOT_VERSION,
                 "state_version": str(STATE_VERSION), "model": engine.name,
                 "model_fingerprint": model_fingerprint(engine), "seq": str(seq),
-                "wal_from": str(wal_from), "series": str(len(ids)), "ids": json.dumps(ids),
+                "wal_from": str(wal_from), "series": str(n), "ids": json.dumps(ids),
                 "meta": json.dumps(metas, separators=(",", ":"), allow_nan=False),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    metadata["sha256"] = _content_sha256(metadata, tensors)
+    offsets, at = {}, 0
+    for k in names:
+        offsets[k] = at
+        at += row_bytes[k] * n
+
+    def header(sha256: str) -> bytes:
+        entries = {"__metadata__": {**metadata, "sha256": sha256}}
+        for k in names:
+            entries[k] = {"dtype": _DTYPES[reference[k].dtype], "shape": list(shapes[k]),
+                          "data_offsets": [offsets[k], offsets[k] + row_bytes[k] * n]}
+        raw = json.dumps(entries, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # (padded as safetensors pads: data 8-byte aligned)
+        return struct.pack("<Q", len(raw)) + raw
+
+    start = len(header("0" * 64))
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    fd = os.open(tmp, os.O_RDONLY)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)  # (private, as the log)
     try:
+        os.ftruncate(fd, start + at)
+        row = 0
+        for chunk in [states] if isinstance(states, RimerState) else states:
+            rows = chunk.batch
+            if row + rows > n:
+                raise ValueError(f"write_snapshot: more states than the {n} ids")
+            for k, t in chunk.tensors().items():
+                if k not in offsets or tuple(t.shape[1:]) != shapes[k][1:] or t.dtype != reference[k].dtype:
+                    raise ValueError(f"write_snapshot: field {k} does not fit the model")
+                data = t.detach().to("cpu").contiguous().numpy().tobytes() if t.numel() else b""
+                _pwrite_all(fd, data, start + offsets[k] + row * row_bytes[k])
+            row += rows
+            del chunk
+        if row != n:
+            raise ValueError(f"write_snapshot: {row} states for {n} ids")
+        digest = hashlib.sha256(json.dumps(metadata, sort_keys=True).encode())
+        for k in names:  # as _content_sha256: name, dtype, shape, then the field's bytes
+            digest.update(k.encode() + str(reference[k].dtype).encode() + str(shapes[k]).encode())
+            pos, end = start + offsets[k], start + offsets[k] + row_bytes[k] * n
+            while pos < end:
+                block = os.pread(fd, min(_HASH_BLOCK, end - pos), pos)
+                if not block:
+                    raise OSError(f"{tmp}: short read while hashing")
+                digest.update(block)
+                pos += len(block)
+        final = header(digest.hexdigest())
+        assert len(final) == start
+        _pwrite_all(fd, final, 0)
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+    release_free_memory()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def release_free_memory() -> None:
+    """Hand memory freed on the heap back to the OS (glibc's `malloc_trim`; elsewhere nothing):
+    after a snapshot's chunks, glibc otherwise keeps the freed pages (RSS stays up)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 class ModelMismatch(StoreError):

@@ -30,9 +30,11 @@ interval` a background thread fsyncs every `--fsync-interval-ms`, so a power los
 crash) may lose the appends of the last interval. A failed write or fsync breaks the log: every
 later append and delete is refused with 503 until a restart recovers from the files.
 
-A snapshot: under the engine's locks and the journal's, the states are exported and the log
-rotated to a new segment (the cut); the file is written outside the locks; then the older
-segments and snapshots are removed. Nothing is written when no record came since the last one.
+A snapshot: under the engine's locks and the journal's, the states are taken (references, the
+pool's rows copied on the device, spill files pinned by hard links) and the log rotated to a new
+segment (the cut); outside the locks the states are streamed to the file a chunk at a time
+(`StateChunks`, `write_snapshot`: the host holds one chunk, not a copy of every state); then the
+older segments and snapshots are removed. Nothing is written when no record came since the last one.
 
 Recovery (before the service is ready): load the latest snapshot, refusing one that is corrupt,
 truncated, or from another model or state version, with an error naming the file (there is no
@@ -54,7 +56,6 @@ import threading
 import time
 from pathlib import Path
 
-from model.state import RimerState
 from service.engine import Engine, EngineError, Op
 from service.snapshots import (
     SNAPSHOT_NAME,
@@ -257,10 +258,9 @@ class Store:
                 return self.wal.rotate(), dict(self.engine.meta)
 
             ids, chunks, ((segment, seq), meta) = self.engine.export_states(cut=cut)
-            state = (RimerState.cat(chunks) if chunks
-                     else RimerState.zeros(self.engine.model.cfg, 0))
             path = snapshot_path(self.directory, segment)
-            write_snapshot(path, ids, state, self.engine, seq, segment, meta)
+            with chunks:  # streamed to the file a chunk at a time, off the locks
+                write_snapshot(path, ids, chunks, self.engine, seq, segment, meta)
             self._snapshot_seq = seq
             for p in self.directory.iterdir():
                 m = WAL_NAME.match(p.name) or SNAPSHOT_NAME.match(p.name)

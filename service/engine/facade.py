@@ -32,7 +32,7 @@ from service.cache import SpillError, SpillTiers
 from service.distribution import forecasts
 from service.engine import admission
 from service.engine.loading import appends_are_batch_invariant, load_model, resolve_backend
-from service.engine.ops import EXPORT_CHUNK, EngineError, Op
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, StateChunks
 from service.engine.resident import ResidentStore
 from service.engine.slot_pool import SCRATCH_SLOTS, SlotPoolStore
 
@@ -149,6 +149,22 @@ class Engine:
         try:
             return [RimerState.cat([self.spill.peek(i) for i in ids[a:a + EXPORT_CHUNK]])
                     for a in range(0, len(ids), EXPORT_CHUNK)]
+        except SpillError as exc:
+            raise EngineError(500, str(exc)) from exc
+
+    def pin_spilled(self, ids: list[str]) -> list:
+        """What `read_pinned` reads the spilled series' states from later (snapshots: cheap under
+        the locks; the caller unpins them)."""
+        if not ids:
+            return []
+        try:
+            return self.spill.pin(ids)
+        except SpillError as exc:
+            raise EngineError(500, str(exc)) from exc
+
+    def read_pinned(self, ids: list[str], pinned: list) -> list[RimerState]:
+        try:
+            return [self.spill.read_pinned(i, p) for i, p in zip(ids, pinned)]
         except SpillError as exc:
             raise EngineError(500, str(exc)) from exc
 
@@ -328,11 +344,14 @@ class Engine:
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 
     def export_states(self, cut: Callable[[], Any] | None = None
-                      ) -> tuple[list[str], list[RimerState], Any]:
-        """Every series' id and state (on the host: a list of batches whose rows, in order, are the
-        ids), and what `cut()` returned, called at the same instant: no append or delete falls
-        between the states and the cut (the store rotates its log there). Spilled states are read
-        from their tier (disk reads happen under the locks: appends wait for them)."""
+                      ) -> tuple[list[str], StateChunks, Any]:
+        """Every series' id and state, and what `cut()` returned, called at the same instant: no
+        append or delete falls between the states and the cut (the store rotates its log there).
+        The states come as `StateChunks`: host batches whose rows, in order, are the ids, each
+        made when iterated to from what was taken under the locks (references to the states,
+        never changed in place; the pool's rows copied on the device; links to spill files), so
+        a snapshot streams them to its file holding one chunk on the host at a time. Close it
+        when done (`with chunks:`)."""
         exclusive = self.journal.exclusive() if self.journal is not None else nullcontext()
         return self.store.export(exclusive, cut)
 

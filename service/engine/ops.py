@@ -3,6 +3,7 @@ rounds, and the error the engine refuses one with."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from model.state import RimerState
@@ -54,3 +55,40 @@ def unknown(series_id: str, field: str = "id") -> EngineError:
 def full(max_series: int, field: str = "id") -> EngineError:
     return EngineError(409, f"the service holds its maximum of {max_series} series; delete some "
                             "first", field)
+
+
+SNAPSHOT_CHUNK = 128  # states copied to the host at a time by a snapshot (9 MB for the default model)
+
+
+class StateChunks:
+    """Every exported series' state, in the order of the export's ids, as host batches of at
+    most `SNAPSHOT_CHUNK` series, each made only when iterated to (`make(a, b)`: rows a..b): what
+    a snapshot streams to its file, so that the host holds one chunk of copies at a time, not
+    every state (the export keeps references, which cost nothing: states are never changed in
+    place). Iterable more than once; `close()` lets go of what the export pinned (spill files)."""
+
+    def __init__(self, count: int, make: Callable[[int, int], RimerState],
+                 close: Callable[[], None] | None = None, chunk: int | None = None):
+        self.count, self._make, self._close = count, make, close
+        self.chunk = SNAPSHOT_CHUNK if chunk is None else chunk
+
+    def __len__(self) -> int:
+        return -(-self.count // self.chunk)
+
+    def __iter__(self) -> Iterator[RimerState]:
+        for a in range(0, self.count, self.chunk):
+            yield self._make(a, min(a + self.chunk, self.count))
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+            self._close = None
+
+    def __del__(self) -> None:  # (a caller that never closed it: the links go with it)
+        self.close()
+
+    def __enter__(self) -> StateChunks:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

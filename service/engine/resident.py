@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from model.state import RimerState
-from service.cache import SpillError
+from service.cache import SpillError, SpillTiers
 from service.engine import admission
 from service.engine.entries import SeriesEntry, append_tails
-from service.engine.ops import EngineError, Op, rounds, unknown
+from service.engine.ops import EngineError, Op, StateChunks, rounds, unknown
 from service.engine.resident_columns import columns_locked
 
 if TYPE_CHECKING:
@@ -369,19 +369,32 @@ class ResidentStore:
             with self.table_lock:
                 # States are never changed in place (an append swaps in a new one), so references
                 # are a consistent copy; a series whose first append is in flight has none yet.
+                # Spilled ones: the host tier's references, or links to their files (`pin`).
                 held = [(i, e.state, list(e.pending)) for i, e in self.series.items()
                         if e.length > 0 and e.state is not None]
                 spilled = [i for i, e in self.series.items() if e.length > 0 and e.state is None]
-                chunks = self.e.peek_spilled(spilled)
-            mark = cut() if cut is not None else None
-        # Pending points folded in after the locks (states never change in place; the pending
-        # lists are copies), all series at once.
-        states = [s for _, s, _ in held]
-        waiting = [k for k, (_, _, p) in enumerate(held) if p]
-        for k, state in zip(waiting, append_tails([states[k] for k in waiting],
-                                                  [held[k][2] for k in waiting])):
-            states[k] = state
-        return [i for i, _, _ in held] + spilled, [s.to("cpu") for s in states] + chunks, mark
+                pinned = self.e.pin_spilled(spilled)
+            try:
+                mark = cut() if cut is not None else None
+            except BaseException:
+                SpillTiers.unpin(pinned)
+                raise
+
+        def make(a: int, b: int) -> RimerState:
+            """Rows a..b on the host, after the locks: pending points folded in (the pending
+            lists are copies), spilled states read from their tier."""
+            part = held[a:b]
+            states = [s for _, s, _ in part]
+            waiting = [k for k, (_, _, p) in enumerate(part) if p]
+            for k, state in zip(waiting, append_tails([states[k] for k in waiting],
+                                                      [part[k][2] for k in waiting])):
+                states[k] = state
+            lo, hi = max(a - len(held), 0), max(b - len(held), 0)
+            return RimerState.cat([s.to("cpu") for s in states]
+                                  + self.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
+
+        ids = [i for i, _, _ in held] + spilled
+        return ids, StateChunks(len(ids), make, (lambda: SpillTiers.unpin(pinned)) if pinned else None), mark
 
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
         with self.table_lock:

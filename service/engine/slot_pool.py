@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from model.state import RimerState
-from service.cache import SpillError
+from service.cache import SpillError, SpillTiers
 from service.distribution import forecasts
 from service.engine import admission
-from service.engine.ops import EXPORT_CHUNK, EngineError, Op, rounds, unknown
+from service.engine.ops import EXPORT_CHUNK, EngineError, Op, StateChunks, rounds, unknown
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
@@ -372,13 +372,23 @@ class SlotPoolStore:
     def export(self, exclusive: AbstractContextManager, cut: Callable[[], Any] | None):
         with self.lock, exclusive:
             ids = list(self.slot)
-            slots = [self.slot[i] for i in ids]
-            chunks = [self.pool.select(self.rows(slots[a:a + EXPORT_CHUNK])).to("cpu")
-                      for a in range(0, len(slots), EXPORT_CHUNK)]
+            # A copy on the device (the pool changes in place); to the host a chunk at a time.
+            rows = self.pool.select(self.rows([self.slot[i] for i in ids])) if ids else None
             spilled = [i for i in self.length if i not in self.slot]
-            chunks += self.e.peek_spilled(spilled)
-            mark = cut() if cut is not None else None
-        return ids + spilled, chunks, mark
+            pinned = self.e.pin_spilled(spilled)
+            try:
+                mark = cut() if cut is not None else None
+            except BaseException:
+                SpillTiers.unpin(pinned)
+                raise
+
+        def make(a: int, b: int) -> RimerState:
+            parts = [rows.select(list(range(a, min(b, len(ids))))).to("cpu")] if a < len(ids) else []
+            lo, hi = max(a - len(ids), 0), max(b - len(ids), 0)
+            return RimerState.cat(parts + self.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
+
+        close = (lambda: SpillTiers.unpin(pinned)) if pinned else None
+        return ids + spilled, StateChunks(len(ids) + len(spilled), make, close), mark
 
     def import_new(self, series_id: str, state: RimerState, now: float, log) -> int | None:
         """One series not held yet, `log()` (the journal's record) called first: under the

@@ -69,7 +69,7 @@ def test_export_and_import_cover_every_tier(loaded, tmp_path):
     assert sorted(names) == sorted(i for i in ids if bounded.describe(i)["length"] > 0)
     again = Engine(model, manifest, max_series=50, backend="torch", capacity=2, host_capacity=2,
                    spill_dir=str(tmp_path / "b"))
-    again.import_states(names, RimerState.cat(chunks))
+    again.import_states(names, RimerState.cat(list(chunks)))
     assert again.cache_sizes["device"] == 2 and again.cache_sizes["disk"] > 0
     assert {i: again.forecast_series(i, 20) for i in before} == before
 
