@@ -39,10 +39,9 @@ from model.wkv import wkv7_recurrent
 MAX_CHUNK_PATCHES = 1024
 HORIZON_SPREAD_PATCHES = 64  # entries of a quantile model's horizon_spread table
 LAG_SLICE_ELEMENTS = 1 << 25  # the lag head's largest temporary (a chunk of patches at a time)
-# On the CPU without gradients (serving), the lag head's temporaries of a batch are made a few
-# series at a time, so that they stay in the cache: 31 series completing a patch (a bulk append
-# of 1,000 one-point series) took 10.3 ms in one piece and 2.7 ms in slices of 8 on the 2-core
-# machine. Each row's result depends on its own inputs only, so the bits are the same.
+# On the CPU without gradients (serving), the lag head's [rows, patches, P, lags] product is made
+# a few series at a time, so that it stays in the cache. Each row's result depends on its own
+# inputs only, so the bits are the same.
 LAG_ROW_ELEMENTS = 1 << 19
 
 
@@ -209,6 +208,75 @@ class Advance:
     quantiles: torch.Tensor | None = None  # [B, T, Q, P] normalised, when asked for
 
 
+def lag_match_direct(windows: torch.Tensor, m: int, n_lags: int) -> torch.Tensor:
+    """The lag match plainly, the reference `lag_match` is tested against. windows [B, T, L]:
+    the points up to each patch's end. Returns [B, T, n_lags]: entry j is the mean squared
+    difference between the last m points and windows[j : j + m]."""
+    earlier = windows[..., : m + n_lags - 1].unfold(-1, m, 1)  # [B, T, n_lags, m]
+    return ((earlier - windows[..., -m:, None].transpose(-1, -2)) ** 2).mean(-1)
+
+
+def lag_sum_direct(windows: torch.Tensor, weights: torch.Tensor, m: int, p: int) -> torch.Tensor:
+    """The weighted sum of lagged points plainly, the reference `lag_sum` is tested against:
+    windows [B, T, L], weights [B, T, n_lags] -> [B, T, p], entry i the sum over j of
+    windows[m + i + j] * weights[j]."""
+    values = windows[..., m:].unfold(-1, weights.shape[-1], 1)[..., :p, :]  # [B, T, p, n_lags]
+    return (values * weights[..., None, :]).sum(-1)
+
+
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: an FFT length that is fast and no longer than needed."""
+    best, f5 = 1 << (n - 1).bit_length(), 1
+    while f5 < best:
+        f35 = f5
+        while f35 < best:
+            size = f35
+            while size < n:
+                size *= 2
+            best, f35 = min(best, size), f35 * 3
+        f5 *= 5
+    return best
+
+
+def centred(windows: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows in float64 minus their last m points' mean, and that mean [..., 1]: what
+    `lag_match` and `lag_sum` take, so that their FFTs' rounding is relative to the series'
+    movement, not to its distance from zero."""
+    x = windows.double()
+    centre = x[..., -m:].mean(-1, keepdim=True)
+    return x - centre, centre
+
+
+def lag_match(x: torch.Tensor, m: int, n_lags: int, spectrum: torch.Tensor | None = None
+              ) -> torch.Tensor:
+    """`lag_match_direct` on `centred` windows x, without its [B, T, n_lags, m] temporary: the
+    squared difference expanded, sum (a - c)^2 = sum a^2 + sum c^2 - 2 sum a c, the energies from
+    a cumulative sum and the cross terms of every lag at once as one correlation through the FFT
+    (`spectrum`: rfft(x, fft_size(L)), when the caller has it). No index reaches past L, so the
+    FFT's wrap-around never mixes in. Each row's FFT is its own: a row's bits do not depend on
+    the batch (the engine's batch-invariance probe checks it on each machine)."""
+    size = fft_size(x.shape[-1])
+    if spectrum is None:
+        spectrum = torch.fft.rfft(x, size)
+    cur = x[..., -m:]
+    cross = torch.fft.irfft(spectrum * torch.fft.rfft(cur, size).conj(), size)[..., :n_lags]
+    seg = x[..., : m + n_lags - 1]
+    energy = F.pad((seg * seg).cumsum(-1), (1, 0))
+    ssd = energy[..., m:] - energy[..., :n_lags] + (cur * cur).sum(-1, keepdim=True) - 2 * cross
+    return ssd.clamp(min=0) / m
+
+
+def lag_sum(x: torch.Tensor, weights: torch.Tensor, m: int, p: int,
+            spectrum: torch.Tensor | None = None) -> torch.Tensor:
+    """`lag_sum_direct` as one correlation through the FFT per row (the direct form's strided
+    product was most of the lag head's time in a bulk append); `spectrum` as in `lag_match`."""
+    size = fft_size(x.shape[-1])
+    if spectrum is None:
+        spectrum = torch.fft.rfft(x, size)
+    out = torch.fft.irfft(spectrum * torch.fft.rfft(weights, size).conj(), size)
+    return out[..., m: m + p]
+
+
 def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
              logits: torch.Tensor, sharpness: torch.Tensor, var: torch.Tensor):
     """For each patch n of a chunk, the next patch's points as a weighted sum of earlier points:
@@ -229,7 +297,7 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     bsz, t, p = patches.shape
     n_lags = logits.shape[-1]
     m = history.shape[1] - (n_lags + p - 1) + p
-    per_row = t * max(m, p) * n_lags
+    per_row = t * p * n_lags
     if (bsz > 1 and bsz * per_row > LAG_ROW_ELEMENTS and history.device.type == "cpu"
             and not torch.is_grad_enabled()):
         rows = max(1, LAG_ROW_ELEMENTS // per_row)
@@ -237,7 +305,7 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
                           logits[a:a + rows], sharpness[a:a + rows], var[a:a + rows])
                  for a in range(0, bsz, rows)]
         return torch.cat([c for c, _ in parts]), torch.cat([u for _, u in parts])
-    step = max(1, LAG_SLICE_ELEMENTS // max(1, bsz * max(m, p) * n_lags))
+    step = max(1, LAG_SLICE_ELEMENTS // max(1, bsz * p * n_lags))
     if t > step:  # in slices of patches (each patch's result depends on its own inputs only)
         outs, used = [], []
         for lo in range(0, t, step):
@@ -251,26 +319,21 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     w = n_lags + p - 1
     dev = patches.device
     ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1).contiguous()
-    # Views, not copies. With j' = W - lag (lags in reverse order; the weights are flipped to match)
-    # and H the history's length: point i of patch n + 1 at lag k is ext[H - W + (n + 1) P + i + j'];
-    # point m of the match window ending at patch n is ext[W + n P + m], and k before it
-    # ext[n P + m + j'].
+    # A view of the W + M points ext[n P : n P + W + M] up to each patch n's end. With j' = W - lag
+    # (lags in reverse order; the weights are flipped to match), point i of patch n + 1 at lag k
+    # is that window's point M + i + j'; the match compares its points j' .. j' + M with its last M.
     s0, off = ext.stride(0), ext.storage_offset()
-    values = ext.as_strided((bsz, t, p, n_lags), (s0, p, 1, 1), off + m)
-    earlier = ext.as_strided((bsz, t, m, n_lags), (s0, p, 1, 1), off)
-    current = ext.as_strided((bsz, t, m), (s0, p, 1), off + w)
-    diff = earlier - current[..., None]
-    # (squared in place when no gradient needs `diff`: one temporary fewer, the same bits)
-    square = diff * diff if diff.requires_grad else diff.mul_(diff)
-    match = -square.mean(2).flip(-1) / var.to(ext.dtype)[..., None].clamp(min=1e-12)  # [B, T, lags]
+    x, centre = centred(ext.as_strided((bsz, t, w + m), (s0, p, 1), off), m)
+    spectrum = torch.fft.rfft(x, fft_size(w + m))  # (both correlations read it)
+    match = -lag_match(x, m, n_lags, spectrum).flip(-1) / var.double()[..., None].clamp(min=1e-12)
     seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
     reach = (p + m + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
     score = logits.float() + sharpness.float()[..., None] * match.float()
     weights = torch.softmax(score.masked_fill(~reach, float("-inf")), dim=-1)
     usable = reach.any(-1)
-    weights = torch.where(usable[..., None], weights, torch.zeros_like(weights))
-    # (a product and a sum per row, not a batched matmul: the same bits for a row whatever its batch)
-    return (values * weights.flip(-1).to(values.dtype)[:, :, None, :]).sum(-1), usable
+    weights = torch.where(usable[..., None], weights, torch.zeros_like(weights)).flip(-1).double()
+    copy = lag_sum(x, weights, m, p, spectrum) + centre * weights.sum(-1, keepdim=True)
+    return copy.to(ext.dtype), usable
 
 
 def quantile_values(mean: torch.Tensor, offsets: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.rimer import lag_copy
+from model.rimer import centred, fft_size, lag_copy, lag_match, lag_match_direct, lag_sum, lag_sum_direct
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
@@ -51,6 +51,56 @@ def test_lags_before_the_first_point_are_never_read():
         assert usable.all() and torch.equal(copy[0, 0], second[0, 0])  # lag P: the patch before
     _, usable = lag_copy(torch.zeros(1, 3 * P), first.view(1, 1, P), torch.tensor([0]), logits, sharp, var)
     assert not usable.any()
+
+
+@pytest.mark.parametrize("level", [0.0, 1e5])
+def test_lag_match_and_sum_equal_their_direct_forms(level):
+    """The FFT forms of the lag head's two correlations against the plain strided ones, on
+    float32 random walks near zero and far from it (centred first, as lag_copy does, so that
+    the expanded square does not cancel), with and without a shared spectrum."""
+    g = torch.Generator().manual_seed(3)
+    m, n_lags, p = 2 * P, 5 * P + 1, P
+    windows = (torch.randn(3, 4, n_lags - 1 + p + m, generator=g).cumsum(-1) + level).double()
+    x, _ = centred(windows, m)
+    spectrum = torch.fft.rfft(x, fft_size(x.shape[-1]))
+    want = lag_match_direct(windows, m, n_lags)
+    for match in (lag_match(x, m, n_lags), lag_match(x, m, n_lags, spectrum)):
+        assert match.shape == want.shape == (3, 4, n_lags)
+        assert (match - want).abs().max() <= 1e-9 * want.abs().max()
+    weights = torch.softmax(torch.randn(3, 4, n_lags, generator=g, dtype=torch.float64), -1)
+    want = lag_sum_direct(x, weights, m, p)
+    for got in (lag_sum(x, weights, m, p), lag_sum(x, weights, m, p, spectrum)):
+        assert got.shape == (3, 4, p) and (got - want).abs().max() <= 1e-9 * want.abs().max()
+
+
+def test_fft_size_is_the_smallest_smooth_length():
+    """fft_size(n): the first 2^a 3^b 5^c at or after n (found here by counting up)."""
+    for n in range(1, 1100):
+        assert fft_size(n) == next(k for k in range(n, 2 * n + 1) if _smooth(k))
+
+
+def _smooth(k: int) -> bool:
+    for f in (2, 3, 5):
+        while k % f == 0:
+            k //= f
+    return k == 1
+
+
+def test_lag_correlations_have_the_direct_forms_gradients():
+    """Training backpropagates through the lag head's weights (and, in rollouts, its points)."""
+    g = torch.Generator().manual_seed(4)
+    m, n_lags, p = 4, 6, 2
+    windows = torch.randn(2, 1, n_lags - 1 + p + m, generator=g, dtype=torch.float64,
+                          requires_grad=True)
+    weights = torch.rand(2, 1, n_lags, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: lag_match(w, m, n_lags), (windows,))
+    assert torch.autograd.gradcheck(lambda w, a: lag_sum(w, a, m, p), (windows, weights))
+    for fast, direct, args in ((lag_match, lag_match_direct, (windows,)),
+                               (lag_sum, lag_sum_direct, (windows, weights))):
+        extra = (m, n_lags) if fast is lag_match else (m, p)
+        grads = torch.autograd.grad(fast(*args, *extra).sum(), args)
+        want = torch.autograd.grad(direct(*args, *extra).sum(), args)
+        assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, want))
 
 
 def test_streamed_equals_whole_and_alone_equals_batched():
