@@ -24,6 +24,7 @@ from service.engine import admission
 from service.engine.entries import SeriesEntry, append_tails
 from service.engine.ops import EngineError, Op, StateChunks, rounds, unknown
 from service.engine.resident_columns import columns_locked
+from service.engine.resident_tail import tail_append
 
 if TYPE_CHECKING:
     from service.engine.facade import Engine
@@ -97,6 +98,10 @@ class ResidentStore:
     def apply(self, requests: list[list[Op]]) -> tuple[list, int | None]:
         """Per request its results or the EngineError refusing it (the batch's rules:
         `Engine.apply_batch`), and the journal's last ticket."""
+        if len(requests) == 1 and len(requests[0]) == 1:
+            done = tail_append(self, requests[0][0])
+            if done is not None:
+                return done
         try:
             return self._apply_locked(requests)
         finally:

@@ -88,6 +88,53 @@ def test_snapshot_then_log_recovers_exactly(loaded, tmp_path):
     store3.close()
 
 
+def test_single_tail_appends_log_and_apply_as_the_batch_path_does(loaded, tmp_path, monkeypatch):
+    """The store's lane for one append that completes no patch (service/engine/resident_tail.py)
+    against the batch path on the same appends: the same lengths, states, metadata, and the same
+    log bytes; and the lane's log recovers the same series."""
+    from service.engine import resident_tail
+
+    taken = []
+    lane = resident_tail.tail_append
+
+    def counted(store, op):
+        out = lane(store, op)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr("service.engine.resident.tail_append", counted)
+    engines, stores = {}, {}
+    for name in ("lane", "batch"):
+        engines[name] = new_engine(loaded)
+        stores[name] = open_store(tmp_path / name, engines[name])
+    batch = engines["batch"].store
+    monkeypatch.setattr(batch, "apply", batch._apply_locked)  # (an instance's own: no lane)
+    rng = random.Random(5)
+    for k in range(300):
+        sid = f"s{rng.randrange(3)}"
+        values = series(rng.choice([1, 1, 1, 2, 5, 33]), k)
+        meta = {"last": values[-1]} if k % 3 else None
+        for e in engines.values():
+            e.append(sid, values, None, meta)
+    assert sum(taken) > 150 and not all(taken)  # (the lane took most; patches took the batch path)
+    lane_e, batch_e = engines["lane"], engines["batch"]
+    assert lane_e.meta == batch_e.meta
+    for sid in ("s0", "s1", "s2"):
+        assert lane_e.describe(sid) == batch_e.describe(sid)
+        a, b = lane_e.store.state_of(sid).tensors(), batch_e.store.state_of(sid).tensors()
+        assert a.keys() == b.keys() and all(torch.equal(a[f], b[f]) for f in a)
+    want = forecasts(lane_e, ["s0", "s1", "s2"])
+    for store in stores.values():
+        store.close(snapshot=False)
+    logs = {name: [p.read_bytes() for p in segments(tmp_path / name)] for name in stores}
+    assert logs["lane"] == logs["batch"]
+    again = new_engine(loaded)
+    store = Store(tmp_path / "lane", again, snapshot_interval_s=0)
+    store.open()
+    assert forecasts(again, want) == want
+    store.close()
+
+
 def test_torn_last_record_is_dropped_with_a_warning(loaded, tmp_path, caplog):
     engine = new_engine(loaded)
     store = open_store(tmp_path, engine)
