@@ -317,21 +317,21 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
             used.append(ok)
         return torch.cat(outs, 1), torch.cat(used, 1)
     w = n_lags + p - 1
-    dev = patches.device
     ext = torch.cat([history, patches.reshape(bsz, t * p).to(history.dtype)], dim=1).contiguous()
-    # A view of the W + M points ext[n P : n P + W + M] up to each patch n's end. With j' = W - lag
-    # (lags in reverse order; the weights are flipped to match), point i of patch n + 1 at lag k
-    # is that window's point M + i + j'; the match compares its points j' .. j' + M with its last M.
+    # Each patch n's window: the W + M points ext[n P : n P + W + M] up to its end. Lags in the
+    # window's order, j' = W - lag (the logits, in lag order, are flipped): point i of patch n + 1
+    # at lag k is the window's point M + i + j'; the match compares its points j' .. j' + M with
+    # its last M; it reaches before the series' first point where j' < W + M - seen.
     s0, off = ext.stride(0), ext.storage_offset()
     x, centre = centred(ext.as_strided((bsz, t, w + m), (s0, p, 1), off), m)
     spectrum = torch.fft.rfft(x, fft_size(w + m))  # (both correlations read it)
-    match = -lag_match(x, m, n_lags, spectrum).flip(-1) / var.double()[..., None].clamp(min=1e-12)
-    seen = (n_before[:, None] + torch.arange(1, t + 1, device=dev)[None]) * p  # [B, T]
-    reach = (p + m + torch.arange(n_lags, device=dev))[None, None] <= seen[..., None]
-    score = logits.float() + sharpness.float()[..., None] * match.float()
-    weights = torch.softmax(score.masked_fill(~reach, float("-inf")), dim=-1)
-    usable = reach.any(-1)
-    weights = torch.where(usable[..., None], weights, torch.zeros_like(weights)).flip(-1).double()
+    msd = lag_match(x, m, n_lags, spectrum)
+    seen = (n_before[:, None] + torch.arange(1, t + 1, device=patches.device)[None]) * p  # [B, T]
+    usable = seen >= p + m
+    reach = torch.arange(n_lags, device=patches.device) >= (w + m - seen)[..., None]
+    coef = sharpness.double() / var.double().clamp(min=1e-12)
+    score = (logits.flip(-1).double() - coef[..., None] * msd).float().masked_fill(~reach, -math.inf)
+    weights = torch.softmax(score, dim=-1).masked_fill(~usable[..., None], 0.0).double()
     copy = lag_sum(x, weights, m, p, spectrum) + centre * weights.sum(-1, keepdim=True)
     return copy.to(ext.dtype), usable
 
