@@ -23,24 +23,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def numbers(obj, prefix: str = "") -> dict[str, float]:
-    """Every number in a JSON document, by its path (`rows[0].append_1_point_us`)."""
+def numbers(obj, prefix: str = "", label: tuple[str, ...] = ()) -> dict[str, float]:
+    """Every number in a JSON document, by its path (`rows[0].append_1_point_us`); an entry of
+    a list that has every field of `label` is named by them (`cases[case=bulk,concurrency=1]`),
+    so that two versions whose lists differ in length or order still pair up."""
     out = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
-            out.update(numbers(v, f"{prefix}.{k}" if prefix else k))
+            out.update(numbers(v, f"{prefix}.{k}" if prefix else k, label))
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            out.update(numbers(v, f"{prefix}[{i}]"))
+            name = (",".join(f"{f}={v[f]}" for f in label)
+                    if label and isinstance(v, dict) and all(f in v for f in label) else i)
+            out.update(numbers(v, f"{prefix}[{name}]", label))
     elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
         out[prefix] = float(obj)
     return out
 
 
-def run(checkout: Path, command: list[str], out: Path) -> dict[str, float]:
+def run(checkout: Path, command: list[str], out: Path, label: tuple[str, ...]) -> dict[str, float]:
     subprocess.run([sys.executable, "-m", *command, "--out", str(out)], cwd=checkout, check=True,
                    env=dict(os.environ, PYTHONPATH=str(checkout)), stdout=subprocess.DEVNULL)
-    return numbers(json.loads(out.read_text()))
+    return numbers(json.loads(out.read_text()), label=label)
 
 
 def main() -> None:
@@ -48,6 +52,8 @@ def main() -> None:
     ap.add_argument("--before", required=True, type=Path, help="the old checkout")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keys", default="_us", help="report the numbers whose path contains this")
+    ap.add_argument("--label", default="", help="comma-separated fields that name the entries "
+                    "of lists (bench.http: case,concurrency,batch_window_ms)")
     ap.add_argument("--out", default="bench/results/ab_checkouts.json")
     ap.add_argument("command", nargs="+", help="the benchmark module and its arguments (after --)")
     args = ap.parse_args()
@@ -55,15 +61,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for name, checkout in (("before", args.before.resolve()), ("after", ROOT)):
-                runs[name].append(run(checkout, args.command, Path(tmp) / f"{name}{r}.json"))
+                runs[name].append(run(checkout, args.command, Path(tmp) / f"{name}{r}.json",
+                                      tuple(f for f in args.label.split(",") if f)))
     keys = [k for k in runs["after"][0] if args.keys in k and all(k in x for x in runs["before"])]
     rows = []
-    print(f"{'number':<44} {'before':>10} {'after':>10} {'after/before':>12}")
+    width = max([44] + [len(k) for k in keys])
+    print(f"{'number':<{width}} {'before':>10} {'after':>10} {'after/before':>12}")
     for k in keys:
         b = statistics.median(x[k] for x in runs["before"])
         a = statistics.median(x[k] for x in runs["after"])
         rows.append({"number": k, "before": b, "after": a, "ratio": a / b if b else None})
-        print(f"{k:<44} {b:>10.1f} {a:>10.1f} {a / b if b else float('nan'):>12.3f}")
+        print(f"{k:<{width}} {b:>10.1f} {a:>10.1f} {a / b if b else float('nan'):>12.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"command": args.command, "before": str(args.before),
                                           "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
