@@ -26,7 +26,8 @@ import kernels  # (first: it sets TRITON_INTERPRET without CUDA before Triton is
 from kernels import block_out, fused, step_io
 from kernels.settings import KernelSettings, or_default
 from model import calibration, normalisation
-from model.rimer import Block, Rimer, lag_copy
+from model.lag import lag_copy
+from model.rimer import Block, Rimer
 from model.state import RimerState
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.rimer import centred, fft_size, lag_copy, lag_match, lag_match_direct, lag_sum, lag_sum_direct
+from model.lag import centred, fft_size, lag_copy, lag_match, lag_match_direct, lag_sum, lag_sum_direct
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
