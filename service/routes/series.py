@@ -94,41 +94,47 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
     check_distribution(e, body)
     executor = executor_of(request)
 
-    def plan_all() -> tuple[list[Op], int]:
-        """The ops, and their values (given ones plus those filled into gaps)."""
+    def plan_all(columns: bool = False):
+        """The ops, and their values (given ones plus those filled into gaps); with `columns`
+        (a bulk ingest) the same as arrays, without an `Op` per item: (ids, bounds, values,
+        metas), values in all."""
         ops, chain, budget, horizon = [], {}, settings.max_gap_points, body.horizon
+        ids, bounds, flat, metas = [], [0], [], []
         meta_of = e.meta
         for i, s in enumerate(body.series):
-            sid, prefix = s.id, f"series[{i}]"
+            sid = s.id
             # The common case first (one dict lookup, no Plan); the rules for the rest.
             meta = (None if sid in chain else
                     timeline.plain_append_meta(meta_of.get(sid), s.values, s.timestamps, s.freq))
             if meta is not None:
                 chain[sid], values = meta, s.values
             else:
-                planned = plan_append(e, sid, s, budget, prefix, chain)
+                planned = plan_append(e, sid, s, budget, f"series[{i}]", chain)
                 budget -= planned.filled
                 values, meta = planned.values, planned.meta
-            ops.append(Op(sid, values, horizon, prefix, meta=meta))
+            if columns:
+                ids.append(sid)
+                flat += values
+                bounds.append(len(flat))
+                metas.append(meta)
+            else:
+                ops.append(Op(sid, values, horizon, f"series[{i}]", meta=meta))
         filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
+        if columns:
+            return (ids, bounds, np.array(flat, dtype=np.float64), metas), len(flat) if filled else points
         return ops, sum(len(op.values) for op in ops) if filled else points
 
-    def in_columns(ops: list[Op]) -> tuple[list[int], np.ndarray]:
-        bounds, flat = [0], []
-        for op in ops:
-            flat += op.values
-            bounds.append(len(flat))
-        return bounds, np.array(flat, dtype=np.float64)
-
     async def work():
+        if not body.horizon and body.anomaly_level is None:  # a bulk ingest: the engine's
+            # columnar path (the same rules and records)
+            (ids, bounds, values, metas), planned = await executor.off_loop(points, plan_all, True)
+            check_points(settings, planned, "series")
+            lengths, _ = await executor.call(
+                "bulk_append", planned, len(ids), e.append_columns, ids, bounds, values, metas,
+                None, "series")
+            return None, planned, [None] * len(ids), [(n, None) for n in lengths], None
         ops, planned = await executor.off_loop(points, plan_all)
         check_points(settings, planned, "series")
-        if not body.horizon and body.anomaly_level is None:  # a bulk ingest: the engine's
-            bounds, values = in_columns(ops)  # columnar path (the same rules and records)
-            lengths, _ = await executor.call(
-                "bulk_append", planned, len(ops), e.append_columns, [op.series_id for op in ops],
-                bounds, values, [op.meta for op in ops], None, "series")
-            return ops, planned, [None] * len(ops), [(n, None) for n in lengths], None
         stamps = ([timeline.forecast_timestamps(op.meta, body.horizon, op.field("horizon"))
                    for op in ops] if body.horizon else [None] * len(ops))
         work = work_of(planned, (body.horizon or 0) * len(ops))
