@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -132,6 +133,8 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     # window's order, j' = W - lag (the logits, in lag order, are flipped): point i of patch n + 1
     # at lag k is the window's point M + i + j'; the match compares its points j' .. j' + M with
     # its last M; it reaches before the series' first point where j' < W + M - seen.
+    if ext.device.type == "cpu" and not torch.is_grad_enabled():
+        return _serving_tail(ext, n_before, logits, sharpness, var, t, p, m)
     s0, off = ext.stride(0), ext.storage_offset()
     x, centre = centred(ext.as_strided((bsz, t, w + m), (s0, p, 1), off), m)
     spectrum = torch.fft.rfft(x, fft_size(w + m))  # (both correlations read it)
@@ -146,3 +149,42 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     return copy.to(ext.dtype), usable
 
 
+
+
+def _serving_tail(ext: torch.Tensor, n_before: torch.Tensor, logits: torch.Tensor,
+                  sharpness: torch.Tensor, var: torch.Tensor, t: int, p: int, m: int):
+    """`lag_copy`'s arithmetic after `ext` in NumPy, for the CPU without gradients (serving,
+    evaluation): the same formulas as the torch code above it, with a fraction of torch's fixed
+    cost per operator, which is most of the lag head's time for one series (a single append
+    completing a patch, each step of a forecast). Always this form on the CPU without gradients,
+    so a row's bits still do not depend on its batch; tested against the torch form."""
+    bsz, n_lags = ext.shape[0], logits.shape[-1]
+    w = n_lags + p - 1
+    e = ext.numpy()
+    windows = np.lib.stride_tricks.as_strided(e, (bsz, t, w + m),
+                                              (e.strides[0], p * e.itemsize, e.itemsize))
+    x = windows.astype(np.float64)
+    centre = x[..., -m:].mean(-1, keepdims=True)
+    x -= centre
+    size = fft_size(w + m)
+    spectrum = np.fft.rfft(x, size)
+    cur = x[..., -m:]
+    cross = np.fft.irfft(spectrum * np.fft.rfft(cur, size).conj(), size)[..., :n_lags]
+    energy = np.zeros(x.shape[:-1] + (m + n_lags,))
+    np.cumsum(x[..., : m + n_lags - 1] ** 2, -1, out=energy[..., 1:])
+    msd = energy[..., m:] - energy[..., :n_lags] + (cur * cur).sum(-1, keepdims=True) - 2 * cross
+    msd = np.maximum(msd, 0.0) / m
+    seen = (n_before.numpy()[:, None] + np.arange(1, t + 1)) * p  # [B, T]
+    usable = seen >= p + m
+    reach = np.arange(n_lags) >= (w + m - seen)[..., None]
+    coef = sharpness.numpy().astype(np.float64) / np.maximum(var.numpy().astype(np.float64), 1e-12)
+    score = (logits.numpy()[..., ::-1] - coef[..., None] * msd).astype(np.float32)
+    score[~reach] = -np.inf
+    with np.errstate(invalid="ignore"):  # (a row with no lag: weight nowhere, set below)
+        top = score.max(-1, keepdims=True)
+        weights = np.exp(score - top)
+        weights /= weights.sum(-1, keepdims=True)
+    weights = np.where(usable[..., None], weights, 0.0).astype(np.float64)
+    out = np.fft.irfft(spectrum * np.fft.rfft(weights, size).conj(), size)[..., m: m + p]
+    copy = out + centre * weights.sum(-1, keepdims=True)
+    return torch.from_numpy(copy.astype(e.dtype)), torch.from_numpy(usable)

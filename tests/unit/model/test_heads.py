@@ -86,6 +86,27 @@ def _smooth(k: int) -> bool:
     return k == 1
 
 
+@pytest.mark.parametrize("level", [0.0, 1e5])
+def test_serving_form_of_the_lag_copy_equals_the_torch_form(level):
+    """lag_copy on the CPU without gradients runs its arithmetic in NumPy (model/lag.py
+    `_serving_tail`); with gradients, in torch. The same copies and usable flags, including
+    series too short for any lag and chunks of many patches."""
+    g = torch.Generator().manual_seed(6)
+    n_lags, m, bsz, t = 4 * P + 1, 2 * P, 5, 3
+    history = torch.randn(bsz, n_lags - 1 + m, generator=g).cumsum(-1) + level
+    patches = torch.randn(bsz, t, P, generator=g).cumsum(-1) + level
+    args = (history, patches, torch.tensor([0, 1, 2, 5, 40]), torch.randn(bsz, t, n_lags, generator=g),
+            torch.rand(bsz, t, generator=g) * 5, torch.rand(bsz, t, generator=g) + 0.5)
+    with torch.no_grad():
+        served, served_ok = lag_copy(*args)
+    with torch.enable_grad():
+        trained, trained_ok = lag_copy(*args)
+    assert torch.equal(served_ok, trained_ok) and not served_ok.all() and served_ok.any()
+    assert served.dtype == trained.dtype == torch.float32
+    scale = (patches - patches.mean()).abs().max()
+    assert (served - trained).abs().max() <= 1e-5 * scale + 1e-6 * abs(level)
+
+
 def test_lag_correlations_have_the_direct_forms_gradients():
     """Training backpropagates through the lag head's weights (and, in rollouts, its points)."""
     g = torch.Generator().manual_seed(4)
