@@ -216,11 +216,15 @@ class ResidentStore:
                 for op, v in stepped:
                     op.state = model.append(states[op.series_id], tensors([(op, v)]))
             else:
-                out = model.append(RimerState.cat([states[op.series_id] for op, _ in stepped]),
-                                   tensors(stepped))
-                rows = {f: t.split(1) for f, t in out.tensors().items()}
-                for b, (op, _) in enumerate(stepped):
-                    op.state = RimerState(**{f: rows[f][b] for f in rows})
+                if len(stepped) == 1:  # (a single append: no batch to gather or split)
+                    op = stepped[0][0]
+                    op.state = model.append(states[op.series_id], tensors(stepped))
+                else:
+                    out = model.append(RimerState.cat([states[op.series_id] for op, _ in stepped]),
+                                       tensors(stepped))
+                    rows = {f: t.split(1) for f, t in out.tensors().items()}
+                    for b, (op, _) in enumerate(stepped):
+                        op.state = RimerState(**{f: rows[f][b] for f in rows})
         for op, _ in computed:
             states[op.series_id] = op.state
         by_horizon: dict[int, list[Op]] = {}
