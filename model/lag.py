@@ -6,6 +6,7 @@ each beside the plain strided form it is tested against (tests/unit/model/test_h
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -35,6 +36,7 @@ def lag_sum_direct(windows: torch.Tensor, weights: torch.Tensor, m: int, p: int)
     return (values * weights[..., None, :]).sum(-1)
 
 
+@functools.lru_cache(maxsize=64)
 def fft_size(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n: an FFT length that is fast and no longer than needed."""
     best, f5 = 1 << (n - 1).bit_length(), 1
