@@ -19,11 +19,12 @@ import numpy as np
 import torch
 
 from model.state import RimerState
-from service.cache import SpillError, SpillTiers
+from service.cache import SpillError
 from service.engine import admission
 from service.engine.entries import SeriesEntry, append_tails
-from service.engine.ops import EngineError, Op, StateChunks, rounds, unknown
+from service.engine.ops import EngineError, Op, rounds, unknown
 from service.engine.resident_columns import columns_locked
+from service.engine.resident_export import export_states
 from service.engine.resident_tail import tail_append
 
 if TYPE_CHECKING:
@@ -374,36 +375,8 @@ class ResidentStore:
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 
     def export(self, exclusive: AbstractContextManager, cut: Callable[[], Any] | None):
-        with exclusive:
-            with self.table_lock:
-                # States are never changed in place (an append swaps in a new one), so references
-                # are a consistent copy; a series whose first append is in flight has none yet.
-                # Spilled ones: the host tier's references, or links to their files (`pin`).
-                held = [(i, e.state, list(e.pending)) for i, e in self.series.items()
-                        if e.length > 0 and e.state is not None]
-                spilled = [i for i, e in self.series.items() if e.length > 0 and e.state is None]
-                pinned = self.e.pin_spilled(spilled)
-            try:
-                mark = cut() if cut is not None else None
-            except BaseException:
-                SpillTiers.unpin(pinned)
-                raise
-
-        def make(a: int, b: int) -> RimerState:
-            """Rows a..b on the host, after the locks: pending points folded in (the pending
-            lists are copies), spilled states read from their tier."""
-            part = held[a:b]
-            states = [s for _, s, _ in part]
-            waiting = [k for k, (_, _, p) in enumerate(part) if p]
-            for k, state in zip(waiting, append_tails([states[k] for k in waiting],
-                                                      [part[k][2] for k in waiting])):
-                states[k] = state
-            lo, hi = max(a - len(held), 0), max(b - len(held), 0)
-            return RimerState.cat([s.to("cpu") for s in states]
-                                  + self.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
-
-        ids = [i for i, _, _ in held] + spilled
-        return ids, StateChunks(len(ids), make, (lambda: SpillTiers.unpin(pinned)) if pinned else None), mark
+        """Every series' state for a snapshot or a move (service/engine/resident_export.py)."""
+        return export_states(self, exclusive, cut)
 
     def import_(self, ids: list[str], states: RimerState, lengths: list[int], now: float) -> None:
         with self.table_lock:
