@@ -14,10 +14,6 @@ import torch
 import torch.nn.functional as F
 
 LAG_SLICE_ELEMENTS = 1 << 25  # the lag head's largest temporary (a chunk of patches at a time)
-# On the CPU without gradients (serving), the lag head's [rows, patches, P, lags] product is made
-# a few series at a time, so that it stays in the cache. Each row's result depends on its own
-# inputs only, so the bits are the same.
-LAG_ROW_ELEMENTS = 1 << 19
 
 
 def lag_match_direct(windows: torch.Tensor, m: int, n_lags: int) -> torch.Tensor:
@@ -110,14 +106,6 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     bsz, t, p = patches.shape
     n_lags = logits.shape[-1]
     m = history.shape[1] - (n_lags + p - 1) + p
-    per_row = t * p * n_lags
-    if (bsz > 1 and bsz * per_row > LAG_ROW_ELEMENTS and history.device.type == "cpu"
-            and not torch.is_grad_enabled()):
-        rows = max(1, LAG_ROW_ELEMENTS // per_row)
-        parts = [lag_copy(history[a:a + rows], patches[a:a + rows], n_before[a:a + rows],
-                          logits[a:a + rows], sharpness[a:a + rows], var[a:a + rows])
-                 for a in range(0, bsz, rows)]
-        return torch.cat([c for c, _ in parts]), torch.cat([u for _, u in parts])
     step = max(1, LAG_SLICE_ELEMENTS // max(1, bsz * p * n_lags))
     if t > step:  # in slices of patches (each patch's result depends on its own inputs only)
         outs, used = [], []
