@@ -8,7 +8,8 @@ from dataclasses import dataclass
 POS_EMBEDDINGS = ("sinusoidal", "none")
 # Keys added after configs were first written: a config without them means the defaults (a model
 # without them), so older checkpoints keep loading.
-OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0, "lag_match": 0}
+OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0, "lag_match": 0,
+                 "lag_drift": False}
 NORMALISATIONS = ("window", "causal")
 
 
@@ -48,6 +49,9 @@ class RimerConfig:
     # Points each lag's match is measured over (the last ones, against the same points one lag
     # earlier); 0: one patch. Longer tells periods apart that one patch cannot (168 from 169).
     lag_match: int = 0
+    # The lag head also learns, per patch, how much of the level change since each lag's match
+    # its copy carries on (model/lag.py lag_copy's drift): seasonal copies that follow a trend.
+    lag_drift: bool = False
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -74,6 +78,9 @@ class RimerConfig:
         if isinstance(self.lag_window, bool) or not isinstance(self.lag_window, int) or (
                 self.lag_window and self.lag_window < 2 * self.patch_len) or self.lag_window < 0:
             raise ValueError(f"config.lag_window must be 0 or at least two patches, got {self.lag_window!r}")
+        if not isinstance(self.lag_drift, bool) or (self.lag_drift and not self.lag_window):
+            raise ValueError(f"config.lag_drift must be true or false, and true only with a lag_window, "
+                             f"got {self.lag_drift!r}")
         if isinstance(self.lag_match, bool) or not isinstance(self.lag_match, int) or self.lag_match < 0 \
                 or self.lag_match % self.patch_len:
             raise ValueError(f"config.lag_match must be 0 or a multiple of patch_len, got {self.lag_match!r}")

@@ -32,6 +32,19 @@ def lag_sum_direct(windows: torch.Tensor, weights: torch.Tensor, m: int, p: int)
     return (values * weights[..., None, :]).sum(-1)
 
 
+def lag_level_direct(windows: torch.Tensor, m: int, n_lags: int) -> torch.Tensor:
+    """Each lag's match level plainly, the reference `lag_level` is tested against: windows
+    [B, T, L] -> [B, T, n_lags], entry j the mean of windows[j : j + m] (the points each lag's
+    match compares with the last m)."""
+    return windows[..., : m + n_lags - 1].unfold(-1, m, 1).mean(-1)
+
+
+def lag_level(x: torch.Tensor, m: int, n_lags: int) -> torch.Tensor:
+    """`lag_level_direct` from one cumulative sum (x: `centred` windows, float64)."""
+    total = F.pad(x[..., : m + n_lags - 1].cumsum(-1), (1, 0))
+    return (total[..., m:] - total[..., :n_lags]) / m
+
+
 @functools.lru_cache(maxsize=64)
 def fft_size(n: int) -> int:
     """The smallest 2^a 3^b 5^c >= n: an FFT length that is fast and no longer than needed."""
@@ -87,7 +100,8 @@ def lag_sum(x: torch.Tensor, weights: torch.Tensor, m: int, p: int,
 
 
 def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tensor,
-             logits: torch.Tensor, sharpness: torch.Tensor, var: torch.Tensor):
+             logits: torch.Tensor, sharpness: torch.Tensor, var: torch.Tensor,
+             drift: torch.Tensor | None = None):
     """For each patch n of a chunk, the next patch's points as a weighted sum of earlier points:
     point i (1..P) of patch n + 1 is sum_k a_k x[end_n + i - k] over lags k = P .. W, where end_n
     is the last point of patch n and x runs over `history` (the points before the chunk) and then
@@ -99,6 +113,10 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     anything is learned (a period found by matching, as an analogue forecast finds it), and the
     learned logits and sharpness choose among them. Lags whose match would reach before the
     series' first point are excluded; a patch with none left gets weight nowhere.
+
+    With `drift` [B, T] (a model with `lag_drift`), each lag's copy is also shifted by drift
+    times the difference between the last M points' mean and its match's mean: 1 carries a
+    trend on (on a linear ramp every lag then copies exactly), 0 copies the level as it was.
 
     history [B, W + M - P]; patches [B, T, P]; n_before [B] complete patches before the chunk;
     logits [B, T, W - P + 1] (so W, and M, follow from the shapes); sharpness, var [B, T].
@@ -113,7 +131,8 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
             hi = min(t, lo + step)
             before = torch.cat([history, patches[:, :lo].reshape(bsz, lo * p).to(history.dtype)], 1)
             out, ok = lag_copy(before[:, before.shape[1] - history.shape[1]:], patches[:, lo:hi],
-                               n_before + lo, logits[:, lo:hi], sharpness[:, lo:hi], var[:, lo:hi])
+                               n_before + lo, logits[:, lo:hi], sharpness[:, lo:hi], var[:, lo:hi],
+                               None if drift is None else drift[:, lo:hi])
             outs.append(out)
             used.append(ok)
         return torch.cat(outs, 1), torch.cat(used, 1)
@@ -124,7 +143,7 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     # at lag k is the window's point M + i + j'; the match compares its points j' .. j' + M with
     # its last M; it reaches before the series' first point where j' < W + M - seen.
     if ext.device.type == "cpu" and not torch.is_grad_enabled():
-        return _serving_tail(ext, n_before, logits, sharpness, var, t, p, m)
+        return _serving_tail(ext, n_before, logits, sharpness, var, t, p, m, drift)
     s0, off = ext.stride(0), ext.storage_offset()
     x, centre = centred(ext.as_strided((bsz, t, w + m), (s0, p, 1), off), m)
     spectrum = torch.fft.rfft(x, fft_size(w + m))  # (both correlations read it)
@@ -136,13 +155,17 @@ def lag_copy(history: torch.Tensor, patches: torch.Tensor, n_before: torch.Tenso
     score = (logits.flip(-1).double() - coef[..., None] * msd).float().masked_fill(~reach, -math.inf)
     weights = torch.softmax(score, dim=-1).masked_fill(~usable[..., None], 0.0).double()
     copy = lag_sum(x, weights, m, p, spectrum) + centre * weights.sum(-1, keepdim=True)
+    if drift is not None:  # (the last M points' mean is 0 in centred units)
+        shift = (weights * lag_level(x, m, n_lags)).sum(-1, keepdim=True)
+        copy = copy - drift.double()[..., None] * shift
     return copy.to(ext.dtype), usable
 
 
 
 
 def _serving_tail(ext: torch.Tensor, n_before: torch.Tensor, logits: torch.Tensor,
-                  sharpness: torch.Tensor, var: torch.Tensor, t: int, p: int, m: int):
+                  sharpness: torch.Tensor, var: torch.Tensor, t: int, p: int, m: int,
+                  drift: torch.Tensor | None = None):
     """`lag_copy`'s arithmetic after `ext` in NumPy, for the CPU without gradients (serving,
     evaluation): the same formulas as the torch code above it, with a fraction of torch's fixed
     cost per operator, which is most of the lag head's time for one series (a single append
@@ -177,4 +200,9 @@ def _serving_tail(ext: torch.Tensor, n_before: torch.Tensor, logits: torch.Tenso
     weights = np.where(usable[..., None], weights, 0.0).astype(np.float64)
     out = np.fft.irfft(spectrum * np.fft.rfft(weights, size).conj(), size)[..., m: m + p]
     copy = out + centre * weights.sum(-1, keepdims=True)
+    if drift is not None:
+        total = energy  # (reused: the cumulative sum of the match's points, not their squares)
+        np.cumsum(x[..., : m + n_lags - 1], -1, out=total[..., 1:])
+        level = (total[..., m:] - total[..., :n_lags]) / m
+        copy -= drift.numpy().astype(np.float64)[..., None] * (weights * level).sum(-1, keepdims=True)
     return torch.from_numpy(copy.astype(e.dtype)), torch.from_numpy(usable)

@@ -237,6 +237,11 @@ class Rimer(nn.Module):
         if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point, a
             # sharpness of the match (model/rimer.py lag_copy)
             self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len + 1)
+            if cfg.lag_drift:  # how much of each lag's level change the copy carries on; zeros
+                # at first, so a model fine-tuned from one without it starts where that one was
+                self.lag_drift_head = nn.Linear(cfg.d_model, 1)
+                nn.init.zeros_(self.lag_drift_head.weight)
+                nn.init.zeros_(self.lag_drift_head.bias)
         if cfg.pos_emb == "sinusoidal":
             self.register_buffer("pe", sinusoidal_table(cfg.max_positions, cfg.d_model),
                                  persistent=False)
@@ -273,7 +278,8 @@ class Rimer(nn.Module):
 
     def _network_full(self, xn, state, valid, step, check_positions=True, forecast=False):
         """`_network`, and the extra heads' raw outputs read off the last block's output:
-        {"lag": [B, T, lags + P] (lag logits, then gate logits), "quantile": [B, T, Q P] (offsets)}
+        {"lag": [B, T, lags + P + 1 (+ 1)] (lag logits, gate logits, sharpness, drift), "quantile":
+        [B, T, Q P] (offsets)}
         for the heads the config has (an empty dict for a model with neither)."""
         cfg = self.cfg
         bsz, t, _ = xn.shape
@@ -309,6 +315,9 @@ class Rimer(nn.Module):
         out = {}
         if self.cfg.lag_window:
             out["lag"] = linear(h, self.lag_head.weight, self.lag_head.bias)
+            if self.cfg.lag_drift:  # one more column: the drift
+                drift = linear(h, self.lag_drift_head.weight, self.lag_drift_head.bias)
+                out["lag"] = torch.cat([out["lag"], drift.to(out["lag"].dtype)], -1)
         if self.cfg.quantiles:
             out["quantile"] = linear(h, self.quantile_head.weight, self.quantile_head.bias)
         return out
@@ -424,13 +433,14 @@ class Rimer(nn.Module):
         weights a softmax over those lags, from the last block's output; lags reaching before the
         series' first point excluded). Returns the mixed forecasts (normalised units) and the
         history after the chunk (its last lag_window points of complete patches). `out` is the lag
-        head's raw output [B, T, lags + P + 1]."""
+        head's raw output [B, T, lags + P + 1], and the drift after them with `lag_drift`."""
         cfg = self.cfg
         p, w = cfg.patch_len, cfg.lag_window
         n_lags = w - p + 1
         sharp = F.softplus(out[..., n_lags + p])
         copy, usable = lag_copy(state.history, patches, state.n_patches, out[..., :n_lags], sharp,
-                                (sd[..., 0] ** 2).to(out.dtype))
+                                (sd[..., 0] ** 2).to(out.dtype),
+                                out[..., n_lags + p + 1] if cfg.lag_drift else None)
         gate = torch.sigmoid(out[..., n_lags: n_lags + p]) * usable[..., None]
         copy_n = ((copy.double() - mean) / sd).to(preds.dtype)
         mixed = preds + gate * (copy_n - preds)

@@ -248,7 +248,8 @@ class PoolRunner:
             mean = io.stats[:, 0:1]
             sd = normalisation.scale(io.stats[:, 1:2], cfg.norm_eps)
             copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags],
-                                    F.softplus(out[..., n_lags + p]), (sd ** 2).to(out.dtype))
+                                    F.softplus(out[..., n_lags + p]), (sd ** 2).to(out.dtype),
+                                    out[..., n_lags + p + 1] if cfg.lag_drift else None)
             copy = copy[:, 0]
             gate = torch.sigmoid(out[:, 0, n_lags: n_lags + p]) * usable
             preds = linear(h, model.head.weight, model.head.bias)

@@ -33,9 +33,9 @@ def tiny_model(seed: int = 0, **overrides) -> Rimer:
     return model
 
 
-def head_model(seed: int = 0) -> Rimer:
-    """The tiny model with a lag head and a quantile head."""
-    return tiny_model(seed, **HEADS)
+def head_model(seed: int = 0, drift: bool = False) -> Rimer:
+    """The tiny model with a lag head and a quantile head (and the lag head's drift)."""
+    return tiny_model(seed, **HEADS, lag_drift=drift)
 
 
 def walk(n: int, seed: int) -> torch.Tensor:

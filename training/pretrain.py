@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="points the lag head reads back (0: no lag head; see model/config.py)")
     ap.add_argument("--lag-match", type=cli.non_negative, default=0,
                     help="points each lag's match is measured over (0: one patch; model/config.py)")
+    ap.add_argument("--lag-drift", action=argparse.BooleanOptionalAction, default=False,
+                    help="the lag head's copies carry each lag's level change on (model/config.py)")
     ap.add_argument("--init", default=None,
                     help="start from these weights (ours) where their shapes fit the config")
     ap.add_argument("--ahead", type=cli.non_negative, default=8,
@@ -208,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
                           head_size=args.head_size, w_rank=32, a_rank=32, v_rank=16, g_rank=64,
                           pos_emb="none", norm="causal", norm_window=args.norm_window,
                           quantiles=levels, forecast_flag=args.forecast_flag,
-                          lag_window=args.lag_window, lag_match=args.lag_match)
+                          lag_window=args.lag_window, lag_match=args.lag_match,
+                          lag_drift=args.lag_drift)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)

@@ -7,7 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.lag import centred, fft_size, lag_copy, lag_match, lag_match_direct, lag_sum, lag_sum_direct
+from model.lag import (
+    centred,
+    fft_size,
+    lag_copy,
+    lag_level,
+    lag_level_direct,
+    lag_match,
+    lag_match_direct,
+    lag_sum,
+    lag_sum_direct,
+)
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
@@ -26,6 +36,38 @@ def test_lag_copy_points_at_one_period_back():
                             torch.ones(1, 2))
     want = torch.stack([x[3 * P + (n + 1) * P - period + torch.arange(P)] for n in range(2)])[None]
     assert usable.all() and torch.allclose(copy, want, atol=1e-6)
+
+
+def test_drift_carries_a_trend_on():
+    """All the weight on one lag of a ramp plus a season: with drift 1 the copy is the truth (the
+    level change since the lag's match added back), with drift 0 it is the seasonal naive
+    forecast, short by the slope times the lag; a drift in between moves it in proportion."""
+    period, slope = 2 * P + 3, 0.25
+    t = torch.arange(6 * P, dtype=torch.float64)
+    x = (slope * t + torch.sin(t * 2 * torch.pi / period)).float()
+    history, patches = x[: 3 * P][None], x[3 * P: 5 * P].view(1, 2, P)
+    logits = torch.full((1, 2, 3 * P - P + 1), -1e9)
+    logits[..., period - P] = 0.0
+    args = (history, patches, torch.tensor([3]), logits, torch.zeros(1, 2), torch.ones(1, 2))
+    truth = torch.stack([x[3 * P + (n + 1) * P + torch.arange(P)] for n in range(2)])[None]
+    for grad in (False, True):  # the NumPy serving form and the torch form
+        with torch.set_grad_enabled(grad):
+            carried, _ = lag_copy(*args, torch.ones(1, 2))
+            plain, _ = lag_copy(*args, torch.zeros(1, 2))
+            half, _ = lag_copy(*args, torch.full((1, 2), 0.5))
+        assert (carried - truth).abs().max() < 1e-4
+        assert torch.allclose(truth - plain, torch.full_like(plain, slope * period), atol=1e-4)
+        assert torch.allclose(half, (carried + plain) / 2, atol=1e-4)
+
+
+@pytest.mark.parametrize("level", [0.0, 1e5])
+def test_lag_level_equals_its_direct_form(level):
+    g = torch.Generator().manual_seed(8)
+    m, n_lags = 2 * P, 5 * P + 1
+    windows = (torch.randn(3, 4, n_lags - 1 + P + m, generator=g).cumsum(-1) + level).double()
+    x, centre = centred(windows, m)
+    want = lag_level_direct(windows, m, n_lags)
+    assert (lag_level(x, m, n_lags) + centre - want).abs().max() <= 1e-9 * (1 + abs(level))
 
 
 def test_matching_finds_the_period_without_learning():
@@ -87,7 +129,8 @@ def _smooth(k: int) -> bool:
 
 
 @pytest.mark.parametrize("level", [0.0, 1e5])
-def test_serving_form_of_the_lag_copy_equals_the_torch_form(level):
+@pytest.mark.parametrize("drift", [False, True])
+def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift):
     """lag_copy on the CPU without gradients runs its arithmetic in NumPy (model/lag.py
     `_serving_tail`); with gradients, in torch. The same copies and usable flags, including
     series too short for any lag and chunks of many patches."""
@@ -96,7 +139,8 @@ def test_serving_form_of_the_lag_copy_equals_the_torch_form(level):
     history = torch.randn(bsz, n_lags - 1 + m, generator=g).cumsum(-1) + level
     patches = torch.randn(bsz, t, P, generator=g).cumsum(-1) + level
     args = (history, patches, torch.tensor([0, 1, 2, 5, 40]), torch.randn(bsz, t, n_lags, generator=g),
-            torch.rand(bsz, t, generator=g) * 5, torch.rand(bsz, t, generator=g) + 0.5)
+            torch.rand(bsz, t, generator=g) * 5, torch.rand(bsz, t, generator=g) + 0.5,
+            torch.randn(bsz, t, generator=g) if drift else None)
     with torch.no_grad():
         served, served_ok = lag_copy(*args)
     with torch.enable_grad():
@@ -124,8 +168,9 @@ def test_lag_correlations_have_the_direct_forms_gradients():
         assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, want))
 
 
-def test_streamed_equals_whole_and_alone_equals_batched():
-    model = head_model()
+@pytest.mark.parametrize("drift", [False, True])
+def test_streamed_equals_whole_and_alone_equals_batched(drift):
+    model = head_model(drift=drift)
     xs = [walk(n, n) for n in (8 * P, 8 * P, 8 * P)]
     whole = model.whole(torch.stack(xs))
     state = model.init_state([x[:0] for x in xs])
@@ -146,8 +191,9 @@ def test_streamed_equals_whole_and_alone_equals_batched():
 
 
 @pytest.mark.slow
-def test_pool_paths_match_the_reference():
-    model = head_model().to(DEVICE)
+@pytest.mark.parametrize("drift", [False, True])
+def test_pool_paths_match_the_reference(drift):
+    model = head_model(drift=drift).to(DEVICE)
     runner = PoolRunner(model)
     xs = [walk(n, n).to(DEVICE) for n in (2 * P + 3, 5 * P + 1, 4 * P)]
     reference = model.append(model.init_state(xs), xs)
@@ -175,11 +221,12 @@ def test_pool_paths_match_the_reference():
 
 
 @pytest.mark.slow
-def test_onnx_graphs_output_the_heads(tmp_path):
+@pytest.mark.parametrize("drift", [False, True])
+def test_onnx_graphs_output_the_heads(tmp_path, drift):
     from model import checkpoint
     from model.onnx_network import OnnxNetwork, export
 
-    model = head_model()
+    model = head_model(drift=drift)
     checkpoint.save(model, tmp_path / "w", {"name": "heads"})
     export(tmp_path / "w")
     xs = [walk(n, n) for n in (3 * P + 2, 20 * P + 5)]  # (the second runs chunks of 16 patches)
