@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="points each lag's match is measured over (0: one patch; model/config.py)")
     ap.add_argument("--lag-drift", action=argparse.BooleanOptionalAction, default=False,
                     help="the lag head's copies carry each lag's level change on (model/config.py)")
+    ap.add_argument("--drift-lr-scale", type=float, default=1.0,
+                    help="the drift head's learning rate over --lr (it starts at zero, often "
+                         "fine-tuned into a trained model: a larger rate lets it catch up)")
     ap.add_argument("--init", default=None,
                     help="start from these weights (ours) where their shapes fit the config")
     ap.add_argument("--ahead", type=cli.non_negative, default=8,
@@ -227,7 +230,11 @@ def main(argv: list[str] | None = None) -> dict:
     averaged = Rimer(cfg).to(dev)
     averaged.load_state_dict(model.state_dict())
     averaged.eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    drift = [p for n, p in model.named_parameters() if n.startswith("lag_drift_head.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("lag_drift_head.")]
+    groups = [{"params": rest, "scale": 1.0}] + (
+        [{"params": drift, "scale": args.drift_lr_scale}] if drift else [])
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
 
     series = corpus.load(args.data_dir, package_data=not args.no_package_data)
     rng = np.random.default_rng(args.seed)
@@ -299,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         lr_step = int(frac_done() * 10_000) if budget else step
         for group in opt.param_groups:
-            group["lr"] = learning_rate(lr_step, 10_000 if budget else args.steps, args.lr)
+            group["lr"] = learning_rate(lr_step, 10_000 if budget else args.steps, args.lr) * group["scale"]
         opt.step()
         with torch.no_grad():
             for avg, cur in zip(averaged.parameters(), model.parameters()):
