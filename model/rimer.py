@@ -447,7 +447,7 @@ class Rimer(nn.Module):
         bsz, t, _ = patches.shape
         ext = torch.cat([state.history, patches.reshape(bsz, t * p).to(state.history.dtype)], dim=1)
         if valid is None:
-            history = ext[:, t * p:]
+            history = ext[:, t * p:].contiguous()  # (a state's tensors are kept contiguous)
         else:
             start = valid.sum(1) * p
             keep = state.history.shape[1]

@@ -27,9 +27,10 @@ class SeriesEntry:
         """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
         contiguous, and CPU kernels may round differently with other strides. `length`: the
         state's points, when the caller knows them (else read from the state)."""
-        tensors = state.tensors()
-        if not all(t.is_contiguous() for t in tensors.values()):
-            state = RimerState(**{k: v.contiguous() for k, v in tensors.items()})
+        if getattr(state, "rows_of", None) is None:  # (a marked row is known contiguous)
+            tensors = state.tensors()
+            if not all(t.is_contiguous() for t in tensors.values()):
+                state = RimerState(**{k: v.contiguous() for k, v in tensors.items()})
         self.state = state
         self.length = int(state.length[0]) if length is None else length
         self.pending = []

@@ -221,11 +221,14 @@ class ResidentStore:
                     op = stepped[0][0]
                     op.state = model.append(states[op.series_id], tensors(stepped))
                 else:
-                    out = model.append(RimerState.cat([states[op.series_id] for op, _ in stepped]),
-                                       tensors(stepped))
+                    group = [states[op.series_id] for op, _ in stepped]
+                    out = model.append(rows_of(group) or RimerState.cat(group), tensors(stepped))
                     rows = {f: t.split(1) for f, t in out.tensors().items()}
+                    mark = all(t.is_contiguous() for t in out.tensors().values())
                     for b, (op, _) in enumerate(stepped):
                         op.state = RimerState(**{f: rows[f][b] for f in rows})
+                        if mark:  # (contiguous rows of a contiguous batch: see rows_of)
+                            op.state.rows_of = (out, b)
         for op, _ in computed:
             states[op.series_id] = op.state
         by_horizon: dict[int, list[Op]] = {}
@@ -403,3 +406,19 @@ class ResidentStore:
             else:
                 self.e.spill.put(series_id, states.select([row]))
             self.series[series_id] = entry
+
+
+def rows_of(group: list[RimerState]) -> RimerState | None:
+    """The batch state whose rows `group` is, all of them in order, or None. `_round` marks each
+    row it splits off a batch (`rows_of`: the batch and the row; states never change once
+    made), so series that complete their patches together again, as a bulk ingest's do every
+    patch_len requests, step on that batch as it is, with no gather."""
+    first = getattr(group[0], "rows_of", None)
+    if first is None or first[0].batch != len(group):
+        return None
+    batch = first[0]  # (contiguous, as a gather would make it: only such batches are marked)
+    for b, state in enumerate(group):
+        mark = getattr(state, "rows_of", None)
+        if mark is None or mark[0] is not batch or mark[1] != b:
+            return None
+    return batch

@@ -278,3 +278,33 @@ def test_columnar_with_spilled_states_equals_per_item(loaded, tmp_path):
     for sid in ids:
         assert engines["columnar"].forecast_series(sid, 5) == engines["per-item"].forecast_series(sid, 5)
     same_states(engines["per-item"], engines["columnar"], ids)
+
+
+def test_a_group_stepping_again_steps_on_its_batch_as_the_gather_would(monkeypatch):
+    """A bulk ingest's series complete their patches in the same groups every patch_len
+    requests; such a group steps on the batch its rows were split from (resident.rows_of)
+    instead of gathering them. Same states, bit for bit, as with the gather, and used."""
+    from service.engine import resident
+    from tests.helpers import MANIFEST, P, head_model
+
+    model = head_model()
+    ids = [f"s{i}" for i in range(6)]
+    start = [series(2 * P + i % 3, i) for i in range(6)]
+    rng = np.random.default_rng(5)
+    points = rng.normal(100, 3, (3 * P, len(ids)))
+    used = []
+    found = resident.rows_of
+    engines = {}
+    for shortcut in (False, True):
+        monkeypatch.setattr(resident, "rows_of", (lambda g: used.append(found(g)) or used[-1])
+                            if shortcut else (lambda g: None))
+        e = engines[shortcut] = Engine(model, MANIFEST, 20, backend="torch")
+        bounds = np.cumsum([0] + [len(v) for v in start]).tolist()
+        e.append_columns(ids, bounds, np.array([x for v in start for x in v]), [None] * len(ids))
+        for k, row in enumerate(points):  # (one request in another order: no shortcut then)
+            order = ids[::-1] if k == 2 * P - 1 else ids  # (s0 and s3 step then)
+            e.append_columns(order, list(range(len(ids) + 1)), row, [None] * len(ids))
+    assert sum(u is not None for u in used) >= 2
+    same_states(engines[False], engines[True], ids)
+    for sid in ids:
+        assert engines[False].forecast_series(sid, 7) == engines[True].forecast_series(sid, 7)
