@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 def export_states(store: ResidentStore, exclusive: AbstractContextManager,
                   cut: Callable[[], Any] | None):
     """(ids, `StateChunks` of their states, what `cut()` returned), `cut` called while
-    `exclusive` (no write or sync in progress) and the table are held."""
+    `exclusive` (no write or sync in progress) is held, after the table lock under which the
+    states' references were taken and the spilled ones pinned."""
     with exclusive:
         with store.table_lock:
             # States are never changed in place (an append swaps in a new one), so references
