@@ -427,6 +427,15 @@ class Rimer(nn.Module):
             calib = calibration.update(calib, scores[:, n], step)
         return calib
 
+    def lag_parts(self, out: torch.Tensor):
+        """The lag head's raw output [..., lags + P + 1 (+ 1)] in its parts: the lag logits, the
+        gate logits [..., P], the match's sharpness (softplus) and the drift (None without
+        `lag_drift`). The one place that knows the layout (`_lag_mix` and the pool read it)."""
+        p = self.cfg.patch_len
+        n_lags = self.cfg.lag_window - p + 1
+        drift = out[..., n_lags + p + 1] if self.cfg.lag_drift else None
+        return out[..., :n_lags], out[..., n_lags: n_lags + p], F.softplus(out[..., n_lags + p]), drift
+
     def _lag_mix(self, preds, out, patches, state: RimerState, valid, mean, sd):
         """The lag head: each patch's forecast of the next becomes a per-point gated mix of the
         network's output and a weighted sum of the points 1 patch to lag_window points back (the
@@ -434,14 +443,11 @@ class Rimer(nn.Module):
         series' first point excluded). Returns the mixed forecasts (normalised units) and the
         history after the chunk (its last lag_window points of complete patches). `out` is the lag
         head's raw output [B, T, lags + P + 1], and the drift after them with `lag_drift`."""
-        cfg = self.cfg
-        p, w = cfg.patch_len, cfg.lag_window
-        n_lags = w - p + 1
-        sharp = F.softplus(out[..., n_lags + p])
-        copy, usable = lag_copy(state.history, patches, state.n_patches, out[..., :n_lags], sharp,
-                                (sd[..., 0] ** 2).to(out.dtype),
-                                out[..., n_lags + p + 1] if cfg.lag_drift else None)
-        gate = torch.sigmoid(out[..., n_lags: n_lags + p]) * usable[..., None]
+        p = self.cfg.patch_len
+        logits, gate_logits, sharp, drift = self.lag_parts(out)
+        copy, usable = lag_copy(state.history, patches, state.n_patches, logits, sharp,
+                                (sd[..., 0] ** 2).to(out.dtype), drift)
+        gate = torch.sigmoid(gate_logits) * usable[..., None]
         copy_n = ((copy.double() - mean) / sd).to(preds.dtype)
         mixed = preds + gate * (copy_n - preds)
         bsz, t, _ = patches.shape

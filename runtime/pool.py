@@ -241,17 +241,16 @@ class PoolRunner:
         done = (io.done > 0)[:, None]
         heads = model.extra_heads(h, linear)
         if cfg.lag_window:
-            p, w = cfg.patch_len, cfg.lag_window
-            n_lags = w - p + 1
+            p = cfg.patch_len
             history = pool.history.index_select(0, slots)
             out = heads["lag"][:, None]
             mean = io.stats[:, 0:1]
             sd = normalisation.scale(io.stats[:, 1:2], cfg.norm_eps)
-            copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, out[..., :n_lags],
-                                    F.softplus(out[..., n_lags + p]), (sd ** 2).to(out.dtype),
-                                    out[..., n_lags + p + 1] if cfg.lag_drift else None)
+            logits, gate_logits, sharp, drift = model.lag_parts(out)
+            copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, logits, sharp,
+                                    (sd ** 2).to(out.dtype), drift)
             copy = copy[:, 0]
-            gate = torch.sigmoid(out[:, 0, n_lags: n_lags + p]) * usable
+            gate = torch.sigmoid(gate_logits[:, 0]) * usable
             preds = linear(h, model.head.weight, model.head.bias)
             mixed = preds + gate * (((copy.double() - mean) / sd).to(preds.dtype) - preds)
             forecast = (mixed.double() * sd + mean).to(pool.next_patch.dtype)

@@ -223,8 +223,9 @@ class ResidentStore:
                 else:
                     group = [states[op.series_id] for op, _ in stepped]
                     out = model.append(rows_of(group) or RimerState.cat(group), tensors(stepped))
-                    rows = {f: t.split(1) for f, t in out.tensors().items()}
-                    mark = all(t.is_contiguous() for t in out.tensors().values())
+                    fields = out.tensors()
+                    rows = {f: t.split(1) for f, t in fields.items()}
+                    mark = all(t.is_contiguous() for t in fields.values())
                     for b, (op, _) in enumerate(stepped):
                         op.state = RimerState(**{f: rows[f][b] for f in rows})
                         if mark:  # (contiguous rows of a contiguous batch: see rows_of)
