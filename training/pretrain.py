@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ahead", type=cli.non_negative, default=8,
                     help="most free-running patches scored after a window's history "
                          "(0: teacher forcing only)")
+    ap.add_argument("--pure-walks", type=float, default=0.0,
+                    help="share of synthetic windows that are driftless random walks (training/synth.py)")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--val-every", type=cli.positive, default=250)
     ap.add_argument("--val-windows", type=cli.positive, default=12)
@@ -200,9 +202,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if args.min_patches > args.max_patches:
         ap.error("--min-patches must be at most --max-patches")
-    for name in ("synthetic", "downsample", "mixup"):
+    for name in ("synthetic", "downsample", "mixup", "pure_walks"):
         if not 0.0 <= getattr(args, name) <= 1.0:
-            ap.error(f"--{name} must be between 0 and 1")
+            ap.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_syn = int(round(size * args.synthetic))
         parts = []
         if n_syn:
-            parts.append(synth.sample(n_syn, n * p, gen, dev))
+            parts.append(synth.sample(n_syn, n * p, gen, dev, pure_walks=args.pure_walks))
         if size - n_syn:
             parts.append(torch.from_numpy(real.batch(size - n_syn, n * p)).to(dev))
         x = torch.cat(parts)
@@ -330,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         "format": "rimer-safetensors-v1",
         "trained_on": {"datasets": sorted({s.key.split("/")[0] for s in corpus.by_role(series, "train")}),
                        "corpus": corpus.manifest_entry(series), "synthetic_share": args.synthetic,
+                       "pure_walk_share": args.pure_walks,
                        "synthetic": "training/synth.py, seeded by --seed, generated on the fly",
                        "validation": "the corpus's validation series under training/protocol.py: "
                                      "mean over groups of the mean log MSE ratio to the best naive forecast"},

@@ -134,8 +134,14 @@ def _ar1(d: _Draw, white: torch.Tensor) -> torch.Tensor:
     return out * torch.sqrt(1 - phi ** 2)
 
 
-def sample(batch: int, length: int, gen: torch.Generator, device=None) -> torch.Tensor:
-    """[batch, length] float32 synthetic series on `device` (the generator's device by default)."""
+def sample(batch: int, length: int, gen: torch.Generator, device=None,
+           pure_walks: float = 0.0) -> torch.Tensor:
+    """[batch, length] float32 synthetic series on `device` (the generator's device by default).
+
+    `pure_walks`: the share of rows replaced by a driftless random walk (plus a little noise), the
+    series where repeating the last value is best: the mixture above nearly always adds a trend or a
+    season to its walks, and a model trained on it alone gives exchange rates a trend. At 0 no extra
+    draws are made, so the default stream is the one earlier recipes were trained on."""
     dev = torch.device(device) if device is not None else gen.device
     d = _Draw(batch, gen, dev)
     b = batch
@@ -182,7 +188,20 @@ def sample(batch: int, length: int, gen: torch.Generator, device=None) -> torch.
     y = (y + offset) * torch.where(counts, 1.0, scale)
     y = torch.where(d.coin(0.05, b, 1) & ~counts, torch.round(y), y)
     y = torch.where(d.coin(0.01, b, 1), d.n(b, 1).expand(b, length) * scale, y)
+    if pure_walks > 0:
+        y = torch.where(d.coin(pure_walks, b, 1), _pure_walk(d, length), y)
     return y.float()
+
+
+def _pure_walk(d: _Draw, length: int) -> torch.Tensor:
+    """[B, L] a random walk without drift (steps Gaussian or heavy-tailed), with observation noise
+    of 0 to 30% of a step, at a random scale and level."""
+    b = d.b
+    steps = d.n(b, length)
+    steps = torch.where(d.coin(0.4, b, 1), steps * torch.exp(0.6 * d.n(b, length)) / 1.2, steps)
+    walk = torch.cumsum(steps, dim=1) + d.n(b, length) * d.u(b, 1, lo=0.0, hi=0.3)
+    scale = d.logu(0.01, 100.0, b, 1)
+    return (walk + d.n(b, 1) * d.logu(1.0, 1000.0, b, 1)) * scale
 
 
 def generator(seed: int, device=None) -> torch.Generator:

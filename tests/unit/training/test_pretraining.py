@@ -42,6 +42,24 @@ def test_synthetic_batches_are_seeded_finite_and_varied():
     assert scale.max() / scale[scale > 0].min() > 100  # scales of many orders
 
 
+def test_pure_walks_are_driftless_random_walks_and_off_by_default():
+    """--pure-walks: rows whose changes over 16 points vary 16 times as much as over one (a walk;
+    a trend or a season would not), with no drift; at share 0 the stream is the default one."""
+    assert torch.equal(synth.sample(32, 400, synth.generator(3)),
+                       synth.sample(32, 400, synth.generator(3), pure_walks=0.0))
+    walks = synth.sample(256, 2000, synth.generator(3), pure_walks=1.0).double()
+    one = walks.diff(dim=1)
+    sixteen = walks[:, 16:] - walks[:, :-16]
+    ratio = (sixteen.var(dim=1) / (16 * one.var(dim=1))).median()
+    assert 0.75 < ratio < 1.1, ratio
+    t_drift = one.mean(dim=1) / (one.std(dim=1) / one.shape[1] ** 0.5)
+    assert t_drift.abs().median() < 1.5  # a drift would put most rows' t far beyond 1
+    mixed = synth.sample(256, 2000, synth.generator(3), pure_walks=0.2)
+    m_one = mixed.double().diff(dim=1)
+    m_ratio = ((mixed[:, 16:] - mixed[:, :-16]).double().var(dim=1) / (16 * m_one.var(dim=1)))
+    assert 0.1 < ((m_ratio > 0.75) & (m_ratio < 1.1)).double().mean() < 0.6
+
+
 def test_seasonal_naive_and_repeat_last_by_hand():
     x = np.tile(np.arange(24.0), 60)  # a pure daily cycle
     task = protocol.make_task("t", x, "1h", (24.0,), max_windows=5)
