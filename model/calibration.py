@@ -23,6 +23,8 @@ log gets the same numbers.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 TRACKED = (50.0, 80.0, 90.0, 95.0, 98.0, 99.0)  # levels (percent) whose alpha a series tracks
@@ -31,6 +33,13 @@ GAMMA = 0.05  # step per patch (bench/intervals.py: recovery after the noise dou
 
 def _z(levels: torch.Tensor) -> torch.Tensor:
     return torch.special.ndtri(levels.double())
+
+
+@functools.lru_cache(maxsize=32)
+def _z_of(levels: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """`_z` of a model's levels, made once per device (the model step's calibration asks for it
+    at every step; a constant, never written to)."""
+    return _z(torch.tensor(levels, device=device))
 
 
 def at_levels(quantiles: torch.Tensor, levels: tuple[float, ...], targets: torch.Tensor) -> torch.Tensor:
@@ -52,7 +61,7 @@ def abs_scores(values: torch.Tensor, quantiles: torch.Tensor, levels: tuple[floa
     """|z| [..., P] of each point `values` [..., P] within its predicted distribution `quantiles`
     [..., Q, P] (the inverse of `at_levels`'s map): y lies inside the interval of half-width c
     in z (levels Phi(-c) .. Phi(c)) exactly when |z| <= c."""
-    zq = _z(torch.tensor(levels, device=values.device))
+    zq = _z_of(tuple(levels), values.device)
     q, y = quantiles.double(), values.double()
     above = (q <= y[..., None, :]).sum(-2)  # how many quantiles lie at or below y
     j = above.clamp(1, len(levels) - 1)  # the segment [j - 1, j] (end segments outside)
@@ -65,16 +74,22 @@ def abs_scores(values: torch.Tensor, quantiles: torch.Tensor, levels: tuple[floa
 
 def nominal(device=None) -> torch.Tensor:
     """The tracked levels' nominal miscoverage [L] (float64)."""
+    return _nominal(torch.device(device) if device is not None else torch.device("cpu")).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _nominal(device: torch.device) -> torch.Tensor:
     return 1.0 - torch.tensor(TRACKED, dtype=torch.float64, device=device) / 100.0
 
 
 def update(offsets: torch.Tensor, scores: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     """The calibration state [B, L] (alpha - nominal per tracked level) after one patch whose
     points scored `scores` [B, P] (`abs_scores`), where `step` [B] is true (else unchanged)."""
-    alpha = nominal(offsets.device) + offsets
+    base = _nominal(offsets.device)  # (shared: read, never written)
+    alpha = base + offsets
     half = torch.special.ndtri((1.0 - alpha / 2.0).clamp(0.0, 1.0))  # alpha <= 0: inf; >= 2: -inf
     outside = (scores.double()[:, None, :] > half[..., None]).double().mean(-1)
-    new = offsets + GAMMA * (nominal(offsets.device) - outside)
+    new = offsets + GAMMA * (base - outside)
     return torch.where(step[:, None], new, offsets)
 
 

@@ -378,10 +378,14 @@ class Rimer(nn.Module):
         offsets = heads.get("quantile")
         calib = state.calib
         if cfg.quantiles and (quantiles or not forecast):
-            quants = quantile_values(preds, offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len),
-                                     cfg.quantiles)
-            if not forecast:  # observed patches: each checks the forecast made before it
-                calib = self._calibrate(state, patches, quants, stats, valid)
+            shaped = offsets.view(bsz, t, len(cfg.quantiles), cfg.patch_len)
+            if quantiles:
+                quants = quantile_values(preds, shaped, cfg.quantiles)
+            if not forecast:  # observed patches: each checks the forecast made before it (the
+                # last patch's quantiles are checked by the next call: from the state's offsets)
+                before = (quants[:, :-1] if quants is not None
+                          else quantile_values(preds[:, :-1], shaped[:, :-1], cfg.quantiles))
+                calib = self._calibrate(state, patches, before, stats, valid)
         if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
             last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
             return Advance(RimerState(wkv=wkv, shift=shift, n_patches=state.n_patches + t,
@@ -411,13 +415,20 @@ class Rimer(nn.Module):
         )
         return Advance(new_state, preds, stats, quants)
 
-    def _calibrate(self, state: RimerState, patches, quants, stats, valid) -> torch.Tensor:
+    def _calibrate(self, state: RimerState, patches, before, stats, valid) -> torch.Tensor:
         """The calibration state after the chunk: one update per observed patch, against the
         quantiles the step before it forecast (the state's for the first patch; a series' first
-        patch has no forecast and changes nothing)."""
-        sd = normalisation.scale(stats[..., 1:2], self.cfg.norm_eps)[:, :, None]
-        q = (quants.double() * sd + stats[..., None, 0:1]).to(patches.dtype)  # data units
-        predicted = torch.cat([self.next_quantiles(state)[:, None], q[:, :-1]], dim=1)
+        patch has no forecast and changes nothing). `before`: the normalised quantiles forecast
+        after each patch but the last [B, T - 1, Q, P] (with one patch, none: an append's step
+        computes no quantiles it does not check)."""
+        first = self.next_quantiles(state)[:, None]
+        if patches.shape[1] > 1:
+            stats = stats[:, :-1]
+            sd = normalisation.scale(stats[..., 1:2], self.cfg.norm_eps)[:, :, None]
+            q = (before.double() * sd + stats[..., None, 0:1]).to(patches.dtype)  # data units
+            predicted = torch.cat([first, q], dim=1)
+        else:
+            predicted = first
         scores = calibration.abs_scores(patches, predicted, self.cfg.quantiles)  # [B, T, P]
         calib = state.calib
         for n in range(patches.shape[1]):
