@@ -5,14 +5,14 @@
 # ingest, stateless forecasts), and the pool kernel against copy bandwidth. Each under its own
 # timeout; JSON and logs under $OUT.
 #
-#     OUT=/some/dir WEIGHTS=weights/rimer-general-v4 bash bench/gpu_service_check.sh
+#     OUT=/some/dir WEIGHTS=weights/rimer-general-v5 bash bench/gpu_service_check.sh
 #
 # The service's own packages (fastapi, uvicorn, pydantic, ...) travel as wheels in .whl/ when the
 # machine lacks them (see the device tool's README); they are installed to /tmp/site, no network.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/out}"
-WEIGHTS="${WEIGHTS:-weights/rimer-general-v4}"
+WEIGHTS="${WEIGHTS:-weights/rimer-general-v5}"
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
