@@ -169,3 +169,25 @@ def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path, quantile
     assert manifest["metrics"]["val_log_ratio"] == saved["metrics"]["val_log_ratio"]
     state = RimerState.zeros(model.cfg, 1)
     assert state.nbytes_per_series() > 0
+
+
+def test_long_term_validation_scores_the_benchmark_horizons_and_nothing_else_changes():
+    """--long-term-val: the long-term datasets' validation windows reach 720 points ahead (the
+    benchmark's longest horizon), where their sampling step's horizons stop at 288 for weather;
+    every other series keeps its own."""
+    from training import corpus
+    from training.pretrain import validation_tasks
+
+    rng = np.random.default_rng(0)
+
+    def one(key, freq, n, val_range=None):
+        return corpus.Series(key, rng.standard_normal(n).cumsum(), freq, (144.0,), "test", "test",
+                             "test", role="val", val_range=val_range)
+
+    series = [one("weather/T", "10min", 8000, (5000, 6500)), one("m4-hourly/H1", "1h", 3000)]
+    plain = dict(validation_tasks(series, 4))
+    long = dict(validation_tasks(series, 4, long_term_horizons=True))
+    assert max(plain["weather"].horizons) < 720 and long["weather"].horizons == (96, 192, 336, 720)
+    assert long["weather"].truth.shape[1] == 720
+    assert long["m4-hourly"].horizons == plain["m4-hourly"].horizons
+    assert np.array_equal(long["m4-hourly"].truth, plain["m4-hourly"].truth)
