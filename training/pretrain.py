@@ -31,7 +31,7 @@ import torch
 from model import checkpoint, cli
 from model.config import RimerConfig
 from model.rimer import Rimer
-from training import corpus, losses, protocol, synth
+from training import corpus, data, evaluate, losses, protocol, synth
 from training.train import init_weights, learning_rate, progress
 
 QUANTILES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995)
@@ -103,17 +103,14 @@ class RealWindows:
         return out
 
 
-VALIDATION_GROUPS = ("ETTh1", "ETTh2", "ETTm1", "weather", "m4-hourly", "m4-weekly")
+LONG_TERM = tuple(data.DATASETS)  # the long-term benchmark's datasets
+VALIDATION_GROUPS = LONG_TERM + ("m4-hourly", "m4-weekly")
 
 
 def validation_group(key: str) -> str:
     """The long-term datasets and M4's frequencies each a group; every other series one group."""
     prefix = key.split("/")[0]
     return prefix if prefix in VALIDATION_GROUPS else "other"
-
-
-LONG_TERM = ("ETTh1", "ETTh2", "ETTm1", "weather")
-LONG_TERM_HORIZONS = (96, 192, 336, 720)  # the long-term benchmark's (training/evaluate.py)
 
 
 def validation_tasks(series: list[corpus.Series], windows: int, long_term_horizons: bool = False
@@ -123,12 +120,13 @@ def validation_tasks(series: list[corpus.Series], windows: int, long_term_horizo
     step's (up to 288 for weather): a step that loses at H=720 is then seen."""
     tasks = []
     for s in corpus.by_role(series, "val"):
-        long = long_term_horizons and validation_group(s.key) in LONG_TERM
+        group = validation_group(s.key)
+        long = long_term_horizons and group in LONG_TERM
         task = protocol.make_task(s.key, corpus.fill_missing(s.values), s.freq, s.periods, "val",
                                   max_windows=windows, val_range=s.val_range,
-                                  horizons=LONG_TERM_HORIZONS if long else None)
+                                  horizons=evaluate.HORIZONS if long else None)
         if task is not None:
-            tasks.append((validation_group(s.key), task))
+            tasks.append((group, task))
     return tasks
 
 
@@ -252,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     series = corpus.load(args.data_dir, package_data=not args.no_package_data)
     rng = np.random.default_rng(args.seed)
-    weights = {name: args.long_term_weight for name in ("ETTh1", "ETTh2", "ETTm1", "weather")}
+    weights = dict.fromkeys(LONG_TERM, args.long_term_weight)
     real = RealWindows(corpus.by_role(series, "train"), rng, args.downsample, args.mixup, weights)
     gen = synth.generator(args.seed, dev)
     tasks = validation_tasks(series, args.val_windows, args.long_term_val)
