@@ -17,10 +17,11 @@ LevelQuery = Query(None, description=schemas.LEVEL_RULE)
 QuantilesQuery = Query(None, description=schemas.QUANTILES_RULE)
 
 
-def known_query(request: Request) -> None:
+async def known_query(request: Request) -> None:
     """The route's own query parameters, each once: `?horizon=24` on an append (whose horizon is
     in the body) would otherwise be ignored without a word, as would a misspelt or repeated
-    one, where an unknown field of a JSON body is a 422."""
+    one, where an unknown field of a JSON body is a 422. (A coroutine: FastAPI runs a plain
+    function dependency in its thread pool, a hand-off that cost ~0.15 ms of every request.)"""
     route = request.scope.get("route")
     allowed = {p.alias for p in route.dependant.query_params}
     seen = set()

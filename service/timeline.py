@@ -351,8 +351,10 @@ class SeriesLocks:
         return len(self._held)
 
     async def acquire(self, ids: Iterable[str]) -> list[str]:
-        """Take every id's lock; the ids, sorted, to pass to `release`."""
-        ordered = sorted(set(ids))
+        """Take every id's lock; the ids, each once, to pass to `release`. (Their order does not
+        matter: a request joins all its queues at once. Sorting a bulk request's 1,000 ids cost
+        more than taking their locks.)"""
+        ordered = list(dict.fromkeys(ids))
         held = self._held
         if held.keys().isdisjoint(ordered):  # all free (the common case): one update
             held.update(dict.fromkeys(ordered))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.state import RimerState
+from model.state import BatchRow, RimerState
 from service.cache import SpillError
 from service.engine import admission
 from service.engine.entries import SeriesEntry, append_tails
@@ -224,12 +224,13 @@ class ResidentStore:
                     group = [states[op.series_id] for op, _ in stepped]
                     out = model.append(rows_of(group) or RimerState.cat(group), tensors(stepped))
                     fields = out.tensors()
-                    rows = {f: t.split(1) for f, t in fields.items()}
-                    mark = all(t.is_contiguous() for t in fields.values())
-                    for b, (op, _) in enumerate(stepped):
-                        op.state = RimerState(**{f: rows[f][b] for f in rows})
-                        if mark:  # (contiguous rows of a contiguous batch: see rows_of)
-                            op.state.rows_of = (out, b)
+                    if all(t.is_contiguous() for t in fields.values()):
+                        for b, (op, _) in enumerate(stepped):  # (marked rows: see rows_of)
+                            op.state = BatchRow(out, b)
+                    else:
+                        rows = {f: t.split(1) for f, t in fields.items()}
+                        for b, (op, _) in enumerate(stepped):
+                            op.state = RimerState(**{f: rows[f][b] for f in rows})
         for op, _ in computed:
             states[op.series_id] = op.state
         by_horizon: dict[int, list[Op]] = {}
@@ -268,7 +269,8 @@ class ResidentStore:
                             state = RimerState.zeros(self.cfg, 1, self.e.device)
                             found[k] = table[sid] = SeriesEntry(state, threading.Lock())
                             created.add(sid)
-                entries = {sid: entry for sid, entry in zip(named, found) if entry is not None}
+                entries = (dict(zip(named, found)) if None not in found else
+                           {sid: entry for sid, entry in zip(named, found) if entry is not None})
             held = list(entries.values())
             locks = list(map(_lock_of, held))  # (in id order, as `named`)
             for lock in locks:
@@ -410,9 +412,9 @@ class ResidentStore:
 
 
 def rows_of(group: list[RimerState]) -> RimerState | None:
-    """The batch state whose rows `group` is, all of them in order, or None. `_round` marks each
-    row it splits off a batch (`rows_of`: the batch and the row; states never change once
-    made), so series that complete their patches together again, as a bulk ingest's do every
+    """The batch state whose rows `group` is, all of them in order, or None. `_round` keeps
+    each row of a stepped batch as a `BatchRow` (`rows_of`: the batch and the row; states never
+    change once made), so series that complete their patches together again, as a bulk ingest's do every
     patch_len requests, step on that batch as it is, with no gather."""
     first = getattr(group[0], "rows_of", None)
     if first is None or first[0].batch != len(group):

@@ -46,7 +46,8 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
                 refused.append((i, exc))
         if refused:
             raise min(refused, key=lambda r: r[0])[1]
-        stepped = np.flatnonzero(old // p != new // p).tolist()
+        steps = old // p != new // p
+        stepped = np.flatnonzero(steps).tolist()
         if e.spill is not None:
             _, states, _ = store._on_device_all(entries, created)
         else:
@@ -70,8 +71,7 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
                 st[sid] = states[sid] if states is not None else entry.state
                 pend[sid] = entry.pending
             store._round(ops, st, pend)
-        deferred = ([i for i in range(len(ids)) if i not in computed] if computed
-                    else range(len(ids)))
+        deferred = np.flatnonzero(~steps).tolist() if computed else range(len(ids))
         with e.journal_lock():
             if e.journal is not None:  # (all the records in one write, before any change)
                 ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)

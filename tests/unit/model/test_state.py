@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.rimer import PositionLimitError
-from model.state import RimerState
+from model.state import BatchRow, RimerState
 from tests.helpers import tiny_model, walk
 
 P = 8  # tests.test_model.TINY's patch
@@ -24,6 +24,25 @@ def test_without_wkv_shares_everything_but_the_matrices():
     assert small.wkv is None and state.wkv is not None
     for name, t in small.tensors().items():
         assert t is getattr(state, name), name
+
+
+def test_a_batch_row_reads_as_its_row_and_makes_its_views_only_when_read():
+    """`BatchRow(batch, b)` is row b of the batch: every field a view of the batch's row (the
+    same storage, nothing copied), made on first read; a field set on the row stays as set."""
+    batch = streamed(tiny_model(), [3, 17, 40])
+    row = BatchRow(batch, 1)
+    assert "wkv" not in row.__dict__  # nothing made yet
+    split = {name: t.split(1)[1] for name, t in batch.tensors().items()}
+    assert set(row.tensors()) == set(split)
+    for name, t in split.items():
+        got = getattr(row, name)
+        assert torch.equal(got, t) and got.data_ptr() == t.data_ptr() and got.shape == t.shape, name
+    assert int(row.length[0]) == 17 and row.batch == 1
+    assert torch.equal(RimerState.cat([row]).wkv, batch.wkv[1:2])
+    other = BatchRow(batch, 2)
+    other.tail = torch.zeros_like(batch.tail[:1])
+    assert torch.equal(other.tail, torch.zeros_like(batch.tail[:1]))
+    assert torch.equal(other.norm, batch.norm[2:3])  # (the others still from the batch)
 
 
 def test_completes_patch_is_where_the_tail_reaches_a_patch():
