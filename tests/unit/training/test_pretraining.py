@@ -191,3 +191,28 @@ def test_long_term_validation_scores_the_benchmark_horizons_and_nothing_else_cha
     assert long["weather"].truth.shape[1] == 720
     assert long["m4-hourly"].horizons == plain["m4-hourly"].horizons
     assert np.array_equal(long["m4-hourly"].truth, plain["m4-hourly"].truth)
+
+
+def test_group_weights_draw_a_group_that_much_more_often_and_bad_ones_are_refused():
+    """--group-weight GROUP=W: the group's windows are drawn W times as often as an unweighted
+    group's (RealWindows' draw by group); a malformed weight is refused when parsed."""
+    import argparse
+
+    from training import corpus
+    from training.pretrain import RealWindows, group_weight
+
+    rng = np.random.default_rng(0)
+
+    def one(key, level):
+        return corpus.Series(key, np.full(400, level), "1h", (24.0,), "test", "test", "test",
+                             role="train")
+
+    series = [one("a/1", 1.0), one("b/1", 2.0), one("c/1", 3.0)]
+    windows = RealWindows(series, rng, 0.0, 0.0, dict([group_weight("b=4")]))
+    drawn = windows._draw(6000, 64)[:, 0]
+    share = {level: float(np.mean(drawn == level)) for level in (1.0, 2.0, 3.0)}
+    assert share[2.0] == pytest.approx(4 / 6, abs=0.03)
+    assert share[1.0] == pytest.approx(1 / 6, abs=0.03) and share[3.0] == pytest.approx(1 / 6, abs=0.03)
+    for bad in ("b", "b=0", "=2", "b=x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            group_weight(bad)
