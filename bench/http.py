@@ -445,9 +445,14 @@ def git_state() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def server_torch_threads(env: dict[str, str]) -> int:
-    """torch.get_num_threads() in a process started like the server (same environment)."""
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+def server_torch_threads(env: dict[str, str], server_args: list[str]) -> int:
+    """The server's torch (and ONNX Runtime) threads: torch.get_num_threads() in a process
+    started like the server (same environment), after its `--torch-threads` (default 1) is
+    applied as service/__main__.py applies it."""
+    code = ("import sys, torch; from service.settings import parse; s = parse(sys.argv[1:]); "
+            "s.torch_threads and torch.set_num_threads(s.torch_threads); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code, *server_args],
                          env=env, capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 
@@ -500,7 +505,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     git = git_state()  # before the servers start: the tree they serve
     note = SHARED_NOTE.format(cpus=cpus)
-    threads = server_torch_threads(env)
+    threads = server_torch_threads(env, server_args)
     print(f"bench.http: {note}")
     if load_start:
         print(f"load average at start (1/5/15 min): {' '.join(f'{x:.2f}' for x in load_start)}")
