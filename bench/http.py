@@ -446,13 +446,14 @@ def git_state() -> str | None:
 
 
 def server_torch_threads(env: dict[str, str], server_args: list[str]) -> int:
-    """The server's torch (and ONNX Runtime) threads: torch.get_num_threads() in a process
-    started like the server (same environment), after its `--torch-threads` (default 1) is
-    applied as service/__main__.py applies it."""
-    code = ("import sys, torch; from service.settings import parse; s = parse(sys.argv[1:]); "
-            "s.torch_threads and torch.set_num_threads(s.torch_threads); "
-            "print(torch.get_num_threads())")
-    out = subprocess.run([sys.executable, "-c", code, *server_args],
+    """The server's torch (and ONNX Runtime) threads: its `--torch-threads` (default 1), or for
+    0 torch's default, torch.get_num_threads() in a process started like the server."""
+    from service.settings import parse
+
+    chosen = parse(server_args).torch_threads
+    if chosen:
+        return chosen
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                          env=env, capture_output=True, text=True, check=True)
     return int(out.stdout.strip())
 

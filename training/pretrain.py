@@ -266,9 +266,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     series = corpus.load(args.data_dir, package_data=not args.no_package_data)
     rng = np.random.default_rng(args.seed)
-    weights = {**dict.fromkeys(LONG_TERM, args.long_term_weight), **dict(args.group_weight)}
+    chosen = dict(args.group_weight)
+    weights = {**dict.fromkeys(LONG_TERM, args.long_term_weight), **chosen}
     real = RealWindows(corpus.by_role(series, "train"), rng, args.downsample, args.mixup, weights)
-    unknown = sorted(set(dict(args.group_weight)) - set(real.names))
+    unknown = sorted(chosen.keys() - set(real.names))
     if unknown:
         ap.error(f"--group-weight: no group {', '.join(unknown)}; the groups: {', '.join(real.names)}")
     gen = synth.generator(args.seed, dev)

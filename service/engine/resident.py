@@ -269,8 +269,7 @@ class ResidentStore:
                             state = RimerState.zeros(self.cfg, 1, self.e.device)
                             found[k] = table[sid] = SeriesEntry(state, threading.Lock())
                             created.add(sid)
-                entries = (dict(zip(named, found)) if None not in found else
-                           {sid: entry for sid, entry in zip(named, found) if entry is not None})
+                entries = {sid: entry for sid, entry in zip(named, found) if entry is not None}
             held = list(entries.values())
             locks = list(map(_lock_of, held))  # (in id order, as `named`)
             for lock in locks:
@@ -414,8 +413,8 @@ class ResidentStore:
 def rows_of(group: list[RimerState]) -> RimerState | None:
     """The batch state whose rows `group` is, all of them in order, or None. `_round` keeps
     each row of a stepped batch as a `BatchRow` (`rows_of`: the batch and the row; states never
-    change once made), so series that complete their patches together again, as a bulk ingest's do every
-    patch_len requests, step on that batch as it is, with no gather."""
+    change once made), so series that complete their patches together again, as a bulk
+    ingest's do every patch_len requests, step on that batch as it is, with no gather."""
     first = getattr(group[0], "rows_of", None)
     if first is None or first[0].batch != len(group):
         return None
