@@ -56,6 +56,9 @@ class _EngineCollector(Collector):
         yield GaugeMetricFamily("rimer_series_held", "streaming series held now", value=held)
         yield GaugeMetricFamily("rimer_series_capacity", "most streaming series held at once "
                                 "(--max-series)", value=engine.max_series)
+        yield GaugeMetricFamily("rimer_series_steps_deferred", "series whose bulk-ingest steps "
+                                "wait for the batcher's worker (docs/internals.md)",
+                                value=engine.steps_deferred)
         yield GaugeMetricFamily("rimer_state_bytes_per_series", "bytes of recurrent state per "
                                 "series (independent of its length)", value=engine.state_bytes)
         yield GaugeMetricFamily("rimer_state_bytes_held", "bytes of recurrent state of the series "

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from fastapi.concurrency import run_in_threadpool
 
 from service.engine import Engine, EngineError, Op
+from service.engine.resident_defer import SETTLE_ROWS
 
 log = logging.getLogger("rimer.scheduler")
 
@@ -64,6 +65,8 @@ class Scheduler:
         self.metrics = metrics
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._last_requests = 1
+        # Bulk ingests answered before their steps: taken here while no request waits.
+        self._settles = engine.defer_steps() if hasattr(engine, "defer_steps") else False
         self._thread = threading.Thread(target=self._run, name="rimer-batcher", daemon=True)
         self._thread.start()
 
@@ -110,10 +113,29 @@ class Scheduler:
             size += nxt.size
         return batch, stop
 
+    def _next(self) -> _Pending | None:
+        """The first request waiting; while none does, the steps bulk ingests deferred are taken
+        (a slice of series at a time, so a request that arrives waits for one slice at most)."""
+        while self._settles:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            start = time.perf_counter()
+            try:
+                if not self.engine.settle_some(SETTLE_ROWS):
+                    break
+            except BaseException:  # (they stay deferred: the next read of a series steps them)
+                log.exception("deferred steps failed")
+                break
+            if self.metrics is not None:
+                self.metrics.step.labels("deferred").observe(time.perf_counter() - start)
+        return self._queue.get()
+
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            first = self._next()
             if first is None:
                 break
             batch, stop = self._gather(first)

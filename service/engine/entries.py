@@ -22,6 +22,11 @@ class SeriesEntry:
     # state's tail (the matrices and statistics change per patch), so they wait here, plain
     # floats, until a patch completes or a forecast, spill or snapshot needs them (`folded`).
     pending: list[float] = field(default_factory=list)
+    # Points that did complete patches, not stepped yet (a columnar bulk ingest's, while the
+    # batcher's worker has requests to answer: resident_defer.py): per request that completed
+    # them, the points `Rimer.append` would have been given then. The series is `state`, then
+    # these groups in order, then `pending`. Each group is a list never changed once here.
+    deferred: list[list[float]] = field(default_factory=list)
 
     def set_state(self, state: RimerState, length: int | None = None) -> None:
         """Keep `state` with contiguous tensors: a state back from a spill file or a snapshot is
@@ -34,6 +39,7 @@ class SeriesEntry:
         self.state = state
         self.length = int(state.length[0]) if length is None else length
         self.pending = []
+        self.deferred = []
 
 
 

@@ -225,6 +225,27 @@ class Engine:
         replaces the series' metadata in the same logged step. A batch of one."""
         return self._one(Op(series_id, values, horizon, meta=meta))
 
+    def defer_steps(self) -> bool:
+        """Let bulk ingests answer before their patches are stepped, the steps taken by
+        `settle_some` (service/engine/resident_defer.py): for the batcher's worker to call at
+        start, which then settles them between requests. Only where a series' bits do not
+        depend on its batch (the onnx backend's probe), so stepping later changes no bit;
+        whether it is on."""
+        store = self.store
+        if isinstance(store, ResidentStore) and self.batch_invariant:
+            store.defer_steps = True
+        return getattr(store, "defer_steps", False)
+
+    @property
+    def steps_deferred(self) -> int:
+        """Series whose bulk-ingest steps wait (`defer_steps`)."""
+        return len(getattr(self.store, "deferred_ids", ()))
+
+    def settle_some(self, limit: int) -> int:
+        """Take the deferred steps of up to `limit` series; how many (0: none waits)."""
+        settle = getattr(self.store, "settle_some", None)
+        return settle(limit) if settle is not None else 0
+
     def forecast_series(self, series_id: str, horizon: int) -> tuple[int, list[float]]:
         return self._one(Op(series_id, None, horizon))
 

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from model.state import BatchRow, RimerState
+from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
 from service.engine.entries import SeriesEntry, append_tails
 from service.engine.ops import EngineError, Op, rounds, unknown
 from service.engine.resident_columns import columns_locked
+from service.engine.resident_defer import settle_locked, settle_some, split_rows
 from service.engine.resident_export import export_states
 from service.engine.resident_tail import tail_append
 
@@ -44,6 +45,10 @@ class ResidentStore:
         self.series: dict[str, SeriesEntry] = {}
         self.resident: OrderedDict[str, None] = OrderedDict()  # states on the device, LRU first
         self.table_lock = threading.Lock()
+        # Series with deferred steps (resident_defer.py), longest waiting first; its own lock.
+        self.deferred_ids: dict[str, None] = {}
+        self.deferred_lock = threading.Lock()
+        self.defer_steps = False  # set by the engine when the batcher's worker settles them
 
     # ---- reads -----------------------------------------------------------------------------
 
@@ -82,6 +87,7 @@ class ResidentStore:
                 raise unknown(series_id)
             if entry.state is None:
                 return self.e.peek_spilled([series_id])[0]
+            settle_locked(self, {series_id: entry})
             return self._folded(entry)
 
     def idle(self, cutoff: float) -> list[str]:
@@ -223,14 +229,8 @@ class ResidentStore:
                 else:
                     group = [states[op.series_id] for op, _ in stepped]
                     out = model.append(rows_of(group) or RimerState.cat(group), tensors(stepped))
-                    fields = out.tensors()
-                    if all(t.is_contiguous() for t in fields.values()):
-                        for b, (op, _) in enumerate(stepped):  # (marked rows: see rows_of)
-                            op.state = BatchRow(out, b)
-                    else:
-                        rows = {f: t.split(1) for f, t in fields.items()}
-                        for b, (op, _) in enumerate(stepped):
-                            op.state = RimerState(**{f: rows[f][b] for f in rows})
+                    for (op, _), state in zip(stepped, split_rows(out, len(stepped))):
+                        op.state = state  # (marked rows: see rows_of)
         for op, _ in computed:
             states[op.series_id] = op.state
         by_horizon: dict[int, list[Op]] = {}
@@ -288,13 +288,14 @@ class ResidentStore:
 
     # ---- the cache tiers -------------------------------------------------------------------
 
-    def _on_device_all(self, entries: dict[str, SeriesEntry], created: set[str]
+    def _on_device_all(self, entries: dict[str, SeriesEntry], created: set[str], settle: bool = True
                        ) -> tuple[dict[str, int], dict[str, RimerState], dict[str, list[float]]]:
         """The entries' lengths (placeholders in `created` left out: not held until an append is
         applied), states on the device and pending points, their locks held; spilled states taken
         back from their tier, under one hold of the table lock. `_shrink` once the locks are let
         go. (The rounds rebind the pending lists, never change them: the entries stay as they are
-        until every computation has succeeded.)"""
+        until every computation has succeeded.) With `settle`, steps deferred by bulk ingests
+        are taken first (resident_defer.py: the states returned are then the series')."""
         spill, device, stats = self.e.spill, self.e.device, self.e.cache_stats
         resident, now, misses = self.resident, time.monotonic(), 0
         lengths, states, pending = {}, {}, {}
@@ -319,6 +320,11 @@ class ResidentStore:
             finally:
                 stats["misses"] += misses
                 stats["hits"] += len(states) - misses
+        waiting = {sid: entry for sid, entry in entries.items() if entry.deferred} if settle else {}
+        if waiting:  # (their locks held: steps deferred by earlier bulk ingests, first)
+            settle_locked(self, waiting)
+            for sid, entry in waiting.items():
+                states[sid] = entry.state
         return lengths, states, pending
 
     def _shrink(self) -> None:
@@ -339,6 +345,7 @@ class ResidentStore:
                 if entry.length == 0 or not entry.lock.acquire(blocking=False):
                     continue
                 try:
+                    settle_locked(self, {series_id: entry})
                     spill.put(series_id, self._folded(entry))
                     entry.pending = []
                     entry.state = None
@@ -372,10 +379,16 @@ class ResidentStore:
             with self.table_lock:
                 self.series.pop(series_id, None)
                 self.resident.pop(series_id, None)
+                with self.deferred_lock:
+                    self.deferred_ids.pop(series_id, None)
                 if entry.state is None and self.e.spill is not None:
                     self.e.spill.drop(series_id)
             self.e.meta.pop(series_id, None)
         return ticket
+
+    def settle_some(self, limit: int) -> int:
+        """Step the deferred groups of up to `limit` series (resident_defer.py); how many."""
+        return settle_some(self, limit) if self.deferred_ids else 0
 
     # ---- every series' state, to and from the host (snapshots) ------------------------------
 

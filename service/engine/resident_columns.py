@@ -12,6 +12,7 @@ import numpy as np
 
 from service.engine import admission
 from service.engine.ops import EngineError, Op, full
+from service.engine.resident_defer import defer, split_deferrable
 
 if TYPE_CHECKING:
     from service.engine.resident import ResidentStore
@@ -49,9 +50,8 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
         steps = old // p != new // p
         stepped = np.flatnonzero(steps).tolist()
         if e.spill is not None:
-            _, states, _ = store._on_device_all(entries, created)
+            store._on_device_all(entries, created, settle=False)
         else:
-            states = None
             e.cache_stats["hits"] += len(ids) - len(created)
             e.cache_stats["misses"] += len(created)
             if created:
@@ -60,6 +60,10 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
         floats = values.tolist()
         new_lengths = new.tolist()
         computed: dict[int, Op] = {}
+        later: list[int] = []  # stepped series whose steps wait (resident_defer.py)
+        if stepped and store.defer_steps:
+            stepped, later = split_deferrable(store, stepped, ids, listed, created, old // p,
+                                              new // p)
         if stepped:
             ops, st, pend = [], {}, {}
             for i in stepped:
@@ -68,10 +72,10 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
                 op.length = new_lengths[i]
                 ops.append(op)
                 computed[i] = op
-                st[sid] = states[sid] if states is not None else entry.state
+                st[sid] = entry.state  # (back from a spill tier, and settled, by now)
                 pend[sid] = entry.pending
             store._round(ops, st, pend)
-        deferred = np.flatnonzero(~steps).tolist() if computed else range(len(ids))
+        tails = np.flatnonzero(~steps).tolist() if stepped or later else range(len(ids))
         with e.journal_lock():
             if e.journal is not None:  # (all the records in one write, before any change)
                 ticket = e.journal.write_appends(ids, bounds, values, new_lengths, metas)
@@ -80,14 +84,19 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
             for i, op in computed.items():
                 listed[i].set_state(op.state, new_lengths[i])
                 listed[i].touched = now
+            for i in later:
+                entry = listed[i]
+                defer(store, ids[i], entry, entry.pending + floats[bounds[i]:bounds[i + 1]])
+                entry.length = new_lengths[i]
+                entry.touched = now
             if len(floats) == len(ids):  # one point per series (a bulk ingest's case)
-                for i in deferred:
+                for i in tails:
                     entry = listed[i]
                     entry.pending.append(floats[i])
                     entry.length = new_lengths[i]
                     entry.touched = now
             else:
-                for i in deferred:
+                for i in tails:
                     entry = listed[i]
                     entry.pending.extend(floats[bounds[i]:bounds[i + 1]])
                     entry.length = new_lengths[i]

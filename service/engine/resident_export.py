@@ -12,6 +12,7 @@ from model.state import RimerState
 from service.cache import SpillTiers
 from service.engine.entries import append_tails
 from service.engine.ops import StateChunks
+from service.engine.resident_defer import stepped_through
 
 if TYPE_CHECKING:
     from service.engine.resident import ResidentStore
@@ -27,7 +28,7 @@ def export_states(store: ResidentStore, exclusive: AbstractContextManager,
             # States are never changed in place (an append swaps in a new one), so references
             # are a consistent copy; a series whose first append is in flight has none yet.
             # Spilled ones: the host tier's references, or links to their files (`pin`).
-            held = [(i, e.state, list(e.pending)) for i, e in store.series.items()
+            held = [(i, e.state, list(e.pending), list(e.deferred)) for i, e in store.series.items()
                     if e.length > 0 and e.state is not None]
             spilled = [i for i, e in store.series.items() if e.length > 0 and e.state is None]
             pinned = store.e.pin_spilled(spilled)
@@ -38,11 +39,17 @@ def export_states(store: ResidentStore, exclusive: AbstractContextManager,
             raise
 
     def make(a: int, b: int) -> RimerState:
-        """Rows a..b on the host, after the locks: pending points folded in (the pending
-        lists are copies), spilled states read from their tier."""
+        """Rows a..b on the host, after the locks: deferred steps taken and pending points
+        folded in (the lists are copies; states are never changed in place), spilled states
+        read from their tier."""
         part = held[a:b]
-        states = [s for _, s, _ in part]
-        waiting = [k for k, (_, _, p) in enumerate(part) if p]
+        states = [s for _, s, _, _ in part]
+        late = [k for k, (_, _, _, d) in enumerate(part) if d]
+        if late:
+            for k, state in zip(late, stepped_through(store.e.model, [states[k] for k in late],
+                                                      [part[k][3] for k in late])):
+                states[k] = state
+        waiting = [k for k, (_, _, p, _) in enumerate(part) if p]
         for k, state in zip(waiting, append_tails([states[k] for k in waiting],
                                                   [part[k][2] for k in waiting])):
             states[k] = state
@@ -50,5 +57,5 @@ def export_states(store: ResidentStore, exclusive: AbstractContextManager,
         return RimerState.cat([s.to("cpu") for s in states]
                               + store.e.read_pinned(spilled[lo:hi], pinned[lo:hi]))
 
-    ids = [i for i, _, _ in held] + spilled
+    ids = [i for i, *_ in held] + spilled
     return ids, StateChunks(len(ids), make, (lambda: SpillTiers.unpin(pinned)) if pinned else None), mark

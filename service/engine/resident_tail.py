@@ -23,8 +23,9 @@ def tail_append(store: ResidentStore, op: Op) -> tuple[list, int | None] | None:
     if values is None or op.horizon is not None:
         return None
     entry = store.series.get(op.series_id)
-    if entry is None or entry.state is None or entry.length == 0:
-        return None  # (unknown, spilled, or a placeholder another request is creating)
+    if entry is None or entry.state is None or entry.length == 0 or entry.deferred:
+        return None  # (unknown, spilled, a placeholder another request is creating, or steps
+        # deferred by a bulk ingest: the batch path takes them first)
     cfg = store.cfg
     with entry.lock:
         old = entry.length
