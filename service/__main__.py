@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    if settings.gil_switch_us:  # (the process's, so here and not in create_app)
+        sys.setswitchinterval(settings.gil_switch_us / 1e6)
     app = create_app(settings)
     try:
         app.state.start()  # weights and recovery before serving: their errors in one line

@@ -38,6 +38,7 @@ class Settings:
     fsync_interval_ms: int = 100
     snapshot_interval_s: float = 60.0
     torch_threads: int = 1  # CPU threads of torch's kernels; 0: torch's default
+    gil_switch_us: float = 50.0  # sys.setswitchinterval, in microseconds; 0: Python's (5,000)
     access_log: bool = False  # uvicorn's line per request
     batch_window_ms: float = 2.0  # micro-batching of appends and forecasts; 0: off
     max_batch: int = 1024
@@ -95,6 +96,11 @@ HELP = {
     "torch_threads": "CPU threads for torch's kernels (0: torch's default, one per core); the "
                      "default 1 suits the small shipped models and a machine shared with the HTTP "
                      "workers; raise it for large stateless forecasts on many cores",
+    "gil_switch_us": "microseconds a Python thread may hold the interpreter lock while another "
+                     "waits for it (sys.setswitchinterval; 0: Python's default, 5,000): the "
+                     "batcher's worker steps a bulk ingest's patches while the HTTP thread reads "
+                     "the next request, and waits for the lock after each call into ONNX Runtime, "
+                     "NumPy or torch (bench/RESULTS.md)",
     "access_log": "log a line per request (uvicorn's access log; the metrics count every request "
                   "either way)",
     "batch_window_ms": "milliseconds to wait for concurrent appends and forecasts of streaming "
@@ -155,6 +161,8 @@ def parse(argv: list[str] | None = None) -> Settings:
         ap.error(f"--port must be 0 (any free port) to 65535, got {values['port']}")
     if values["torch_threads"] < 0:
         ap.error("--torch-threads must be 0 (torch's default) or more")
+    if values["gil_switch_us"] < 0:
+        ap.error("--gil-switch-us must be 0 (Python's default) or more")
     if values["api_keys"].strip():
         from service.auth import split_keys
         if not split_keys(values["api_keys"]):

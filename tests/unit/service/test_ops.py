@@ -215,7 +215,7 @@ def test_keys_from_env_file_and_flags(tmp_path, monkeypatch):
 @pytest.mark.parametrize("flag, value", [
     ("--port", "-1"), ("--port", "99999"), ("--torch-threads", "-1"), ("--max-horizon", "0"),
     ("--max-series-per-request", "0"), ("--max-points-per-request", "0"),
-    ("--max-body-bytes", "0"), ("--body-timeout-s", "0"),
+    ("--max-body-bytes", "0"), ("--body-timeout-s", "0"), ("--gil-switch-us", "-1"),
 ])
 def test_unusable_settings_are_refused(flag, value, capsys):
     """A value that would listen elsewhere than asked, fail later, or refuse every request."""
