@@ -47,6 +47,7 @@ class ResidentStore:
         self.table_lock = threading.Lock()
         # Series with deferred steps (resident_defer.py), longest waiting first; its own lock.
         self.deferred_ids: dict[str, None] = {}
+        self.deferred_points = 0  # points in their groups (bounded: resident_defer.MAX_POINTS)
         self.deferred_lock = threading.Lock()
         self.defer_steps = False  # set by the engine when the batcher's worker settles them
 
@@ -381,6 +382,7 @@ class ResidentStore:
                 self.resident.pop(series_id, None)
                 with self.deferred_lock:
                     self.deferred_ids.pop(series_id, None)
+                    self.deferred_points -= sum(map(len, entry.deferred))
                 if entry.state is None and self.e.spill is not None:
                     self.e.spill.drop(series_id)
             self.e.meta.pop(series_id, None)

@@ -62,8 +62,8 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
         computed: dict[int, Op] = {}
         later: list[int] = []  # stepped series whose steps wait (resident_defer.py)
         if stepped and store.defer_steps:
-            stepped, later = split_deferrable(store, stepped, ids, listed, created, old // p,
-                                              new // p)
+            stepped, later = split_deferrable(store, stepped, ids, listed, created,
+                                              (new - old).tolist(), old // p, new // p)
         if stepped:
             ops, st, pend = [], {}, {}
             for i in stepped:

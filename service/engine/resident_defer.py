@@ -12,8 +12,9 @@ that reads a state steps its series' groups first (`settle_locked`), in order, e
 stepping it then, so the log's replay and a spilled or snapshotted state agree bit for bit.
 
 A group is deferred only where it completes fewer patches than the onnx backend's chunk graph
-takes (whose bits differ from one patch at a time) and the series holds fewer than
-`MAX_GROUPS`: the points waiting per series stay bounded (O(1) memory per series)."""
+takes (whose bits differ from one patch at a time), the series holds fewer than `MAX_GROUPS`
+and the store's waiting points stay within `MAX_POINTS`: bounded per series (O(1) memory per
+series) and in all."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from service.engine.resident import ResidentStore
 
 MAX_GROUPS = 4  # deferred requests per series; past it the next one is stepped in its request
+MAX_POINTS = 1 << 22  # points waiting in all groups of the store (~130 MB as Python floats)
 SETTLE_ROWS = 64  # series the worker steps per slice between requests (a slice is a few ms)
 
 
@@ -73,6 +75,7 @@ def settle_locked(store: ResidentStore, entries: dict[str, SeriesEntry]) -> None
                           [e.deferred for _, e in waiting])
     with store.deferred_lock:
         for (sid, entry), state in zip(waiting, new):
+            store.deferred_points -= sum(map(len, entry.deferred))
             entry.state, entry.deferred = state, []
             store.deferred_ids.pop(sid, None)
 
@@ -103,21 +106,27 @@ def defer(store: ResidentStore, sid: str, entry: SeriesEntry, group: list[float]
     entry.pending = []
     with store.deferred_lock:
         store.deferred_ids[sid] = None
+        store.deferred_points += len(group)
 
 
 def split_deferrable(store: ResidentStore, stepped: list[int], ids: list[str],
-                     listed: list[SeriesEntry], created: set[str], patches_before, patches_after
-                     ) -> tuple[list[int], list[int]]:
+                     listed: list[SeriesEntry], created: set[str], counts: list[int],
+                     patches_before, patches_after) -> tuple[list[int], list[int]]:
     """A columnar append's series whose patch completes (`stepped`, request order), split into
     those to step now and those whose steps wait: a held series' request completing fewer
-    patches than the chunk graph takes, while it holds fewer than MAX_GROUPS groups. The ones
-    stepped now have their waiting groups stepped first (their locks are held)."""
+    patches than the chunk graph takes, while it holds fewer than MAX_GROUPS groups and the
+    store's waiting points stay within MAX_POINTS (`counts`: each series' new points; a request
+    on other series in the thread pool may add its own meanwhile: the bound is that loose). The
+    ones stepped now have their waiting groups stepped first (their locks are held)."""
     now, later, first = [], [], {}
+    room = MAX_POINTS - store.deferred_points
     for i in stepped:
         entry = listed[i]
-        if (ids[i] not in created and entry.state is not None
+        size = len(entry.pending) + counts[i]
+        if (ids[i] not in created and entry.state is not None and size <= room
                 and patches_after[i] - patches_before[i] < CHUNK and len(entry.deferred) < MAX_GROUPS):
             later.append(i)
+            room -= size
         else:
             now.append(i)
             if entry.deferred:

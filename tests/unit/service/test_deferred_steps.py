@@ -143,3 +143,31 @@ def test_the_worker_takes_deferred_steps_between_requests():
         for sid in ids:
             got = c.get(f"/series/{sid}/forecast", params={"horizon": 40}).json()
             assert got["mean"] == plain.forecast_series(sid, 40)[1]
+
+
+def test_the_points_waiting_are_bounded_in_all_and_counted_back(monkeypatch):
+    """Past the store's budget of waiting points a request's series step at once; the count
+    comes back to 0 when they are stepped or deleted; the bits are the same either way."""
+    from service.engine import resident_defer
+
+    monkeypatch.setattr(resident_defer, "MAX_POINTS", 3 * P)
+    requests = workload(6, 4)
+    ids = requests[0][0]
+    plain = onnx_engine()
+    run(plain, requests[:12])
+    e = onnx_engine()
+    assert e.defer_steps()
+    most = 0
+    for order, runs in requests[:12]:
+        bounds = np.cumsum([0] + [len(v) for v in runs]).tolist()
+        e.append_columns(list(order), bounds, np.array([x for v in runs for x in v]),
+                         [{"last": v[-1]} for v in runs])
+        held = sum(len(g) for x in e.store.series.values() for g in x.deferred)
+        assert e.store.deferred_points == held <= 3 * P
+        most = max(most, held)
+    assert most > 0
+    e.delete(ids[0])
+    plain.delete(ids[0])
+    assert e.store.deferred_points == sum(len(g) for x in e.store.series.values() for g in x.deferred)
+    assert_same(plain, e, ids[1:])
+    assert e.store.deferred_points == 0 and not e.store.deferred_ids
