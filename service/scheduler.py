@@ -66,7 +66,7 @@ class Scheduler:
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._last_requests = 1
         # Bulk ingests answered before their steps: taken here while no request waits.
-        self._settles = engine.defer_steps() if hasattr(engine, "defer_steps") else False
+        self._settles = engine.defer_steps()
         self._thread = threading.Thread(target=self._run, name="rimer-batcher", daemon=True)
         self._thread.start()
 

@@ -231,10 +231,10 @@ class Engine:
         start, which then settles them between requests. Only where a series' bits do not
         depend on its batch (the onnx backend's probe), so stepping later changes no bit;
         whether it is on."""
-        store = self.store
-        if isinstance(store, ResidentStore) and self.batch_invariant:
-            store.defer_steps = True
-        return getattr(store, "defer_steps", False)
+        if isinstance(self.store, ResidentStore) and self.batch_invariant:
+            self.store.defer_steps = True
+            return True
+        return False
 
     @property
     def steps_deferred(self) -> int:

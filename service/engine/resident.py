@@ -88,8 +88,7 @@ class ResidentStore:
                 raise unknown(series_id)
             if entry.state is None:
                 return self.e.peek_spilled([series_id])[0]
-            settle_locked(self, {series_id: entry})
-            return self._folded(entry)
+            return self._folded(series_id, entry)
 
     def idle(self, cutoff: float) -> list[str]:
         with self.table_lock:
@@ -346,8 +345,7 @@ class ResidentStore:
                 if entry.length == 0 or not entry.lock.acquire(blocking=False):
                     continue
                 try:
-                    settle_locked(self, {series_id: entry})
-                    spill.put(series_id, self._folded(entry))
+                    spill.put(series_id, self._folded(series_id, entry))
                     entry.pending = []
                     entry.state = None
                     del self.resident[series_id]
@@ -355,8 +353,10 @@ class ResidentStore:
                 finally:
                     entry.lock.release()
 
-    def _folded(self, entry: SeriesEntry) -> RimerState:
-        """The entry's state with its pending points in the tail (a new state; entry unchanged)."""
+    def _folded(self, series_id: str, entry: SeriesEntry) -> RimerState:
+        """The entry's state (its lock held) with its deferred steps taken into it first
+        (resident_defer.py) and its pending points in the tail (a new state; pending unchanged)."""
+        settle_locked(self, {series_id: entry})
         if not entry.pending:
             return entry.state
         return append_tails([entry.state], [entry.pending])[0]
