@@ -23,8 +23,9 @@ from service.engine import EngineError
 log = logging.getLogger("rimer.store")
 
 MAGIC = b"RIMERWAL"
-WAL_VERSION = 3  # 2: append records end with the series' metadata (JSON); 3: state records
-WAL_READABLE = (1, 2, 3)
+WAL_VERSION = 4  # 2: append records end with the series' metadata (JSON); 3: state records;
+# 4: column records (a columnar bulk append's appends in one record)
+WAL_READABLE = (1, 2, 3, 4)
 HEADER = struct.Struct("<8sIQ")  # magic, version, segment number; then u32 CRC32 of these
 HEADER_SIZE = HEADER.size + 4
 RECORD = struct.Struct("<II")  # payload length, CRC32 of the length bytes and the payload
@@ -32,7 +33,10 @@ PAYLOAD = struct.Struct("<BQH")  # kind, sequence number, id length
 APPEND = struct.Struct("<QI")  # resulting length, number of values
 META = struct.Struct("<I")  # bytes of the metadata's JSON (version 2)
 BLOB = struct.Struct("<I")  # bytes of a series record (version 3)
-KIND_APPEND, KIND_DELETE, KIND_STATE = 1, 2, 3
+COLUMNS = struct.Struct("<I")  # series in a column record (version 4)
+KIND_APPEND, KIND_DELETE, KIND_STATE, KIND_COLUMNS = 1, 2, 3, 4
+TAG_NONE, TAG_FLOAT, TAG_INT, TAG_JSON = 0, 1, 2, 3  # a column record's metadata, per series
+_I64 = 1 << 63
 MAX_PAYLOAD = 1 << 30
 WAL_NAME = re.compile(r"^wal-(\d{16})\.log$")
 FSYNC_POLICIES = ("always", "interval")
@@ -85,40 +89,107 @@ _LENGTH, _CRC = struct.Struct("<I"), struct.Struct("<I")
 _INF = float("inf")
 
 
-def _meta_bytes(meta: dict | None) -> bytes:
-    """`encode`'s metadata bytes; the common `{"last": x}` written directly (json writes a float
-    as `float.__repr__` and an int as `int.__repr__`: the same bytes, 3x faster)."""
-    if meta is None:
-        return b""
-    if len(meta) == 1:
-        last = meta.get("last")
-        kind = type(last)
-        if (kind is float and -_INF < last < _INF) or kind is int:
-            return b'{"last":%s}' % repr(last).encode()
-    return _META_JSON(meta).encode()
+def _meta_columns(metas: list[dict | None]) -> bytes:
+    """A column record's metadata: a tag per series (none; `{"last": x}` with x a finite float,
+    or an int that fits 64 bits; anything else as JSON), then the floats, the ints, and the
+    JSON list of the rest, so that decoding gives back the same dicts, types and all."""
+    tags = bytearray(len(metas))
+    floats, ints, other = [], [], []
+    for i, meta in enumerate(metas):
+        if meta is None:
+            continue
+        if len(meta) == 1:
+            last = meta.get("last")
+            kind = type(last)
+            if kind is float and -_INF < last < _INF:
+                tags[i] = TAG_FLOAT
+                floats.append(last)
+                continue
+            if kind is int and -_I64 <= last < _I64:
+                tags[i] = TAG_INT
+                ints.append(last)
+                continue
+        tags[i] = TAG_JSON
+        other.append(meta)
+    rest = _META_JSON(other).encode() if other else b""
+    return (bytes(tags) + np.asarray(floats, "<f8").tobytes() + np.asarray(ints, "<i8").tobytes()
+            + META.pack(len(rest)) + rest)
 
 
 def encode_appends(seq: int, ids: list[str], bounds: list[int], values: np.ndarray,
                    lengths: list[int], metas: list[dict | None]) -> bytes:
-    """The append records of a columnar bulk append, numbered from `seq`: the bytes `encode`
-    gives each `Record(KIND_APPEND, seq + i, ids[i], lengths[i], values[bounds[i]:bounds[i +
-    1]], metas[i])`, joined (the values' bytes made once for all)."""
-    data = np.ascontiguousarray(values, dtype="<f8").tobytes()
-    out = []
-    pack_meta, pack_len, pack_crc, crc32 = META.pack, _LENGTH.pack, _CRC.pack, zlib.crc32
-    fronts: dict[int, struct.Struct] = {}  # id length -> PAYLOAD, the id and APPEND in one
-    for i, sid in enumerate(ids):
-        key = sid.encode()
-        front = fronts.get(len(key))
-        if front is None:
-            front = fronts[len(key)] = struct.Struct(f"<BQH{len(key)}sQI")
-        a, b = bounds[i], bounds[i + 1]
-        meta = _meta_bytes(metas[i])
-        payload = (front.pack(KIND_APPEND, seq + i, len(key), key, lengths[i], b - a)
-                   + data[8 * a:8 * b] + pack_meta(len(meta)) + meta)
-        head = pack_len(len(payload))
-        out += (head, pack_crc(crc32(payload, crc32(head))), payload)
-    return b"".join(out)
+    """A columnar bulk append as one column record, its appends numbered from `seq`: what
+    `encode` writes for each `Record(KIND_APPEND, seq + i, ids[i], lengths[i],
+    values[bounds[i]:bounds[i + 1]], metas[i])`, held as arrays (a few array copies, not a
+    record per series), and written, torn or checked as one: all of a request's appends
+    replay, or none of them.
+
+    Payload after `u8 kind | u64 first seq | u16 0`: `u32 n | n u16 id byte lengths | the ids |
+    n u64 resulting lengths | n u32 value counts | the float64 values | n u8 metadata tags |
+    float64 lasts | int64 lasts | u32 m | m bytes of JSON` (`_meta_columns`)."""
+    joined = "".join(ids).encode()
+    if len(joined) == sum(map(len, ids)):  # (ASCII ids: a character a byte)
+        id_lengths = list(map(len, ids))
+    else:
+        id_lengths = [len(sid.encode()) for sid in ids]
+    counts = np.diff(np.asarray(bounds, np.int64))
+    payload = b"".join((
+        PAYLOAD.pack(KIND_COLUMNS, seq, 0), COLUMNS.pack(len(ids)),
+        np.asarray(id_lengths, "<u2").tobytes(), joined,
+        np.asarray(lengths, "<u8").tobytes(), counts.astype("<u4").tobytes(),
+        np.ascontiguousarray(values[bounds[0]:bounds[-1]], dtype="<f8").tobytes(),
+        _meta_columns(metas)))
+    head = _LENGTH.pack(len(payload))
+    return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
+
+
+def _decode_columns(payload: bytes, seq: int, at: int) -> list[Record]:
+    """A column record's appends (`encode_appends`), as the records they stand for."""
+    (n,) = COLUMNS.unpack_from(payload, at)
+    at += COLUMNS.size
+
+    def take(dtype: str, count: int) -> np.ndarray:
+        nonlocal at
+        out = np.frombuffer(payload, dtype=dtype, count=count, offset=at)
+        at += out.nbytes
+        return out
+
+    id_lengths = take("<u2", n).tolist()
+    ids, cut = [], at
+    for size in id_lengths:
+        ids.append(payload[cut:cut + size].decode())
+        cut += size
+    at = cut
+    lengths = take("<u8", n).tolist()
+    counts = take("<u4", n)
+    values = take("<f8", int(counts.sum())).tolist()
+    tags = take("u1", n)
+    floats = iter(take("<f8", int((tags == TAG_FLOAT).sum())).tolist())
+    ints = iter(take("<i8", int((tags == TAG_INT).sum())).tolist())
+    (size,) = META.unpack_from(payload, at)
+    at += META.size
+    other = json.loads(payload[at:at + size].decode()) if size else []
+    at += size
+    if at != len(payload) or not isinstance(other, list) or \
+            len(other) != int((tags == TAG_JSON).sum()) or not all(isinstance(m, dict) for m in other):
+        raise ValueError("malformed column record")
+    rest = iter(other)
+    records, start = [], 0
+    for i, (sid, count, tag) in enumerate(zip(ids, counts.tolist(), tags.tolist())):
+        meta = (None if tag == TAG_NONE else {"last": next(floats)} if tag == TAG_FLOAT else
+                {"last": next(ints)} if tag == TAG_INT else next(rest))
+        records.append(Record(KIND_APPEND, seq + i, sid, lengths[i], values[start:start + count], meta))
+        start += count
+    return records
+
+
+def decode_records(payload: bytes, version: int = WAL_VERSION) -> list[Record]:
+    """The records one payload holds: one, or a column record's appends (version 4)."""
+    if version >= 4 and payload[:1] == bytes([KIND_COLUMNS]):
+        kind, seq, id_len = PAYLOAD.unpack_from(payload)
+        if id_len == 0:
+            return _decode_columns(payload, seq, PAYLOAD.size)
+    return [_decode_payload(payload, version)]
 
 
 def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
@@ -190,7 +261,7 @@ def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]
                              "after it; refusing to start. Restore the data directory from a "
                              "backup, or move this file aside to lose the changes it holds")
         try:
-            records.append(_decode_payload(data[at + RECORD.size:end], version))
+            records += decode_records(data[at + RECORD.size:end], version)
         except (ValueError, struct.error, UnicodeDecodeError) as exc:
             raise StoreError(f"{path}: malformed record at byte {at} ({exc})") from exc
         at = end
@@ -260,9 +331,9 @@ class WriteAheadLog:
 
     def write_appends(self, ids: list[str], bounds: list[int], values: np.ndarray,
                       lengths: list[int], metas: list[dict | None]) -> int:
-        """The records `write_append` would write for each series of a columnar bulk append
-        (series i: `values[bounds[i]:bounds[i + 1]]`), in one write; the last one's ticket. A
-        failed write refuses this and every later change, as for one record."""
+        """The appends `write_append` would log for each series of a columnar bulk append
+        (series i: `values[bounds[i]:bounds[i + 1]]`), as one column record in one write; the
+        last one's ticket. A failed write refuses this and every later change, as for one record."""
         with self.lock:
             self._check()
             data = encode_appends(self.seq + 1, ids, bounds, values, lengths, metas)
