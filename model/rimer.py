@@ -599,12 +599,21 @@ class _Split:
     """New points joined to each series' tail and cut into complete patches (in chunks of at most
     MAX_CHUNK_PATCHES) and a new tail; built on the host, whatever the state's device. The
     per-series slicing is done in NumPy views of torch-allocated buffers, not small torch ops per
-    series (bench/RESULTS.md has the timing)."""
+    series (bench/RESULTS.md has the timing); where no series reaches a second patch (a bulk
+    ingest's few points per series), in a handful of array operations for the whole batch.
+    `short=False` takes the per-series path always (tests compare the two)."""
 
-    def __init__(self, tail: torch.Tensor, tail_len: torch.Tensor, values: list[torch.Tensor], p: int):
-        tail, lens = tail.cpu(), tail_len.cpu().tolist()
+    def __init__(self, tail: torch.Tensor, tail_len: torch.Tensor, values: list[torch.Tensor], p: int,
+                 short: bool = True):
+        tail = tail.cpu()
+        self.p, self.dtype, self.one = p, tail.dtype, None
+        lens = tail_len.cpu().numpy().astype(np.int64)
+        sizes = np.fromiter(map(len, values), np.int64, len(values))
+        if short and len(values) and int((lens + sizes).max()) < 2 * p:
+            self._short(tail, lens, sizes, values)
+            return
         old = tail.numpy()
-        self.p = p
+        lens = lens.tolist()
         self.joined = [np.concatenate([old[b, : lens[b]], v.to("cpu", tail.dtype).numpy()])
                        for b, v in enumerate(values)]
         self.counts = [len(j) // p for j in self.joined]  # complete patches per series
@@ -617,13 +626,41 @@ class _Split:
             if r:
                 new[b, :r] = j[len(j) - r:]
 
+    def _short(self, tail: torch.Tensor, lens: np.ndarray, sizes: np.ndarray,
+               values: list[torch.Tensor]) -> None:
+        """Every series' tail and new points in one row of 2P (fewer than 2P each): its first P
+        the patch, where complete, and the rest the new tail: the same arrays as the per-series
+        path, from one concatenation and one scatter."""
+        p, bsz = self.p, len(values)
+        flat = torch.cat(values).to("cpu", tail.dtype).numpy()
+        joined = np.zeros((bsz, 2 * p), dtype=flat.dtype)
+        joined[:, :p] = np.where(np.arange(p) < lens[:, None], tail.numpy(), 0)
+        rows = np.repeat(np.arange(bsz), sizes)
+        starts = np.cumsum(sizes) - sizes
+        joined[rows, lens[rows] + np.arange(len(flat)) - starts[rows]] = flat
+        total = lens + sizes
+        counts = total // p  # (0 or 1)
+        full = counts[:, None] == 1
+        self.joined = None
+        self.counts = counts.tolist()
+        self.n_complete = torch.from_numpy(counts)
+        self.tail_len = torch.from_numpy(total - counts * p)
+        self.tail = torch.from_numpy(np.where(full, joined[:, p:], joined[:, :p]))
+        self.one = np.where(full, joined[:, :p], 0)[:, None]  # [B, 1, P]: no patch, zeros
+
     def chunks(self, device):
         """(patches [B, t, P], valid [B, t] or None when all are real) per chunk, on `device`."""
-        p, bsz = self.p, len(self.joined)
+        p, bsz = self.p, len(self.counts)
         total = max(self.counts, default=0)
+        if self.one is not None:
+            if total:
+                valid = self.n_complete[:, None] > 0
+                yield (torch.from_numpy(self.one).to(device),
+                       None if bool(valid.all()) else valid.to(device))
+            return
         for start in range(0, total, MAX_CHUNK_PATCHES):
             t = min(MAX_CHUNK_PATCHES, total - start)
-            patches = torch.zeros(bsz, t, p, dtype=self.tail.dtype)
+            patches = torch.zeros(bsz, t, p, dtype=self.dtype)
             view = patches.numpy()
             for b, (j, n) in enumerate(zip(self.joined, self.counts)):
                 hi = min(start + t, n)

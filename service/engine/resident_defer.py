@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from model.onnx_network import CHUNK
@@ -55,7 +56,10 @@ def stepped_through(model, states: list[RimerState], groups: list[list[list[floa
     for j in range(max(map(len, groups), default=0)):
         rows = [k for k, g in enumerate(groups) if len(g) > j]
         batch = [out[k] for k in rows]
-        values = [torch.tensor(groups[k][j], dtype=torch.float32) for k in rows]
+        sizes = [len(groups[k][j]) for k in rows]
+        flat = np.fromiter(itertools.chain.from_iterable(groups[k][j] for k in rows), np.float32,
+                           sum(sizes))  # (the float32 rounding torch.tensor gives each)
+        values = list(torch.from_numpy(flat).split(sizes))
         if len(rows) == 1:
             out[rows[0]] = model.append(batch[0], values)
             continue

@@ -187,3 +187,28 @@ def test_the_chunk_form_of_the_recurrence_is_the_recurrence():
         assert rel_err(got_o, want_o) <= 1e-12 and rel_err(got_s, want_s) <= 1e-12, t
         got_o, got_s = wkv7_chunk(*(x.float() for x in (r, w, k, v, a, b, state)))
         assert rel_err(got_o, want_o) <= 1e-5 and rel_err(got_s, want_s) <= 1e-5, t
+
+
+def test_the_batched_split_of_short_appends_equals_the_per_series_one():
+    """`_Split`'s whole-batch path (no series reaching a second patch) gives the same patches,
+    tails and counts as the per-series path, whatever lies in the tail buffer past its length."""
+    from model.rimer import _Split
+
+    rng, p = np.random.default_rng(0), 32
+    for trial in range(200):
+        b = int(rng.integers(1, 9))
+        lens = torch.tensor(rng.integers(0, p, b))
+        tail = torch.tensor(rng.normal(size=(b, p)), dtype=torch.float32)  # (junk past lens)
+        dtype = torch.float32 if trial % 3 else torch.float64
+        vals = [torch.tensor(rng.normal(size=int(rng.integers(0, 2 * p - int(lens[i])))), dtype=dtype)
+                for i in range(b)]
+        short, general = _Split(tail, lens, vals, p), _Split(tail, lens, vals, p, short=False)
+        assert short.one is not None and general.one is None
+        assert short.counts == general.counts
+        for name in ("n_complete", "tail_len", "tail"):
+            assert torch.equal(getattr(short, name), getattr(general, name)), (trial, name)
+        got, want = list(short.chunks("cpu")), list(general.chunks("cpu"))
+        assert len(got) == len(want) == (1 if max(general.counts) else 0)
+        for (pa, va), (pb, vb) in zip(got, want):
+            assert pa.dtype == pb.dtype and torch.equal(pa, pb)
+            assert (va is None and vb is None) or torch.equal(va, vb)
