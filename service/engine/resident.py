@@ -21,7 +21,7 @@ import torch
 from model.state import RimerState
 from service.cache import SpillError
 from service.engine import admission
-from service.engine.entries import SeriesEntry, append_tails
+from service.engine.entries import SeriesEntry, acquire_all, append_tails, release_all
 from service.engine.ops import EngineError, Op, rounds, unknown
 from service.engine.resident_columns import columns_locked
 from service.engine.resident_defer import settle_locked, settle_some, split_rows
@@ -159,8 +159,7 @@ class ResidentStore:
                         break
                     results[r] = done
         finally:
-            for lock in reversed(locks):
-                lock.release()
+            release_all(locks)
             for sid in created:
                 self._forget_if_empty(sid, entries[sid])
         return results, ticket
@@ -269,15 +268,14 @@ class ResidentStore:
                             state = RimerState.zeros(self.cfg, 1, self.e.device)
                             found[k] = table[sid] = SeriesEntry(state, threading.Lock())
                             created.add(sid)
-                entries = {sid: entry for sid, entry in zip(named, found) if entry is not None}
+                entries = (dict(zip(named, found)) if None not in found else
+                           {sid: entry for sid, entry in zip(named, found) if entry is not None})
             held = list(entries.values())
             locks = list(map(_lock_of, held))  # (in id order, as `named`)
-            for lock in locks:
-                lock.acquire()
+            acquire_all(locks)
             if all(map(operator.is_, map(table.get, entries), held)):
                 return entries, locks, created
-            for lock in reversed(locks):  # one was deleted meanwhile: start again
-                lock.release()
+            release_all(locks)  # one was deleted meanwhile: start again
 
     def _forget_if_empty(self, series_id: str, entry: SeriesEntry) -> None:
         """Undo the creation of a series whose first append was refused."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from service.engine import admission
+from service.engine.entries import release_all
 from service.engine.ops import EngineError, Op, full
 from service.engine.resident_defer import defer, split_deferrable
 
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
     from service.engine.resident import ResidentStore
 
 _length_of = operator.attrgetter("length")
+
+
+def _pick(items: list, rows) -> list | tuple:
+    """items[i] for i in `rows` (a range over all of them: the list itself), in one C pass."""
+    if isinstance(rows, range) and len(rows) == len(items):
+        return items
+    return operator.itemgetter(*rows)(items) if len(rows) > 1 else [items[i] for i in rows]
 
 
 def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], values: np.ndarray,
@@ -90,10 +98,10 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
                 entry.length = new_lengths[i]
                 entry.touched = now
             if len(floats) == len(ids):  # one point per series (a bulk ingest's case)
-                for i in tails:
-                    entry = listed[i]
-                    entry.pending.append(floats[i])
-                    entry.length = new_lengths[i]
+                for entry, x, n in zip(_pick(listed, tails), _pick(floats, tails),
+                                       _pick(new_lengths, tails)):
+                    entry.pending.append(x)
+                    entry.length = n
                     entry.touched = now
             else:
                 for i in tails:
@@ -102,8 +110,7 @@ def columns_locked(store: ResidentStore, ids: list[str], bounds: list[int], valu
                     entry.length = new_lengths[i]
                     entry.touched = now
     finally:
-        for lock in reversed(locks):
-            lock.release()
+        release_all(locks)
         for sid in created:
             store._forget_if_empty(sid, entries[sid])
     return new_lengths, ticket

@@ -26,6 +26,7 @@ import torch
 
 from model.onnx_network import CHUNK
 from model.state import BatchRow, RimerState
+from service.engine.entries import release_all
 
 if TYPE_CHECKING:
     from service.engine.entries import SeriesEntry
@@ -99,8 +100,7 @@ def settle_some(store: ResidentStore, limit: int = SETTLE_ROWS) -> int:
                     store.deferred_ids.pop(sid, None)
         settle_locked(store, entries)
     finally:
-        for lock in reversed(locks):
-            lock.release()
+        release_all(locks)
     return len(ids)
 
 
