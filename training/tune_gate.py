@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weights", required=True, help="a lag model's directory, rewritten in place")
     ap.add_argument("--gates", type=floats, default=[0.0, 0.15, 0.25, 0.35, 0.5],
                     help="shifts of the gate's logits to try (0 keeps it)")
-    ap.add_argument("--sharps", type=floats, default=[-0.5, -0.25, 0.0],
+    ap.add_argument("--sharps", type=floats, default=[-1.0, -0.75, -0.5, -0.25, 0.0],
                     help="shifts of the match sharpness's logit to try")
     ap.add_argument("--windows", type=cli.positive, default=12, help="validation windows per series")
     ap.add_argument("--threads", type=cli.non_negative, default=1)
