@@ -142,6 +142,20 @@ def validation_tasks(series: list[corpus.Series], windows: int, long_term_horizo
     return tasks
 
 
+def parse_and_load(ap: argparse.ArgumentParser, argv: list[str] | None
+                   ) -> tuple[argparse.Namespace, Rimer, dict]:
+    """What the tools fitted on validation after training share (training/spread.py,
+    training/tune_gate.py): `--windows` and `--threads` added to their parser, the arguments
+    parsed, the threads set and `--weights` loaded."""
+    ap.add_argument("--windows", type=cli.positive, default=12, help="validation windows per series")
+    ap.add_argument("--threads", type=cli.non_negative, default=1)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, manifest = checkpoint.load(args.weights)
+    return args, model, manifest
+
+
 def validation_score(model: Rimer, tasks: list[tuple[str, protocol.Task]],
                      naive: list[float]) -> tuple[float, dict[str, float]]:
     """Mean over groups (datasets, M4 frequencies, ...) of the mean log ratio of the model's MSE to

@@ -24,7 +24,7 @@ import torch
 from model import calibration, checkpoint, cli
 from model.rimer import Rimer
 from training import corpus, protocol
-from training.pretrain import validation_tasks
+from training.pretrain import parse_and_load, validation_tasks
 
 LEVELS = (80.0, 95.0)
 
@@ -80,12 +80,7 @@ def fit(model: Rimer, tasks: list[protocol.Task]) -> list[float]:
 def main(argv: list[str] | None = None) -> list[float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--weights", required=True)
-    ap.add_argument("--windows", type=cli.positive, default=12, help="validation windows per series")
-    ap.add_argument("--threads", type=cli.non_negative, default=1)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, manifest = checkpoint.load(args.weights)
+    args, model, manifest = parse_and_load(ap, argv)
     if not model.cfg.quantiles:
         ap.error(f"{args.weights} has no quantile head")
     tasks = [t for _, t in validation_tasks(corpus.load(), args.windows)]

@@ -24,7 +24,7 @@ import torch
 from model import checkpoint, cli
 from model.rimer import Rimer
 from training import corpus, protocol
-from training.pretrain import validation_score, validation_tasks
+from training.pretrain import parse_and_load, validation_score, validation_tasks
 
 
 def floats(text: str) -> list[float]:
@@ -82,12 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="shifts of the gate's logits to try (0 keeps it)")
     ap.add_argument("--sharps", type=floats, default=[-1.0, -0.75, -0.5, -0.25, 0.0],
                     help="shifts of the match sharpness's logit to try")
-    ap.add_argument("--windows", type=cli.positive, default=12, help="validation windows per series")
-    ap.add_argument("--threads", type=cli.non_negative, default=1)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, manifest = checkpoint.load(args.weights)
+    args, model, manifest = parse_and_load(ap, argv)
     if not model.cfg.lag_window:
         ap.error(f"{args.weights} has no lag head")
     model.eval()

@@ -11,20 +11,13 @@ import torch.nn.functional as F
 from model import checkpoint
 from model.config import RimerConfig
 from model.rimer import Rimer
+from tests.unit.training.test_pretraining import small
 from training import corpus, protocol, tune_gate
 from training.pretrain import validation_score, validation_tasks
 
 
 def lag_model() -> Rimer:
-    torch.manual_seed(0)
-    cfg = RimerConfig(patch_len=8, d_model=32, n_layers=2, head_size=16, w_rank=8, a_rank=8, v_rank=8,
-                      g_rank=8, pos_emb="none", norm="causal", norm_window=4, lag_window=32,
-                      lag_match=16, lag_drift=True)
-    model = Rimer(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return model.eval()
+    return small(lag_window=32, lag_match=16, lag_drift=True)
 
 
 def test_shift_moves_only_the_gate_and_sharpness_logits():
