@@ -438,14 +438,22 @@ class Rimer(nn.Module):
             calib = calibration.update(calib, scores[:, n], step)
         return calib
 
-    def lag_parts(self, out: torch.Tensor):
-        """The lag head's raw output [..., lags + P + 1 (+ 1)] in its parts: the lag logits, the
-        gate logits [..., P], the match's sharpness (softplus) and the drift (None without
-        `lag_drift`). The one place that knows the layout (`_lag_mix` and the pool read it)."""
+    def lag_columns(self) -> tuple[slice, slice, int, int | None]:
+        """Where each part sits in the lag head's output [..., lags + P + 1 (+ 1)]: the lag
+        logits, the gate logits, the match's sharpness and the drift (None without `lag_drift`).
+        The one place that knows the layout (`lag_parts` and training/tune_gate.py read it)."""
         p = self.cfg.patch_len
         n_lags = self.cfg.lag_window - p + 1
-        drift = out[..., n_lags + p + 1] if self.cfg.lag_drift else None
-        return out[..., :n_lags], out[..., n_lags: n_lags + p], F.softplus(out[..., n_lags + p]), drift
+        return (slice(0, n_lags), slice(n_lags, n_lags + p), n_lags + p,
+                n_lags + p + 1 if self.cfg.lag_drift else None)
+
+    def lag_parts(self, out: torch.Tensor):
+        """The lag head's raw output in its parts (`lag_columns`): the lag logits, the gate logits
+        [..., P], the match's sharpness (softplus) and the drift (None without `lag_drift`);
+        `_lag_mix` and the pool read it."""
+        lags, gates, sharpness, drift = self.lag_columns()
+        return (out[..., lags], out[..., gates], F.softplus(out[..., sharpness]),
+                None if drift is None else out[..., drift])
 
     def _lag_mix(self, preds, out, patches, state: RimerState, valid, mean, sd):
         """The lag head: each patch's forecast of the next becomes a per-point gated mix of the

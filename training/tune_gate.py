@@ -39,11 +39,9 @@ def floats(text: str) -> list[float]:
 
 
 def gate_bias(model: Rimer) -> tuple[slice, int]:
-    """Where the gate logits' biases and the sharpness's bias sit in the lag head's bias vector
-    (model/rimer.py `lag_parts` has the layout)."""
-    p = model.cfg.patch_len
-    n_lags = model.cfg.lag_window - p + 1
-    return slice(n_lags, n_lags + p), n_lags + p
+    """Where the gate logits' biases and the sharpness's bias sit in the lag head's bias vector."""
+    _, gates, sharpness, _ = model.lag_columns()
+    return gates, sharpness
 
 
 def shift(model: Rimer, base: torch.Tensor, gate: float, sharp: float) -> None:
