@@ -25,7 +25,7 @@ def unwritable(directory: Path) -> str | None:
     if directory.exists() and not directory.is_dir():
         return "not a directory"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # (like its files: 0600)
     except OSError as exc:
         return exc.strerror or str(exc)
     if not os.access(directory, os.W_OK | os.X_OK):

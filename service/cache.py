@@ -7,15 +7,19 @@ state moves on to a file in the spill directory. A series' next request takes it
 (`take`), from whichever tier holds it.
 
 The spill directory is a cache, not durability (the write-ahead log and snapshots are): it is
-emptied when the engine starts. A file is named by the hex of the series id (ids never reach a
-path unescaped) and holds the state's tensors in safetensors with a CRC32 of their bytes; a file
-that fails its check is reported (`SpillError`), never used. Files are read whole and parsed from
-bytes (`safe_open` leaks on every read in safetensors 0.8). A snapshot pins spilled states
-(`pin`): the host tier's state, or a hard link to its file, read after the locks are let go.
+emptied when the engine starts. A file is named by the SHA-256 of the series id (ids never reach
+a path, and a 128-character id's name stays far under the file system's 255 bytes; the id is
+kept in the file and checked on reading) and holds the state's tensors in safetensors with a
+CRC32 of their bytes; a file that fails its check is reported (`SpillError`), never used; a
+write the disk refuses is a `SpillError` too, and the state stays where it was. Files are read
+whole and parsed from bytes (`safe_open` leaks on every read in safetensors 0.8). A snapshot
+pins spilled states (`pin`): the host tier's state, or a hard link to its file, read after the
+locks are let go.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -37,13 +41,14 @@ from model.state import STATE_VERSION, RimerState
 log = logging.getLogger("rimer.cache")
 
 
-# A spill file's name: the hex of its series id (ids are ASCII), and its temporary while written.
+# A spill file's name: the SHA-256 of its series id in hex, and its temporary while written
+# (and the hex of the id itself, which earlier versions named them by: removed at start too).
 SPILL_FILE = re.compile(r"^(?:[0-9a-f]{2})+\.(?:safetensors|tmp)$")
 PIN_FILE = re.compile(r"^\d+\.safetensors$")  # a snapshot's link to a spill file (`pin`)
 
 
 class SpillError(Exception):
-    """A spilled state could not be read back intact."""
+    """A state could not be written to the spill directory, or read back intact."""
 
 
 def _crc(tensors: dict[str, torch.Tensor]) -> int:
@@ -72,7 +77,7 @@ class SpillTiers:
     def __init__(self, host_capacity: int, directory: str | Path):
         self.host_capacity = host_capacity
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # (its files are 0600)
         for stale in self.directory.iterdir():  # states from a previous run: recovery rebuilds
             if SPILL_FILE.match(stale.name) and stale.is_file():  # ours only: nothing else
                 stale.unlink()
@@ -98,7 +103,7 @@ class SpillTiers:
         return series_id in self.host or series_id in self.disk
 
     def _path(self, series_id: str) -> Path:
-        return self.directory / (series_id.encode().hex() + ".safetensors")
+        return self.directory / (hashlib.sha256(series_id.encode()).hexdigest() + ".safetensors")
 
     def put(self, series_id: str, state: RimerState) -> None:
         """Hold one series' state (batch of one, any device: moved to the host)."""
@@ -110,8 +115,11 @@ class SpillTiers:
                     oldest, old_state = next(iter(self.host.items()))
                     self._write(oldest, old_state)  # (dropped from the host only once written)
                     del self.host[oldest]
-            except BaseException:  # the disk refused: this put did not happen, nothing is lost
+            except BaseException as exc:  # the disk refused: this put did not happen, nothing is lost
                 self.host.pop(series_id, None)
+                if isinstance(exc, OSError):  # (its reason, not the spill directory's path)
+                    raise SpillError(f"the spill directory refused a state: "
+                                     f"{exc.strerror or exc.__class__.__name__}") from exc
                 raise
             self.spills["host"] += 1
 
@@ -160,7 +168,7 @@ class SpillTiers:
         with self.lock:
             try:
                 if any(i not in self.host for i in ids):
-                    self.pins.mkdir(exist_ok=True)
+                    self.pins.mkdir(mode=0o700, exist_ok=True)
                 for series_id in ids:
                     if series_id in self.host:
                         out.append(self.host[series_id])

@@ -31,7 +31,7 @@ ALLOWED = ("ids", "offsets", "values", "timestamps", "freq", "horizon", "level",
 PER_ITEM_ONLY = ("anomaly_level",)
 _ID = schemas.SERIES_ID_PATTERN[1:-1]  # (without ^ and $: fullmatch below)
 _ONE_ID = re.compile(_ID)
-_IDS = re.compile(f"(?:{_ID}\n)*{_ID}")  # every id at once, joined by newlines (no id holds one)
+_IDS = re.compile(f"(?:{_ID}\n)*{_ID}")  # every id at once, joined by newlines (none may hold one)
 _NUMBER = (float, int)
 _NONE = type(None)
 
@@ -94,7 +94,8 @@ def parse(body: dict, settings: Settings) -> Columns:
     if set(map(type, ids)) != {str}:
         i = _first(ids, lambda v: type(v) is str)
         raise _fail("a series id is a string", f"ids[{i}]")
-    if _IDS.fullmatch("\n".join(ids)) is None:
+    joined = "\n".join(ids)  # (an id holding a newline would pass as two: counted too)
+    if joined.count("\n") != len(ids) - 1 or _IDS.fullmatch(joined) is None:
         i = _first(ids, _ONE_ID.fullmatch)
         raise _fail(f"{shown(ids[i])!r} is not a series id ({schemas.SERIES_ID_RULE})", f"ids[{i}]")
 

@@ -62,6 +62,8 @@ def check_plain_ints(request: Request, *names: str) -> None:
         for raw in request.query_params.getlist(name):
             if not (raw.isascii() and raw.isdigit()):
                 raise ServiceError(422, schemas.plain_digits(name), name)
+            if len(raw) > 18:  # (no limit is near: and Python reads at most 4,300 digits)
+                raise ServiceError(422, f"{name} has {len(raw)} digits, far above its limit", name)
 
 
 def check_horizon(settings: Settings, horizon: int | None, field: str = "horizon") -> None:

@@ -7,6 +7,7 @@ series (taken in id order, so batches never wait for each other in a cycle) and 
 
 from __future__ import annotations
 
+import logging
 import operator
 import threading
 import time
@@ -31,7 +32,7 @@ from service.engine.resident_tail import tail_append
 if TYPE_CHECKING:
     from service.engine.facade import Engine
 
-
+log = logging.getLogger("rimer.engine")
 
 _lock_of = operator.attrgetter("lock")
 
@@ -49,6 +50,7 @@ class ResidentStore:
         self.deferred_ids: dict[str, None] = {}
         self.deferred_points = 0  # points in their groups (bounded: resident_defer.MAX_POINTS)
         self.deferred_lock = threading.Lock()
+        self.spill_failed_at = -1e9  # time.monotonic() of the last refused spill (`_shrink`)
         self.defer_steps = False  # set by the engine when the batcher's worker settles them
 
     # ---- reads -----------------------------------------------------------------------------
@@ -343,7 +345,15 @@ class ResidentStore:
                 if entry.length == 0 or not entry.lock.acquire(blocking=False):
                     continue
                 try:
-                    spill.put(series_id, self._folded(series_id, entry))
+                    try:
+                        spill.put(series_id, self._folded(series_id, entry))
+                    except SpillError as exc:  # (the disk is full or gone: the states stay
+                        # here over capacity, the request that finished is answered as done,
+                        # and the next request tries again)
+                        if time.monotonic() - self.spill_failed_at > 60.0:  # (once a minute)
+                            log.error("spilling least recently used states failed: %s", exc)
+                        self.spill_failed_at = time.monotonic()
+                        return
                     entry.pending = []
                     entry.state = None
                     del self.resident[series_id]

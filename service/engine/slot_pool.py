@@ -330,7 +330,11 @@ class SlotPoolStore:
             return self._hits([series_id])[series_id]
         if not self.free:
             victim, victim_slot = next(iter(self.slot.items()))
-            self.e.spill.put(victim, self.pool.select(self.rows([victim_slot])))
+            try:
+                self.e.spill.put(victim, self.pool.select(self.rows([victim_slot])))
+            except SpillError as exc:  # (the victim stays in its slot)
+                raise EngineError(503, f"no room on the device for {series_id!r}: {exc}",
+                                  "id") from exc
             del self.slot[victim]
             self.free.append(victim_slot)
         slot = self.free.pop()

@@ -4,6 +4,7 @@ an append's filled values and metadata are computed from the metadata it replace
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, NamedTuple
 
 import numpy as np
@@ -28,7 +29,7 @@ from service.deps import (
 )
 from service.docs import APPEND_EXAMPLES, BULK_EXAMPLES, errors
 from service.engine import Engine, Op
-from service.errors import ServiceError
+from service.errors import ServiceError, shown
 from service.responses import json_response, shaped, with_stamps
 from service.scheduler import work_of
 from service.strict_json import StrictJsonRoute
@@ -199,7 +200,10 @@ def plan_columns(e: Engine, cols: columnar.Columns, gap_budget: int
         except timeline.TimelineError as exc:
             field = columnar.field_of(exc.field, i, a)
             about = field if field == f"ids[{i}]" else f"{field} (series ids[{i}])"
-            raise timeline.TimelineError(exc.status, f"{about}, {sid!r}: {exc.message}",
+            message = exc.message  # (its place in the run, `values[0]`, as in the body: `values[7]`)
+            if exc.field and field and exc.field != field and exc.field not in ("freq", "horizon"):
+                message = message.replace(exc.field, field)
+            raise timeline.TimelineError(exc.status, f"{about}, {sid!r}: {message}",
                                          field) from None
         budget -= planned.filled
         values += planned.values
@@ -216,11 +220,16 @@ class _Run(NamedTuple):
     freq: int | None
 
 
-def _columnar_field(exc: ServiceError) -> ServiceError:
+def _columnar_field(exc: ServiceError, ids: list[str]) -> ServiceError:
     """The engine names an op of a columnar request `ids[i].id`, `ids[i].horizon`, ...: the
-    series, `ids[i]`, is the field (its message says what is wrong)."""
-    if exc.field and exc.field.startswith("ids[") and "." in exc.field:
-        exc.field = exc.field.split(".", 1)[0]
+    series, `ids[i]`, is the field (its message says what is wrong), but for the horizon, which
+    the body gives once for all (`horizon`, its message naming the series)."""
+    m = re.fullmatch(r"ids\[(\d+)\]\.(\w+)", exc.field or "")
+    if m and m[2] == "horizon":
+        exc.field = "horizon"
+        exc.message = f"horizon: for ids[{m[1]}] ({shown(ids[int(m[1])])!r}), {exc.message}"
+    elif m:
+        exc.field = f"ids[{m[1]}]"
     return exc
 
 
@@ -248,7 +257,7 @@ async def columnar_append(body: dict, request: Request):
                 "bulk_append", work_of(total, (horizon or 0) * len(ids)), len(ids),
                 e.append_columns, ids, bounds, values, metas, horizon)
         except ServiceError as exc:
-            raise _columnar_field(exc) from None
+            raise _columnar_field(exc, ids) from None
         return total, lengths, means, stamps
 
     total, lengths, means, stamps = await request.app.state.series_locks.run(ids, work)

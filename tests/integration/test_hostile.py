@@ -15,6 +15,11 @@ from tests.conftest import Server
 BODIES = {
     "a million invalid values": b'{"values": [' + b",".join([b'"x"'] * 3_000_000) + b"]}",
     "a million unknown keys": b"{" + b",".join(b'"k%d": 1' % i for i in range(1_200_000)) + b"}",
+    # (a newline before each colon escaped the count of keys: 1.35 GB at 62 MB)
+    "keys with a newline before the colon": b"{" + b",".join(
+        b'"k%d"\n:1' % i for i in range(1_200_000)) + b"}",
+    # (4 million empty arrays: each a list object once parsed; 1.6 GB at 60 MB)
+    "four million empty arrays": b'{"values": [' + b",".join([b"[]"] * 4_000_000) + b"]}",
 }
 
 
@@ -114,3 +119,34 @@ def test_slow_headers_are_cut_off_and_do_not_stop_healthz():
         for s in socks:
             s.close()
         slow.stop()
+
+
+@pytest.mark.slow
+def test_past_the_connection_cap_probes_answer_and_requests_get_json_503():
+    """Idle connections fill --max-connections: /healthz and /readyz still answer 200 (a
+    liveness probe must not restart a busy server), any other request gets the API's JSON 503
+    with a Retry-After, and once the connections go the server answers as before."""
+    import socket
+
+    capped = Server("--max-connections", "20", "--weights", "weights/rimer-small")
+    socks = []
+    try:
+        for _ in range(25):
+            socks.append(socket.create_connection(("127.0.0.1", capped.port)))
+        time.sleep(0.3)  # (the server has accepted them)
+        with httpx.Client(base_url=capped.url, timeout=10) as c:
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/readyz").status_code == 200
+        with httpx.Client(base_url=capped.url, timeout=10) as c:
+            r = c.post("/forecast", json={"series": [{"id": "a", "values": [1.0] * 40}]})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert r.json()["field"] is None and "--max-connections" in r.json()["detail"]
+    finally:
+        for s in socks:
+            s.close()
+    try:
+        time.sleep(0.3)
+        r = capped.client.post("/forecast", json={"series": [{"id": "a", "values": [1.0] * 40}]})
+        assert r.status_code == 200, r.text
+    finally:
+        capped.stop()

@@ -353,7 +353,35 @@ def test_a_key_given_twice_is_a_422_naming_it(client, body, key):
     assert client.get("/series/dup").status_code == 404  # nothing appended
     bulk = client.post("/series/append", headers={"content-type": "application/json"},
                        content=b'{"series": [{"id": "a", "values": [1.0], "id": "b"}]}')
-    assert bulk.status_code == 422 and bulk.json()["field"] == "id"
+    assert bulk.status_code == 422 and bulk.json()["field"] == "series[0].id", bulk.text
+    bulk = client.post("/series/append", headers={"content-type": "application/json"},
+                       content=b'{"series": [{"id": "a", "values": [1.0]}, {"id": "b", '
+                               b'"values": [1.0], "values": [2.0]}]}')
+    assert bulk.status_code == 422 and bulk.json()["field"] == "series[1].values", bulk.text
+    assert client.get("/series/a").status_code == 404
+
+
+@pytest.mark.parametrize("body, status, field, says", [
+    (b'{"values": [1' + b"0" * 5000 + b"]}", 422, "body", "4300"),  # (Python reads at most 4,300 digits)
+    (b'{"values": [1.0], "horizon": 1' + b"0" * 5000 + b"}", 422, "body", "4300"),
+    (b'{"values": [\xff\xfe]}', 422, "body", "UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000, 422, "body", "nests"),
+])
+def test_bodies_no_parser_reads_are_a_422_not_a_500(client, body, status, field, says):
+    for path in ("/series/big/append", "/forecast", "/series/append"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status and r.json()["field"] == field, (path, r.text[:300])
+        assert says in r.json()["detail"], r.json()
+    assert client.get("/series/big").status_code == 404
+
+
+def test_a_compressed_body_is_a_415_naming_the_encoding(client):
+    import gzip
+
+    r = client.post("/series/gz/append", content=gzip.compress(b'{"values": [1.0]}'),
+                    headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415 and r.json()["field"] == "content-encoding", r.text
+    assert client.get("/series/gz").status_code == 404
 
 
 def test_405_allows_every_method_of_the_path(client):

@@ -4,6 +4,7 @@ spills to host memory and disk and back; corrupt spill files are refused; idle s
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -13,7 +14,7 @@ import torch
 
 from model import checkpoint
 from model.state import RimerState
-from service.cache import SpillTiers
+from service.cache import SpillError, SpillTiers
 from service.engine import Engine, EngineError, Op
 from tests.conftest import DEFAULT_WEIGHTS, Server, rel_err
 from tests.helpers import series, tiny_model, value, walk
@@ -81,7 +82,7 @@ def test_corrupt_spill_file_is_refused(loaded, tmp_path):
     engine.append("a", series(40, 1), None)
     engine.append("b", series(40, 2), None)  # "a" goes to disk
     (path,) = tmp_path.glob("*.safetensors")
-    assert path.name == b"a".hex() + ".safetensors"  # the id never is the path
+    assert path.name == hashlib.sha256(b"a").hexdigest() + ".safetensors"  # the id never is the path
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # a flipped bit in the tensors: the CRC catches it
     path.write_bytes(bytes(data))
@@ -99,13 +100,34 @@ def test_start_up_removes_only_spill_files(tmp_path):
     keep = ["notes.txt", "snapshot-0000000000000001.safetensors", "abc.safetensors", "sub"]
     for name in keep[:3]:
         (spill / name).write_text("not ours")
-    for name in ("61.safetensors", "6162.tmp"):  # series "a" and a half-written "ab"
+    a_name = hashlib.sha256(b"a").hexdigest() + ".safetensors"
+    # series "a", a half-written "ab", and "a" as earlier versions named it (the id's hex)
+    for name in (a_name, hashlib.sha256(b"ab").hexdigest() + ".tmp", "61.safetensors"):
         (spill / name).write_text("stale state")
     tiers = SpillTiers(1, spill)
     assert sorted(p.name for p in spill.iterdir()) == sorted(keep)
     tiers.put("a", RimerState.zeros(tiny_model().cfg, 1))
     tiers.put("b", RimerState.zeros(tiny_model().cfg, 1))  # "a" goes to disk
-    assert (spill / "61.safetensors").exists() and "a" in tiers
+    assert (spill / a_name).exists() and "a" in tiers
+
+
+def test_ids_of_every_allowed_length_spill_and_come_back(loaded, tmp_path):
+    """A file is named by the id's SHA-256: 128-character ids (the longest allowed) spill to
+    disk and back like short ones (named by the id's hex, 122 or more characters made names
+    over the file system's 255 bytes, and every spill after failed)."""
+    model, manifest = loaded
+    engine = Engine(model, manifest, max_series=20, backend="torch", capacity=1,
+                    host_capacity=1, spill_dir=str(tmp_path))
+    ids = [c * 128 for c in "abcdef"] + ["short"]
+    for k, sid in enumerate(ids):
+        engine.append(sid, series(40, k), None)
+    assert len(list(tmp_path.glob("*.safetensors"))) == len(ids) - 2  # (1 on device, 1 on host)
+    assert all(len(p.name) == 64 + len(".safetensors") for p in tmp_path.glob("*.safetensors"))
+    free = Engine(model, manifest, max_series=20, backend="torch")
+    for k, sid in enumerate(ids):
+        free.append(sid, series(40, k), None)
+    for sid in ids:
+        assert engine.forecast_series(sid, 8) == free.forecast_series(sid, 8)
 
 
 def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
@@ -122,10 +144,36 @@ def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(SpillTiers, "_write", full_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(SpillError) as info:
         tiers.put("b", RimerState.zeros(cfg, 1))
+    assert "No space left on device" in str(info.value) and str(tmp_path) not in str(info.value)
     assert list(tiers.host) == ["a"] and not tiers.disk
     assert torch.equal(tiers.take("a").tail, a.tail)
+
+
+def test_a_refused_spill_fails_no_request(loaded, tmp_path, monkeypatch):
+    """The disk refusing the least recently used state after a request was applied: the
+    request is answered as done (it was, and logged), the states stay on the device over its
+    capacity, and once the disk takes them again they spill as before."""
+    model, manifest = loaded
+    engine = Engine(model, manifest, max_series=10, backend="torch", capacity=1,
+                    host_capacity=0, spill_dir=str(tmp_path))
+    write = SpillTiers._write
+
+    def full_disk(self, series_id, state):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SpillTiers, "_write", full_disk)
+    for k, sid in enumerate("abc"):
+        assert engine.append(sid, series(40, k), None)[0] == 40
+    assert not list(tmp_path.glob("*.safetensors"))
+    monkeypatch.setattr(SpillTiers, "_write", write)
+    engine.append("d", series(40, 3), None)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3
+    free = Engine(model, manifest, max_series=10, backend="torch")
+    for k, sid in enumerate("abcd"):
+        free.append(sid, series(40, k), None)
+        assert engine.forecast_series(sid, 8) == free.forecast_series(sid, 8)
 
 
 @pytest.mark.slow
@@ -270,3 +318,17 @@ def test_real_server_with_capacity_far_below_the_series(tmp_path):
         assert [s["id"] for s in page["series"]] == ids
     finally:
         again.stop()
+
+
+def test_the_directories_the_service_makes_are_its_own(loaded, tmp_path):
+    """The data and spill directories it creates are 0700, like its files are 0600 (spill files
+    are named by a hash of the id, but a listing should still be the service's alone)."""
+    from service.store import Store
+
+    model, manifest = loaded
+    SpillTiers(1, tmp_path / "made" / "spill")
+    store = Store(tmp_path / "data", Engine(model, manifest, 4, backend="torch"), snapshot_interval_s=0)
+    store.open()
+    store.close()
+    for made in (tmp_path / "made" / "spill", tmp_path / "data"):
+        assert made.stat().st_mode & 0o777 == 0o700, made

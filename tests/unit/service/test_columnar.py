@@ -147,7 +147,9 @@ BAD = [  # body, status, field
      422, "timestamps"),
     ({"ids": ["a", "b"], "offsets": [0, 1], "values": [1.0, 2.0], "freq": "1h",
       "timestamps": ["2024-01-01T00:00:00Z", "yesterday"]}, 422, "timestamps[1]"),
-    ({"ids": ["a", "b"], "offsets": [0, 1], "values": [1.0, 2.0], "horizon": 4}, 422, "ids[0]"),
+    ({"ids": ["a", "b"], "offsets": [0, 1], "values": [1.0, 2.0], "horizon": 4}, 422, "horizon"),
+    ({"ids": ["evil\nx"], "offsets": [0], "values": [1.0]}, 422, "ids[0]"),  # (not two ids)
+    ({"ids": ["a", "b\nc", "d"], "offsets": [0, 1, 2], "values": [1.0] * 3}, 422, "ids[1]"),
     ({"ids": ["a", "b", "c", "d"], "offsets": [0, 1, 2, 3], "values": [1.0] * 4}, 409, "ids[3]"),
 ]
 
@@ -159,8 +161,17 @@ def test_columnar_errors_name_the_field_and_change_nothing(loaded, window):
             r = post(c, body)
             assert r.status_code == status, (body, r.text)
             assert r.json()["field"] == field, (body, r.json())
-            assert field in r.json()["detail"] or status != 422 or field == "ids[0]", r.json()
+            assert field in r.json()["detail"] or status != 422, r.json()
         assert c.get("/series").json() == {"series": [], "next_cursor": None}
+
+
+def test_a_point_is_named_by_its_place_in_the_body(loaded):
+    """A run's point is `values[k]` of the flat array, in the field and the message alike
+    (the message said `values[0]`, the point's place in its run, beside `values[1]`)."""
+    with client_for(loaded, LIMITS) as c:
+        r = post(c, {"ids": ["n1", "n2"], "offsets": [0, 1], "values": [2.0, None]})
+        assert r.status_code == 422 and r.json()["field"] == "values[1]", r.text
+        assert "values[0]" not in r.json()["detail"] and "'n2'" in r.json()["detail"], r.text
 
 
 def test_a_refused_columnar_append_changes_nothing(loaded):

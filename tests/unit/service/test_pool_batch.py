@@ -7,6 +7,7 @@ same tests also cover the graph-replay path."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -210,7 +211,7 @@ def test_engine_batch_benchmark_checks_bits_before_timing(model):
 
 
 def corrupt_spill_of(directory, series_id: str) -> None:
-    path = directory / (series_id.encode().hex() + ".safetensors")
+    path = directory / (hashlib.sha256(series_id.encode()).hexdigest() + ".safetensors")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF  # the CRC catches it
     path.write_bytes(bytes(data))
@@ -253,8 +254,9 @@ def test_a_failing_spill_while_bringing_series_in_leaves_no_trace(model, tmp_pat
         return real_write(self, series_id, state)
 
     monkeypatch.setattr(type(e.spill), "_write", full_disk)
-    with pytest.raises(OSError):  # (the scheduler answers 500)
-        e.apply_batch([[Op("n1", vals(3, 7), None), Op("n2", vals(3, 8), None)]])
+    [out] = e.apply_batch([[Op("n1", vals(3, 7), None), Op("n2", vals(3, 8), None)]])
+    assert isinstance(out, EngineError) and out.status == 503, out  # (not a 500 with a path)
+    assert "No space left on device" in out.message and str(tmp_path) not in out.message
     sp = e.store
     assert "n1" not in sp.slot and "n2" not in sp.slot and not {"n1", "n2"} & set(sp.touched)
     assert len(sp.free) + len(sp.slot) == e.capacity
