@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service import schemas, timeline
-from service.deps import check_horizon
+from service.deps import check_answer, check_horizon
 from service.errors import ServiceError, shown
 from service.settings import Settings
 
@@ -184,6 +184,7 @@ def parse(body: dict, settings: Settings) -> Columns:
             first = exc.errors()[0]
             raise _fail(schemas.error_message(first), field_path(first)) from None
         dist = {"level": checked.level, "quantiles": checked.quantiles}
+    check_answer(settings, len(ids), horizon, dist.get("level"), dist.get("quantiles"))
     return Columns(ids, off, values, raw, nulls, timestamps, freq, horizon,
                    dist.get("level"), dist.get("quantiles"))
 

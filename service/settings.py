@@ -20,6 +20,7 @@ class Settings:
     max_horizon: int = 2048
     max_series_per_request: int = 1024
     max_points_per_request: int = 2_000_000
+    max_answer_values: int = 4_194_304  # forecast values one answer may hold (~40 MB of JSON)
     max_gap_points: int = 10_000  # points gaps between timestamps may add to one request
     max_body_bytes: int = 64 * 1024 * 1024
     body_timeout_s: float = 60.0  # a body must arrive whole within this
@@ -62,6 +63,8 @@ HELP = {
     "max_horizon": "largest forecast horizon accepted",
     "max_series_per_request": "most series in one request",
     "max_points_per_request": "most values in one request, all series together",
+    "max_answer_values": "most forecast values one answer may hold: series x horizon x (the "
+                         "mean, two bounds per level, one per quantile); 413 naming horizon beyond",
     "max_gap_points": "most points that filling gaps between timestamps may add to one request "
                       "(422 beyond); they count toward --max-points-per-request too",
     "max_body_bytes": "largest request body accepted (413 beyond)",
@@ -154,7 +157,7 @@ def parse(argv: list[str] | None = None) -> Settings:
     if values["backend"] not in ("torch", "triton", "onnx", "auto"):
         ap.error("--backend must be torch, triton, onnx or auto")
     for name in ("max_series", "cache_capacity", "max_horizon", "max_series_per_request",
-                 "max_points_per_request", "max_body_bytes"):
+                 "max_points_per_request", "max_answer_values", "max_body_bytes"):
         if values[name] < 1:  # (0 would leave a server that refuses every request)
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= values["port"] <= 65535:

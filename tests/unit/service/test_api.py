@@ -388,3 +388,24 @@ def test_405_allows_every_method_of_the_path(client):
     r = client.options("/series/abc")
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
     assert client.put("/forecast").headers["allow"] == "POST"
+
+
+def test_an_answer_past_max_answer_values_is_a_413_naming_horizon():
+    """Series x horizon x (mean, two bounds per level, one per quantile) is bounded: 1,024
+    series x 2,048 points with ten levels and ten quantiles came to 307 MB of JSON."""
+    from dataclasses import replace
+
+    settings = replace(LIMITS, max_answer_values=100)
+    engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", max_series=LIMITS.max_series)
+    two = [{"id": "a", "values": ramp(40)}, {"id": "b", "values": ramp(40)}]
+    with TestClient(create_app(settings, engine)) as c:
+        r = c.post("/forecast", json={"series": two, "horizon": 20, "level": [80]})  # 2 x 20 x 3
+        assert_error(r, 413, "horizon")
+        assert "120" in r.json()["detail"] and "--max-answer-values" in r.json()["detail"]
+        assert c.post("/forecast", json={"series": two, "horizon": 16, "level": [80]}).status_code == 200
+        assert_error(c.post("/series/append", json={"series": two, "horizon": 51}), 413, "horizon")
+        columnar = {"ids": ["a", "b"], "offsets": [0, 40], "values": ramp(40) + ramp(40)}
+        assert_error(c.post("/series/append", json={**columnar, "horizon": 11, "quantiles": [0.5, 0.9],
+                                                     "level": [50]}), 413, "horizon")
+        assert c.get("/series").json()["series"] == []  # nothing applied
+        assert c.post("/series/append", json={**columnar, "horizon": 50}).status_code == 200
