@@ -208,6 +208,18 @@ def send_batches(make_call: Callable[[list[int]], Call], sizes: list[int], max_s
     return done
 
 
+SERVER_MAX_ANSWER_VALUES = 4_194_304  # the server's --max-answer-values default
+
+
+def series_per_answer(cfg, h: int | None, level, quantiles) -> int:
+    """Series per request so that an answer's forecast values (series x h x (mean, two bounds
+    per level, one per quantile)) stay within the server's default bound."""
+    if not h:
+        return cfg.max_series_per_request
+    each = 1 + 2 * len(level or ()) + len(quantiles or ())
+    return max(1, min(cfg.max_series_per_request, SERVER_MAX_ANSWER_VALUES // (h * each)))
+
+
 def distribution_body(level, quantiles) -> dict:
     out = {}
     if level:
@@ -235,7 +247,8 @@ def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: s
 
     with progress_bar(progress, len(series), "forecast") as bar:
         done = yield from send_batches(make_call, [len(s.values) for s in series],
-                                       cfg.max_series_per_request, cfg.max_points_per_request, bar)
+                                       series_per_answer(cfg, h, level, quantiles),
+                                       cfg.max_points_per_request, bar)
     items: list = [None] * len(series)
     for idx, answer in done:
         for i, item in zip(idx, answer.body["forecasts"]):
@@ -352,7 +365,7 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
                     call.headers = {ROUTE_HEADER: str(series[items[members[local[0]]][0]].uid)}
                 return call
             sent = yield from send_batches(group_call, [items[k][2] - items[k][1] for k in members],
-                                           cfg.max_series_per_request, chunk, bar)
+                                           series_per_answer(cfg, h, level, quantiles), chunk, bar)
             done += [([members[j] for j in local], answer) for local, answer in sent]
         for idx, answer in done:
             if answer.replayed:  # an earlier try landed: check it, and read what it answered

@@ -394,3 +394,21 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "fc.png"
     fig = plot(df, fc, ids=["a", "c"], path=path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(fig.axes) == 2
+
+
+def test_forecast_requests_stay_within_the_servers_answer_bound():
+    """The client packs at most as many series per request as keep an answer within the
+    server's default --max-answer-values: 1,024 series x h 2,048 with two levels would be a 413."""
+    from types import SimpleNamespace
+
+    from rimer_client import _core
+
+    from service.settings import Settings
+
+    assert _core.SERVER_MAX_ANSWER_VALUES == Settings().max_answer_values
+    cfg = SimpleNamespace(max_series_per_request=1024)
+    assert _core.series_per_answer(cfg, None, None, None) == 1024
+    assert _core.series_per_answer(cfg, 96, [80, 95], None) == 1024
+    n = _core.series_per_answer(cfg, 2048, [80, 95], [0.5])
+    assert n * 2048 * 6 <= Settings().max_answer_values < (n + 1) * 2048 * 6
+    assert _core.series_per_answer(cfg, 10**9, None, None) == 1  # (one series: the server says why)
