@@ -42,6 +42,10 @@ class Task:
     horizons: tuple[int, ...]
     period: int | None  # the natural (main) period rounded to points, None when it has none
     periods: tuple[int, ...]  # every natural period, rounded
+    # The whole scaled series and each window's origin (its history ends there): what a stream
+    # has seen at the origin (`stream_forecasts`). None for tasks made of windows alone.
+    series: np.ndarray | None = None
+    origins: tuple[int, ...] | None = None
 
 
 def make_task(key: str, values: np.ndarray, freq: str, periods: tuple[float, ...], part: str = "test",
@@ -76,7 +80,8 @@ def make_task(key: str, values: np.ndarray, freq: str, periods: tuple[float, ...
     hist = [xs[max(0, o - lookback): o] for o in origins]
     truth = np.stack([xs[o: o + h_max] for o in origins])
     rounded = tuple(int(round(p)) for p in periods)
-    return Task(key, hist, truth, tuple(horizons), rounded[0] if rounded else None, rounded)
+    return Task(key, hist, truth, tuple(horizons), rounded[0] if rounded else None, rounded,
+                xs, tuple(int(o) for o in origins))
 
 
 def repeat_last(task: Task) -> np.ndarray:
@@ -118,6 +123,27 @@ def model_forecasts(model: Rimer, tasks: list[Task], batch: int = 256) -> list[n
         pieces.append(flat[at: at + n, : task.truth.shape[1]])
         at += n
     return pieces
+
+
+def stream_forecasts(model: Rimer, task: Task) -> np.ndarray:
+    """[windows, max horizon] forecasts of the streaming API at the task's origins: from the
+    state over every point of the series before the origin (not the last `LOOKBACK`), the
+    points appended in order, one state carried from origin to origin. As the API does, an
+    origin inside a patch forecasts from the last complete patch (the newest points of the
+    unfinished one inform the forecast from its second patch on)."""
+    if task.series is None or task.origins is None:
+        raise ValueError(f"task {task.key!r} holds windows only, not its series")
+    x = np.asarray(task.series, dtype=np.float32)
+    h = task.truth.shape[1]
+    device = next(model.parameters()).device
+    out, state, at = [], None, 0
+    with torch.no_grad():
+        for origin in task.origins:
+            part = [torch.from_numpy(x[at:origin]).to(device)]
+            state = model.append(model.init_state(part) if state is None else state, part)
+            at = origin
+            out.append(model.forecast(state, h).double().cpu().numpy()[0])
+    return np.stack(out)
 
 
 def mse_by_horizon(task: Task, pred: np.ndarray) -> dict[int, float]:

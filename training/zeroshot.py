@@ -93,10 +93,12 @@ def task_digest(task: protocol.Task) -> str:
 
 
 def evaluate(model, tasks: list[protocol.Task], workers: int, progress=print,
-             cache: Path | None = None) -> dict:
+             cache: Path | None = None, stream: bool = False) -> dict:
     """{task key: {method: {horizon: mse}}} for the model, the naive methods and statsforecast's.
     `cache`: a directory keeping statsforecast's forecasts by task digest (they do not depend on
-    the model; for development runs, the published report is made without it)."""
+    the model; for development runs, the published report is made without it). `stream`: also
+    `rimer_stream`, the streaming API's forecasts (`protocol.stream_forecasts`), for the tasks
+    that hold their series."""
     results = {}
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
@@ -109,6 +111,9 @@ def evaluate(model, tasks: list[protocol.Task], workers: int, progress=print,
             rimer = protocol.model_forecast(model, task)
             _, naive = protocol.naive_scores(task)
             row = {"rimer": protocol.mse_by_horizon(task, rimer), **naive}
+            if stream and task.series is not None:
+                row["rimer_stream"] = protocol.mse_by_horizon(
+                    task, protocol.stream_forecasts(model, task))
             if isinstance(fut, Path):
                 stat = dict(np.load(fut))
             else:
@@ -127,9 +132,23 @@ def evaluate(model, tasks: list[protocol.Task], workers: int, progress=print,
     return results
 
 
+STREAM_NOTE = ("`rimer_stream`: the same model as the streaming API forecasts at the same "
+               "origins, from its state over every point before the origin (the whole history, "
+               "not 512 points; at an origin inside a patch the unfinished patch's points inform "
+               "the forecast from its second patch on). Not the protocol's lookback of 512, which "
+               "every other column keeps.")
+
+
+def methods_of(results: dict) -> list[str]:
+    """The columns: the model, `rimer_stream` where measured, the naive and statistical ones."""
+    stream = any("rimer_stream" in r["mse"] for r in results.values())
+    return ["rimer", *(["rimer_stream"] if stream else []), "repeat_last", "seasonal_naive",
+            *STAT_METHODS]
+
+
 def summarise(results: dict) -> dict:
     """Per series, each method's average MSE over the best naive's; geometric means."""
-    methods = ["rimer", "repeat_last", "seasonal_naive", *STAT_METHODS]
+    methods = methods_of(results)
     ratios = {}
     for key, res in results.items():
         avg = {m: protocol.average(res["mse"][m]) for m in methods if m in res["mse"]}
@@ -145,13 +164,13 @@ def summarise(results: dict) -> dict:
 
 
 def write_report(out: Path, name: str, info: dict, summary: dict, checks: dict, command: str) -> None:
-    methods = ["rimer", "repeat_last", "seasonal_naive", *STAT_METHODS]
+    methods = [m for m in summary["geomean"]]
     lines = [f"# Zero-shot benchmark of `{name}`", "",
              "MSE of each method (scaled values, mean of the four horizons) over the best naive "
              "forecast's (the better of repeat-last and seasonal naive at the best of the series' "
              "natural periods, `periods`: the first is the statistical models' season); below 1 "
              "beats it. Series never seen in training (training/corpus.py roles). "
-             f"Command: `{command}`.", "",
+             f"Command: `{command}`.", *(["", STREAM_NOTE] if "rimer_stream" in methods else []), "",
              "| series | freq | domain | periods | windows | horizons | " + " | ".join(methods) + " |",
              "| --- | --- | --- | --- | --- | --- | " + " | ".join("---:" for _ in methods) + " |"]
     for key, r in summary["ratio"].items():
@@ -163,6 +182,7 @@ def write_report(out: Path, name: str, info: dict, summary: dict, checks: dict, 
     geo = summary["geomean"]
     cells = " | ".join(f"**{geo[m]:.3f}**" for m in methods)
     lines.append(f"| **geometric mean** | | | | | | {cells} |")
+    methods = [m for m in methods if m != "rimer_stream"]  # (a check is its window alone)
     lines += ["", "Synthetic checks (raw units; MSE, and in brackets over repeat-last's):", "",
               "| check | horizon | " + " | ".join(methods) + " |",
               "| --- | --- | " + " | ".join("---:" for _ in methods) + " |"]
@@ -227,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=cli.non_negative, default=1, help="torch threads (0: default)")
     ap.add_argument("--stat-cache", default=None,
                     help="directory keeping statsforecast's forecasts between runs (development)")
+    ap.add_argument("--stream", action="store_true",
+                    help="also the streaming API's forecasts at the same origins, from the state "
+                         "over each series' whole history before the origin (rimer_stream)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -236,13 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"{len(tasks)} series, {sum(len(t.histories) for t in tasks)} windows")
     cache = Path(args.stat_cache) if args.stat_cache else None
-    results = evaluate(model, tasks, args.workers, log, cache)
+    results = evaluate(model, tasks, args.workers, log, cache, args.stream)
     check_list = [check_task(k, *v) for k, v in synthetic_checks().items()]
     checks = evaluate(model, check_list, args.workers, log, cache)
     summary = summarise(results)
     command = "python -m training.zeroshot " + " ".join(argv)
     name = str(manifest.get("name"))
-    methods = ["rimer", "repeat_last", "seasonal_naive", *STAT_METHODS]
+    methods = methods_of(results)
     print(f"{'series':32}" + "".join(f"{m:>15}" for m in methods))
     for key, r in summary["ratio"].items():
         print(f"{key:32}" + "".join(f"{r[m]:15.3f}" if m in r else f"{'-':>15}" for m in methods))

@@ -59,3 +59,30 @@ def test_the_report_lists_every_series_and_the_geometric_means(tmp_path):
     zeroshot.write_report(tmp_path, "m", info, zeroshot.summarise(results), checks, "cmd")
     text = (tmp_path / "report.md").read_text()
     assert "| x/a | 1h | test |" in text and "**geometric mean**" in text and "**0.500**" in text
+
+
+def test_stream_forecasts_are_the_state_over_each_whole_prefix():
+    """`rimer_stream` carries one state from origin to origin: at each origin it is the forecast
+    of the series sent whole up to there (streamed equals whole), however the origin falls in
+    a patch, and it differs from the 512-point window's where the history is longer."""
+    import torch
+
+    from tests.helpers import tiny_model
+
+    model = tiny_model().eval()
+    rng = np.random.default_rng(3)
+    values = np.cumsum(rng.standard_normal(3000)) + 5 * np.sin(np.arange(3000) / 4)
+    task = protocol.make_task("walk", values, "1h", (24.0,), max_windows=5)
+    assert len(task.origins) == 5 and len({o % 32 for o in task.origins}) > 1  # (not all aligned)
+    got = protocol.stream_forecasts(model, task)
+    h = task.truth.shape[1]
+    for row, origin in zip(got, task.origins):
+        whole = [torch.tensor(task.series[:origin], dtype=torch.float32)]
+        with torch.no_grad():
+            want = model.forecast(model.append(model.init_state(whole), whole), h)[0].double().numpy()
+        p = model.cfg.patch_len  # (the random model's long rollouts blow up: two patches)
+        assert np.allclose(row[:2 * p], want[:2 * p], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(got[:, :2 * model.cfg.patch_len],
+                           protocol.model_forecast(model, task)[:, :2 * model.cfg.patch_len], atol=1e-3)
+    with pytest.raises(ValueError):
+        protocol.stream_forecasts(model, zeroshot.check_task("c", np.ones(64), np.ones(8), ()))
