@@ -27,7 +27,7 @@ from kernels import block_out, fused, step_io
 from kernels.settings import KernelSettings, or_default
 from model import calibration, normalisation
 from model.lag import lag_copy
-from model.rimer import Block, Rimer
+from model.rimer import Block, Rimer, merge_rows
 from model.state import RimerState
 
 
@@ -285,8 +285,35 @@ class PoolRunner:
 
         The matrices are copied into the rows `scratch` (as many, distinct, none of `slots`) and the
         rollout runs there, so the stored states never change. `scratch` may be `slots` itself when
-        those states are temporaries (they are then consumed).
+        those states are temporaries (they are then consumed). Rows holding an unfinished patch,
+        on a model that `realigns`: from fresh states over `Rimer.realigned_windows`, appended in
+        scratch rows after the other rows' rollouts there, as `Rimer.forecast` does.
         """
+        if self.model.realigns:
+            inside = pool.tail_len.index_select(0, slots) > 0
+            if bool(inside.any()):
+                return self._forecast_realigned(pool, slots, horizon, scratch, quantiles, inside)
+        return self._rollout_slots(pool, slots, horizon, scratch, quantiles)
+
+    def _forecast_realigned(self, pool: RimerState, slots: torch.Tensor, horizon: int,
+                            scratch: torch.Tensor, quantiles: bool, inside: torch.Tensor):
+        moved, kept = inside.nonzero()[:, 0], (~inside).nonzero()[:, 0]
+        windows = self.model.realigned_windows(pool.select(slots[moved], wkv=False))
+        consumed = scratch is slots
+        parts = []
+        if len(kept):
+            mine = slots[kept]
+            parts.append((kept, self._rollout_slots(pool, mine, horizon,
+                                                    mine if consumed else scratch[:len(kept)],
+                                                    quantiles)))
+        fresh = slots[moved] if consumed else scratch[:len(moved)]
+        pool.write_(fresh, self.model.init_state(windows))
+        self.append_slots(pool, fresh, windows)
+        parts.append((moved, self._rollout_slots(pool, fresh, horizon, fresh, quantiles)))
+        return merge_rows(parts, len(slots))
+
+    def _rollout_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
+                       scratch: torch.Tensor, quantiles: bool):
         if scratch is not slots:
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
         return self.model.forecast(pool.select(slots, wkv=False), horizon, quantiles,

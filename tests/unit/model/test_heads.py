@@ -18,6 +18,7 @@ from model.lag import (
     lag_sum,
     lag_sum_direct,
 )
+from model.rimer import REALIGN_PATCHES
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
@@ -298,3 +299,55 @@ def test_the_horizon_spread_widens_the_quantiles_of_later_patches_only():
     assert torch.allclose(dev2[..., :P], dev[..., :P])
     assert torch.allclose(dev2[..., P: 2 * P], 2 * dev[..., P: 2 * P], atol=1e-5)
     assert torch.allclose(dev2[..., 2 * P:], 3 * dev[..., 2 * P:], atol=1e-5)
+
+
+def test_a_forecast_from_inside_a_patch_starts_afresh_at_the_newest_point():
+    """A lag model keeps the last points of complete patches: a series whose newest points are
+    an unfinished patch is forecast from a fresh state over its last whole patches ending at its
+    newest point (as many points as its complete patches hold, at most history_len), quantiles
+    too; one whose newest point ends a patch from its own state. Rows of a batch are each their
+    own (`merge_rows`), and the triton pool's forecast is the same (runtime.pool)."""
+    model = head_model(drift=True)
+    cfg = model.cfg
+    lengths = (5 * P + 3, 40 * P + 7, 3 * P, 2 * P + 1)
+    xs = [walk(n, 10 + n) for n in lengths]
+    state = model.append(model.init_state(xs), xs)
+    mean, q = model.forecast(state, 2 * P, quantiles=True)
+    def rollout(s):  # (the state's own rollout: the forecast before realigning)
+        return model._rollout(s, 2 * P, lambda s, patch: model.advance(
+            s, patch, None, check_positions=False, forecast=True, quantiles=True), True)
+
+    assert model.realigns
+    for b, (n, x) in enumerate(zip(lengths, xs)):
+        alone = model.append(model.init_state([x]), [x])
+        if n % P:
+            keep = min(n // P, REALIGN_PATCHES, cfg.history_len // P) * P  # (the tiny model
+            # keeps fewer points than 16 patches: history_len)
+            window = [x[n - keep:]]
+            assert rel_err(mean[b], rollout(alone)[0][0]) > 1e-3, n  # (it changed)
+            alone = model.append(model.init_state(window), window)
+        want_mean, want_q = rollout(alone)
+        assert rel_err(mean[b], want_mean[0]) < 1e-5 and rel_err(q[b], want_q[0]) < 1e-5, n
+    pool = RimerState.zeros(cfg, 8, DEVICE)
+    runner = PoolRunner(model)
+    slots = torch.tensor([0, 1, 2, 3], device=DEVICE)
+    pool.write_(slots, model.init_state(xs))
+    runner.append_slots(pool, slots, [x.to(DEVICE) for x in xs])
+    got_mean, got_q = runner.forecast_slots(pool, slots, 2 * P, torch.tensor([4, 5, 6, 7], device=DEVICE),
+                                            quantiles=True)
+    assert rel_err(got_mean.cpu(), mean) < 1e-4 and rel_err(got_q.cpu(), q) < 1e-4
+
+
+def test_a_realigned_forecast_reads_at_most_sixteen_patches():
+    """A model that keeps more than 16 patches of points starts a forecast from inside a patch
+    over the last 16 (the benchmarks' lookback: one call of the onnx chunk graph)."""
+    from tests.helpers import tiny_model
+
+    model = tiny_model(lag_window=20 * P, lag_match=P)
+    assert model.cfg.history_len == 20 * P
+    x = walk(30 * P + 5, 21)
+    state = model.append(model.init_state([x]), [x])
+    (window,) = model.realigned_windows(state)
+    assert torch.equal(window, x[-REALIGN_PATCHES * P:])
+    fresh = model.append(model.init_state([window]), [window])
+    assert torch.equal(model.forecast(state, 2 * P), model.forecast(fresh, 2 * P))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.engine import Engine
 from service.responses import json_response
 from service.settings import Settings
-from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ORIGINAL_PTH
+from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ORIGINAL_PTH, rel_err
 
 LIMITS = Settings(max_horizon=500, max_series_per_request=4, max_points_per_request=5000,
                   max_body_bytes=200_000, max_series=3)
@@ -409,3 +410,16 @@ def test_an_answer_past_max_answer_values_is_a_413_naming_horizon():
                                                      "level": [50]}), 413, "horizon")
         assert c.get("/series").json()["series"] == []  # nothing applied
         assert c.post("/series/append", json={**columnar, "horizon": 50}).status_code == 200
+
+
+def test_the_newest_points_of_an_unfinished_patch_inform_the_first_forecast_step(client):
+    """64 points of 10 and then 16 of 100: forecast near 100 from the first step, streamed or
+    sent whole (the forecast starts afresh at the newest point; it was 10 for 16 steps)."""
+    values = [10.0] * 64 + [100.0] * 16
+    r = client.post("/forecast", json={"series": [{"id": "x", "values": values}], "horizon": 8})
+    assert r.status_code == 200, r.text
+    whole = r.json()["forecasts"][0]["mean"]
+    assert min(whole) > 50, whole
+    client.post("/series/jump/append", json={"values": values[:70]})
+    streamed = client.post("/series/jump/append", json={"values": values[70:], "horizon": 8})
+    assert rel_err(torch.tensor(streamed.json()["forecast"]["mean"]), torch.tensor(whole)) < 1e-4

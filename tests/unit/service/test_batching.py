@@ -338,7 +338,7 @@ def test_appends_that_complete_no_patch_wait_for_one(loaded):
     real_append = model.append
 
     def counting(state, values):
-        calls.append(state.batch)
+        calls.append((state.batch, max(map(len, values))))
         return real_append(state, values)
 
     x = series(100, 7)
@@ -348,12 +348,14 @@ def test_appends_that_complete_no_patch_wait_for_one(loaded):
             engine.append("d", x[k:k + 1], None)
         assert calls == [] and engine.describe("d")["length"] == 31
         engine.apply_batch([[Op("d", x[31:33])]])  # completes the first patch: one call
-        assert calls == [1]
+        assert calls == [(1, 33)]  # (the 31 points waiting and these 2)
         for k in range(33, 63):
             engine.apply_batch([[Op("d", x[k:k + 1])]])
-        assert calls == [1]
+        assert calls == [(1, 33)]
         got = engine.forecast_series("d", 12)  # folds the 30 pending points first: a copy into
-        assert calls == [1]  # the tail (RimerState.extend_tail), with no model call
+        # the tail (RimerState.extend_tail), with no model call; the forecast from inside the
+        # patch then starts afresh over the last 32 points (Rimer.forecast): that one call
+        assert calls == [(1, 33), (1, 32)]
     finally:
         del model.append
     reference = model.append(model.init_state([torch.tensor(x[:63])]), [torch.tensor(x[:63])])
