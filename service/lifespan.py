@@ -31,6 +31,7 @@ def start(app: FastAPI, settings: Settings, engine: Engine | None) -> None:
     loaded = engine or Engine.load(settings.weights, settings.device, settings.max_series,
                                    settings.backend, capacity=settings.cache_capacity,
                                    host_capacity=settings.host_capacity, spill_dir=spill_dir)
+    loaded.model.realign = settings.realign_forecasts
     metrics, store = app.state.metrics, None
     if settings.data_dir:  # recover before serving: /readyz says ready only after this
         store = Store(settings.data_dir, loaded, settings.fsync, settings.fsync_interval_ms,

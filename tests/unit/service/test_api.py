@@ -423,3 +423,16 @@ def test_the_newest_points_of_an_unfinished_patch_inform_the_first_forecast_step
     client.post("/series/jump/append", json={"values": values[:70]})
     streamed = client.post("/series/jump/append", json={"values": values[70:], "horizon": 8})
     assert rel_err(torch.tensor(streamed.json()["forecast"]["mean"]), torch.tensor(whole)) < 1e-4
+
+
+def test_realigned_forecasts_can_be_turned_off():
+    """--no-realign-forecasts: the forecast from inside a patch starts at the last complete
+    patch, as before (the cheapest: no fresh state), its first steps the model's earlier
+    forecast of them."""
+    from dataclasses import replace
+
+    engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", max_series=LIMITS.max_series)
+    values = [10.0] * 64 + [100.0] * 16
+    with TestClient(create_app(replace(LIMITS, realign_forecasts=False), engine)) as c:
+        r = c.post("/forecast", json={"series": [{"id": "x", "values": values}], "horizon": 8})
+        assert r.status_code == 200 and max(r.json()["forecasts"][0]["mean"]) < 20, r.text
