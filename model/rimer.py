@@ -555,8 +555,14 @@ class Rimer(nn.Module):
         used for its points not yet seen; the completed patch is fed back, and so on. Works on
         copies: `state` is unchanged (a step that keeps the matrices in a pool updates its own
         rows there: runtime.pool rolls out in scratch rows)."""
-        if self.realigns and step is TorchStep and bool((state.tail_len > 0).any()):
-            return self._forecast_realigned(state, horizon, quantiles)
+        if self.realigns and step is TorchStep:
+            moved = self.realign_mask(state)
+            if bool(moved.any()):
+                return self._forecast_realigned(state, horizon, quantiles, moved)
+        return self._forecast_own(state, horizon, quantiles, step)
+
+    def _forecast_own(self, state: RimerState, horizon: int, quantiles: bool, step: Step = TorchStep):
+        """`forecast` from each row's own state."""
         return self._rollout(state, horizon,
                              lambda s, patch: self.advance(s, patch, None, step, check_positions=False,
                                                             forecast=True, quantiles=quantiles),
@@ -573,6 +579,27 @@ class Rimer(nn.Module):
         return (self.realign and bool(cfg.lag_window) and cfg.pos_emb == "none"
                 and cfg.norm == "causal")
 
+    def realign_mask(self, state: RimerState) -> torch.Tensor:
+        """[B] bool: the rows `forecast` starts afresh (`realigned_windows`) on a model that
+        `realigns`: those inside a patch, and those whose normalising variance is over
+        STALE_VARIANCE times its recent points' (the variance of the last up to 16 patches the
+        state keeps). The causal statistics weigh each patch 1/16 for ever, so after a series'
+        scale drops by orders of magnitude they take hundreds of patches to follow (3,200 points
+        of noise at 1e6 and then 3,200 points of 1.0 were forecast in the hundreds); a fresh
+        state's statistics are those points' own."""
+        inside = state.tail_len > 0
+        if state.history is None:
+            return inside
+        p = self.cfg.patch_len
+        h = state.history.double()
+        kept = (state.n_patches.clamp(max=REALIGN_PATCHES) * p).clamp(max=h.shape[1]).to(h.device)
+        mask = torch.arange(h.shape[1], device=h.device)[None] >= (h.shape[1] - kept)[:, None]
+        count = kept.clamp(min=1).double()
+        mean = (h * mask).sum(1) / count
+        var = (((h - mean[:, None]) * mask) ** 2).sum(1) / count
+        stale = state.norm[:, 1] > STALE_VARIANCE * var + self.cfg.norm_eps
+        return inside | (stale & (state.n_patches >= 1))
+
     def realigned_windows(self, state: RimerState) -> list[torch.Tensor]:
         """Per row, the points a forecast from inside a patch starts from: its last
         min(complete patches, REALIGN_PATCHES) x patch_len points, ending at its newest point
@@ -585,17 +612,17 @@ class Rimer(nn.Module):
             out.append(recent[len(recent) - keep:])
         return out
 
-    def _forecast_realigned(self, state: RimerState, horizon: int, quantiles: bool):
-        """`forecast` where some rows hold an unfinished patch: those from fresh states over
+    def _forecast_realigned(self, state: RimerState, horizon: int, quantiles: bool,
+                            mask: torch.Tensor):
+        """`forecast` where some rows (`realign_mask`) start afresh: those from fresh states over
         `realigned_windows`, the rest from their states; each row's result its own."""
-        inside = state.tail_len > 0
-        moved = inside.nonzero()[:, 0]
+        moved = mask.nonzero()[:, 0]
         windows = self.realigned_windows(state.select(moved, wkv=False))
         fresh = self.append(self.init_state(windows), windows)
-        parts = [(moved, self.forecast(fresh, horizon, quantiles=quantiles))]
-        kept = (~inside).nonzero()[:, 0]
+        parts = [(moved, self._forecast_own(fresh, horizon, quantiles))]
+        kept = (~mask).nonzero()[:, 0]
         if len(kept):
-            parts.append((kept, self.forecast(state.select(kept), horizon, quantiles=quantiles)))
+            parts.append((kept, self._forecast_own(state.select(kept), horizon, quantiles)))
         return merge_rows(parts, state.batch)
 
     def next_quantiles(self, state: RimerState) -> torch.Tensor:
@@ -652,6 +679,9 @@ class Rimer(nn.Module):
 # onnx backend's chunk graph; 19 patches (all a lag head keeps) took 4.7 ms against 3.4 for one
 # series on the CPU.
 REALIGN_PATCHES = 16
+# A state's normalising variance over this many times its recent points' is stale
+# (`Rimer.realign_mask`): a standard deviation ten times theirs.
+STALE_VARIANCE = 100.0
 
 
 def merge_rows(parts: list[tuple[torch.Tensor, object]], batch: int):

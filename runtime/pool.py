@@ -285,14 +285,15 @@ class PoolRunner:
 
         The matrices are copied into the rows `scratch` (as many, distinct, none of `slots`) and the
         rollout runs there, so the stored states never change. `scratch` may be `slots` itself when
-        those states are temporaries (they are then consumed). Rows holding an unfinished patch,
-        on a model that `realigns`: from fresh states over `Rimer.realigned_windows`, appended in
-        scratch rows after the other rows' rollouts there, as `Rimer.forecast` does.
+        those states are temporaries (they are then consumed). The rows `Rimer.realign_mask`
+        picks (inside a patch, or with stale statistics), on a model that `realigns`: from fresh
+        states over `Rimer.realigned_windows`, appended in scratch rows after the other rows'
+        rollouts there, as `Rimer.forecast` does.
         """
         if self.model.realigns:
-            inside = pool.tail_len.index_select(0, slots) > 0
-            if bool(inside.any()):
-                return self._forecast_realigned(pool, slots, horizon, scratch, quantiles, inside)
+            moved = self.model.realign_mask(pool.select(slots, wkv=False))
+            if bool(moved.any()):
+                return self._forecast_realigned(pool, slots, horizon, scratch, quantiles, moved)
         return self._rollout_slots(pool, slots, horizon, scratch, quantiles)
 
     def _forecast_realigned(self, pool: RimerState, slots: torch.Tensor, horizon: int,

@@ -66,10 +66,12 @@ HELP = {
     "max_points_per_request": "most values in one request, all series together",
     "max_answer_values": "most forecast values one answer may hold: series x horizon x (the "
                          "mean, two bounds per level, one per quantile); 413 naming horizon beyond",
-    "realign_forecasts": "a series whose newest points are an unfinished patch is forecast from a "
-                         "fresh state over its last 16 whole patches, so that those points "
-                         "inform the first forecast step (lag models; about 13x the compute of a "
-                         "forecast from a patch boundary, 17x for a bulk append with a horizon); "
+    "realign_forecasts": "a series whose newest points are an unfinished patch (or whose "
+                         "normalising variance is stale: over 100x its last 16 patches') is "
+                         "forecast from a fresh state over its last 16 whole patches, so that "
+                         "those points inform the first forecast step (lag models; about 13x "
+                         "the compute of a forecast from a patch boundary, 17x for a bulk "
+                         "append with a horizon); "
                          "off: from its last complete patch, the newest points informing the "
                          "forecast from its second patch on",
     "max_gap_points": "most points that filling gaps between timestamps may add to one request "

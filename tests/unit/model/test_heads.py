@@ -4,6 +4,7 @@ back whole), and the heads do what they say (the lag head can copy a season exac
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -351,3 +352,36 @@ def test_a_realigned_forecast_reads_at_most_sixteen_patches():
     assert torch.equal(window, x[-REALIGN_PATCHES * P:])
     fresh = model.append(model.init_state([window]), [window])
     assert torch.equal(model.forecast(state, 2 * P), model.forecast(fresh, 2 * P))
+
+
+def test_a_state_whose_statistics_are_stale_is_forecast_afresh():
+    """After a series' scale drops by orders of magnitude, its causal variance (each patch 1/16
+    for ever) stays far above its recent points' for hundreds of patches: such a state, even on
+    a patch boundary, is forecast from a fresh state over its last whole patches, like one
+    inside a patch. A series whose scale holds is not."""
+    from model.rimer import STALE_VARIANCE
+
+    model = head_model(drift=True)
+    cfg = model.cfg
+    rng = np.random.default_rng(7)
+    steady = torch.tensor(np.cumsum(rng.standard_normal(40 * P)) + 5, dtype=torch.float32)
+    dropped = torch.cat([torch.tensor(1e4 * rng.standard_normal(20 * P), dtype=torch.float32),
+                         torch.tensor(1 + 0.01 * rng.standard_normal(20 * P), dtype=torch.float32)])
+    xs = [steady, dropped]
+    state = model.append(model.init_state(xs), xs)
+    assert (state.tail_len == 0).all()
+    assert model.realign_mask(state).tolist() == [False, True]
+    assert float(state.norm[1, 1]) > STALE_VARIANCE * float(dropped[-cfg.history_len:].double().var())
+    got = model.forecast(state, 2 * P)
+    window = [dropped[-min(REALIGN_PATCHES, cfg.history_len // P) * P:]]
+    fresh = model.append(model.init_state(window), window)
+    assert rel_err(got[1], model.forecast(fresh, 2 * P)[0]) < 1e-5
+    own = model.forecast(state.select([0]), 2 * P)
+    assert rel_err(got[0], own[0]) < 1e-5
+    pool = RimerState.zeros(cfg, 4, DEVICE)
+    runner = PoolRunner(model)
+    slots = torch.tensor([0, 1], device=DEVICE)
+    pool.write_(slots, model.init_state(xs))
+    runner.append_slots(pool, slots, [x.to(DEVICE) for x in xs])
+    pooled = runner.forecast_slots(pool, slots, 2 * P, torch.tensor([2, 3], device=DEVICE))
+    assert rel_err(pooled.cpu(), got) < 1e-4

@@ -436,3 +436,16 @@ def test_realigned_forecasts_can_be_turned_off():
     with TestClient(create_app(replace(LIMITS, realign_forecasts=False), engine)) as c:
         r = c.post("/forecast", json={"series": [{"id": "x", "values": values}], "horizon": 8})
         assert r.status_code == 200 and max(r.json()["forecasts"][0]["mean"]) < 20, r.text
+
+
+def test_a_series_whose_scale_dropped_is_forecast_at_its_new_scale(client):
+    """2,400 points of noise at 1e6 and then 2,400 of 1.0 (a review's case): the forecast was in
+    the hundreds (the causal variance follows a drop over hundreds of patches); the state's
+    statistics are stale, so it is forecast afresh over its last 16 patches."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    values = (1e6 * rng.random(2400)).round(3).tolist() + [1.0] * 2400  # (under 5,000 points)
+    r = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 8})
+    assert r.status_code == 200, r.text
+    assert max(abs(v - 1.0) for v in r.json()["forecasts"][0]["mean"]) < 0.5, r.json()
