@@ -120,6 +120,8 @@ class SpillTiers:
                 if isinstance(exc, OSError):  # (its reason, not the spill directory's path)
                     raise SpillError(f"the spill directory refused a state: "
                                      f"{exc.strerror or exc.__class__.__name__}") from exc
+                if isinstance(exc, SafetensorError):  # (safetensors' own I/O errors: a full disk)
+                    raise SpillError(f"the spill directory refused a state: {exc}") from exc
                 raise
             self.spills["host"] += 1
 
@@ -127,9 +129,13 @@ class SpillTiers:
         tensors = {k: v.contiguous() for k, v in state.tensors().items()}
         path = self._path(series_id)
         tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"state_version": str(STATE_VERSION),
-                                               "crc32": str(_crc(tensors)), "id": series_id})
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata={"state_version": str(STATE_VERSION),
+                                                   "crc32": str(_crc(tensors)), "id": series_id})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # (a half-written file: nothing of it is kept)
+            raise
         self.disk.add(series_id)
         self.spills["disk"] += 1
 

@@ -313,6 +313,9 @@ class ModelInfo(BaseModel):
     manifest: dict
     streamable: bool
     device: str
+    realigns_forecasts: bool = Field(description="whether a forecast from inside a patch (or from "
+                                     "stale statistics) starts afresh at the newest point: a lag "
+                                     "model with --realign-forecasts")
 
 
 class ModelsResponse(BaseModel):

@@ -13,14 +13,15 @@ from service.strict_json import StrictJsonRoute
 router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON object: 422
 
 
-@router.get("/healthz", response_model=schemas.Health, tags=["operations"], summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=schemas.Health,
+                  tags=["operations"], summary="Liveness")  # (HEAD: load balancers' probes)
 async def healthz():
     """Liveness: the process answers (weights may still be loading)."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], summary="Readiness",
-            responses={503: {"description": "the model is not loaded yet"}})
+@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"], summary="Readiness",
+                  responses={503: {"description": "the model is not loaded yet"}})
 async def readyz(request: Request):
     """Readiness: 200 once the weights are loaded, 503 before."""
     e = getattr(request.app.state, "engine", None)
@@ -42,4 +43,5 @@ async def models(request: Request):
     """Its name, configuration, manifest (training data, licences, hardware) and device."""
     e = engine_of(request)
     return {"models": [{"name": e.name, "config": e.model.cfg.to_dict(), "manifest": e.manifest,
-                        "streamable": e.model.cfg.streamable, "device": str(e.device)}]}
+                        "streamable": e.model.cfg.streamable, "device": str(e.device),
+                        "realigns_forecasts": e.model.realigns}]}

@@ -17,6 +17,7 @@ from service.deps import (
     LevelQuery,
     QuantilesQuery,
     SeriesId,
+    check_answer,
     check_distribution,
     check_horizon,
     check_many,
@@ -305,6 +306,7 @@ async def append(body: Annotated[schemas.AppendRequest, Body(openapi_examples=AP
     the new points outside the interval forecast before them."""
     settings, metrics = request.app.state.settings, request.app.state.metrics
     check_horizon(settings, body.horizon)
+    check_answer(settings, 1, body.horizon, body.level, body.quantiles)
     check_points(settings, len(body.values), "values")
     e = engine_of(request)
     check_distribution(e, body)
@@ -348,6 +350,7 @@ async def series_forecast(request: Request, series_id: str = SeriesId,
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
     dist = distribution_query(e, level=level, quantiles=quantiles)
+    check_answer(request.app.state.settings, 1, horizon, dist.level, dist.quantiles)
     executor = executor_of(request)
 
     async def work():

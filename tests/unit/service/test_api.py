@@ -410,6 +410,12 @@ def test_an_answer_past_max_answer_values_is_a_413_naming_horizon():
                                                      "level": [50]}), 413, "horizon")
         assert c.get("/series").json()["series"] == []  # nothing applied
         assert c.post("/series/append", json={**columnar, "horizon": 50}).status_code == 200
+        # one series: GET .../forecast and an append with a horizon (1 x 34 x 3 = 102)
+        assert_error(c.get("/series/a/forecast", params={"horizon": 34, "level": 80}), 413, "horizon")
+        assert_error(c.post("/series/a/append", json={"values": [1.0], "horizon": 34, "level": [80]}),
+                     413, "horizon")
+        assert c.get("/series/a").json()["length"] == 40  # not applied
+        assert c.get("/series/a/forecast", params={"horizon": 33, "level": 80}).status_code == 200
 
 
 def test_the_newest_points_of_an_unfinished_patch_inform_the_first_forecast_step(client):
@@ -449,3 +455,10 @@ def test_a_series_whose_scale_dropped_is_forecast_at_its_new_scale(client):
     r = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 8})
     assert r.status_code == 200, r.text
     assert max(abs(v - 1.0) for v in r.json()["forecasts"][0]["mean"]) < 0.5, r.json()
+
+
+def test_probes_answer_head_and_models_say_whether_forecasts_realign(client):
+    assert client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 200
+    (info,) = client.get("/models").json()["models"]
+    assert info["realigns_forecasts"] is True  # (the default lag model, --realign-forecasts)

@@ -151,23 +151,32 @@ def test_a_failed_spill_to_disk_loses_no_state(tmp_path, monkeypatch):
     assert torch.equal(tiers.take("a").tail, a.tail)
 
 
-def test_a_refused_spill_fails_no_request(loaded, tmp_path, monkeypatch):
+@pytest.mark.parametrize("refusal", ["os", "safetensors"])
+def test_a_refused_spill_fails_no_request(loaded, tmp_path, monkeypatch, refusal):
     """The disk refusing the least recently used state after a request was applied: the
     request is answered as done (it was, and logged), the states stay on the device over its
     capacity, and once the disk takes them again they spill as before."""
     model, manifest = loaded
     engine = Engine(model, manifest, max_series=10, backend="torch", capacity=1,
                     host_capacity=0, spill_dir=str(tmp_path))
-    write = SpillTiers._write
+    from safetensors import SafetensorError
 
-    def full_disk(self, series_id, state):
-        raise OSError(28, "No space left on device")
+    from service import cache
 
-    monkeypatch.setattr(SpillTiers, "_write", full_disk)
+    save = cache.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        with open(path, "wb") as f:  # (half written, as a full disk leaves it)
+            f.write(b"\0" * 16)
+        if refusal == "os":
+            raise OSError(28, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(cache, "save_file", full_disk)
     for k, sid in enumerate("abc"):
         assert engine.append(sid, series(40, k), None)[0] == 40
-    assert not list(tmp_path.glob("*.safetensors"))
-    monkeypatch.setattr(SpillTiers, "_write", write)
+    assert not list(tmp_path.iterdir())  # (nor a half-written temporary)
+    monkeypatch.setattr(cache, "save_file", save)
     engine.append("d", series(40, 3), None)
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
     free = Engine(model, manifest, max_series=10, backend="torch")
