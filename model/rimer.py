@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import calibration, normalisation
+from model import calibration, normalisation, realign
 from model.config import RimerConfig
 from model.lag import lag_copy
 from model.state import RimerState
@@ -547,11 +547,11 @@ class Rimer(nn.Module):
 
         A series whose newest points end a patch: from its state (its whole history). One whose
         newest points are an unfinished patch, on a model that `realigns`: from a fresh state
-        over its last (up to 16) whole patches ending at its newest point (`realigned_windows`:
-        the state keeps them), so that the newest points inform the first forecast step; from its own state
-        they would only from the forecast's second patch on (its first points being what the
-        model forecast for them before they arrived: on the zero-shot benchmark's origins that
-        cost a quarter of the accuracy). Otherwise the model's forecast of the current patch is
+        over its last (up to 16) whole patches ending at its newest point (model/realign.py; the
+        state keeps them), so that the newest points inform the first forecast step; from its own
+        state they would only from the forecast's second patch on (on the zero-shot benchmark's
+        origins that cost a quarter of the accuracy); likewise one whose statistics are stale.
+        Otherwise the model's forecast of the current patch is
         used for its points not yet seen; the completed patch is fed back, and so on. Works on
         copies: `state` is unchanged (a step that keeps the matrices in a pool updates its own
         rows there: runtime.pool rolls out in scratch rows)."""
@@ -580,37 +580,12 @@ class Rimer(nn.Module):
                 and cfg.norm == "causal")
 
     def realign_mask(self, state: RimerState) -> torch.Tensor:
-        """[B] bool: the rows `forecast` starts afresh (`realigned_windows`) on a model that
-        `realigns`: those inside a patch, and those whose normalising variance is over
-        STALE_VARIANCE times its recent points' (the variance of the last up to 16 patches the
-        state keeps). The causal statistics weigh each patch 1/16 for ever, so after a series'
-        scale drops by orders of magnitude they take hundreds of patches to follow (3,200 points
-        of noise at 1e6 and then 3,200 points of 1.0 were forecast in the hundreds); a fresh
-        state's statistics are those points' own."""
-        inside = state.tail_len > 0
-        if state.history is None:
-            return inside
-        p = self.cfg.patch_len
-        h = state.history.double()
-        kept = (state.n_patches.clamp(max=REALIGN_PATCHES) * p).clamp(max=h.shape[1]).to(h.device)
-        mask = torch.arange(h.shape[1], device=h.device)[None] >= (h.shape[1] - kept)[:, None]
-        count = kept.clamp(min=1).double()
-        mean = (h * mask).sum(1) / count
-        var = (((h - mean[:, None]) * mask) ** 2).sum(1) / count
-        stale = state.norm[:, 1] > STALE_VARIANCE * var + self.cfg.norm_eps
-        return inside | (stale & (state.n_patches >= 1))
+        """[B] bool: the rows `forecast` starts afresh (model/realign.py `mask`)."""
+        return realign.mask(self.cfg, state)
 
     def realigned_windows(self, state: RimerState) -> list[torch.Tensor]:
-        """Per row, the points a forecast from inside a patch starts from: its last
-        min(complete patches, REALIGN_PATCHES) x patch_len points, ending at its newest point
-        (the state keeps them: up to history_len points of complete patches, then the tail)."""
-        out = []
-        for b in range(state.batch):
-            recent = torch.tensor(state.recent(b), dtype=torch.float32, device=state.tail.device)
-            p = self.cfg.patch_len  # (whole patches: the fresh state ends on a patch)
-            keep = min(len(recent) - int(state.tail_len[b]), REALIGN_PATCHES * p) // p * p
-            out.append(recent[len(recent) - keep:])
-        return out
+        """Per row, the points its fresh state is made of (model/realign.py `windows`)."""
+        return realign.windows(self.cfg, state)
 
     def _forecast_realigned(self, state: RimerState, horizon: int, quantiles: bool,
                             mask: torch.Tensor):
@@ -623,7 +598,7 @@ class Rimer(nn.Module):
         kept = (~mask).nonzero()[:, 0]
         if len(kept):
             parts.append((kept, self._forecast_own(state.select(kept), horizon, quantiles)))
-        return merge_rows(parts, state.batch)
+        return realign.merge_rows(parts, state.batch)
 
     def next_quantiles(self, state: RimerState) -> torch.Tensor:
         """Quantiles [B, Q, P] (data units) of the next patch: what the quantile head said at the
@@ -672,29 +647,6 @@ class Rimer(nn.Module):
                    for k, (c, q) in enumerate(zip(pieces, qpieces))]
         qflat = torch.cat(qpieces, dim=2)
         return mean, qflat.gather(2, idx[:, None].expand(-1, qflat.shape[1], -1))
-
-
-# Patches a forecast from inside a patch starts afresh over (`Rimer.realigned_windows`): the
-# benchmarks' lookback (512 points at patch_len 32, training/protocol.py) and one call of the
-# onnx backend's chunk graph; 19 patches (all a lag head keeps) took 4.7 ms against 3.4 for one
-# series on the CPU.
-REALIGN_PATCHES = 16
-# A state's normalising variance over this many times its recent points' is stale
-# (`Rimer.realign_mask`): a standard deviation ten times theirs.
-STALE_VARIANCE = 100.0
-
-
-def merge_rows(parts: list[tuple[torch.Tensor, object]], batch: int):
-    """Results of groups of a batch's rows (`rows`, a tensor [n, ...] or a tuple of them) put
-    back in the batch's order."""
-    first = parts[0][1]
-    if not isinstance(first, tuple):
-        return merge_rows([(rows, (out,)) for rows, out in parts], batch)[0]
-    outs = tuple(torch.empty(batch, *t.shape[1:], dtype=t.dtype, device=t.device) for t in first)
-    for rows, got in parts:
-        for out, t in zip(outs, got):
-            out[rows] = t
-    return outs
 
 
 class _Split:

@@ -27,7 +27,8 @@ from kernels import block_out, fused, step_io
 from kernels.settings import KernelSettings, or_default
 from model import calibration, normalisation
 from model.lag import lag_copy
-from model.rimer import Block, Rimer, merge_rows
+from model.realign import merge_rows
+from model.rimer import Block, Rimer
 from model.state import RimerState
 
 
@@ -290,23 +291,25 @@ class PoolRunner:
         states over `Rimer.realigned_windows`, appended in scratch rows after the other rows'
         rollouts there, as `Rimer.forecast` does.
         """
+        rows = pool.select(slots, wkv=False)  # (read once: the mask and the rollout's state)
         if self.model.realigns:
-            moved = self.model.realign_mask(pool.select(slots, wkv=False))
+            moved = self.model.realign_mask(rows)
             if bool(moved.any()):
-                return self._forecast_realigned(pool, slots, horizon, scratch, quantiles, moved)
-        return self._rollout_slots(pool, slots, horizon, scratch, quantiles)
+                return self._forecast_realigned(pool, slots, rows, horizon, scratch, quantiles, moved)
+        return self._rollout_slots(pool, slots, horizon, scratch, quantiles, rows)
 
-    def _forecast_realigned(self, pool: RimerState, slots: torch.Tensor, horizon: int,
-                            scratch: torch.Tensor, quantiles: bool, inside: torch.Tensor):
+    def _forecast_realigned(self, pool: RimerState, slots: torch.Tensor, rows: RimerState,
+                            horizon: int, scratch: torch.Tensor, quantiles: bool,
+                            inside: torch.Tensor):
         moved, kept = inside.nonzero()[:, 0], (~inside).nonzero()[:, 0]
-        windows = self.model.realigned_windows(pool.select(slots[moved], wkv=False))
+        windows = self.model.realigned_windows(rows.select(moved))
         consumed = scratch is slots
         parts = []
         if len(kept):
             mine = slots[kept]
             parts.append((kept, self._rollout_slots(pool, mine, horizon,
                                                     mine if consumed else scratch[:len(kept)],
-                                                    quantiles)))
+                                                    quantiles, rows.select(kept))))
         fresh = slots[moved] if consumed else scratch[:len(moved)]
         pool.write_(fresh, self.model.init_state(windows))
         self.append_slots(pool, fresh, windows)
@@ -314,8 +317,11 @@ class PoolRunner:
         return merge_rows(parts, len(slots))
 
     def _rollout_slots(self, pool: RimerState, slots: torch.Tensor, horizon: int,
-                       scratch: torch.Tensor, quantiles: bool):
+                       scratch: torch.Tensor, quantiles: bool, rows: RimerState | None = None):
+        """The rollout of `slots` from their own states (`rows`: those states without the
+        matrices, when the caller has them)."""
         if scratch is not slots:
             pool.wkv.index_copy_(0, scratch, pool.wkv.index_select(0, slots))
-        return self.model.forecast(pool.select(slots, wkv=False), horizon, quantiles,
+        return self.model.forecast(pool.select(slots, wkv=False) if rows is None else rows,
+                                   horizon, quantiles,
                                    PoolStep(pool.wkv, scratch, self.settings))

@@ -117,11 +117,10 @@ class SpillTiers:
                     del self.host[oldest]
             except BaseException as exc:  # the disk refused: this put did not happen, nothing is lost
                 self.host.pop(series_id, None)
-                if isinstance(exc, OSError):  # (its reason, not the spill directory's path)
-                    raise SpillError(f"the spill directory refused a state: "
-                                     f"{exc.strerror or exc.__class__.__name__}") from exc
-                if isinstance(exc, SafetensorError):  # (safetensors' own I/O errors: a full disk)
-                    raise SpillError(f"the spill directory refused a state: {exc}") from exc
+                if isinstance(exc, (OSError, SafetensorError)):  # (safetensors' own I/O errors
+                    # too; an OSError's reason, not the spill directory's path)
+                    why = exc.strerror or type(exc).__name__ if isinstance(exc, OSError) else exc
+                    raise SpillError(f"the spill directory refused a state: {why}") from exc
                 raise
             self.spills["host"] += 1
 

@@ -98,8 +98,7 @@ def check_many(settings: Settings, body) -> int:
     """The limits of a request of many series (horizon, series, values, the answer's size);
     its values."""
     check_horizon(settings, body.horizon)
-    check_answer(settings, len(body.series), body.horizon, getattr(body, "level", None),
-                 getattr(body, "quantiles", None))
+    check_answer(settings, len(body.series), body.horizon, body.level, body.quantiles)
     if len(body.series) > settings.max_series_per_request:
         raise ServiceError(413, f"{len(body.series)} series in one request; the limit is "
                                 f"{settings.max_series_per_request}", "series")

@@ -42,12 +42,18 @@ def _unique(pairs: list[tuple[str, object]]) -> dict:
         raise TooManyKeysError(len(pairs))
     out = dict(pairs)
     if len(out) != len(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise DuplicateKeyError(key)
-            seen.add(key)
+        raise DuplicateKeyError(_first_repeat(pairs))
     return out
+
+
+def _first_repeat(pairs: list[tuple[str, object]]) -> str:
+    """The first key of `pairs` given a second time (there is one)."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    raise ValueError("no key is repeated")
 
 
 # Objects and arrays in one body: a bulk request has a few per series (at most 1,024 series).
@@ -108,12 +114,8 @@ def _marked(pairs: list[tuple[str, object]]) -> dict:
     out = dict(pairs)
     if len(out) == len(pairs):
         return out
-    seen, marked = set(), _Repeated(out)
-    for key, _ in pairs:
-        if key in seen:
-            marked.key = key
-            break
-        seen.add(key)
+    marked = _Repeated(out)
+    marked.key = _first_repeat(pairs)
     return marked
 
 

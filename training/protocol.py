@@ -48,6 +48,13 @@ class Task:
     origins: tuple[int, ...] | None = None
 
 
+def train_scaled(x: np.ndarray, train_end: int) -> np.ndarray:
+    """The series standardised by its first `train_end` points' mean and std (1 if constant)."""
+    train = x[:train_end]
+    sd = train.std()
+    return (x - train.mean()) / (sd if sd > 0 else 1.0)
+
+
 def make_task(key: str, values: np.ndarray, freq: str, periods: tuple[float, ...], part: str = "test",
               lookback: int = LOOKBACK, max_windows: int = 48, horizons: tuple[int, ...] | None = None,
               val_range: tuple[int, int] | None = None) -> Task | None:
@@ -65,10 +72,7 @@ def make_task(key: str, values: np.ndarray, freq: str, periods: tuple[float, ...
     else:
         train_end = int(0.7 * n)
         lo, hi = (int(0.7 * n), int(0.8 * n)) if part == "val" else (int(0.8 * n), n)
-    train = x[:train_end]
-    mean, sd = train.mean(), train.std()
-    sd = sd if sd > 0 else 1.0
-    xs = (x - mean) / sd
+    xs = train_scaled(x, train_end)
     last_origin = hi - h_max
     if part == "val" and val_range is None:
         last_origin = min(hi, n - h_max)  # validation windows may read into the test rows' truth
@@ -128,9 +132,8 @@ def model_forecasts(model: Rimer, tasks: list[Task], batch: int = 256) -> list[n
 def stream_forecasts(model: Rimer, task: Task) -> np.ndarray:
     """[windows, max horizon] forecasts of the streaming API at the task's origins: from the
     state over every point of the series before the origin (not the last `LOOKBACK`), the
-    points appended in order, one state carried from origin to origin. As the API does, an
-    origin inside a patch forecasts from the last complete patch (the newest points of the
-    unfinished one inform the forecast from its second patch on)."""
+    points appended in order, one state carried from origin to origin, forecast as the API
+    forecasts (`Rimer.forecast`: from inside a patch, afresh over the last whole patches)."""
     if task.series is None or task.origins is None:
         raise ValueError(f"task {task.key!r} holds windows only, not its series")
     x = np.asarray(task.series, dtype=np.float32)

@@ -45,29 +45,26 @@ def score(model: Rimer, values: np.ndarray, freq: str, windows: int) -> dict | N
     """{method: mean over horizons of the windows' MSE} for one series, or None if too short."""
     x = corpus.fill_missing(values)
     n = len(x)
-    train = x[: int(0.7 * n)]
-    sd = train.std() or 1.0
-    xs = ((x - train.mean()) / sd).astype(np.float32)
+    xs = protocol.train_scaled(x, int(0.7 * n)).astype(np.float32)
     horizons = protocol.HORIZONS.get(freq, protocol.OTHER_HORIZONS)
     h = max(horizons)
     origins = origins_of(n, model.cfg.patch_len, windows, h)
     if len(origins) < 2:
         return None
-    errors: dict[str, list[np.ndarray]] = {"whole": [], **{f"last{c}": [] for c in CONTEXTS}}
-    state, at = None, 0
-    with torch.no_grad():
-        for o in origins:
-            part = [torch.from_numpy(xs[at:o])]
-            state = model.append(model.init_state(part) if state is None else state, part)
-            at = o
-            truth = xs[o:o + h].astype(np.float64)
-            errors["whole"].append((model.forecast(state, h)[0].double().numpy() - truth) ** 2)
-            for c in CONTEXTS:
-                w = [torch.from_numpy(xs[o - c:o])]
-                fresh = model.append(model.init_state(w), w)
-                errors[f"last{c}"].append((model.forecast(fresh, h)[0].double().numpy() - truth) ** 2)
-    return {k: float(np.mean([np.stack(v)[:, :hh].mean() for hh in horizons]))
-            for k, v in errors.items()} | {"windows": len(origins), "length": n}
+
+    def task(lookback: int) -> protocol.Task:
+        return protocol.Task(f"last{lookback}", [xs[o - lookback:o] for o in origins],
+                             np.stack([xs[o:o + h] for o in origins]).astype(np.float64),
+                             tuple(horizons), None, (), xs, tuple(int(o) for o in origins))
+
+    def mse(t: protocol.Task, pred: np.ndarray) -> float:
+        return protocol.average(protocol.mse_by_horizon(t, pred))
+
+    out = {"whole": mse(task(CONTEXTS[0]), protocol.stream_forecasts(model, task(CONTEXTS[0])))}
+    for c in CONTEXTS:  # (one window at a time, as the API forecasts one series)
+        t = task(c)
+        out[f"last{c}"] = mse(t, protocol.model_forecast(model, t, batch=1))
+    return out | {"windows": len(origins), "length": n}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -164,7 +164,7 @@ def summarise(results: dict) -> dict:
 
 
 def write_report(out: Path, name: str, info: dict, summary: dict, checks: dict, command: str) -> None:
-    methods = [m for m in summary["geomean"]]
+    methods = list(summary["geomean"])
     lines = [f"# Zero-shot benchmark of `{name}`", "",
              "MSE of each method (scaled values, mean of the four horizons) over the best naive "
              "forecast's (the better of repeat-last and seasonal naive at the best of the series' "

@@ -19,7 +19,7 @@ from model.lag import (
     lag_sum,
     lag_sum_direct,
 )
-from model.rimer import REALIGN_PATCHES
+from model.realign import REALIGN_PATCHES
 from model.state import RimerState
 from runtime.pool import PoolRunner
 from service.engine import Engine
@@ -359,7 +359,7 @@ def test_a_state_whose_statistics_are_stale_is_forecast_afresh():
     for ever) stays far above its recent points' for hundreds of patches: such a state, even on
     a patch boundary, is forecast from a fresh state over its last whole patches, like one
     inside a patch. A series whose scale holds is not."""
-    from model.rimer import STALE_VARIANCE
+    from model.realign import STALE_VARIANCE
 
     model = head_model(drift=True)
     cfg = model.cfg
