@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "(0: teacher forcing only)")
     ap.add_argument("--pure-walks", type=float, default=0.0,
                     help="share of synthetic windows that are driftless random walks (training/synth.py)")
+    ap.add_argument("--calendar", type=float, default=0.0,
+                    help="share of synthetic windows that are day-by-week calendar series (training/synth.py)")
     ap.add_argument("--long-term-val", action="store_true",
                     help="score the long-term datasets' validation at horizons 96..720 (their "
                          "benchmark's), not their sampling step's (at most 288 for weather)")
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if args.min_patches > args.max_patches:
         ap.error("--min-patches must be at most --max-patches")
-    for name in ("synthetic", "downsample", "mixup", "pure_walks"):
+    for name in ("synthetic", "downsample", "mixup", "pure_walks", "calendar"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             ap.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     dev = torch.device(args.device)
@@ -342,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_syn = int(round(size * args.synthetic))
         parts = []
         if n_syn:
-            parts.append(synth.sample(n_syn, n * p, gen, dev, pure_walks=args.pure_walks))
+            parts.append(synth.sample(n_syn, n * p, gen, dev, pure_walks=args.pure_walks,
+                                      calendar=args.calendar))
         if size - n_syn:
             parts.append(torch.from_numpy(real.batch(size - n_syn, n * p)).to(dev))
         x = torch.cat(parts)
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
         "format": "rimer-safetensors-v1",
         "trained_on": {"datasets": sorted({s.key.split("/")[0] for s in corpus.by_role(series, "train")}),
                        "corpus": corpus.manifest_entry(series), "synthetic_share": args.synthetic,
-                       "pure_walk_share": args.pure_walks,
+                       "pure_walk_share": args.pure_walks, "calendar_share": args.calendar,
                        "synthetic": "training/synth.py, seeded by --seed, generated on the fly",
                        "validation": "the corpus's validation series under training/protocol.py: "
                                      "mean over groups of the mean log MSE ratio to the best naive forecast"},

@@ -135,13 +135,16 @@ def _ar1(d: _Draw, white: torch.Tensor) -> torch.Tensor:
 
 
 def sample(batch: int, length: int, gen: torch.Generator, device=None,
-           pure_walks: float = 0.0) -> torch.Tensor:
+           pure_walks: float = 0.0, calendar: float = 0.0) -> torch.Tensor:
     """[batch, length] float32 synthetic series on `device` (the generator's device by default).
 
     `pure_walks`: the share of rows replaced by a driftless random walk (plus a little noise), the
     series where repeating the last value is best: the mixture above nearly always adds a trend or a
     season to its walks, and a model trained on it alone gives exchange rates a trend. At 0 no extra
-    draws are made, so the default stream is the one earlier recipes were trained on."""
+    draws are made, so the default stream is the one earlier recipes were trained on.
+
+    `calendar`: the share of rows replaced by `_calendar` series (a day's profile that differs by
+    day of the week); at 0, as `pure_walks`, no extra draws."""
     dev = torch.device(device) if device is not None else gen.device
     d = _Draw(batch, gen, dev)
     b = batch
@@ -190,6 +193,8 @@ def sample(batch: int, length: int, gen: torch.Generator, device=None,
     y = torch.where(d.coin(0.01, b, 1), d.n(b, 1).expand(b, length) * scale, y)
     if pure_walks > 0:
         y = torch.where(d.coin(pure_walks, b, 1), _pure_walk(d, length), y)
+    if calendar > 0:
+        y = torch.where(d.coin(calendar, b, 1), _calendar(d, t), y)
     return y.float()
 
 
@@ -202,6 +207,46 @@ def _pure_walk(d: _Draw, length: int) -> torch.Tensor:
     walk = torch.cumsum(steps, dim=1) + d.n(b, length) * d.u(b, 1, lo=0.0, hi=0.3)
     scale = d.logu(0.01, 100.0, b, 1)
     return (walk + d.n(b, 1) * d.logu(1.0, 1000.0, b, 1)) * scale
+
+
+# Points per day at common sampling steps, and odd ones (a business day of 5-minute slots, 07:00 to
+# 21:05, is 169; shifts of other lengths)
+DAY_LENGTHS = (24.0, 48.0, 96.0, 144.0, 288.0, 12.0, 16.0, 60.0, 169.0)
+
+
+def _calendar(d: _Draw, t: torch.Tensor) -> torch.Tensor:
+    """[B, L] series of human activity: a daily profile (smooth or blocky, sometimes a business
+    day's with idle hours at zero) whose size depends on the day of a 7-day (or 5-day) week, on a
+    slow trend, with noise or counts. The parts above only add or multiply seasons of Fourier
+    shape, so a week whose weekend repeats the working days' profile at a fraction of its size,
+    which a day's lag gets wrong every weekend and a week's lag gets right, is rare among them;
+    electricity demand, traffic and call centres are made of it."""
+    b, length = d.b, t.shape[0]
+    day = torch.where(d.coin(0.7), d.choice(DAY_LENGTHS, b), d.logu(8.0, 300.0).round())[:, None]
+    phase = (d.u(b, 1) * day * 7).floor()
+    pos = torch.remainder(t[None] + phase, day) / day  # [B, L] place in the day, 0..1
+    profile = torch.zeros(b, length, device=d.dev)
+    for k in range(1, 9):  # a smooth profile from 8 harmonics
+        profile = profile + d.n(b, 1) / k * torch.sin(2 * math.pi * k * pos + d.u(b, 1) * 6.2832)
+    profile = _unit(profile)
+    opens, hours = d.u(b, 1, lo=0.0, hi=0.4), d.u(b, 1, lo=0.3, hi=0.7)
+    open_now = (pos >= opens) & (pos < opens + hours)
+    business = d.coin(0.35, b, 1)
+    profile = torch.where(business, torch.where(open_now, 1.5 + profile.clamp(min=-1.4), 0.0),
+                          profile + 2.5)
+    weekday = torch.floor((t[None] + phase) / day).long() % 7  # [B, L] day of a 7-day week
+    factors = 1 + 0.25 * d.n(b, 7)  # working days alike, weekends (days 5 and 6) set below
+    weekend = d.u(b, 2, lo=0.0, hi=1.1) * d.coin(0.8, b, 1) + (1 + 0.25 * d.n(b, 2)) * ~d.coin(0.8, b, 1)
+    factors = torch.cat([factors[:, :5], weekend], 1).clamp(min=0.0)
+    y = profile * factors.gather(1, weekday)
+    level = 1 + 0.5 * torch.tanh(_trend(d, t / max(length - 1, 1)))
+    y = y * level * d.logu(0.5, 2.0, b, 1)
+    noise = d.logu(0.02, 0.5, b, 1) * y.std(dim=1, keepdim=True).clamp(min=1e-3)
+    y = y + d.n(b, length) * noise * torch.where(business, open_now.float(), 1.0)
+    counts = d.coin(0.3, b, 1)
+    rate = (y.clamp(min=0) * d.logu(1.0, 100.0, b, 1)).clamp(max=1e4)
+    y = torch.where(counts, torch.poisson(rate, generator=d.g), y * d.logu(0.1, 1000.0, b, 1))
+    return y
 
 
 def generator(seed: int, device=None) -> torch.Generator:

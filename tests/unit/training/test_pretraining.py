@@ -60,6 +60,29 @@ def test_pure_walks_are_driftless_random_walks_and_off_by_default():
     assert 0.1 < ((m_ratio > 0.75) & (m_ratio < 1.1)).double().mean() < 0.6
 
 
+def test_calendar_series_repeat_by_week_better_than_by_day_and_are_off_by_default():
+    """--calendar: rows of a day's profile scaled by day of the week, so that on most of them the
+    value a week back predicts better than the value a day back (for the row's own day length,
+    which the test finds as the lag of best daily repeat among the lengths drawn from); at share
+    0 the stream is the default one."""
+    assert torch.equal(synth.sample(32, 400, synth.generator(4)),
+                       synth.sample(32, 400, synth.generator(4), calendar=0.0))
+    rows = synth.sample(128, 3000, synth.generator(4), calendar=1.0).double()
+    assert torch.isfinite(rows).all()
+
+    def lag_mse(lag: int) -> torch.Tensor:
+        return ((rows[:, lag:] - rows[:, :-lag]) ** 2).mean(dim=1)
+
+    day_lengths = [int(d) for d in synth.DAY_LENGTHS if 7 * d < 3000]
+    by_day = torch.stack([lag_mse(d) for d in day_lengths], 1)
+    by_week = torch.stack([lag_mse(7 * d) for d in day_lengths], 1)
+    best = by_day.argmin(dim=1, keepdim=True)
+    week_wins = by_week.gather(1, best) < by_day.gather(1, best)
+    assert week_wins.double().mean() > 0.4, week_wins.double().mean()
+    mixed = synth.sample(128, 400, synth.generator(4), calendar=0.3)
+    assert 10 < (mixed != synth.sample(128, 400, synth.generator(4))).any(dim=1).sum() < 128
+
+
 def test_seasonal_naive_and_repeat_last_by_hand():
     x = np.tile(np.arange(24.0), 60)  # a pure daily cycle
     task = protocol.make_task("t", x, "1h", (24.0,), max_windows=5)
