@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--pure-walks", type=float, default=0.0,
                     help="share of synthetic windows that are driftless random walks (training/synth.py)")
     ap.add_argument("--calendar", type=float, default=0.0,
-                    help="share of synthetic windows that are day-by-week calendar series (training/synth.py)")
+                    help="share of synthetic windows that are calendar series (training/synth.py)")
     ap.add_argument("--long-term-val", action="store_true",
                     help="score the long-term datasets' validation at horizons 96..720 (their "
                          "benchmark's), not their sampling step's (at most 288 for weather)")
