@@ -322,6 +322,9 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
     if timestamps is True and prep.kind != "datetime":
         raise ValueError(f"timestamps=True needs a datetime {time_col!r} column")
     fsec = freq_seconds(freq) if send_stamps else None
+    if send_stamps:
+        for s in series:
+            frames.check_stream_steps(s, freq, missing)
     # one item per series and chunk: a series longer than the points limit is appended in order
     chunk = cfg.max_points_per_request
     items = [(i, a, min(a + chunk, len(s.values))) for i, s in enumerate(series)

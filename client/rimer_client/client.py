@@ -171,9 +171,12 @@ class Client(_Base):
         `max_points_per_request` goes in consecutive requests, in order).
 
         With a datetime `ds` column, timestamps are sent (`timestamps=False` to leave them
-        out): the server fills gaps, refuses a late point with 409 (Conflict), and a resent
-        append is recognised (see the class's retry rules); `freq` (a fixed step: '15min',
-        'h', or seconds) fixes a new series' frequency, else the server infers it. Without
+        out): the server refuses a late point with 409 (Conflict), and a resent append is
+        recognised (see the class's retry rules); `freq` (a fixed step: '15min', 'h', or
+        seconds) fixes a new series' frequency, else the server infers it. Sent timestamps
+        must be fixed steps: a calendar step ('B') or days across a daylight-saving change is
+        a ValueError, and so are rows missing from the frame's grid unless missing='ffill'
+        (the server then fills them). Without
         timestamps the values take the series' next points, and the append is not retried once
         it may have reached the server.
 

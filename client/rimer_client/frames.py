@@ -171,6 +171,40 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
         s.ds = full if prep.kind == "int" else pd.DatetimeIndex(full)
 
 
+def check_stream_steps(s: Series, freq, missing: str) -> None:
+    """Before an append sends a series' timestamps: the server's streams take fixed steps in
+    absolute time and fill the points missing between them, so refuse what they would take
+    wrongly, each with what to do instead: a calendar step (business days: the server would fill
+    every weekend), local days across a daylight-saving change (steps of 23 or 25 hours), and,
+    unless missing='ffill', rows missing from the frame's grid (as forecast() refuses them)."""
+    if len(s.ds) < 2:
+        return
+    step = parse_step(freq, "datetime") if freq is not None else infer_step(s, "datetime")
+    if not isinstance(step, pd.offsets.Tick):
+        raise ValueError(f"series {s.uid!r}: its times step by {_show_step(step)}, a calendar "
+                         "step, not a fixed one; a streamed series takes fixed steps only and "
+                         "the server would fill the times between (every weekend of business "
+                         "days) with points. Append with timestamps=False (its values in "
+                         "order), or forecast it with forecast()")
+    diffs = np.diff(s.ds.asi8)
+    if (diffs % step.nanos).any():
+        if s.ds.tz is not None and not (np.diff(s.ds.tz_localize(None).asi8) % step.nanos).any():
+            raise ValueError(f"series {s.uid!r}: its times are steps of {_show_step(step)} in "
+                             f"{s.ds.tz}, which cross a daylight-saving change (a day of 23 or "
+                             "25 hours); a streamed series takes fixed steps. Append its local "
+                             "times without the zone (ds.dt.tz_localize(None)), or with "
+                             "timestamps=False")
+        bad = s.ds[1 + int(np.flatnonzero(diffs % step.nanos)[0])]
+        raise ValueError(f"series {s.uid!r}: the time {bad} is not on the grid of its step "
+                         f"{_show_step(step)} from {s.ds[0]}; pass freq= if it was inferred wrong")
+    if missing != "ffill" and (diffs != step.nanos).any():
+        at = int(np.flatnonzero(diffs != step.nanos)[0])
+        gap = int(diffs[at] // step.nanos) - 1
+        raise ValueError(f"series {s.uid!r} has no row for {s.ds[at] + step} ({gap} missing "
+                         f"there at step {_show_step(step)}); fill them, or pass missing='ffill' "
+                         "to let the server fill them with the last value before them")
+
+
 def _show_step(step) -> str:
     return str(step) if isinstance(step, (int, np.integer)) else step.freqstr
 

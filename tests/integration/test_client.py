@@ -277,6 +277,30 @@ def test_appends_without_timestamps_are_retried_only_before_sending():
     assert len(mock_client(t).append(SMALL.head(3))) == 1 and len(t.seen) == 2
 
 
+def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
+    """Business days (the server would fill every weekend), local days across a daylight-saving
+    change (a 23-hour step) and, unless missing='ffill', rows missing from the frame's grid are
+    ValueErrors naming what to do, and nothing is sent; without timestamps, or with 'ffill' for
+    the gap, the same frames are sent."""
+    days = pd.bdate_range("2024-01-01", periods=40)
+    business = pd.DataFrame({"unique_id": "b", "ds": days, "y": wave(40)})
+    berlin = business.assign(ds=pd.date_range("2024-03-20", periods=40, freq="D", tz="Europe/Berlin"))
+    gap = SMALL.drop(index=[5, 6, 7])
+    for frame, says in ((business, "calendar step"), (berlin, "daylight-saving"),
+                        (gap, "3 missing")):
+        t = scripted(OK_APPEND)
+        with pytest.raises(ValueError, match=says):
+            mock_client(t).append(frame)
+        assert t.seen == []
+    t = scripted(OK_APPEND, OK_APPEND, OK_APPEND)
+    client = mock_client(t)
+    client.append(business, timestamps=False)
+    client.append(berlin.assign(ds=berlin.ds.dt.tz_localize(None)))
+    client.append(gap, missing="ffill")
+    assert len(t.seen) == 3
+    assert len(json.loads(t.seen[2].content)["timestamps"]) == 37  # (the server fills the 3)
+
+
 def test_async_client_shares_the_rules():
     t = scripted(503, OK_FORECAST)
 
