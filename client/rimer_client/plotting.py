@@ -23,6 +23,7 @@ def plot(df: pd.DataFrame | None, fc: pd.DataFrame, ids=None, path=None, *, max_
     pyplot state and needs no display."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("plotting needs matplotlib: pip install 'rimer-client[plot]'") from None
@@ -58,6 +59,10 @@ def plot(df: pd.DataFrame | None, fc: pd.DataFrame, ids=None, path=None, *, max_
                             color="tab:blue", alpha=0.15 + 0.2 * i / max(1, len(levels)),
                             lw=0, label=f"{tag}% interval")
         ax.plot(f["ds"], f[alias], color="tab:blue", lw=1.5, label=alias)
+        if pd.api.types.is_datetime64_any_dtype(f["ds"]):  # (dates' full labels overlapped)
+            locator = AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
         ax.set_title(str(uid), fontsize=10)
         ax.tick_params(labelsize=8)
         if n == 0:

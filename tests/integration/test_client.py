@@ -418,6 +418,13 @@ def test_plot_writes_a_png(tmp_path):
     path = tmp_path / "fc.png"
     fig = plot(df, fc, ids=["a", "c"], path=path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and len(fig.axes) == 2
+    # the README's example, eight days of hours: its ten full dates (100 characters) overlapped
+    ds = pd.date_range("2024-01-01", periods=200, freq="h")
+    one = pd.DataFrame({"unique_id": "a", "ds": ds, "y": wave(200)})
+    fig = plot(one, pd.DataFrame({"unique_id": "a", "ds": pd.date_range(ds[-1], periods=25, freq="h")[1:],
+                                  "Rimer": 1.0}), path=tmp_path / "one.png")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert 2 <= len(labels) and sum(map(len, labels)) <= 50, labels
 
 
 def test_forecast_requests_stay_within_the_servers_answer_bound():
