@@ -9,7 +9,11 @@ POS_EMBEDDINGS = ("sinusoidal", "none")
 # Keys added after configs were first written: a config without them means the defaults (a model
 # without them), so older checkpoints keep loading.
 OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0, "lag_match": 0,
-                 "lag_drift": False}
+                 "lag_drift": False, "lag_scale": "norm"}
+# What the lag match's squared differences are measured against (model/lag.py lag_copy): the
+# patch's normalising variance, or the smaller of it and the matched points' own variance (a
+# trend inflates the normalising variance and left the match blind to the season on it).
+LAG_SCALES = ("norm", "local")
 NORMALISATIONS = ("window", "causal")
 
 
@@ -52,6 +56,9 @@ class RimerConfig:
     # The lag head also learns, per patch, how much of the level change since each lag's match
     # its copy carries on (model/lag.py lag_copy's drift): seasonal copies that follow a trend.
     lag_drift: bool = False
+    # LAG_SCALES: "local" measures the match against min(normalising variance, the last
+    # lag_match points' variance).
+    lag_scale: str = "norm"
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -84,6 +91,8 @@ class RimerConfig:
         if isinstance(self.lag_match, bool) or not isinstance(self.lag_match, int) or self.lag_match < 0 \
                 or self.lag_match % self.patch_len:
             raise ValueError(f"config.lag_match must be 0 or a multiple of patch_len, got {self.lag_match!r}")
+        if self.lag_scale not in LAG_SCALES:
+            raise ValueError(f"config.lag_scale must be one of {LAG_SCALES}, got {self.lag_scale!r}")
         if not isinstance(self.forecast_flag, bool):
             raise ValueError(f"config.forecast_flag must be true or false, got {self.forecast_flag!r}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:

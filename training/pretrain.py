@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "(0: teacher forcing only)")
     ap.add_argument("--pure-walks", type=float, default=0.0,
                     help="share of synthetic windows that are driftless random walks (training/synth.py)")
+    ap.add_argument("--lag-scale", choices=("norm", "local"), default="norm",
+                    help="what the lag match is measured against (model/config.py LAG_SCALES)")
     ap.add_argument("--calendar", type=float, default=0.0,
                     help="share of synthetic windows that are calendar series (training/synth.py)")
     ap.add_argument("--long-term-val", action="store_true",
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
                           pos_emb="none", norm="causal", norm_window=args.norm_window,
                           quantiles=levels, forecast_flag=args.forecast_flag,
                           lag_window=args.lag_window, lag_match=args.lag_match,
-                          lag_drift=args.lag_drift)
+                          lag_drift=args.lag_drift, lag_scale=args.lag_scale)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)

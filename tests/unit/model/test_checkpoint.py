@@ -34,12 +34,13 @@ def test_tampered_tensors_are_refused(tmp_path):
         checkpoint.load(tmp_path / "m")
 
 
-def test_bad_config_is_refused(tmp_path):
+@pytest.mark.parametrize("key,value", [("norm", "magic"), ("lag_scale", "median")])
+def test_bad_config_is_refused(tmp_path, key, value):
     shutil.copytree(DEFAULT_WEIGHTS, tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    cfg["norm"] = "magic"
+    cfg[key] = value
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="config.norm"):
+    with pytest.raises(CheckpointError, match=f"config.{key}"):
         checkpoint.load(tmp_path / "m")
 
 

@@ -131,8 +131,8 @@ def _smooth(k: int) -> bool:
 
 
 @pytest.mark.parametrize("level", [0.0, 1e5])
-@pytest.mark.parametrize("drift", [False, True])
-def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift):
+@pytest.mark.parametrize("drift,local", [(False, False), (True, False), (True, True)])
+def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift, local):
     """lag_copy on the CPU without gradients runs its arithmetic in NumPy (model/lag.py
     `_serving_tail`); with gradients, in torch. The same copies and usable flags, including
     series too short for any lag and chunks of many patches."""
@@ -142,7 +142,7 @@ def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift):
     patches = torch.randn(bsz, t, P, generator=g).cumsum(-1) + level
     args = (history, patches, torch.tensor([0, 1, 2, 5, 40]), torch.randn(bsz, t, n_lags, generator=g),
             torch.rand(bsz, t, generator=g) * 5, torch.rand(bsz, t, generator=g) + 0.5,
-            torch.randn(bsz, t, generator=g) if drift else None)
+            torch.randn(bsz, t, generator=g) if drift else None, local)
     with torch.no_grad():
         served, served_ok = lag_copy(*args)
     with torch.enable_grad():
@@ -151,6 +151,30 @@ def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift):
     assert served.dtype == trained.dtype == torch.float32
     scale = (patches - patches.mean()).abs().max()
     assert (served - trained).abs().max() <= 1e-5 * scale + 1e-6 * abs(level)
+
+
+def test_a_local_scale_finds_the_season_on_a_trend():
+    """lag_scale "local": a weekly pattern (swing 50) on a trend of 0.3 a step, whose variance
+    the trend inflates 20 times: measured against it, the match term is small and the copy
+    follows the logits (here: one patch back, out of phase, 37 off); against the matched points'
+    own variance, the copy follows the season."""
+    p = 32  # (the shipped models' patch)
+    t = torch.arange(40 * p + p, dtype=torch.float64)
+    x = (200 + 0.3 * t + 5 * torch.tensor([0, 2, 3, 3, 4, 10, 8.0])[t.long() % 7]).float()
+    n_lags, m = 8 * p + 1, 4 * p
+    hist_len = n_lags - 1 + m
+    history, patch = x[None, 30 * p - hist_len: 30 * p], x[None, None, 30 * p: 31 * p]
+    truth = x[31 * p: 32 * p]  # (the copy forecasts the patch after `patch`)
+    logits = torch.zeros(1, 1, n_lags)
+    logits[..., 0] = 6.0  # (a learned preference for one patch back: lag P)
+    var = x[: 31 * p].double().var().float().reshape(1, 1)  # (the trend's variance, mostly)
+    assert var > 15 * x[31 * p - m: 31 * p].double().var()
+    args = (history, patch, torch.tensor([30]), logits, torch.full((1, 1), 5.0), var,
+            torch.ones(1, 1))
+    blind, _ = lag_copy(*args, local=False)
+    seen, _ = lag_copy(*args, local=True)
+    assert (seen[0, 0] - truth).abs().max() < 2.0
+    assert (blind[0, 0] - truth).abs().max() > 10 * (seen[0, 0] - truth).abs().max()
 
 
 def test_lag_correlations_have_the_direct_forms_gradients():
