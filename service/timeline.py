@@ -327,6 +327,25 @@ def forecast_timestamps(meta: dict | None, horizon: int, field: str = "horizon")
     return [format_timestamp(meta["t"] + k * step, off) for k in range(1, horizon + 1)]
 
 
+def plot_times(meta: dict | None, points: int, horizon: int) -> tuple[list, list] | None:
+    """The times of a series' last `points` points and of a forecast of `horizon` after them,
+    as datetimes in the series' UTC offset (GET /series/{id}/plot's x axis); None for a series
+    without a frequency, or one whose times would leave the supported range."""
+    if not meta or meta.get("freq") is None:
+        return None
+    step, last = meta["freq"] * US, meta["t"]
+    if last - (points - 1) * step < MIN_US or last + horizon * step > MAX_US:
+        return None
+    off = meta.get("off", 0)
+    tz = timezone(timedelta(seconds=off if -_DAY_S < off < _DAY_S else 0))
+
+    def at(us: int):
+        return (_EPOCH + timedelta(microseconds=us)).astimezone(tz)
+
+    return ([at(last - k * step) for k in range(points - 1, -1, -1)],
+            [at(last + k * step) for k in range(1, horizon + 1)])
+
+
 def describe(meta: dict | None) -> dict:
     """The frequency and last timestamp of a series, for GET /series/{id}."""
     if not meta or meta.get("freq") is None:

@@ -384,11 +384,12 @@ async def series_plot(request: Request, series_id: str = SeriesId,
     async def work():
         [(length, mean)] = await executor.ops([Op(series_id, None, horizon)], "series_forecast",
                                               (e.forecast_series, series_id, horizon))
-        return length, mean, await run_in_threadpool(e.recent_points, series_id)
+        recent = await run_in_threadpool(e.recent_points, series_id)
+        return length, mean, recent, timeline.plot_times(e.meta.get(series_id), len(recent), horizon)
 
-    length, mean, recent = await request.app.state.series_locks.run([series_id], work)
+    length, mean, recent, times = await request.app.state.series_locks.run([series_id], work)
     bands = distribution.intervals(mean, levels) if levels else []
-    png = await run_in_threadpool(plot.forecast_png, series_id, recent, length, mean, bands)
+    png = await run_in_threadpool(plot.forecast_png, series_id, recent, length, mean, bands, times)
     return Response(png, media_type="image/png")
 
 

@@ -110,6 +110,26 @@ def test_plot_is_a_png_of_the_series_forecast(client):
     assert client.get("/series/plotted/plot?level=100").json()["field"].startswith("level")
 
 
+def test_a_plot_of_a_series_with_timestamps_has_its_times_on_the_x_axis(client):
+    """Its recent points and forecast at their datetimes, in the series' offset (before: the
+    point index, even for a series with timestamps)."""
+    from datetime import datetime, timedelta, timezone
+
+    from service import timeline
+
+    stamps = [(datetime(2024, 5, 1, tzinfo=timezone(timedelta(hours=2))) + timedelta(hours=k)).isoformat()
+              for k in range(100)]
+    body = {"values": [float(k % 24) for k in range(100)], "timestamps": stamps}
+    assert client.post("/series/timed/append", json=body).status_code == 200
+    r = client.get("/series/timed/plot?horizon=5")
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = client.app.state.engine.meta["timed"]
+    past, future = timeline.plot_times(meta, 3, 2)
+    assert [t.isoformat() for t in past] == stamps[-3:]
+    assert [t.isoformat() for t in future] == ["2024-05-05T04:00:00+02:00", "2024-05-05T05:00:00+02:00"]
+    assert timeline.plot_times({"t": meta["t"], "freq": None}, 3, 2) is None
+
+
 def test_recent_points_are_the_last_points_appended(client):
     """The plot's history is what the state holds: the last points, exactly (float32)."""
     import numpy as np
