@@ -33,9 +33,10 @@ def tiny_model(seed: int = 0, **overrides) -> Rimer:
     return model
 
 
-def head_model(seed: int = 0, drift: bool = False) -> Rimer:
-    """The tiny model with a lag head and a quantile head (and the lag head's drift)."""
-    return tiny_model(seed, **HEADS, lag_drift=drift)
+def head_model(seed: int = 0, drift: bool = False, scale: str = "norm") -> Rimer:
+    """The tiny model with a lag head and a quantile head (and the lag head's drift, and its
+    match's `scale`: config.lag_scale)."""
+    return tiny_model(seed, **HEADS, lag_drift=drift, lag_scale=scale)
 
 
 def walk(n: int, seed: int) -> torch.Tensor:

@@ -194,9 +194,9 @@ def test_lag_correlations_have_the_direct_forms_gradients():
         assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, want))
 
 
-@pytest.mark.parametrize("drift", [False, True])
-def test_streamed_equals_whole_and_alone_equals_batched(drift):
-    model = head_model(drift=drift)
+@pytest.mark.parametrize("drift,scale", [(False, "norm"), (True, "norm"), (True, "local")])
+def test_streamed_equals_whole_and_alone_equals_batched(drift, scale):
+    model = head_model(drift=drift, scale=scale)
     xs = [walk(n, n) for n in (8 * P, 8 * P, 8 * P)]
     whole = model.whole(torch.stack(xs))
     state = model.init_state([x[:0] for x in xs])
@@ -217,9 +217,9 @@ def test_streamed_equals_whole_and_alone_equals_batched(drift):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("drift", [False, True])
-def test_pool_paths_match_the_reference(drift):
-    model = head_model(drift=drift).to(DEVICE)
+@pytest.mark.parametrize("drift,scale", [(False, "norm"), (True, "norm"), (True, "local")])
+def test_pool_paths_match_the_reference(drift, scale):
+    model = head_model(drift=drift, scale=scale).to(DEVICE)
     runner = PoolRunner(model)
     xs = [walk(n, n).to(DEVICE) for n in (2 * P + 3, 5 * P + 1, 4 * P)]
     reference = model.append(model.init_state(xs), xs)
