@@ -233,6 +233,7 @@ def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: s
                 time_col: str, target_col: str, missing: str, progress: bool) -> Op:
     """POST /forecast of every series of a long frame, in batches; the Nixtla-shaped frame."""
     check_h(h)
+    check_missing(missing)
     level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
     prep = frames.group(df, id_col, time_col, target_col)
     frames.regularise(prep, freq, missing)
@@ -255,6 +256,11 @@ def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: s
             items[i] = item
     ds = [frames.future(s, prep.kind, h) for s in series]
     return frames.frame([s.uid for s in series], ds, items, level, quantiles)
+
+
+def check_missing(missing) -> None:
+    if missing not in ("error", "ffill"):
+        raise ValueError(f"missing must be 'error' or 'ffill', not {missing!r}")
 
 
 def check_h(h) -> None:
@@ -308,6 +314,7 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
     """POST /series/append of a frame of new rows, in batches (see Client.append)."""
     if h is not None:
         check_h(h)
+    check_missing(missing)
     level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
     if (level or quantiles) and h is None:
         raise ValueError("level and quantiles need h (they describe the forecast)")

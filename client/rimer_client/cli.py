@@ -223,6 +223,18 @@ def cmd_models(args) -> int:
     return 0
 
 
+# The library's arguments, as its messages name them, and the flags that set them here.
+CLI_TERMS = (("timestamps=False", "--no-timestamps"), ("missing='ffill'", "--missing ffill"),
+             ("forecast()", "`rimer forecast`"), ("pass freq=", "pass --freq"))
+
+
+def in_cli_terms(message: str) -> str:
+    """A client library message with its argument names as this command's flags."""
+    for library, flag in CLI_TERMS:
+        message = message.replace(library, flag)
+    return message
+
+
 def parse_freq(text: str | None):
     if text is None:
         return None
@@ -272,7 +284,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-col", default="y", help="value column (long CSV)")
     g.add_argument("--freq", default=None,
                    help="the series' frequency as a pandas alias ('h', '15min', 'D', 'MS') or "
-                        "seconds; default: inferred from the times")
+                        "seconds; default: inferred from the times (append: fixed steps only, "
+                        "not 'MS' or 'B')")
     g.add_argument("--missing", choices=("error", "ffill"), default="error",
                    help="empty values and missing rows: an error (default), or sent as missing "
                         "points the server fills with the last value before them")
@@ -360,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # the frame's mistakes (gaps, duplicates, short series...)
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {in_cli_terms(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

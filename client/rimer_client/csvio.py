@@ -3,6 +3,8 @@ series), detected from the columns or chosen."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -12,10 +14,14 @@ def parse_times(col: pd.Series, name: str) -> pd.Series:
     if pd.api.types.is_integer_dtype(col) or pd.api.types.is_datetime64_any_dtype(col):
         return col
     try:
-        return pd.to_datetime(col, format="ISO8601")
+        with warnings.catch_warnings():  # (pandas warns of mixed offsets, then gives objects)
+            warnings.simplefilter("ignore", FutureWarning)
+            parsed = pd.to_datetime(col, format="ISO8601")
+        if pd.api.types.is_datetime64_any_dtype(parsed):
+            return parsed
     except (ValueError, TypeError):
         pass
-    try:
+    try:  # (mixed offsets: a local zone across a daylight-saving change)
         return pd.to_datetime(col, utc=True, format="mixed")
     except (ValueError, TypeError) as exc:
         raise ValueError(f"column {name!r} holds neither integers nor datetimes: {exc}") from None

@@ -174,29 +174,36 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
 def check_stream_steps(s: Series, freq, missing: str) -> None:
     """Before an append sends a series' timestamps: the server's streams take fixed steps in
     absolute time and fill the points missing between them, so refuse what they would take
-    wrongly, each with what to do instead: a calendar step (business days: the server would fill
-    every weekend), local days across a daylight-saving change (steps of 23 or 25 hours), and,
-    unless missing='ffill', rows missing from the frame's grid (as forecast() refuses them)."""
+    wrongly, each with what to do instead: local times across a daylight-saving change (a day
+    of 23 or 25 hours), a calendar step (business days: the server would fill every weekend;
+    months), and, unless missing='ffill', rows missing from the frame's grid (as forecast()
+    refuses them). (In the CLI: --no-timestamps, --missing ffill, `rimer forecast`.)"""
     if len(s.ds) < 2:
         return
+    diffs = np.diff(s.ds.asi8)
+    if s.ds.tz is not None:
+        local = np.diff(s.ds.tz_localize(None).asi8)
+        if (local == local[0]).all() and not (diffs == local[0]).all():
+            raise ValueError(f"series {s.uid!r}: its times are fixed steps in {s.ds.tz} that cross "
+                             "a daylight-saving change (a day of 23 or 25 hours); a streamed "
+                             "series takes fixed steps. Append its local times without the zone "
+                             "(ds.dt.tz_localize(None)), or with timestamps=False")
     step = parse_step(freq, "datetime") if freq is not None else infer_step(s, "datetime")
     if not isinstance(step, pd.offsets.Tick):
         raise ValueError(f"series {s.uid!r}: its times step by {_show_step(step)}, a calendar "
-                         "step, not a fixed one; a streamed series takes fixed steps only and "
-                         "the server would fill the times between (every weekend of business "
-                         "days) with points. Append with timestamps=False (its values in "
-                         "order), or forecast it with forecast()")
-    diffs = np.diff(s.ds.asi8)
+                         "step (business days skip weekends, months differ in length), not a "
+                         "fixed one; a streamed series takes fixed steps only, and the server "
+                         "would fill the times between (every weekend of business days). Append "
+                         "with timestamps=False (its values in order), or use forecast()")
     if (diffs % step.nanos).any():
-        if s.ds.tz is not None and not (np.diff(s.ds.tz_localize(None).asi8) % step.nanos).any():
-            raise ValueError(f"series {s.uid!r}: its times are steps of {_show_step(step)} in "
-                             f"{s.ds.tz}, which cross a daylight-saving change (a day of 23 or "
-                             "25 hours); a streamed series takes fixed steps. Append its local "
-                             "times without the zone (ds.dt.tz_localize(None)), or with "
-                             "timestamps=False")
         bad = s.ds[1 + int(np.flatnonzero(diffs % step.nanos)[0])]
+        steps = np.unique(diffs)
+        hint = ("; steps an hour apart are local times across a daylight-saving change, read in "
+                "UTC: append the local times without their offset, or with timestamps=False"
+                if len(steps) == 2 and steps[1] - steps[0] == 3_600_000_000_000 else "")
         raise ValueError(f"series {s.uid!r}: the time {bad} is not on the grid of its step "
-                         f"{_show_step(step)} from {s.ds[0]}; pass freq= if it was inferred wrong")
+                         f"{_show_step(step)} from {s.ds[0]}; pass freq= if it was inferred "
+                         f"wrong{hint}")
     if missing != "ffill" and (diffs != step.nanos).any():
         at = int(np.flatnonzero(diffs != step.nanos)[0])
         gap = int(diffs[at] // step.nanos) - 1

@@ -147,6 +147,30 @@ def test_append_models_and_errors_against_a_server(tmp_path, default_server, cap
     assert "no such file" in capsys.readouterr().err
 
 
+def test_local_times_across_daylight_saving_in_a_csv(tmp_path, default_server, capsys):
+    """A CSV of Berlin times across the spring change holds two UTC offsets: read as datetimes
+    (in UTC; they were objects, and `rimer append` failed on them). Hourly, they are fixed steps
+    and append; daily, a 23-hour day, refused, the message naming daylight saving and the
+    command's own flags."""
+    url = default_server.url
+    prefix = f"dst-{uuid.uuid4().hex[:8]}"
+    hours = pd.date_range("2024-03-29", periods=60, freq="h", tz="Europe/Berlin")
+    pd.DataFrame({"unique_id": f"{prefix}-h", "ds": hours, "y": wave(60, 0.0)}).to_csv(
+        tmp_path / "hours.csv", index=False)
+    df, _ = read_series(tmp_path / "hours.csv")
+    assert pd.api.types.is_datetime64_any_dtype(df["ds"])
+    assert (df["ds"].diff().dropna() == pd.Timedelta("1h")).all()
+    assert cli.main(["append", str(tmp_path / "hours.csv"), "--url", url, "--no-progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"{prefix}-h,60"
+    days = pd.date_range("2024-03-20", periods=40, freq="D", tz="Europe/Berlin")
+    pd.DataFrame({"unique_id": f"{prefix}-d", "ds": days, "y": wave(40, 0.0)}).to_csv(
+        tmp_path / "days.csv", index=False)
+    assert cli.main(["append", str(tmp_path / "days.csv"), "--url", url, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "daylight-saving" in err and "--no-timestamps" in err and "timestamps=False" not in err
+    assert "pass --freq" in err
+
+
 @pytest.mark.slow
 def test_help_everywhere(monkeypatch, capfd):
     for args in ([], ["forecast"], ["append"], ["models"]):

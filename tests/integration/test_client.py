@@ -286,8 +286,13 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
     business = pd.DataFrame({"unique_id": "b", "ds": days, "y": wave(40)})
     berlin = business.assign(ds=pd.date_range("2024-03-20", periods=40, freq="D", tz="Europe/Berlin"))
     gap = SMALL.drop(index=[5, 6, 7])
+    weeks = pd.DataFrame({"unique_id": "w", "ds": pd.date_range("2024-03-03", periods=40, freq="W-SUN",
+                                                              tz="Europe/Berlin"), "y": wave(40)})
+    months = pd.DataFrame({"unique_id": "m", "ds": pd.date_range("2020-01-01", periods=40, freq="MS"),
+                           "y": wave(40)})
     for frame, says in ((business, "calendar step"), (berlin, "daylight-saving"),
-                        (gap, "3 missing")):
+                        (gap, "3 missing"), (weeks, "daylight-saving"),
+                        (berlin.iloc[11:13], "daylight-saving"), (months, "months differ")):
         t = scripted(OK_APPEND)
         with pytest.raises(ValueError, match=says):
             mock_client(t).append(frame)
@@ -299,6 +304,8 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
     client.append(gap, missing="ffill")
     assert len(t.seen) == 3
     assert len(json.loads(t.seen[2].content)["timestamps"]) == 37  # (the server fills the 3)
+    with pytest.raises(ValueError, match="missing must be"):
+        mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 
 
 def test_async_client_shares_the_rules():
