@@ -19,6 +19,26 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def machine_probe_ms(reps: int = 7) -> float:
+    """Median milliseconds of a fixed single-thread workload shaped like the server's worker
+    (Python loops over dicts and lists, small NumPy arrays, FFTs of 640 points). These shared
+    machines change speed by a third from hour to hour (bench/RESULTS.md): runs taken at
+    different times compare by their figures over this probe's, not by their figures alone."""
+    import numpy as np
+
+    x = np.random.default_rng(0).standard_normal((32, 640))
+
+    def work():
+        table = {f"s{i}": [float(i)] for i in range(20_000)}
+        for key in table:
+            table[key].append(1.0)
+        for _ in range(40):
+            np.fft.irfft(np.fft.rfft(x, axis=-1) * 0.5, 640, axis=-1).cumsum(-1)
+
+    work()
+    return 1e3 * median_time(work, reps)
+
+
 def write_json(out: Path, result: dict) -> None:
     """`result` as indented JSON at `out` (its folder made), and a line saying where."""
     out.parent.mkdir(parents=True, exist_ok=True)

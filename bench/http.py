@@ -61,7 +61,7 @@ from importlib import metadata
 
 import numpy as np
 
-from bench.common import cpu_name, write_json
+from bench.common import cpu_name, machine_probe_ms, write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -504,6 +504,7 @@ def main(argv: list[str] | None = None) -> dict:
         env["OMP_NUM_THREADS"] = str(args.server_threads)
     cpus = os.cpu_count()
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    probe_start = machine_probe_ms()
     git = git_state()  # before the servers start: the tree they serve
     note = SHARED_NOTE.format(cpus=cpus)
     threads = server_torch_threads(env, server_args)
@@ -571,12 +572,16 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.batch_window_ms:g} ms window, {off['requests_per_s']:.0f} req/s off: x{ratio:.2f}")
     print("req/s, points/s, p50/p99: measured by the client (send to last byte); srv ms: the server's "
           "own mean (its histogram); srv/cli CPU: cores busy in the server / client process")
+    probe_end = machine_probe_ms()
+    print(f"machine probe (bench.common.machine_probe_ms, lower is faster): {probe_start:.1f} ms "
+          f"before, {probe_end:.1f} ms after")
     result = {
         "benchmark": "http", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "machine": platform.machine(),
                     "cpu": cpu_name(), "cpu_count": cpus,
                     "load_average_at_start": load_start,
-                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                    "probe_ms_at_start": probe_start, "probe_ms_at_end": probe_end},
         "note": note, "user_note": args.note, "git": git,
         "server": {"device": "cpu", "torch_threads": threads,
                    "omp_num_threads": env.get("OMP_NUM_THREADS"),

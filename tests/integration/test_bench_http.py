@@ -48,6 +48,8 @@ def test_bench_http_quick(tmp_path):
     assert batching["ratio"] == pytest.approx(cases[("single", 64, True)]["requests_per_s"]
                                               / cases[("single", 64, False)]["requests_per_s"])
     assert result["machine"]["cpu_count"] >= 1 and result["server"]["torch_threads"] >= 1
+    assert result["machine"]["probe_ms_at_start"] > 0 and result["machine"]["probe_ms_at_end"] > 0
+    assert "machine probe" in proc.stdout
     assert result["settings"]["quick"] is True
     assert [run["args"][run["args"].index("--batch-window-ms") + 1] for run in
             result["server"]["runs"]] == ["2.0", "0.0"]
