@@ -217,7 +217,7 @@ DAY_LENGTHS = (24.0, 48.0, 96.0, 144.0, 288.0, 12.0, 16.0, 60.0)
 
 def _calendar(d: _Draw, t: torch.Tensor) -> torch.Tensor:
     """[B, L] series of human activity: a daily profile (smooth or blocky, sometimes a business
-    day's with idle hours at zero) whose size depends on the day of a 7-day (or 5-day) week, on a
+    day's with idle hours at zero) whose size depends on the day of a 7-day week, on a
     slow trend, with noise or counts. The parts above only add or multiply seasons of Fourier
     shape, so a week whose weekend repeats the working days' profile at a fraction of its size,
     which a day's lag gets wrong every weekend and a week's lag gets right, is rare among them;
