@@ -12,8 +12,10 @@ from pydantic import (
     PlainValidator,
     Tag,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from service import timeline
 
@@ -123,6 +125,15 @@ class Distribution(Strict):
     level: list[Level] | None = Field(None, max_length=MAX_LEVELS, description=LEVEL_RULE)
     quantiles: list[QuantileLevel] | None = Field(None, max_length=MAX_LEVELS,
                                                   description=QUANTILES_RULE)
+
+    @field_validator("level", "quantiles")
+    @classmethod
+    def each_once(cls, levels: list[float] | None) -> list[float] | None:
+        """A level asked for twice would be answered twice: a mistake, said so."""
+        if levels is not None and len(set(levels)) != len(levels):
+            twice = next(v for i, v in enumerate(levels) if v in levels[:i])
+            raise PydanticCustomError("repeated", f"{twice:g} is given twice")
+        return levels
 
 
 class SeriesIn(Strict):

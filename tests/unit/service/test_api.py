@@ -462,3 +462,21 @@ def test_probes_answer_head_and_models_say_whether_forecasts_realign(client):
     assert client.head("/readyz").status_code == 200
     (info,) = client.get("/models").json()["models"]
     assert info["realigns_forecasts"] is True  # (the default lag model, --realign-forecasts)
+
+
+def test_a_level_or_quantile_asked_twice_is_refused_naming_it(client):
+    """[80, 80] was answered with two identical intervals: a mistake, refused with a 422."""
+    values = [float(i % 24) for i in range(64)]
+    r = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 4,
+                                       "level": [80, 95, 80]})
+    assert r.status_code == 422 and r.json()["field"] == "level", r.text
+    assert r.json()["detail"] == "level: 80 is given twice"
+    r = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 4,
+                                       "quantiles": [0.5, 0.5]})
+    assert r.status_code == 422 and r.json()["field"] == "quantiles", r.text
+    assert client.post("/series/twice/append", json={"values": values}).status_code == 200
+    r = client.get("/series/twice/forecast?horizon=4&level=80&level=80")
+    assert r.status_code == 422 and r.json()["field"] == "level", r.text
+    ok = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 4,
+                                        "level": [80, 95]})
+    assert ok.status_code == 200 and len(ok.json()["forecasts"][0]["intervals"]) == 2
