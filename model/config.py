@@ -9,7 +9,7 @@ POS_EMBEDDINGS = ("sinusoidal", "none")
 # Keys added after configs were first written: a config without them means the defaults (a model
 # without them), so older checkpoints keep loading.
 OPTIONAL_KEYS = {"quantiles": (), "forecast_flag": False, "lag_window": 0, "lag_match": 0,
-                 "lag_drift": False, "lag_scale": "norm"}
+                 "lag_drift": False, "lag_scale": "norm", "lag_best": 0.0}
 # What the lag match's squared differences are measured against (model/lag.py lag_copy): the
 # patch's normalising variance, or the smaller of it and the matched points' own variance (a
 # trend inflates the normalising variance and left the match blind to the season on it).
@@ -59,6 +59,10 @@ class RimerConfig:
     # LAG_SCALES: "local" measures the match against min(normalising variance, the last
     # lag_match points' variance).
     lag_scale: str = "norm"
+    # 0: off. k > 0: the match is also measured against at most k times the best lag's mean
+    # squared difference, so a series that repeats itself closely is matched sharply whatever
+    # its normalising variance (model/lag.py lag_copy).
+    lag_best: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("patch_len", "d_model", "n_layers", "head_size", "w_rank", "a_rank",
@@ -93,6 +97,9 @@ class RimerConfig:
             raise ValueError(f"config.lag_match must be 0 or a multiple of patch_len, got {self.lag_match!r}")
         if self.lag_scale not in LAG_SCALES:
             raise ValueError(f"config.lag_scale must be one of {LAG_SCALES}, got {self.lag_scale!r}")
+        if isinstance(self.lag_best, bool) or not isinstance(self.lag_best, (int, float)) \
+                or not 0 <= self.lag_best < float("inf"):
+            raise ValueError(f"config.lag_best must be a number, 0 or more, got {self.lag_best!r}")
         if not isinstance(self.forecast_flag, bool):
             raise ValueError(f"config.forecast_flag must be true or false, got {self.forecast_flag!r}")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:

@@ -33,10 +33,10 @@ def tiny_model(seed: int = 0, **overrides) -> Rimer:
     return model
 
 
-def head_model(seed: int = 0, drift: bool = False, scale: str = "norm") -> Rimer:
+def head_model(seed: int = 0, drift: bool = False, scale: str = "norm", best: float = 0.0) -> Rimer:
     """The tiny model with a lag head and a quantile head (and the lag head's drift, and its
-    match's `scale`: config.lag_scale)."""
-    return tiny_model(seed, **HEADS, lag_drift=drift, lag_scale=scale)
+    match's `scale` and `best`: config.lag_scale, config.lag_best)."""
+    return tiny_model(seed, **HEADS, lag_drift=drift, lag_scale=scale, lag_best=best)
 
 
 def walk(n: int, seed: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ def test_tampered_tensors_are_refused(tmp_path):
         checkpoint.load(tmp_path / "m")
 
 
-@pytest.mark.parametrize("key,value", [("norm", "magic"), ("lag_scale", "median")])
+@pytest.mark.parametrize("key,value", [("norm", "magic"), ("lag_scale", "median"), ("lag_best", -1)])
 def test_bad_config_is_refused(tmp_path, key, value):
     shutil.copytree(DEFAULT_WEIGHTS, tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())

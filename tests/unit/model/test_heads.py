@@ -131,8 +131,9 @@ def _smooth(k: int) -> bool:
 
 
 @pytest.mark.parametrize("level", [0.0, 1e5])
-@pytest.mark.parametrize("drift,local", [(False, False), (True, False), (True, True)])
-def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift, local):
+@pytest.mark.parametrize("drift,local,best", [(False, False, 0.0), (True, False, 0.0),
+                                             (True, True, 0.0), (True, False, 12.0)])
+def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift, local, best):
     """lag_copy on the CPU without gradients runs its arithmetic in NumPy (model/lag.py
     `_serving_tail`); with gradients, in torch. The same copies and usable flags, including
     series too short for any lag and chunks of many patches."""
@@ -142,7 +143,7 @@ def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift, local)
     patches = torch.randn(bsz, t, P, generator=g).cumsum(-1) + level
     args = (history, patches, torch.tensor([0, 1, 2, 5, 40]), torch.randn(bsz, t, n_lags, generator=g),
             torch.rand(bsz, t, generator=g) * 5, torch.rand(bsz, t, generator=g) + 0.5,
-            torch.randn(bsz, t, generator=g) if drift else None, local)
+            torch.randn(bsz, t, generator=g) if drift else None, local, best)
     with torch.no_grad():
         served, served_ok = lag_copy(*args)
     with torch.enable_grad():
@@ -153,11 +154,12 @@ def test_serving_form_of_the_lag_copy_equals_the_torch_form(level, drift, local)
     assert (served - trained).abs().max() <= 1e-5 * scale + 1e-6 * abs(level)
 
 
-def test_a_local_scale_finds_the_season_on_a_trend():
-    """lag_scale "local": a weekly pattern (swing 50) on a trend of 0.3 a step, whose variance
+def test_a_local_or_best_scale_finds_the_season_on_a_trend():
+    """lag_scale "local", or lag_best 12: a weekly pattern (swing 50) on a trend of 0.3 a step, whose variance
     the trend inflates 20 times: measured against it, the match term is small and the copy
     follows the logits (here: one patch back, out of phase, 37 off); against the matched points'
-    own variance, the copy follows the season."""
+    own variance, or 12 times the best lag's mean squared difference, the copy follows the
+    season."""
     p = 32  # (the shipped models' patch)
     t = torch.arange(40 * p + p, dtype=torch.float64)
     x = (200 + 0.3 * t + 5 * torch.tensor([0, 2, 3, 3, 4, 10, 8.0])[t.long() % 7]).float()
@@ -177,6 +179,30 @@ def test_a_local_scale_finds_the_season_on_a_trend():
     assert (blind[0, 0] - truth).abs().max() > 10 * (seen[0, 0] - truth).abs().max()
 
 
+def test_a_best_scale_copies_a_close_repeat_the_normalising_variance_hides():
+    """lag_best: a series that repeats itself every 45 points, noise 0.1, its normalising
+    variance inflated (a level shift long ago, say: 100 times its own); the logits prefer one
+    patch back. Against the normalising variance the match cannot overrule them; against 12
+    times the best lag's mean squared difference, the copy is the repeat, within the noise."""
+    p = 32
+    g = torch.Generator().manual_seed(3)
+    t = torch.arange(40 * p, dtype=torch.float64)
+    x = (torch.sin(2 * torch.pi * t / 45) + torch.sin(6 * torch.pi * t / 45) ** 3
+         + 0.1 * torch.randn(len(t), generator=g, dtype=torch.float64)).float()
+    n_lags, m = 8 * p + 1, 4 * p
+    hist_len = n_lags - 1 + m
+    history, patch = x[None, 30 * p - hist_len: 30 * p], x[None, None, 30 * p: 31 * p]
+    truth = x[31 * p: 32 * p]
+    logits = torch.zeros(1, 1, n_lags)
+    logits[..., 0] = 6.0  # (one patch back)
+    var = torch.full((1, 1), 100.0 * float(x.double().var()))
+    args = (history, patch, torch.tensor([30]), logits, torch.full((1, 1), 5.0), var)
+    blind, _ = lag_copy(*args)
+    seen, _ = lag_copy(*args, best=12.0)
+    assert (seen[0, 0] - truth).abs().max() < 0.5
+    assert (blind[0, 0] - truth).abs().max() > 2 * (seen[0, 0] - truth).abs().max()
+
+
 def test_lag_correlations_have_the_direct_forms_gradients():
     """Training backpropagates through the lag head's weights (and, in rollouts, its points)."""
     g = torch.Generator().manual_seed(4)
@@ -194,9 +220,10 @@ def test_lag_correlations_have_the_direct_forms_gradients():
         assert all(torch.allclose(a, b, atol=1e-9) for a, b in zip(grads, want))
 
 
-@pytest.mark.parametrize("drift,scale", [(False, "norm"), (True, "norm"), (True, "local")])
-def test_streamed_equals_whole_and_alone_equals_batched(drift, scale):
-    model = head_model(drift=drift, scale=scale)
+@pytest.mark.parametrize("drift,scale,best", [(False, "norm", 0.0), (True, "norm", 0.0),
+                                             (True, "local", 0.0), (True, "norm", 12.0)])
+def test_streamed_equals_whole_and_alone_equals_batched(drift, scale, best):
+    model = head_model(drift=drift, scale=scale, best=best)
     xs = [walk(n, n) for n in (8 * P, 8 * P, 8 * P)]
     whole = model.whole(torch.stack(xs))
     state = model.init_state([x[:0] for x in xs])
@@ -217,9 +244,10 @@ def test_streamed_equals_whole_and_alone_equals_batched(drift, scale):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("drift,scale", [(False, "norm"), (True, "norm"), (True, "local")])
-def test_pool_paths_match_the_reference(drift, scale):
-    model = head_model(drift=drift, scale=scale).to(DEVICE)
+@pytest.mark.parametrize("drift,scale,best", [(False, "norm", 0.0), (True, "norm", 0.0),
+                                             (True, "local", 0.0), (True, "norm", 12.0)])
+def test_pool_paths_match_the_reference(drift, scale, best):
+    model = head_model(drift=drift, scale=scale, best=best).to(DEVICE)
     runner = PoolRunner(model)
     xs = [walk(n, n).to(DEVICE) for n in (2 * P + 3, 5 * P + 1, 4 * P)]
     reference = model.append(model.init_state(xs), xs)
