@@ -106,6 +106,12 @@ class RimerConfig:
             raise ValueError("config.d_model must be even for the sinusoidal position embedding")
 
     @property
+    def lag_match_options(self) -> dict:
+        """lag_scale and lag_best as model/lag.py lag_copy's keyword arguments (its callers:
+        Rimer._lag_mix and the triton pool)."""
+        return {"local": self.lag_scale == "local", "best": self.lag_best}
+
+    @property
     def n_heads(self) -> int:
         return self.d_model // self.head_size
 

@@ -466,8 +466,7 @@ class Rimer(nn.Module):
         p = self.cfg.patch_len
         logits, gate_logits, sharp, drift = self.lag_parts(out)
         copy, usable = lag_copy(state.history, patches, state.n_patches, logits, sharp,
-                                (sd[..., 0] ** 2).to(out.dtype), drift, self.cfg.lag_scale == "local",
-                                self.cfg.lag_best)
+                                (sd[..., 0] ** 2).to(out.dtype), drift, **self.cfg.lag_match_options)
         gate = torch.sigmoid(gate_logits) * usable[..., None]
         copy_n = ((copy.double() - mean) / sd).to(preds.dtype)
         mixed = preds + gate * (copy_n - preds)

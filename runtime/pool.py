@@ -249,8 +249,7 @@ class PoolRunner:
             sd = normalisation.scale(io.stats[:, 1:2], cfg.norm_eps)
             logits, gate_logits, sharp, drift = model.lag_parts(out)
             copy, usable = lag_copy(history, patch[:, None], io.n_patches - io.done, logits, sharp,
-                                    (sd ** 2).to(out.dtype), drift, cfg.lag_scale == "local",
-                                    cfg.lag_best)
+                                    (sd ** 2).to(out.dtype), drift, **cfg.lag_match_options)
             copy = copy[:, 0]
             gate = torch.sigmoid(gate_logits[:, 0]) * usable
             preds = linear(h, model.head.weight, model.head.bias)
