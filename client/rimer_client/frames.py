@@ -156,14 +156,10 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
             continue  # (a calendar step, or days across a daylight-saving change)
         on_grid = pd.Index(s.ds).isin(full)
         if not on_grid.all():
-            bad = s.ds[np.flatnonzero(~on_grid)[0]]
-            raise ValueError(f"series {s.uid!r}: the time {bad} is not on the grid of its step "
-                             f"{_show_step(s.step)} from {s.ds[0]}; pass freq= if it was inferred wrong")
+            raise off_grid(s, s.ds[np.flatnonzero(~on_grid)[0]], s.step)
         if missing != "ffill":
             at = np.flatnonzero(~pd.Index(full).isin(s.ds))[0]
-            raise ValueError(f"series {s.uid!r} has no row for {full[at]} ({len(full) - len(s.ds)} "
-                             f"missing at step {_show_step(s.step)}); fill them, or pass "
-                             "missing='ffill' to send them as missing points")
+            raise rows_missing(s, full[at], len(full) - len(s.ds), s.step)
         pos = pd.Index(full).get_indexer(s.ds)
         values = np.full(len(full), np.nan)
         values[pos] = s.values
@@ -196,20 +192,27 @@ def check_stream_steps(s: Series, freq, missing: str) -> None:
                          "would fill the times between (every weekend of business days). Append "
                          "with timestamps=False (its values in order), or use forecast()")
     if (diffs % step.nanos).any():
-        bad = s.ds[1 + int(np.flatnonzero(diffs % step.nanos)[0])]
         steps = np.unique(diffs)
         hint = ("; steps an hour apart are local times across a daylight-saving change, read in "
                 "UTC: append the local times without their offset, or with timestamps=False"
                 if len(steps) == 2 and steps[1] - steps[0] == 3_600_000_000_000 else "")
-        raise ValueError(f"series {s.uid!r}: the time {bad} is not on the grid of its step "
-                         f"{_show_step(step)} from {s.ds[0]}; pass freq= if it was inferred "
-                         f"wrong{hint}")
+        raise off_grid(s, s.ds[1 + int(np.flatnonzero(diffs % step.nanos)[0])], step, hint)
     if missing != "ffill" and (diffs != step.nanos).any():
         at = int(np.flatnonzero(diffs != step.nanos)[0])
-        gap = int(diffs[at] // step.nanos) - 1
-        raise ValueError(f"series {s.uid!r} has no row for {s.ds[at] + step} ({gap} missing "
-                         f"there at step {_show_step(step)}); fill them, or pass missing='ffill' "
-                         "to let the server fill them with the last value before them")
+        raise rows_missing(s, s.ds[at] + step, int(diffs[at] // step.nanos) - 1, step)
+
+
+def off_grid(s: Series, bad, step, hint: str = "") -> ValueError:
+    """A time of `s` off the grid of its step (forecast() and append() alike)."""
+    return ValueError(f"series {s.uid!r}: the time {bad} is not on the grid of its step "
+                      f"{_show_step(step)} from {s.ds[0]}; pass freq= if it was inferred wrong{hint}")
+
+
+def rows_missing(s: Series, first, count: int, step) -> ValueError:
+    """Rows missing from `s`'s grid, `first` the earliest (forecast() and append() alike)."""
+    return ValueError(f"series {s.uid!r} has no row for {first} ({count} missing at step "
+                      f"{_show_step(step)}); fill them, or pass missing='ffill' to send them as "
+                      "missing points, which the server fills with the last value before them")
 
 
 def _show_step(step) -> str:
