@@ -88,8 +88,9 @@ def _load_ours(directory: Path) -> tuple[Rimer, dict]:
     except Exception as exc:  # noqa: BLE001 - safetensors' own errors: not a tensors file
         raise CheckpointError(f"{tensor_file}: not a readable safetensors file ({exc})") from exc
     model = Rimer(cfg)
-    if cfg.quantiles and "horizon_spread" not in tensors:  # (saved before the table existed)
-        tensors["horizon_spread"] = model.horizon_spread.clone()
+    for name in ("horizon_spread", "horizon_carry"):  # (files saved before these existed)
+        if cfg.quantiles and name not in tensors:
+            tensors[name] = getattr(model, name).clone()
     _load_strict(model, tensors, str(tensor_file))
     return model, manifest
 

@@ -235,6 +235,9 @@ class Rimer(nn.Module):
             # fed; later patches are fed forecasts, not data): fitted on validation series
             # (training/spread.py), the last entry for every later patch. Ones: as predicted.
             self.register_buffer("horizon_spread", torch.ones(HORIZON_SPREAD_PATCHES))
+            # How much of the spread reached by the end of one forecast patch the next carries
+            # on (model/calibration.py widen_by_horizon; fitted with the spread). 0: none.
+            self.register_buffer("horizon_carry", torch.zeros(()))
         if cfg.lag_window:  # a logit per lag (1 patch .. lag_window points), a gate per point, a
             # sharpness of the match (model/rimer.py lag_copy)
             self.lag_head = nn.Linear(cfg.d_model, cfg.lag_window - cfg.patch_len + 1 + cfg.patch_len + 1)
@@ -642,10 +645,8 @@ class Rimer(nn.Module):
         mean = flat.gather(1, idx)
         if not quantiles:
             return mean
-        spread = self.horizon_spread
-        qpieces = [c[:, None] + spread[min(k, len(spread) - 1)] * (q - c[:, None])
-                   for k, (c, q) in enumerate(zip(pieces, qpieces))]
-        qflat = torch.cat(qpieces, dim=2)
+        qflat = calibration.widen_by_horizon(flat, torch.cat(qpieces, dim=2), p, self.horizon_spread,
+                                             float(self.horizon_carry))
         return mean, qflat.gather(2, idx[:, None].expand(-1, qflat.shape[1], -1))
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from model import calibration, checkpoint
 from model.lag import (
     centred,
     fft_size,
@@ -352,6 +353,53 @@ def test_the_horizon_spread_widens_the_quantiles_of_later_patches_only():
     assert torch.allclose(dev2[..., :P], dev[..., :P])
     assert torch.allclose(dev2[..., P: 2 * P], 2 * dev[..., P: 2 * P], atol=1e-5)
     assert torch.allclose(dev2[..., 2 * P:], 3 * dev[..., 2 * P:], atol=1e-5)
+
+
+def test_the_horizon_carry_joins_each_patch_to_the_spread_the_last_one_reached():
+    """widen_by_horizon against its formula written out point by point: the first patch as
+    predicted; later ones sign(d) sqrt((s d)^2 + c D_prev^2) with c = carry (1 - d_1^2 / d_P^2)
+    per quantile; carry 0 is the spread alone; levels stay in order."""
+    torch.manual_seed(0)
+    b, levels, p, k = 3, 5, 4, 3
+    mean = torch.randn(b, p * k, dtype=torch.float64)
+    grow = torch.linspace(0.5, 2.0, p, dtype=torch.float64).repeat(k)  # each patch restarts narrow
+    z = torch.linspace(-1.5, 1.5, levels, dtype=torch.float64) + 0.1  # (no offset exactly 0)
+    q = mean[:, None] + z[None, :, None] * grow * (1 + torch.rand(b, 1, 1, dtype=torch.float64))
+    spread = torch.tensor([1.0, 1.5, 2.0], dtype=torch.float64)
+    alone = calibration.widen_by_horizon(mean, q, p, spread, 0.0)
+    d = q - mean[:, None]
+    want = d.clone()
+    want[..., p:2 * p] *= 1.5
+    want[..., 2 * p:] *= 2.0
+    assert torch.allclose(alone - mean[:, None], want)
+    got = calibration.widen_by_horizon(mean, q, p, spread, 0.8) - mean[:, None]
+    share = 0.8 * (1 - d[..., 0] ** 2 / d[..., p - 1] ** 2)  # [B, Q]
+    expect = d[..., :p].clone()
+    for j in range(1, k):
+        here = spread[j] * d[..., j * p:(j + 1) * p]
+        prev = expect[..., -1:]
+        joined = torch.sign(here) * torch.sqrt(here ** 2 + share[..., None] * prev ** 2)
+        expect = torch.cat([expect, joined], -1)
+    assert torch.allclose(got, expect)
+    width = got[:, -1] - got[:, 0]
+    assert bool((width[:, p] > alone[:, -1, p] - alone[:, 0, p]).all())  # the boundary fell less
+    assert bool((got[:, 1:] >= got[:, :-1]).all())
+
+
+def test_a_model_with_a_carry_forecasts_with_it_and_saves_it(tmp_path):
+    model = head_model()
+    xs = [walk(5 * P, 3)]
+    state = model.append(model.init_state(xs), xs)
+    mean, q = model.forecast(state, 3 * P, quantiles=True)
+    with torch.no_grad():
+        model.horizon_carry.fill_(0.5)
+    mean2, q2 = model.forecast(state, 3 * P, quantiles=True)
+    assert torch.equal(mean, mean2) and torch.equal(q[..., :P], q2[..., :P])
+    assert not torch.allclose(q[..., P:], q2[..., P:])
+    checkpoint.save(model, tmp_path / "m", {"name": "m"})
+    again, _ = checkpoint.load(tmp_path / "m")
+    assert float(again.horizon_carry) == 0.5
+    assert torch.equal(again.forecast(again.append(again.init_state(xs), xs), 3 * P, quantiles=True)[1], q2)
 
 
 def test_a_forecast_from_inside_a_patch_starts_afresh_at_the_newest_point():
