@@ -2,6 +2,7 @@
 against online-calibrated (model/calibration.py), beside statsforecast's AutoETS intervals.
 
     python -m bench.intervals [--weights weights/<default>] [--out bench/out/intervals.json]
+                              [--sections streams noise walks zero-shot]
 
 1. Streams: each variable of ETTh1, ETTh2, ETTm1 and weather is streamed from 2,000 points before
    its test split (the calibration's warm-up) to the split's end; every point is scored against
@@ -10,7 +11,9 @@ against online-calibrated (model/calibration.py), beside statsforecast's AutoETS
    per dataset, static and calibrated. AutoETS is fitted on 512 points before some patch starts
    (`--ets-windows` per variable) and scored on the same patches beside ours.
 2. A stream whose noise doubles halfway: rolling coverage of the calibrated intervals, and how
-   many points after the change coverage is back within 3 points of nominal.
+   many points after the change coverage is back within 3 points of nominal. Then 300 random
+   walks: static 80% coverage and width by forecast step (do the intervals keep widening across
+   the forecast's patch boundaries?).
 3. The zero-shot benchmark's series (training/protocol.py windows, lookback 512, all horizons):
    coverage and the interval score (Winkler; scaled values) of our static and calibrated intervals
    and of AutoETS's, on the same windows; geometric mean of the score over series.
@@ -37,6 +40,7 @@ from training import data
 
 LEVELS = (80.0, 95.0)
 WARMUP = 2000
+SECTIONS = ("streams", "noise", "walks", "zero-shot")
 
 
 def interval_score(lo, hi, y, level: float) -> np.ndarray:
@@ -171,6 +175,28 @@ def zero_shot(model: Rimer, windows: int) -> dict:
     return {"series": per_series, "summary": summary}
 
 
+def random_walks(model: Rimer, n: int = 300, length: int = 512, horizon: int = 128) -> dict:
+    """Static 80% coverage and mean width by forecast step on `n` seeded Gaussian random walks:
+    whether the intervals keep widening across patch boundaries (a walk's uncertainty grows with
+    every step; where a later patch restarted narrow, its first points were covered ~52%)."""
+    rng = np.random.default_rng(0)
+    walks = np.cumsum(rng.standard_normal((n, length + horizon)), 1).astype(np.float32)
+    hist = [torch.tensor(w[:length]) for w in walks]
+    state = model.append(model.init_state(hist), hist)
+    _, q = model.forecast(state, horizon, quantiles=True)
+    b = bands(model, q, None, 80.0).numpy()
+    truth = walks[:, length:]
+    cover = ((truth >= b[:, 0]) & (truth <= b[:, 1])).mean(0)
+    width = (b[:, 1] - b[:, 0]).mean(0)
+    p = model.cfg.patch_len
+    spans = {f"{lo + 1}-{hi}": (lo, hi) for lo, hi in ((0, p), (p, p + 8), (p + 8, 2 * p), (2 * p, horizon))}
+    at = (p - 1, p, 2 * p - 1, 2 * p, horizon - 1)
+    return {"walks": n, "history": length,
+            "coverage80_by_steps": {k: round(float(cover[lo:hi].mean()), 4) for k, (lo, hi) in spans.items()},
+            "width80_at_step": {str(i + 1): round(float(width[i]), 3) for i in at},
+            "coverage80": [round(float(c), 4) for c in cover], "width80": [round(float(w), 3) for w in width]}
+
+
 def plot(model: Rimer, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -214,6 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ets-windows", type=int, default=6, help="patches per variable scored with AutoETS")
     ap.add_argument("--zero-shot-windows", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                    help="which parts to run (all by default)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, manifest = checkpoint.load(args.weights)
@@ -223,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": manifest.get("name"), "weights": args.weights, "levels": LEVELS,
               "gamma": calibration.GAMMA, "warmup_points": WARMUP, "streams": {}}
     seasons = {"ETTh1": 24, "ETTh2": 24, "ETTm1": 96, "weather": 144}
-    for name in args.datasets:
+    for name in args.datasets if "streams" in args.sections else ():
         ds = data.load(name)
         x = (ds.values - ds.mean) / ds.std
         lo, hi = ds.borders["test"]
@@ -239,10 +267,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: " + "  ".join(f"{k} {v['coverage']:.3f}" for k, v in res.items())
               + " | ETS windows: " + "  ".join(f"{k} {v['coverage']:.2f}/{v['interval_score']:.2f}"
                                                 for k, v in res_ets.items()), file=sys.stderr)
-    result["noise_doubling"] = noise_doubling(model)
-    print("noise doubling:", json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "rolling"}
-                                         for k, v in result["noise_doubling"].items()}), file=sys.stderr)
-    result["zero_shot"] = zero_shot(model, args.zero_shot_windows)
+    if "noise" in args.sections:
+        result["noise_doubling"] = noise_doubling(model)
+        print("noise doubling:", json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "rolling"}
+                                             for k, v in result["noise_doubling"].items()}), file=sys.stderr)
+    if "walks" in args.sections:
+        result["random_walks"] = random_walks(model)
+    if "zero-shot" in args.sections:
+        result["zero_shot"] = zero_shot(model, args.zero_shot_windows)
     result["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,10 +291,15 @@ def print_table(result: dict) -> None:
         s = r["streamed"]
         print(f"{name:24} " + " ".join(f"{s[k]['coverage']:10.3f}" for k in ("static80", "calib80",
                                                                              "static95", "calib95")))
-    zs = result["zero_shot"]["summary"]
-    print(f"\n{'zero-shot (all horizons)':24} {'coverage':>9} {'geomean IS':>11}")
-    for k, v in zs.items():
-        print(f"{k:24} {v['mean_coverage']:9.3f} {v['geomean_interval_score']:11.3f}")
+    if "random_walks" in result:
+        rw = result["random_walks"]
+        print("\nrandom walks, static 80% coverage by step: "
+              + "  ".join(f"{k} {v:.3f}" for k, v in rw["coverage80_by_steps"].items())
+              + " | width at step " + "  ".join(f"{k} {v:.2f}" for k, v in rw["width80_at_step"].items()))
+    if "zero_shot" in result:
+        print(f"\n{'zero-shot (all horizons)':24} {'coverage':>9} {'geomean IS':>11}")
+        for k, v in result["zero_shot"]["summary"].items():
+            print(f"{k:24} {v['mean_coverage']:9.3f} {v['geomean_interval_score']:11.3f}")
 
 
 if __name__ == "__main__":

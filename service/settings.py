@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-general-v9"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "rimer-general-v10"
 
 
 @dataclass(frozen=True)

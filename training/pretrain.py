@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="share of synthetic windows that are driftless random walks (training/synth.py)")
     ap.add_argument("--lag-scale", choices=("norm", "local"), default="norm",
                     help="what the lag match is measured against (model/config.py LAG_SCALES)")
+    ap.add_argument("--lag-best", type=float, default=0.0,
+                    help="the lag match measured against at most this many times the best lag's "
+                         "(model/lag.py lag_copy; 0: off)")
     ap.add_argument("--calendar", type=float, default=0.0,
                     help="share of synthetic windows that are calendar series (training/synth.py)")
     ap.add_argument("--long-term-val", action="store_true",
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                           pos_emb="none", norm="causal", norm_window=args.norm_window,
                           quantiles=levels, forecast_flag=args.forecast_flag,
                           lag_window=args.lag_window, lag_match=args.lag_match,
-                          lag_drift=args.lag_drift, lag_scale=args.lag_scale)
+                          lag_drift=args.lag_drift, lag_scale=args.lag_scale, lag_best=args.lag_best)
     except ValueError as exc:
         ap.error(str(exc))
     torch.manual_seed(args.seed)

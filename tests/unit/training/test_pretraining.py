@@ -175,16 +175,18 @@ def test_pinball_is_minimised_at_the_quantile():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("quantiles", ["0.1,0.5,0.9", ""])
-def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path, quantiles):
+@pytest.mark.parametrize("quantiles,lag", [("0.1,0.5,0.9", ["--lag-window", "64", "--lag-match", "32",
+                                                              "--lag-best", "4"]), ("", [])])
+def test_pretrain_runs_end_to_end_and_writes_loadable_weights(tmp_path, quantiles, lag):
     from training import pretrain
 
     out = tmp_path / "run"
     manifest = pretrain.main(["--out", str(out), "--steps", "3", "--val-every", "3", "--batch", "4",
                               "--d-model", "32", "--head-size", "16", "--max-patches", "6",
                               "--long-patches", "8", "--no-package-data", "--val-windows", "1",
-                              "--threads", "1", f"--quantiles={quantiles}"])
+                              "--threads", "1", f"--quantiles={quantiles}", *lag])
     model, saved = checkpoint.load(out)
+    assert model.cfg.lag_best == (4.0 if lag else 0.0) and model.cfg.lag_window == (64 if lag else 0)
     assert saved["training"]["steps"] == 3 and "corpus" in saved["trained_on"]
     assert model.cfg.quantiles == tuple(float(q) for q in quantiles.split(",") if q)
     bench = [k for src in saved["trained_on"]["corpus"].values() for k in src.get("bench", [])]
