@@ -46,7 +46,7 @@ class Columns:
     raw: list  # the values as sent (ints stay ints: the metadata's `last` is the value sent)
     nulls: bool
     timestamps: list[str] | None
-    freq: int | None
+    freq: int | str | None  # seconds, or timeline.BUSINESS_DAYS
     horizon: int | None
     level: list[float] | None
     quantiles: list[float] | None

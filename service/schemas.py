@@ -28,7 +28,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-def _freq(value) -> int:
+def _freq(value) -> int | str:
     return timeline.parse_freq(value)  # ValueError: a 422 naming `freq`
 
 
@@ -42,7 +42,8 @@ Freq = Annotated[int | str, PlainValidator(_freq),
                  WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1},
                                            {"type": "string", "maxLength": timeline.MAX_FREQ_CHARS}],
                                  "description": "seconds, or a number with a unit: s, min, h, "
-                                                "d, w ('15min', '1h')"})]
+                                                "d, w ('15min', '1h'); '1b': business days "
+                                                "(Monday to Friday)"})]
 # Points are held in float32 by the model (its range ends at 3.4e38); 1e30 leaves room for the
 # statistics and the forecast's de-normalisation. JSON numbers only: no "1" or true for 1.0.
 MAX_ABS_VALUE = 1e30
@@ -313,7 +314,8 @@ class SeriesInfo(BaseModel):
     state_bytes: int
     patches: int
     tail_points: int
-    freq: int | None = Field(None, description="seconds between points (series with timestamps)")
+    freq: int | str | None = Field(None, description="seconds between points, or '1b' for "
+                                   "business days (series with timestamps)")
     last_timestamp: str | None = Field(None, description="of the last point (series with "
                                        "timestamps)")
 

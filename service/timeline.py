@@ -13,11 +13,15 @@ The rules (README "Timestamps, gaps and nulls"):
 * Timestamps are ISO 8601 (`datetime.fromisoformat`: `2024-05-01T13:00:00Z`, `...+02:00`,
   `2024-05-01 13:00`, `2024-05-01`); one per value. Naive timestamps (no offset) are UTC.
 * The frequency is fixed when the series is created (its first append): `freq` when given (whole
-  seconds, or a string `"10s"`, `"15min"`, `"1h"`, `"1d"`, `"1w"`; 1 s to 366 days), else inferred
-  from that append's timestamps (at least two): their smallest difference, which every difference
-  must be a multiple of. Calendar steps (months, years) are not fixed lengths and are not supported.
-* The grid is the first timestamp plus whole multiples of the frequency; a timestamp off it is 422
-  naming it (`timestamps[3]`).
+  seconds, or a string `"10s"`, `"15min"`, `"1h"`, `"1d"`, `"1w"`; 1 s to 366 days; or `"1b"`,
+  business days), else inferred from that append's timestamps (at least two): their smallest
+  difference, which every difference must be a multiple of. Business days step a day at a time
+  from Monday to Friday, from Friday to the next Monday, at the first timestamp's time of day, the
+  weekday read in each timestamp's own UTC offset (a series of closing prices, one row per
+  trading day: its weekends are neither gaps nor points). Other calendar steps (months, years) are
+  not fixed lengths and are not supported.
+* The grid is the first timestamp plus whole multiples of the frequency (business days: the
+  weekdays among whole days after it); a timestamp off it is 422 naming it (`timestamps[3]`).
 * Timestamps in one request must increase strictly: a duplicate or out-of-order one is 422 naming it.
   A first timestamp at or before the series' last one (a duplicate or a late point) is 409 naming
   `timestamps[0]`: the series does not change (a retried append gets 409, not a second copy).
@@ -31,7 +35,8 @@ The rules (README "Timestamps, gaps and nulls"):
 * An append without timestamps to a series with a frequency takes the next grid points; an append
   with timestamps (or `freq`) to a series created without them is 409. `freq` on a later append
   must equal the series' frequency (else 409).
-* Forecast timestamps continue the grid after the last point: `t + k * freq`, k = 1..horizon. Every
+* Forecast timestamps continue the grid after the last point: `t + k * freq`, k = 1..horizon (the
+  next k business days for `"1b"`). Every
   timestamp, forecast ones included, must fall between the years 1 and 9999 (a day's margin each
   side), else 422.
 
@@ -61,6 +66,7 @@ _DAY_US = _DAY_S * US
 MIN_US = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1) + _DAY_US
 MAX_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 UNITS = {"s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+BUSINESS_DAYS = "1b"  # the frequency of a series of weekdays (Monday to Friday)
 _FREQ = re.compile(r"^\s*([0-9]{1,12})\s*([a-z]*)\s*$")
 
 
@@ -86,17 +92,24 @@ class Plan:
     filled: int = 0
 
 
-def parse_freq(value: int | str) -> int:
-    """Seconds of a frequency: an int, or digits with an optional unit (s, sec, min, h, d, w)."""
+def parse_freq(value: int | str) -> int | str:
+    """Seconds of a frequency: an int, or digits with an optional unit (s, sec, min, h, d, w); or
+    `BUSINESS_DAYS` for "1b" (or "b")."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ValueError("freq must be whole seconds (an integer) or a string like '15min', '1h'")
     if isinstance(value, str):
         if len(value) > MAX_FREQ_CHARS:
             raise ValueError(f"freq is longer than {MAX_FREQ_CHARS} characters")
+        if value.strip().lower() == "b":
+            return BUSINESS_DAYS
         m = _FREQ.match(value.lower())
+        if m is not None and m[2] == "b":
+            if int(m[1]) != 1:
+                raise ValueError(f"freq {value!r}: business days step one at a time ('1b')")
+            return BUSINESS_DAYS
         if m is None or m[2] not in ("", *UNITS):
             raise ValueError(f"freq {value!r} is not a number of seconds or a number with a unit "
-                             f"({', '.join(UNITS)}; 'min' for minutes)")
+                             f"({', '.join(UNITS)}; 'min' for minutes), or '1b' (business days)")
         value = int(m[1]) * UNITS.get(m[2], 1)
     if not 1 <= value <= MAX_FREQ_S:
         got = f"; got {value} s" if abs(value) < 10**15 else ""  # (not a 4,000-digit echo)
@@ -169,6 +182,48 @@ def _join(field: str, i: int) -> str:
     return f"{field}[{i}]"
 
 
+def _weekday(us: int, offset_s: int) -> int:
+    """0 (Monday) .. 6 (Sunday) of an instant in a UTC offset (1970-01-01 was a Thursday)."""
+    return ((us + offset_s * US) // _DAY_US + 3) % 7
+
+
+def shift(t: int, k: int, freq: int | str, offset_s: int = 0) -> int:
+    """The grid point k steps after t (before it for k < 0): t + k freq, or for business days the
+    k-th weekday after (before) t's day, at t's time of day, weekdays read in `offset_s`."""
+    if freq != BUSINESS_DAYS:
+        return t + k * freq * US
+    weeks, rest = divmod(abs(k), 5)
+    sign = 1 if k >= 0 else -1
+    t += sign * weeks * 7 * _DAY_US
+    while rest:
+        t += sign * _DAY_US
+        if _weekday(t, offset_s) < 5:
+            rest -= 1
+    return t
+
+
+def steps_between(a: int, b: int, freq: int | str, offset_s: int = 0) -> int:
+    """How many grid steps b (on the grid) is after a (on it too): (b - a) / freq, or for
+    business days the weekdays among the whole days after a up to b."""
+    if freq != BUSINESS_DAYS:
+        return (b - a) // (freq * US)
+    weeks, rest = divmod((b - a) // _DAY_US, 7)
+    first = _weekday(a, offset_s)
+    return weeks * 5 + sum((first + d) % 7 < 5 for d in range(1, rest + 1))
+
+
+def off_grid(anchor: int, t: int, freq: int | str, offset_s: int) -> bool:
+    """Whether t is not on the grid through `anchor` (`offset_s`: t's own UTC offset)."""
+    if freq != BUSINESS_DAYS:
+        return bool((t - anchor) % (freq * US))
+    return bool((t - anchor) % _DAY_US) or _weekday(t, offset_s) >= 5
+
+
+def show_freq(freq: int | str) -> str:
+    """A frequency as the messages name it."""
+    return "business days ('1b')" if freq == BUSINESS_DAYS else f"{freq} s"
+
+
 def parse_stamps(stamps: Sequence[Stamp | str], field: str) -> list[Stamp]:
     """Each timestamp parsed (parse_timestamp); a bad one is a 422 naming `field[i]`."""
     out = []
@@ -196,8 +251,8 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
                 gap_budget: int = 10_000, prefix: str = "") -> Plan:
     """Apply the rules to one append. `meta`: the series' metadata now (None if it has none);
     `exists`: the series holds points; `stamps`: Stamps or ISO 8601 strings (parsed here);
-    `freq`: seconds (parse_freq), if given; `gap_budget`: how many points gaps may still add in
-    this request. Raises TimelineError; changes nothing."""
+    `freq`: seconds or BUSINESS_DAYS (parse_freq), if given; `gap_budget`: how many points gaps
+    may still add in this request. Raises TimelineError; changes nothing."""
 
     plain = plain_append_meta(meta if exists else None, values, stamps, freq)
     if plain is not None:  # (what the rules below come to then, without their checks)
@@ -215,7 +270,7 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
     if stamps is not None:
         new_meta, gaps, filled = _place_on_grid(meta, old_freq, stamps, freq, gap_budget, name)
     elif old_freq is not None:
-        t = meta["t"] + len(values) * old_freq * US
+        t = shift(meta["t"], len(values), old_freq, meta.get("off", 0))
         if t > MAX_US:
             raise TimelineError(422, "these points' timestamps (the next grid points) would pass "
                                      "the year 9999", name("values"))
@@ -230,8 +285,9 @@ def plan_append(meta: dict | None, exists: bool, values: Sequence[float | None],
     return Plan(out, new_meta, filled)
 
 
-def _check_options(exists: bool, old_freq: int | None, n_values: int, stamps: list[Stamp] | None,
-                   freq: int | None, name: Callable[[str], str]) -> None:
+def _check_options(exists: bool, old_freq: int | str | None, n_values: int,
+                   stamps: list[Stamp] | None, freq: int | str | None,
+                   name: Callable[[str], str]) -> None:
     """What an append's timestamps and frequency may be, given the series it goes to."""
     if exists and old_freq is None:
         if stamps is not None:
@@ -242,8 +298,8 @@ def _check_options(exists: bool, old_freq: int | None, n_values: int, stamps: li
             raise TimelineError(409, "this series was created without timestamps and has no "
                                      "frequency", name("freq"))
     if old_freq is not None and freq is not None and freq != old_freq:
-        raise TimelineError(409, f"the series' frequency is {old_freq} s, fixed at its creation; "
-                                 f"this append says {freq} s", name("freq"))
+        raise TimelineError(409, f"the series' frequency is {show_freq(old_freq)}, fixed at its "
+                                 f"creation; this append says {show_freq(freq)}", name("freq"))
     if not exists and freq is not None and stamps is None:
         raise TimelineError(422, "`freq` needs `timestamps`: the first timestamp anchors the "
                                  "series' grid", name("freq"))
@@ -252,8 +308,9 @@ def _check_options(exists: bool, old_freq: int | None, n_values: int, stamps: li
                                  f"{len(stamps)} timestamps", name("timestamps"))
 
 
-def _place_on_grid(meta: dict, old_freq: int | None, stamps: list[Stamp], freq: int | None,
-                   gap_budget: int, name: Callable[[str], str]) -> tuple[dict, list[int], int]:
+def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
+                   freq: int | str | None, gap_budget: int, name: Callable[[str], str]
+                   ) -> tuple[dict, list[int], int]:
     """Timestamps checked against the series' grid (or one inferred from them, for a new series):
     the metadata after them, the points missing before each, and how many that is in all."""
     for i in range(1, len(stamps)):
@@ -264,7 +321,7 @@ def _place_on_grid(meta: dict, old_freq: int | None, stamps: list[Stamp], freq: 
                                      "out-of-order points are refused)",
                                 name(f"timestamps[{i}]"))
     if old_freq is not None:
-        step, prev = old_freq * US, meta["t"]
+        step, prev = old_freq, meta["t"]
         if stamps[0].us <= prev:
             late = "the same as" if stamps[0].us == prev else "before"
             given = format_timestamp(stamps[0].us, stamps[0].offset_s)
@@ -273,17 +330,19 @@ def _place_on_grid(meta: dict, old_freq: int | None, stamps: list[Stamp], freq: 
                                      f"timestamp ({last_seen}): points are appended in time "
                                      "order, each once", name("timestamps[0]"))
     else:
-        step = (freq if freq is not None else infer_freq(stamps, name("timestamps"))) * US
+        step = freq if freq is not None else infer_freq(stamps, name("timestamps"))
         prev = None
     anchor = prev if prev is not None else stamps[0].us
     gaps, filled = [], 0
     for i, s in enumerate(stamps):
-        if (s.us - anchor) % step:
-            raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: "
-                                     f"{format_timestamp(anchor, s.offset_s)} plus a whole "
-                                     f"number of steps of {step // US} s",
+        if off_grid(anchor, s.us, step, s.offset_s):
+            where = (f"a weekday (Monday to Friday) at the time of day of "
+                     f"{format_timestamp(anchor, s.offset_s)}" if step == BUSINESS_DAYS else
+                     f"{format_timestamp(anchor, s.offset_s)} plus a whole number of steps of "
+                     f"{step} s")
+            raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: {where}",
                                 name(f"timestamps[{i}]"))
-        missing = 0 if prev is None else (s.us - prev) // step - 1
+        missing = 0 if prev is None else steps_between(prev, s.us, step, s.offset_s) - 1
         if filled + missing > gap_budget:
             raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
                                      "missing points) passes the limit on points that gaps "
@@ -293,7 +352,7 @@ def _place_on_grid(meta: dict, old_freq: int | None, stamps: list[Stamp], freq: 
         filled += missing
         gaps.append(missing)
         prev = s.us
-    return {"freq": step // US, "t": stamps[-1].us, "off": stamps[-1].offset_s}, gaps, filled
+    return {"freq": step, "t": stamps[-1].us, "off": stamps[-1].offset_s}, gaps, filled
 
 
 def _filled(values: Sequence[float | None], gaps: list[int] | None, last: float | None,
@@ -319,12 +378,20 @@ def forecast_timestamps(meta: dict | None, horizon: int, field: str = "horizon")
     series without a frequency. 422 if they would pass the year 9999."""
     if not meta or meta.get("freq") is None:
         return None
-    step = meta["freq"] * US
-    if meta["t"] + horizon * step > MAX_US:
+    freq, off = meta["freq"], meta.get("off", 0)
+    if shift(meta["t"], horizon, freq, off) > MAX_US:
         raise TimelineError(422, f"a forecast of {horizon} points would run past the year 9999",
                             field)
-    off = meta.get("off", 0)
-    return [format_timestamp(meta["t"] + k * step, off) for k in range(1, horizon + 1)]
+    return [format_timestamp(t, off) for t in _walk(meta["t"], 1, horizon, freq, off)]
+
+
+def _walk(t: int, sign: int, n: int, freq: int | str, offset_s: int) -> list[int]:
+    """The n grid points after t (sign 1) or before it (sign -1), nearest first."""
+    out = []
+    for _ in range(n):
+        t = shift(t, sign, freq, offset_s)
+        out.append(t)
+    return out
 
 
 def plot_times(meta: dict | None, points: int, horizon: int) -> tuple[list, list] | None:
@@ -333,17 +400,16 @@ def plot_times(meta: dict | None, points: int, horizon: int) -> tuple[list, list
     without a frequency, or one whose times would leave the supported range."""
     if not meta or meta.get("freq") is None:
         return None
-    step, last = meta["freq"] * US, meta["t"]
-    if last - (points - 1) * step < MIN_US or last + horizon * step > MAX_US:
+    freq, last, off = meta["freq"], meta["t"], meta.get("off", 0)
+    if shift(last, -(points - 1), freq, off) < MIN_US or shift(last, horizon, freq, off) > MAX_US:
         return None
-    off = meta.get("off", 0)
     tz = timezone(timedelta(seconds=off if -_DAY_S < off < _DAY_S else 0))
 
     def at(us: int):
         return (_EPOCH + timedelta(microseconds=us)).astimezone(tz)
 
-    return ([at(last - k * step) for k in range(points - 1, -1, -1)],
-            [at(last + k * step) for k in range(1, horizon + 1)])
+    return ([at(t) for t in reversed(_walk(last, -1, points - 1, freq, off))] + [at(last)],
+            [at(t) for t in _walk(last, 1, horizon, freq, off)])
 
 
 def describe(meta: dict | None) -> dict:

@@ -268,16 +268,19 @@ def check_h(h) -> None:
         raise ValueError(f"h must be a positive int, not {h!r}")
 
 
-def freq_seconds(freq) -> int | None:
-    """freq for the server: whole seconds (it takes fixed steps only)."""
+def freq_seconds(freq) -> int | str | None:
+    """freq for the server: whole seconds, or '1b' for business days (its streams take fixed
+    steps and business days only)."""
     if freq is None:
         return None
     if isinstance(freq, (int, np.integer)) and not isinstance(freq, bool):
         return int(freq)
     off = frames.to_offset(freq)
+    if frames.is_business_days(off):
+        return "1b"
     if not isinstance(off, pd.offsets.Tick) or off.nanos % 1_000_000_000:
         raise ValueError(f"freq {freq!r} is not a whole number of seconds: the server's streams "
-                         "take fixed steps only (no months or years)")
+                         "take fixed steps and business days only (no months or years)")
     return off.nanos // 1_000_000_000
 
 
@@ -330,8 +333,12 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
         raise ValueError(f"timestamps=True needs a datetime {time_col!r} column")
     fsec = freq_seconds(freq) if send_stamps else None
     if send_stamps:
-        for s in series:
-            frames.check_stream_steps(s, freq, missing)
+        business = {s.uid for s in series if frames.check_stream_steps(s, freq, missing) == "1b"}
+        if business and fsec is None:  # (inferred: say so, or the server would infer days)
+            if len(business) < sum(len(s.ds) > 1 for s in series):
+                raise ValueError("some series of this frame are business days and others are "
+                                 "not; append them in separate calls (or pass freq=)")
+            fsec = "1b"
     # one item per series and chunk: a series longer than the points limit is appended in order
     chunk = cfg.max_points_per_request
     items = [(i, a, min(a + chunk, len(s.values))) for i, s in enumerate(series)

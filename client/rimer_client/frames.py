@@ -105,8 +105,9 @@ def parse_step(freq, kind: str):
 
 
 def infer_step(s: Series, kind: str):
-    """The series' step: a whole step its times are on (pandas' inference, else the smallest
-    difference, as the server infers it)."""
+    """The series' step: a whole step its times are on (pandas' inference; else business days
+    for daily times that never fall on a weekend; else the smallest difference, as the server
+    infers it)."""
     if kind == "none":
         return 1
     if len(s.ds) < 2:
@@ -124,6 +125,9 @@ def infer_step(s: Series, kind: str):
         inferred = pd.infer_freq(s.ds)
         if inferred is not None:
             return to_offset(inferred)
+    day = 86_400 * 10**9
+    if diffs.min() == day and (s.ds.dayofweek < 5).all() and (diffs % day == 0).all():
+        return pd.offsets.BDay()  # days, never a weekend, rows missing: business days
     return to_offset(pd.Timedelta(int(diffs.min()), unit="ns"))
 
 
@@ -167,30 +171,47 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
         s.ds = full if prep.kind == "int" else pd.DatetimeIndex(full)
 
 
-def check_stream_steps(s: Series, freq, missing: str) -> None:
+def is_business_days(step) -> bool:
+    """Whether a pandas step is plain business days (Monday to Friday, one at a time): the one
+    calendar step the server's streams take (freq '1b')."""
+    return type(step) is pd.offsets.BusinessDay and step.n == 1 and not step.offset
+
+
+def check_stream_steps(s: Series, freq, missing: str) -> str | None:
     """Before an append sends a series' timestamps: the server's streams take fixed steps in
-    absolute time and fill the points missing between them, so refuse what they would take
-    wrongly, each with what to do instead: local times across a daylight-saving change (a day
-    of 23 or 25 hours), a calendar step (business days: the server would fill every weekend;
-    months), and, unless missing='ffill', rows missing from the frame's grid (as forecast()
-    refuses them). (In the CLI: --no-timestamps, --missing ffill, `rimer forecast`.)"""
+    absolute time, or business days, and fill the points missing between them, so refuse what
+    they would take wrongly, each with what to do instead: local times across a daylight-saving
+    change (a day of 23 or 25 hours), other calendar steps (months), and, unless
+    missing='ffill', rows missing from the frame's grid (as forecast() refuses them). (In the
+    CLI: --no-timestamps, --missing ffill, `rimer forecast`.) Returns '1b' for a series of
+    business days (the freq to send: the server would infer a daily step and fill every
+    weekend), else None."""
     if len(s.ds) < 2:
-        return
+        return "1b" if freq is not None and is_business_days(parse_step(freq, "datetime")) else None
     diffs = np.diff(s.ds.asi8)
     if s.ds.tz is not None:
         local = np.diff(s.ds.tz_localize(None).asi8)
-        if (local == local[0]).all() and not (diffs == local[0]).all():
-            raise ValueError(f"series {s.uid!r}: its times are fixed steps in {s.ds.tz} that cross "
+        offsets = {t.utcoffset() for t in (s.ds[0], s.ds[-1])}
+        if ((local == local[0]).all() and not (diffs == local[0]).all()) or len(offsets) > 1:
+            raise ValueError(f"series {s.uid!r}: its times are steps in {s.ds.tz} that cross "
                              "a daylight-saving change (a day of 23 or 25 hours); a streamed "
                              "series takes fixed steps. Append its local times without the zone "
                              "(ds.dt.tz_localize(None)), or with timestamps=False")
     step = parse_step(freq, "datetime") if freq is not None else infer_step(s, "datetime")
+    if is_business_days(step):
+        full = grid(s, "datetime", step)
+        on_grid = pd.Index(s.ds).isin(full)
+        if not on_grid.all():
+            raise off_grid(s, s.ds[np.flatnonzero(~on_grid)[0]], step)
+        if missing != "ffill" and len(full) != len(s.ds):
+            at = np.flatnonzero(~pd.Index(full).isin(s.ds))[0]
+            raise rows_missing(s, full[at], len(full) - len(s.ds), step)
+        return "1b"
     if not isinstance(step, pd.offsets.Tick):
         raise ValueError(f"series {s.uid!r}: its times step by {_show_step(step)}, a calendar "
-                         "step (business days skip weekends, months differ in length), not a "
-                         "fixed one; a streamed series takes fixed steps only, and the server "
-                         "would fill the times between (every weekend of business days). Append "
-                         "with timestamps=False (its values in order), or use forecast()")
+                         "step (months differ in length), not a fixed one; a streamed series "
+                         "takes fixed steps or business days only. Append with timestamps=False "
+                         "(its values in order), or use forecast()")
     if (diffs % step.nanos).any():
         steps = np.unique(diffs)
         hint = ("; steps an hour apart are local times across a daylight-saving change, read in "
@@ -200,6 +221,7 @@ def check_stream_steps(s: Series, freq, missing: str) -> None:
     if missing != "ffill" and (diffs != step.nanos).any():
         at = int(np.flatnonzero(diffs != step.nanos)[0])
         raise rows_missing(s, s.ds[at] + step, int(diffs[at] // step.nanos) - 1, step)
+    return None
 
 
 def off_grid(s: Series, bad, step, hint: str = "") -> ValueError:

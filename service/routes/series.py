@@ -218,7 +218,7 @@ class _Run(NamedTuple):
 
     values: list
     timestamps: list[str] | None
-    freq: int | None
+    freq: int | str | None
 
 
 def _columnar_field(exc: ServiceError, ids: list[str]) -> ServiceError:

@@ -278,10 +278,11 @@ def test_appends_without_timestamps_are_retried_only_before_sending():
 
 
 def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
-    """Business days (the server would fill every weekend), local days across a daylight-saving
-    change (a 23-hour step) and, unless missing='ffill', rows missing from the frame's grid are
-    ValueErrors naming what to do, and nothing is sent; without timestamps, or with 'ffill' for
-    the gap, the same frames are sent."""
+    """Local days across a daylight-saving change (a 23-hour step), months, a frame mixing
+    business days with another step and, unless missing='ffill', rows missing from the frame's
+    grid (business days' too) are ValueErrors naming what to do, and nothing is sent; business
+    days are sent with freq '1b' (else the server would infer days and fill every weekend);
+    without timestamps, or with 'ffill' for the gap, the other frames are sent."""
     days = pd.bdate_range("2024-01-01", periods=40)
     business = pd.DataFrame({"unique_id": "b", "ds": days, "y": wave(40)})
     berlin = business.assign(ds=pd.date_range("2024-03-20", periods=40, freq="D", tz="Europe/Berlin"))
@@ -290,20 +291,28 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
                                                               tz="Europe/Berlin"), "y": wave(40)})
     months = pd.DataFrame({"unique_id": "m", "ds": pd.date_range("2020-01-01", periods=40, freq="MS"),
                            "y": wave(40)})
-    for frame, says in ((business, "calendar step"), (berlin, "daylight-saving"),
+    mixed = pd.concat([business, SMALL.assign(unique_id="h")], ignore_index=True)
+    for frame, says in ((business.drop(index=[7]), "1 missing at step B"), (berlin, "daylight-saving"),
                         (gap, "3 missing"), (weeks, "daylight-saving"),
-                        (berlin.iloc[11:13], "daylight-saving"), (months, "months differ")):
+                        (berlin.iloc[11:13], "daylight-saving"), (months, "months differ"),
+                        (mixed, "separate calls")):
         t = scripted(OK_APPEND)
         with pytest.raises(ValueError, match=says):
             mock_client(t).append(frame)
         assert t.seen == []
-    t = scripted(OK_APPEND, OK_APPEND, OK_APPEND)
+    t = scripted(*[OK_APPEND] * 5)
     client = mock_client(t)
+    client.append(business)
+    client.append(business.tail(1), freq="B")
     client.append(business, timestamps=False)
     client.append(berlin.assign(ds=berlin.ds.dt.tz_localize(None)))
     client.append(gap, missing="ffill")
-    assert len(t.seen) == 3
-    assert len(json.loads(t.seen[2].content)["timestamps"]) == 37  # (the server fills the 3)
+    assert len(t.seen) == 5
+    sent = [json.loads(x.content) for x in t.seen]
+    assert sent[0]["freq"] == "1b" and len(sent[0]["timestamps"]) == 40
+    assert sent[1]["freq"] == "1b" and len(sent[1]["timestamps"]) == 1
+    assert "freq" not in sent[2] and "timestamps" not in sent[2]
+    assert len(sent[4]["timestamps"]) == 37  # (the server fills the 3)
     with pytest.raises(ValueError, match="missing must be"):
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 
@@ -361,6 +370,22 @@ def test_append_resent_after_it_landed_counts_once(default_server):
     with Client(default_server.url, transport=late, backoff=0.0) as rimer, \
             pytest.raises(Conflict, match="cannot be confirmed"):
         rimer.append(first)
+
+
+def test_business_days_stream_one_row_at_a_time_without_weekends(default_server):
+    """A series of business days (closing prices) appended whole, then a row at a time: the
+    server keeps one point per row (no weekend filled), and forecasts the next weekdays."""
+    sid = f"close-{uuid.uuid4().hex[:8]}"
+    days = pd.bdate_range("2024-01-01 16:00", periods=45, tz="America/New_York")  # winter: -05:00
+    frame = pd.DataFrame({"unique_id": sid, "ds": days, "y": wave(45)})
+    with Client(default_server.url) as rimer:
+        rimer.append(frame.head(40))
+        for k in range(40, 45):
+            rimer.append(frame.iloc[k:k + 1])
+        info = rimer.describe(sid)
+        assert (info["length"], info["freq"]) == (45, "1b")
+        fc = rimer.forecast_series([sid], 3, tz="America/New_York")
+        assert list(fc["ds"]) == list(pd.bdate_range(days[-1], periods=4, tz="America/New_York")[1:])
 
 
 def test_append_errors_name_the_series_of_a_flat_field(default_server):

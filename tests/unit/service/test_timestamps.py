@@ -59,9 +59,10 @@ def refused(status: int, field: str, fn, *args, **kw) -> TimelineError:
 def test_parse_freq():
     assert [parse_freq(f) for f in (1, 3600, "10s", "15min", "1h", "1H", " 2d ", "1w", "90")] == \
         [1, 3600, 10, 900, 3600, 3600, 172800, 604800, 90]
-    for bad in (0, -5, True, 1.5, "1m", "1y", "h", "", "x" * 40, 367 * 86400, "367d"):
+    for bad in (0, -5, True, 1.5, "1m", "1y", "h", "", "x" * 40, 367 * 86400, "367d", "2b", "0b"):
         with pytest.raises(ValueError):
             parse_freq(bad)
+    assert {parse_freq(f) for f in ("1b", "b", "B", " 1B ")} == {timeline.BUSINESS_DAYS}
 
 
 def test_parse_timestamp():
@@ -163,6 +164,41 @@ def test_forecast_timestamps_continue_the_grid_in_the_last_offset():
     assert len(timeline.forecast_timestamps(late.meta, 23)) == 23
     refused(422, "horizon", timeline.forecast_timestamps, late.meta, 25)
     refused(422, "values", plan_append, late.meta, True, [1.0] * 25, None)
+
+
+def days(*dates: str, at: str = "T16:00:00-04:00") -> list[Stamp]:
+    return [parse_timestamp(d + at) for d in dates]
+
+
+def test_business_days_skip_weekends_and_fill_only_missing_weekdays():
+    """2024-05-02 was a Thursday: Thu, Fri, Mon are consecutive business days; Wed after Mon is
+    one missing point (Tue); a Saturday is off the grid. Appends without timestamps, forecasts
+    and the plot's times step over weekends too. The weekday is the timestamps' own (New York's
+    16:00 is 20:00 UTC, the same day)."""
+    p = plan_append(None, False, [1.0, 2.0, 3.0, 5.0],
+                    days("2024-05-02", "2024-05-03", "2024-05-06", "2024-05-08"), freq="1b")
+    assert p.values == [1.0, 2.0, 3.0, 3.0, 5.0] and p.filled == 1
+    assert p.meta["freq"] == "1b" and p.meta["off"] == -4 * 3600
+    assert timeline.forecast_timestamps(p.meta, 4) == [
+        "2024-05-09T16:00:00-04:00", "2024-05-10T16:00:00-04:00",
+        "2024-05-13T16:00:00-04:00", "2024-05-14T16:00:00-04:00"]
+    assert timeline.describe(p.meta) == {"freq": "1b", "last_timestamp": "2024-05-08T16:00:00-04:00"}
+    refused(422, "timestamps[0]", plan_append, p.meta, True, [1.0], days("2024-05-11"))  # Saturday
+    refused(422, "timestamps[0]", plan_append, p.meta, True, [1.0], days("2024-05-09", at="T17:00:00-04:00"))
+    refused(422, "timestamps[0]", plan_append, None, False, [1.0], days("2024-05-05"), freq="1b")  # Sunday
+    refused(409, "freq", plan_append, p.meta, True, [1.0], days("2024-05-09"), freq=86400)
+    # A Monday after a whole week away: the four weekdays between are filled, no weekend.
+    q = plan_append(p.meta, True, [9.0], days("2024-05-20"))
+    assert q.filled == 7 and q.values == [5.0] * 7 + [9.0]
+    nxt = plan_append(p.meta, True, [6.0, 7.0, 8.0], None)  # Thu, Fri, Mon
+    assert timeline.format_timestamp(nxt.meta["t"], nxt.meta["off"]) == "2024-05-13T16:00:00-04:00"
+    before, after = timeline.plot_times(nxt.meta, 4, 2)
+    assert [t.date().isoformat() for t in before + after] == [
+        "2024-05-08", "2024-05-09", "2024-05-10", "2024-05-13", "2024-05-14", "2024-05-15"]
+    # The same rows as a daily series: every weekend is filled.
+    daily = plan_append(None, False, [1.0, 2.0, 3.0, 5.0],
+                        days("2024-05-02", "2024-05-03", "2024-05-06", "2024-05-08"), freq=86400)
+    assert daily.filled == 3
 
 
 def test_series_locks_serialise_and_outlive_a_cancelled_caller():
@@ -444,6 +480,32 @@ def test_bulk_append_with_timestamps(client):
     assert_error(client.get("/series/c"), 404, "id")
 
 
+def test_business_day_series_over_http_in_both_bulk_forms(client):
+    """A series of weekdays created with freq '1b' keeps one point per row; the same rows as a
+    daily series get their weekends filled. Forecast timestamps skip weekends; GET names the
+    frequency; the columnar form takes it too."""
+    start = datetime(2024, 5, 6, 16, tzinfo=UTC)  # a Monday
+    weekdays = [start + timedelta(days=d) for d in range(61) if (start + timedelta(days=d)).weekday() < 5]
+    ts = [t.isoformat().replace("+00:00", "Z") for t in weekdays]
+    x = series(len(ts), 9)
+    r = post(client, "close", x, ts, freq="1b", horizon=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["length"] == len(ts)
+    fc = r.json()["forecast"]["timestamps"]
+    assert [datetime.fromisoformat(t).weekday() for t in fc] == [0, 1, 2]  # the last row a Friday
+    assert weekdays[-1].weekday() == 4
+    assert client.get("/series/close").json()["freq"] == "1b"
+    assert post(client, "daily", x, ts, freq="1d").json()["length"] == len(ts) + 2 * 8  # weekends
+    assert_error(post(client, "close", [1.0], ["2024-07-06T16:00:00Z"]), 422, "timestamps[0]")
+    r = client.post("/series/append", json={"ids": ["c1", "c2"], "offsets": [0, len(ts)],
+                                            "values": x + x, "timestamps": ts + ts, "freq": "1b",
+                                            "horizon": 2})
+    assert r.status_code == 200, r.text
+    assert r.json()["lengths"] == [len(ts), len(ts)]
+    assert client.get("/series/c2").json()["freq"] == "1b"
+    assert_error(post(client, "bad", [1.0], ["2024-07-08T16:00:00Z"], freq="2b"), 422, "freq")
+
+
 def test_bulk_append_without_timestamps_keeps_each_series_timeline(client):
     """The bulk route plans plain appends without the timeline's rules; a series created with
     timestamps (before, or earlier in the same request) must still get the next grid points when
@@ -539,6 +601,8 @@ def test_metadata_is_logged_and_snapshotted(loaded, tmp_path):
     m1 = {"freq": 60, "t": 10**15, "off": 3600, "last": 2.5}
     engine.append("a", [1.0, 2.5], None, meta=m1)
     engine.append("b", [1.0], None, meta={"last": 1.0})
+    m3 = {"freq": "1b", "t": 10**15, "off": -14400, "last": 1.0}  # business days
+    engine.append("c", [1.0], None, meta=m3)
     engine.append("gone", [1.0], None, meta={"last": 1.0})
     engine.delete("gone")
     store.snapshot()
@@ -548,15 +612,15 @@ def test_metadata_is_logged_and_snapshotted(loaded, tmp_path):
 
     again = Engine(model, manifest, 10, backend="torch")
     stats = Store(tmp_path, again, snapshot_interval_s=0).open()
-    assert stats["restored"] == 2 and stats["replayed"] == 1
-    assert again.meta == {"a": m2, "b": {"last": 1.0}}
+    assert stats["restored"] == 3 and stats["replayed"] == 1
+    assert again.meta == {"a": m2, "b": {"last": 1.0}, "c": m3}
     snap = next(tmp_path.glob("snapshot-*.safetensors"))
     from safetensors import safe_open
     with safe_open(str(snap), "pt") as f:
         metadata = f.metadata()
     assert metadata["format_version"] == "2"
     assert dict(zip(json.loads(metadata["ids"]), json.loads(metadata["meta"]))) == \
-        {"a": m1, "b": {"last": 1.0}}
+        {"a": m1, "b": {"last": 1.0}, "c": m3}
 
 
 def test_version_1_log_segments_are_still_read(loaded, tmp_path):
