@@ -190,9 +190,9 @@ def parse(body: dict, settings: Settings) -> Columns:
 
 
 def field_of(field: str | None, i: int, start: int) -> str | None:
-    """A per-series rule's field (timeline: `values[3]`, `timestamps[0]`; the engine:
-    `ids[i].horizon`) in the columnar body: points by their place in the flat arrays, the
-    series by `ids[i]`."""
+    """A per-series rule's field (timeline: `values[3]`, `timestamps[0]`, `timestamps` for the
+    run as a whole; the engine: `ids[i].horizon`) in the columnar body: points by their place in
+    the flat arrays (a whole run by its first), the series by `ids[i]`."""
     if field is None:
         return None
     m = re.fullmatch(r"(?:ids\[\d+\]\.)?(values|timestamps)\[(\d+)\]", field)
@@ -201,4 +201,6 @@ def field_of(field: str | None, i: int, start: int) -> str | None:
     m = re.fullmatch(r"(?:ids\[\d+\]\.)?(\w+)", field)
     if m and m[1] in ("freq", "horizon"):
         return m[1]
+    if m and m[1] in ("values", "timestamps"):  # the run as a whole: its first point
+        return f"{m[1]}[{start}]"
     return f"ids[{i}]"

@@ -96,7 +96,8 @@ def parse_freq(value: int | str) -> int | str:
     """Seconds of a frequency: an int, or digits with an optional unit (s, sec, min, h, d, w); or
     `BUSINESS_DAYS` for "1b" (or "b")."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError("freq must be whole seconds (an integer) or a string like '15min', '1h'")
+        raise ValueError("freq must be whole seconds (an integer) or a string like '15min', '1h' "
+                         "or '1b' (business days)")
     if isinstance(value, str):
         if len(value) > MAX_FREQ_CHARS:
             raise ValueError(f"freq is longer than {MAX_FREQ_CHARS} characters")
@@ -219,6 +220,11 @@ def off_grid(anchor: int, t: int, freq: int | str, offset_s: int) -> bool:
     return bool((t - anchor) % _DAY_US) or _weekday(t, offset_s) >= 5
 
 
+def _show_offset(offset_s: int) -> str:
+    sign, a = "+" if offset_s >= 0 else "-", abs(offset_s)
+    return f"{sign}{a // 3600:02d}:{a % 3600 // 60:02d}"
+
+
 def show_freq(freq: int | str) -> str:
     """A frequency as the messages name it."""
     return "business days ('1b')" if freq == BUSINESS_DAYS else f"{freq} s"
@@ -333,13 +339,19 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
         step = freq if freq is not None else infer_freq(stamps, name("timestamps"))
         prev = None
     anchor = prev if prev is not None else stamps[0].us
+    anchor_off = meta.get("off", 0) if prev is not None else stamps[0].offset_s
     gaps, filled = [], 0
     for i, s in enumerate(stamps):
         if off_grid(anchor, s.us, step, s.offset_s):
             where = (f"a weekday (Monday to Friday) at the time of day of "
-                     f"{format_timestamp(anchor, s.offset_s)}" if step == BUSINESS_DAYS else
-                     f"{format_timestamp(anchor, s.offset_s)} plus a whole number of steps of "
+                     f"{format_timestamp(anchor, anchor_off)}" if step == BUSINESS_DAYS else
+                     f"{format_timestamp(anchor, anchor_off)} plus a whole number of steps of "
                      f"{step} s")
+            if s.offset_s != anchor_off and not (s.us - anchor) % (3600 * US):
+                where += (f". Its UTC offset ({_show_offset(s.offset_s)}) is not the grid's "
+                          f"({_show_offset(anchor_off)}): local times across a daylight-saving "
+                          "change are not whole steps apart; send local times without their "
+                          "offset (read as UTC, they are)")
             raise TimelineError(422, f"timestamps[{i}] is not on the series' grid: {where}",
                                 name(f"timestamps[{i}]"))
         missing = 0 if prev is None else steps_between(prev, s.us, step, s.offset_s) - 1

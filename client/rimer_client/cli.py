@@ -284,8 +284,8 @@ def add_input_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target-col", default="y", help="value column (long CSV)")
     g.add_argument("--freq", default=None,
                    help="the series' frequency as a pandas alias ('h', '15min', 'D', 'MS') or "
-                        "seconds; default: inferred from the times (append: fixed steps only, "
-                        "not 'MS' or 'B')")
+                        "seconds; default: inferred from the times (append: fixed steps or "
+                        "business days 'B', not 'MS')")
     g.add_argument("--missing", choices=("error", "ffill"), default="error",
                    help="empty values and missing rows: an error (default), or sent as missing "
                         "points the server fills with the last value before them")

@@ -106,8 +106,7 @@ def parse_step(freq, kind: str):
 
 def infer_step(s: Series, kind: str):
     """The series' step: a whole step its times are on (pandas' inference; else business days
-    for daily times that never fall on a weekend; else the smallest difference, as the server
-    infers it)."""
+    (`is_business_frame`); else the smallest difference, as the server infers it)."""
     if kind == "none":
         return 1
     if len(s.ds) < 2:
@@ -119,16 +118,28 @@ def infer_step(s: Series, kind: str):
         diffs = np.diff(s.ds)
         return int(diffs.min())
     diffs = np.diff(s.ds.asi8)
+    if is_business_frame(s.ds):
+        return pd.offsets.BDay()
     if (diffs == diffs[0]).all():
         return to_offset(pd.Timedelta(int(diffs[0]), unit="ns"))
     if len(s.ds) >= 3:
         inferred = pd.infer_freq(s.ds)
         if inferred is not None:
             return to_offset(inferred)
-    day = 86_400 * 10**9
-    if diffs.min() == day and (s.ds.dayofweek < 5).all() and (diffs % day == 0).all():
-        return pd.offsets.BDay()  # days, never a weekend, rows missing: business days
     return to_offset(pd.Timedelta(int(diffs.min()), unit="ns"))
+
+
+def is_business_frame(ds: pd.DatetimeIndex) -> bool:
+    """Whole days apart, never on a weekend, at least one step a business day apart across a
+    weekend (Friday to Monday), none less than a business day: business days, whichever rows are
+    missing. (Rows that never cross a weekend cannot be told from days: pass freq='B'.)"""
+    day = 86_400 * 10**9
+    diffs = np.diff(ds.asi8)
+    if not len(diffs) or (diffs % day).any() or (ds.dayofweek >= 5).any():
+        return False
+    dates = (ds.tz_localize(None) if ds.tz is not None else ds).values.astype("datetime64[D]")
+    apart = np.busday_count(dates[:-1], dates[1:])
+    return bool(apart.min() == 1 and ((apart == 1) & (diffs > day)).any())
 
 
 def grid(s: Series, kind: str, step) -> pd.DatetimeIndex | np.ndarray:

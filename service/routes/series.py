@@ -202,7 +202,7 @@ def plan_columns(e: Engine, cols: columnar.Columns, gap_budget: int
             field = columnar.field_of(exc.field, i, a)
             about = field if field == f"ids[{i}]" else f"{field} (series ids[{i}])"
             message = exc.message  # (its place in the run, `values[0]`, as in the body: `values[7]`)
-            if exc.field and field and exc.field != field and exc.field not in ("freq", "horizon"):
+            if exc.field and field and "[" in exc.field and exc.field != field:
                 message = message.replace(exc.field, field)
             raise timeline.TimelineError(exc.status, f"{about}, {sid!r}: {message}",
                                          field) from None

@@ -300,19 +300,21 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
         with pytest.raises(ValueError, match=says):
             mock_client(t).append(frame)
         assert t.seen == []
-    t = scripted(*[OK_APPEND] * 5)
+    t = scripted(*[OK_APPEND] * 6)
     client = mock_client(t)
     client.append(business)
     client.append(business.tail(1), freq="B")
+    client.append(business.iloc[4:6])  # a Friday and the Monday after: business days too
     client.append(business, timestamps=False)
     client.append(berlin.assign(ds=berlin.ds.dt.tz_localize(None)))
     client.append(gap, missing="ffill")
-    assert len(t.seen) == 5
+    assert len(t.seen) == 6
     sent = [json.loads(x.content) for x in t.seen]
     assert sent[0]["freq"] == "1b" and len(sent[0]["timestamps"]) == 40
     assert sent[1]["freq"] == "1b" and len(sent[1]["timestamps"]) == 1
-    assert "freq" not in sent[2] and "timestamps" not in sent[2]
-    assert len(sent[4]["timestamps"]) == 37  # (the server fills the 3)
+    assert sent[2]["freq"] == "1b" and len(sent[2]["timestamps"]) == 2
+    assert "freq" not in sent[3] and "timestamps" not in sent[3]
+    assert len(sent[5]["timestamps"]) == 37  # (the server fills the 3)
     with pytest.raises(ValueError, match="missing must be"):
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 

@@ -195,6 +195,11 @@ def test_business_days_skip_weekends_and_fill_only_missing_weekdays():
     before, after = timeline.plot_times(nxt.meta, 4, 2)
     assert [t.date().isoformat() for t in before + after] == [
         "2024-05-08", "2024-05-09", "2024-05-10", "2024-05-13", "2024-05-14", "2024-05-15"]
+    # Local closes across a daylight-saving change: off the grid, and the message says why.
+    with pytest.raises(TimelineError, match="daylight-saving") as err:
+        plan_append(None, False, [1.0, 2.0], [parse_timestamp("2024-03-08T16:00:00-05:00"),
+                                              parse_timestamp("2024-03-11T16:00:00-04:00")], freq="1b")
+    assert err.value.field == "timestamps[1]"
     # The same rows as a daily series: every weekend is filled.
     daily = plan_append(None, False, [1.0, 2.0, 3.0, 5.0],
                         days("2024-05-02", "2024-05-03", "2024-05-06", "2024-05-08"), freq=86400)
@@ -504,6 +509,12 @@ def test_business_day_series_over_http_in_both_bulk_forms(client):
     assert r.json()["lengths"] == [len(ts), len(ts)]
     assert client.get("/series/c2").json()["freq"] == "1b"
     assert_error(post(client, "bad", [1.0], ["2024-07-08T16:00:00Z"], freq="2b"), 422, "freq")
+    # A new series' one timestamp, nothing to infer its step from: named as the run's first
+    # point of the flat array, the message saying "timestamps" (a review found "ids[1]" in it)
+    r = client.post("/series/append", json={"ids": ["one3", "one4"], "offsets": [0, 2],
+                                            "values": [1, 2, 3], "timestamps": ts[:2] + ts[:1]})
+    assert_error(r, 422, "timestamps[2]")
+    assert "first append's timestamps" in r.json()["detail"]
 
 
 def test_bulk_append_without_timestamps_keeps_each_series_timeline(client):
