@@ -11,7 +11,7 @@ uncertainty at its first point. The model therefore draws the k-th forecast patc
 (model/calibration.py `widen_by_horizon`). Here, for each carry of a grid, the spread is
 (1 + k) ** beta with the one exponent that gives the validation series' static 80% and 95%
 intervals their nominal coverage on average over every point after the first patch (bisection);
-the carry kept is the one whose calibrated intervals score best (the geometric mean over series
+the carry kept is the one whose intervals, so calibrated, score best (the geometric mean over series
 of the mean interval score at 80% and 95%, every point after the first patch). The first patch
 stays as predicted (the head's own horizon, which the online calibration also scores).
 Validation series only: the benchmark's are never read.
