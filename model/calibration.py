@@ -139,7 +139,7 @@ def widen_by_horizon(mean: torch.Tensor, quantiles: torch.Tensor, p: int, spread
         first, last = offsets[..., :1] ** 2, offsets[..., p - 1:p] ** 2
         carry = carry * (1 - first / last.clamp(min=1e-300)).clamp(0, 1)  # [B, Q, 1]
     for k in range(1, offsets.shape[-1] // p):
-        d = float(spread[min(k, len(spread) - 1)]) * offsets[..., k * p:(k + 1) * p]
+        d = spread[min(k, len(spread) - 1)].double() * offsets[..., k * p:(k + 1) * p]  # (no sync)
         if torch.is_tensor(carry):
             prev = pieces[-1][..., -1:]
             side = torch.where(d != 0, torch.sign(d), torch.sign(prev))
