@@ -207,21 +207,23 @@ def _serving_tail(ext: torch.Tensor, n_before: torch.Tensor, logits: torch.Tenso
     msd = np.maximum(msd, 0.0) / m
     seen = (n_before.numpy()[:, None] + np.arange(1, t + 1)) * p  # [B, T]
     usable = seen >= p + m
-    reach = np.arange(n_lags) >= (w + m - seen)[..., None]
+    whole = bool(seen.min() >= w + m)  # every lag reachable everywhere (a series past W + M points)
+    reach = None if whole else np.arange(n_lags) >= (w + m - seen)[..., None]
     scale = var.numpy().astype(np.float64)
     if local:
         scale = np.minimum(scale, (cur * cur).mean(-1))
     if best:
-        closest = np.where(reach, msd, np.inf).min(-1)
+        closest = (msd if whole else np.where(reach, msd, np.inf)).min(-1)
         scale = np.minimum(scale, np.where(np.isfinite(closest), best * closest, scale))
     coef = sharpness.numpy().astype(np.float64) / np.maximum(scale, 1e-12)
     score = (logits.numpy()[..., ::-1] - coef[..., None] * msd).astype(np.float32)
-    score[~reach] = -np.inf
+    if not whole:
+        score[~reach] = -np.inf
     with np.errstate(invalid="ignore"):  # (a row with no lag: weight nowhere, set below)
         top = score.max(-1, keepdims=True)
         weights = np.exp(score - top)
         weights /= weights.sum(-1, keepdims=True)
-    weights = np.where(usable[..., None], weights, 0.0).astype(np.float64)
+    weights = (weights if whole else np.where(usable[..., None], weights, 0.0)).astype(np.float64)
     out = np.fft.irfft(spectrum * np.fft.rfft(weights, size).conj(), size)[..., m: m + p]
     copy = out + centre * weights.sum(-1, keepdims=True)
     if drift is not None:
