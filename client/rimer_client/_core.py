@@ -169,7 +169,9 @@ Op = Generator[Call, Answer, object]
 
 
 def progress_bar(enabled: bool, total: int, desc: str):
-    return tqdm(total=total, desc=desc, unit="series", disable=not enabled, leave=False)
+    """A bar when `enabled` and standard error is a terminal (tqdm's disable=None): piped into
+    a log, a bar is only noise."""
+    return tqdm(total=total, desc=desc, unit="series", disable=None if enabled else True, leave=False)
 
 
 def batches(sizes: list[int], max_series: int, max_points: int) -> list[list[int]]:

@@ -301,7 +301,7 @@ def add_output_flags(p: argparse.ArgumentParser, h_required: bool) -> None:
                    help="these quantiles: --quantiles 0.1 0.5 0.9")
     g.add_argument("--out", default=None, help="write the CSV here (default: standard output)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="progress bars and notes on standard error (default on)")
+                   help="progress bars (on a terminal) and notes on standard error (default on)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -319,6 +319,16 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 
 
+def test_progress_bars_only_on_a_terminal(capsys):
+    """A review: `rimer append` piped into a log wrote '0%' bars for a quick success."""
+    from rimer_client import _core
+
+    with _core.progress_bar(True, 10, "append") as bar:
+        bar.update(10)
+    assert capsys.readouterr().err == ""  # (pytest's captured stderr is no terminal)
+    assert _core.progress_bar(False, 10, "append").disable
+
+
 def test_async_client_shares_the_rules():
     t = scripted(503, OK_FORECAST)
 
