@@ -43,12 +43,6 @@ WARMUP = 2000
 SECTIONS = ("streams", "noise", "walks", "zero-shot")
 
 
-def interval_score(lo, hi, y, level: float) -> np.ndarray:
-    """Winkler's interval score: width plus 2/alpha times how far outside y falls."""
-    a = 1 - level / 100
-    return (hi - lo) + (2 / a) * np.maximum(lo - y, 0) + (2 / a) * np.maximum(y - hi, 0)
-
-
 def bands(model: Rimer, q: torch.Tensor, calib: torch.Tensor | None, level: float) -> torch.Tensor:
     """[B, 2, H] lo/hi from quantiles [B, Q, H] at the calibrated (or, calib None, nominal) level."""
     alpha = calibration.alpha_for(calib, level).expand(q.shape[0])
@@ -101,7 +95,8 @@ def ets_on_patches(model: Rimer, x: np.ndarray, starts: list[int], season: int) 
                                  ("calib", bands(model, q, state.calib, lv)[0].numpy()),
                                  ("ets", np.stack([fc[f"lo-{int(lv)}"], fc[f"hi-{int(lv)}"]]))):
                     rows[f"{m}{int(lv)}"]["hit"].append(((y >= lo_hi[0]) & (y <= lo_hi[1])).mean())
-                    rows[f"{m}{int(lv)}"]["score"].append(interval_score(lo_hi[0], lo_hi[1], y, lv).mean())
+                    score = calibration.interval_score(lo_hi[0], lo_hi[1], y, lv)
+                    rows[f"{m}{int(lv)}"]["score"].append(score.mean())
     return {k: {"coverage": float(np.mean(v["hit"])), "interval_score": float(np.mean(v["score"]))}
             for k, v in rows.items()}
 
@@ -162,7 +157,7 @@ def zero_shot(model: Rimer, windows: int) -> dict:
             ours["ets"] = np.array(ets)
             for m, b in ours.items():
                 hit = (task.truth >= b[:, 0]) & (task.truth <= b[:, 1])
-                score = interval_score(b[:, 0], b[:, 1], task.truth, lv)
+                score = calibration.interval_score(b[:, 0], b[:, 1], task.truth, lv)
                 row[f"{m}{int(lv)}"] = {"coverage": float(hit.mean()), "interval_score": float(score.mean())}
         per_series[s.key] = row
         print(f"  {s.key}: " + "  ".join(f"{k} {v['coverage']:.2f}/{v['interval_score']:.2f}"

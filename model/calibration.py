@@ -113,6 +113,13 @@ def interval_levels(alpha: torch.Tensor) -> torch.Tensor:
     return torch.stack([a / 2, 1 - a / 2], dim=-1)
 
 
+def interval_score(lo, hi, y, level: float):
+    """Winkler's interval score of [lo, hi] at `level` (percent) for truth y: the width plus
+    2 / alpha times how far outside y falls. Tensors or NumPy arrays alike."""
+    a = 1 - level / 100
+    return (hi - lo) + (2 / a) * ((lo - y).clip(min=0) + (y - hi).clip(min=0))
+
+
 def widen_by_horizon(mean: torch.Tensor, quantiles: torch.Tensor, p: int, spread: torch.Tensor,
                      carry: float) -> torch.Tensor:
     """A rollout's quantiles [B, Q, L] drawn wider for its later patches, in the rollout's own
@@ -135,14 +142,15 @@ def widen_by_horizon(mean: torch.Tensor, quantiles: torch.Tensor, p: int, spread
     centre = mean.double()[:, None]
     offsets = quantiles.double() - centre
     pieces = [offsets[..., :p]]  # the first patch: the head's own horizon, as predicted
-    if carry > 0 and offsets.shape[-1] > p:
+    weight = None  # [B, Q, 1]: c of the formula, per row and quantile (None: no carry)
+    if carry > 0:
         first, last = offsets[..., :1] ** 2, offsets[..., p - 1:p] ** 2
-        carry = carry * (1 - first / last.clamp(min=1e-300)).clamp(0, 1)  # [B, Q, 1]
+        weight = carry * (1 - first / last.clamp(min=1e-300)).clamp(0, 1)
     for k in range(1, offsets.shape[-1] // p):
         d = spread[min(k, len(spread) - 1)].double() * offsets[..., k * p:(k + 1) * p]  # (no sync)
-        if torch.is_tensor(carry):
+        if weight is not None:
             prev = pieces[-1][..., -1:]
             side = torch.where(d != 0, torch.sign(d), torch.sign(prev))
-            d = side * torch.sqrt(d * d + carry * prev * prev)
+            d = side * torch.sqrt(d * d + weight * prev * prev)
         pieces.append(d)
     return (centre + torch.cat(pieces, -1)).sort(dim=1).values.to(quantiles.dtype)

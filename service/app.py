@@ -11,8 +11,8 @@ from service.engine import Engine
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
 from service.routes import cluster, forecast, ops, series
+from service.series_locks import SeriesLocks
 from service.settings import Settings
-from service.timeline import SeriesLocks
 
 DESCRIPTION = ("Forecasts from a small RWKV-7 patch model. Streaming series keep a constant-size "
                "state on the server: append new points and forecast without resending the history. "

@@ -40,17 +40,14 @@ The rules (README "Timestamps, gaps and nulls"):
   timestamp, forecast ones included, must fall between the years 1 and 9999 (a day's margin each
   side), else 422.
 
-Requests on one series are serialised by the HTTP layer (`SeriesLocks`): the metadata a request
-computes from is the one its append replaces, even with concurrent requests on the series.
+Requests on one series are serialised by the HTTP layer (service/series_locks.py): the metadata
+a request computes from is the one its append replaces, even with concurrent requests on it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -390,11 +387,12 @@ def forecast_timestamps(meta: dict | None, horizon: int, field: str = "horizon")
     series without a frequency. 422 if they would pass the year 9999."""
     if not meta or meta.get("freq") is None:
         return None
-    freq, off = meta["freq"], meta.get("off", 0)
-    if shift(meta["t"], horizon, freq, off) > MAX_US:
+    off = meta.get("off", 0)
+    times = _walk(meta["t"], 1, horizon, meta["freq"], off)
+    if times and times[-1] > MAX_US:
         raise TimelineError(422, f"a forecast of {horizon} points would run past the year 9999",
                             field)
-    return [format_timestamp(t, off) for t in _walk(meta["t"], 1, horizon, freq, off)]
+    return [format_timestamp(t, off) for t in times]
 
 
 def _walk(t: int, sign: int, n: int, freq: int | str, offset_s: int) -> list[int]:
@@ -413,15 +411,15 @@ def plot_times(meta: dict | None, points: int, horizon: int) -> tuple[list, list
     if not meta or meta.get("freq") is None:
         return None
     freq, last, off = meta["freq"], meta["t"], meta.get("off", 0)
-    if shift(last, -(points - 1), freq, off) < MIN_US or shift(last, horizon, freq, off) > MAX_US:
+    before, after = _walk(last, -1, points - 1, freq, off), _walk(last, 1, horizon, freq, off)
+    if (before and before[-1] < MIN_US) or (after and after[-1] > MAX_US):
         return None
     tz = timezone(timedelta(seconds=off if -_DAY_S < off < _DAY_S else 0))
 
     def at(us: int):
         return (_EPOCH + timedelta(microseconds=us)).astimezone(tz)
 
-    return ([at(t) for t in reversed(_walk(last, -1, points - 1, freq, off))] + [at(last)],
-            [at(t) for t in _walk(last, 1, horizon, freq, off)])
+    return [at(t) for t in (*reversed(before), last)], [at(t) for t in after]
 
 
 def describe(meta: dict | None) -> dict:
@@ -429,94 +427,3 @@ def describe(meta: dict | None) -> dict:
     if not meta or meta.get("freq") is None:
         return {}
     return {"freq": meta["freq"], "last_timestamp": format_timestamp(meta["t"], meta.get("off", 0))}
-
-
-class SeriesLocks:
-    """Per-series locks of the HTTP layer (asyncio, one event loop), granted in arrival order. An
-    id is held while it is in the table, with the futures of those waiting for it in arrival
-    order; a request takes its free ids and joins the queues of its held ones all at once, when
-    it arrives (no await in between), so a later request cannot overtake it on any of its ids,
-    and as every queue is in the one arrival order no two requests wait for each other (no
-    deadlock). A release hands the id straight to the first live waiter. (One asyncio.Lock per
-    id and request cost 1.7 ms of a 1,000-series bulk append; taking the ids one at a time let a
-    request waiting for its first id be overtaken on its second.)"""
-
-    def __init__(self):
-        self._held: dict[str, deque[asyncio.Future] | None] = {}  # held id -> its waiters
-
-    def __len__(self) -> int:
-        return len(self._held)
-
-    async def acquire(self, ids: Iterable[str]) -> list[str]:
-        """Take every id's lock; the ids, each once, to pass to `release`. (Their order does not
-        matter: a request joins all its queues at once. Sorting a bulk request's 1,000 ids cost
-        more than taking their locks.)"""
-        ordered = list(dict.fromkeys(ids))
-        held = self._held
-        if held.keys().isdisjoint(ordered):  # all free (the common case): one update
-            held.update(dict.fromkeys(ordered))
-            return ordered
-        loop = asyncio.get_running_loop()
-        queued: list[tuple[str, asyncio.Future]] = []
-        for sid in ordered:  # (no await in this loop: the request's place in every queue)
-            if sid not in held:
-                held[sid] = None  # free: taken (a queue comes with the first waiter)
-            else:
-                waiters = held[sid]
-                if waiters is None:
-                    waiters = held[sid] = deque()
-                future = loop.create_future()
-                waiters.append(future)
-                queued.append((sid, future))
-        try:
-            for _, future in queued:
-                await future
-        except BaseException:
-            self._give_up(ordered, queued)
-            raise
-        return ordered
-
-    def _give_up(self, ordered: list[str], queued: list[tuple[str, asyncio.Future]]) -> None:
-        """A cancelled `acquire`: leave the queues it is still in, and release the ids it holds
-        (taken free, or handed over, even just as it was cancelled)."""
-        waiting = set()
-        for sid, future in queued:
-            if future.done() and not future.cancelled():
-                continue  # handed over: ours, released below
-            future.cancel()
-            waiters = self._held.get(sid)  # (a release may have passed over it, or freed sid)
-            if waiters:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(future)
-            waiting.add(sid)
-        self.release([sid for sid in ordered if sid not in waiting])
-
-    def release(self, ids: Iterable[str]) -> None:
-        for sid in ids:
-            waiters = self._held[sid]
-            while waiters:  # (None: no one ever waited)
-                future = waiters.popleft()
-                if not future.done():
-                    future.set_result(None)  # the lock passes to this waiter
-                    break
-            else:
-                del self._held[sid]
-
-    async def run(self, ids: Iterable[str], work):
-        """`await work()` holding the ids' locks. The work runs as a task shielded from the
-        caller's cancellation, and the locks are released when it ends, not before: an engine call
-        still in flight keeps its series locked."""
-        held = await self.acquire(ids)
-        try:
-            task = asyncio.ensure_future(work())
-        except BaseException:
-            self.release(held)
-            raise
-
-        def done(t: asyncio.Task) -> None:
-            self.release(held)
-            if not t.cancelled():
-                t.exception()  # retrieved here when the caller went away
-
-        task.add_done_callback(done)
-        return await asyncio.shield(task)

@@ -103,8 +103,7 @@ def scores(model: Rimer, runs: Rollouts, spread: torch.Tensor, carry: float
         lo, hi = b[:, 0], b[:, 1]
         inside = (y >= lo) & (y <= hi)
         gap += float(inside[later].double().mean()) - lv / 100
-        a = 1 - lv / 100
-        score += ((hi - lo) + (2 / a) * ((lo - y).clamp(min=0) + (y - hi).clamp(min=0))) / len(LEVELS)
+        score += calibration.interval_score(lo, hi, y, lv) / len(LEVELS)
     score = torch.where(later, score, 0.0)
     per_task = torch.zeros(int(runs.task.max()) + 1, dtype=torch.float64)
     count = torch.zeros_like(per_task)

@@ -169,12 +169,7 @@ def regularise(prep: Prepared, freq, missing: str) -> None:
         full = grid(s, prep.kind, s.step)
         if len(full) == len(s.ds) and (np.asarray(full) == np.asarray(s.ds)).all():
             continue  # (a calendar step, or days across a daylight-saving change)
-        on_grid = pd.Index(s.ds).isin(full)
-        if not on_grid.all():
-            raise off_grid(s, s.ds[np.flatnonzero(~on_grid)[0]], s.step)
-        if missing != "ffill":
-            at = np.flatnonzero(~pd.Index(full).isin(s.ds))[0]
-            raise rows_missing(s, full[at], len(full) - len(s.ds), s.step)
+        check_on_grid(s, full, s.step, missing)
         pos = pd.Index(full).get_indexer(s.ds)
         values = np.full(len(full), np.nan)
         values[pos] = s.values
@@ -210,13 +205,7 @@ def check_stream_steps(s: Series, freq, missing: str) -> str | None:
                              "(ds.dt.tz_localize(None)), or with timestamps=False")
     step = parse_step(freq, "datetime") if freq is not None else infer_step(s, "datetime")
     if is_business_days(step):
-        full = grid(s, "datetime", step)
-        on_grid = pd.Index(s.ds).isin(full)
-        if not on_grid.all():
-            raise off_grid(s, s.ds[np.flatnonzero(~on_grid)[0]], step)
-        if missing != "ffill" and len(full) != len(s.ds):
-            at = np.flatnonzero(~pd.Index(full).isin(s.ds))[0]
-            raise rows_missing(s, full[at], len(full) - len(s.ds), step)
+        check_on_grid(s, grid(s, "datetime", step), step, missing)
         return "1b"
     if not isinstance(step, pd.offsets.Tick):
         raise ValueError(f"series {s.uid!r}: its times step by {_show_step(step)}, a calendar "
@@ -233,6 +222,17 @@ def check_stream_steps(s: Series, freq, missing: str) -> str | None:
         at = int(np.flatnonzero(diffs != step.nanos)[0])
         raise rows_missing(s, s.ds[at] + step, int(diffs[at] // step.nanos) - 1, step)
     return None
+
+
+def check_on_grid(s: Series, full, step, missing: str) -> None:
+    """Every time of `s` on its grid `full` (its step's times from its first to its last), and,
+    unless missing='ffill', a row at each of them (forecast() and append() alike)."""
+    on_grid = pd.Index(s.ds).isin(full)
+    if not on_grid.all():
+        raise off_grid(s, s.ds[np.flatnonzero(~on_grid)[0]], step)
+    if missing != "ffill" and len(full) != len(s.ds):
+        at = np.flatnonzero(~pd.Index(full).isin(s.ds))[0]
+        raise rows_missing(s, full[at], len(full) - len(s.ds), step)
 
 
 def off_grid(s: Series, bad, step, hint: str = "") -> ValueError:

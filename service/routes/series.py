@@ -1,5 +1,5 @@
 """Streaming series: appends (one series or many), forecasts from the held state, listing,
-description and deletion. Requests on one series run one at a time (`timeline.SeriesLocks`):
+description and deletion. Requests on one series run one at a time (`series_locks.SeriesLocks`):
 an append's filled values and metadata are computed from the metadata it replaces."""
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from service import timeline
 from service import wal as wal_format
 from service.app import create_app
 from service.engine import Engine
+from service.series_locks import SeriesLocks
 from service.settings import Settings, parse
 from service.store import Store
 from service.timeline import Stamp, TimelineError, parse_freq, parse_timestamp, plan_append
@@ -208,7 +209,7 @@ def test_business_days_skip_weekends_and_fill_only_missing_weekdays():
 
 def test_series_locks_serialise_and_outlive_a_cancelled_caller():
     async def scenario():
-        locks, order = timeline.SeriesLocks(), []
+        locks, order = SeriesLocks(), []
         release_first = asyncio.Event()
 
         async def first():
@@ -240,7 +241,7 @@ def test_series_locks_pass_over_cancelled_waiters_in_arrival_order():
     """A waiter that goes away is skipped; the lock goes to the next one, in arrival order. A
     waiter cancelled just after the lock was handed to it passes it on (nothing is leaked)."""
     async def scenario():
-        locks, order = timeline.SeriesLocks(), []
+        locks, order = SeriesLocks(), []
         held = await locks.acquire(["x"])
 
         async def waiter(name: str):
@@ -270,7 +271,7 @@ def test_series_locks_keep_arrival_order_across_ids():
     frees what it took, also when its lock is released between its cancellation and its
     resumption."""
     async def scenario():
-        locks, order = timeline.SeriesLocks(), []
+        locks, order = SeriesLocks(), []
         busy = await locks.acquire(["a"])
 
         async def request(name: str, ids: list[str]):
