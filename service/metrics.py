@@ -105,6 +105,10 @@ class _StoreCollector(Collector):
                                 "loss could take", value=lag["unsynced"])
         yield GaugeMetricFamily("rimer_wal_records_since_snapshot", "log records since the last "
                                 "snapshot: what a restart now would replay", value=lag["since_snapshot"])
+        yield GaugeMetricFamily("rimer_wal_failed", "1 when the write-ahead log failed (a full "
+                                "disk, an I/O error): every change is refused until a restart "
+                                "(/readyz answers 503 meanwhile)",
+                                value=float(store.log_failure() is not None))
 
 
 class Metrics:

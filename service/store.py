@@ -23,6 +23,11 @@ Files in the data directory (series ids live inside files, never in file names):
   (sha256 of its config and weights digests), the last sequence number it covers, the first
   segment to replay after it, and a sha256 over the other metadata and every tensor's bytes.
   Written to a `.tmp` file, fsynced, renamed over, directory fsynced.
+* `MODEL.json`: the model the directory's states belong to (name, fingerprint, STATE_VERSION),
+  written once a first start has recovered and checked at every start, so another model is
+  refused whether or not a snapshot was written yet (the log's appends carry no model: a
+  directory that crashed before its first snapshot was replayed under any model given).
+  Directories from before it get it at their next start.
 * `LOCK`: an exclusive flock, so two processes never share a data directory.
 
 A write: the engine, holding the journal's lock, writes the record (os.write: in the OS page
@@ -53,6 +58,7 @@ and cut off the file; any other bad record is an error naming the file and offse
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -62,6 +68,9 @@ from pathlib import Path
 from service.engine import Engine, EngineError, Op
 from service.snapshots import (
     SNAPSHOT_NAME,
+    STATE_VERSION,
+    ModelMismatch,
+    model_fingerprint,
     read_series_record,
     read_snapshot,
     snapshot_path,
@@ -77,11 +86,60 @@ from service.wal import (  # noqa: F401 (HEADER_SIZE, StoreError: re-exported fo
     Record,
     StoreError,
     WriteAheadLog,
+    _fsync_dir,
     read_segment,
     wal_path,
 )
 
 log = logging.getLogger("rimer.store")
+MODEL_FILE = "MODEL.json"
+
+
+def _model_identity(engine: Engine) -> dict[str, str]:
+    return {"model": engine.name, "model_fingerprint": model_fingerprint(engine),
+            "state_version": str(STATE_VERSION)}
+
+
+def write_model_file(directory: Path, engine: Engine) -> None:
+    """`MODEL.json` naming the loaded model (atomically, 0600): once its states are recovered."""
+    path = directory / MODEL_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(_model_identity(engine), indent=1) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(directory)
+
+
+def check_model_file(directory: Path, engine: Engine) -> bool:
+    """Check the directory's `MODEL.json` against the loaded model (ModelMismatch naming the file
+    and both models); False where there is none yet (a new directory, or one from before it)."""
+    path = directory / MODEL_FILE
+    ours = _model_identity(engine)
+    try:
+        theirs = json.loads(path.read_text())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} cannot be read ({exc}); it names the model of the directory's "
+                         "states: restore it from a backup, or move the data directory aside") from exc
+    if not isinstance(theirs, dict):
+        raise StoreError(f"{path} is not a JSON object; restore it from a backup, or move the "
+                         "data directory aside")
+    if theirs.get("state_version") != ours["state_version"]:
+        raise ModelMismatch(f"{path}: the directory holds states of STATE_VERSION "
+                            f"{theirs.get('state_version')}, this build uses {STATE_VERSION}; "
+                            "serve it with the build that wrote it, or move the data directory aside")
+    if theirs.get("model_fingerprint") != ours["model_fingerprint"]:
+        raise ModelMismatch(f"{path}: the directory's series belong to model "
+                            f"{theirs.get('model')!r} (fingerprint "
+                            f"{str(theirs.get('model_fingerprint'))[:12]}), but the service loaded "
+                            f"{engine.name!r} (fingerprint {ours['model_fingerprint'][:12]}): states "
+                            "of one model mean nothing to another. Serve the model it was written "
+                            "with (--weights), or move the data directory aside")
+    return True
 REPLAY_BATCH = 4096  # most log records replayed in one engine batch
 
 
@@ -116,7 +174,10 @@ class Store:
             raise StoreError(f"data directory {self.directory} is in use by another process "
                              f"(its LOCK file is held)") from exc
         try:
+            named = check_model_file(self.directory, self.engine)
             stats = self.recover()
+            if not named:  # (only once its states are this model's: a refused start names none)
+                write_model_file(self.directory, self.engine)
         except BaseException:
             self.close(snapshot=False)
             raise
@@ -215,7 +276,11 @@ class Store:
     def _replay(self, path: Path, record: Record) -> None:
         try:
             if record.kind == KIND_STATE:
-                series_id, state, meta, _ = read_series_record(record.record, self.engine)
+                try:
+                    series_id, state, meta, _ = read_series_record(record.record, self.engine)
+                except StoreError as exc:  # (named by its file and record, as the others)
+                    raise type(exc)(f"{path}: record {record.seq} (an import of series "
+                                    f"{record.series_id!r}): {exc}") from exc
                 if series_id != record.series_id:
                     raise StoreError(f"{path}: record {record.seq} imports {series_id!r} under "
                                      f"the id {record.series_id!r}")
@@ -293,11 +358,17 @@ class Store:
     def _snapshot_quietly(self) -> None:
         try:
             self.snapshot()
-        except Exception:
-            log.exception("snapshot failed; the log keeps every change, and the next try is in "
-                          "%.0f s", self.snapshot_interval_s)
+        except Exception as exc:
+            # (a full or failing disk in one line; anything else with its traceback)
+            log.error("snapshot failed (%s); the log keeps every change, and the next try is in "
+                      "%.0f s", exc, self.snapshot_interval_s,
+                      exc_info=not isinstance(exc, OSError))
             if self.metrics is not None:
                 self.metrics.snapshot_failures.inc()
+
+    def log_failure(self) -> str | None:
+        """Why the write-ahead log refuses every change until a restart (None: it does not)."""
+        return None if self.wal is None else self.wal.broken
 
     def close(self, snapshot: bool = True) -> None:
         """Clean shutdown: stop the threads, write a last snapshot, close the log."""
@@ -310,6 +381,9 @@ class Store:
                     self.snapshot()
                 except Exception:
                     log.exception("the shutdown snapshot failed; the log keeps every change")
+            elif snapshot:
+                log.warning("no shutdown snapshot: the write-ahead log failed (%s); the next start "
+                            "replays the log up to its last whole record", self.wal.broken)
             self.engine.journal = None
             self.wal.close()
         if self._lock_fd >= 0:

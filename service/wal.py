@@ -278,6 +278,7 @@ class WriteAheadLog:
         self.seq = self._synced = seq  # last sequence number written; last one made durable
         self.broken: str | None = None
         self.segment, self._fd = segment, self._create(segment)
+        self._segment_from = seq  # the last record before this segment's first
 
     def _create(self, segment: int) -> int:
         path = wal_path(self.directory, segment)
@@ -387,12 +388,17 @@ class WriteAheadLog:
             self._synced = target
 
     def rotate(self) -> tuple[int, int]:
-        """Close this segment (fsynced) and start the next; (the new segment, last seq before it)."""
+        """Close this segment (fsynced) and start the next; (the new segment, last seq before it).
+        A segment still without records is kept as the next one: snapshots that keep failing
+        (a full disk) left a new empty segment behind at every try."""
         with self.exclusive():
             self.flush()
+            if self.seq == self._segment_from:
+                return self.segment, self.seq
             os.close(self._fd)
             self.segment += 1
             self._fd = self._create(self.segment)
+            self._segment_from = self.seq
             return self.segment, self.seq
 
     def close(self) -> None:

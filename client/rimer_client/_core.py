@@ -236,7 +236,7 @@ def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: s
     """POST /forecast of every series of a long frame, in batches; the Nixtla-shaped frame."""
     check_h(h)
     check_missing(missing)
-    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles, "quantiles")
     prep = frames.group(df, id_col, time_col, target_col)
     frames.regularise(prep, freq, missing)
     series = prep.series
@@ -320,7 +320,7 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
     if h is not None:
         check_h(h)
     check_missing(missing)
-    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles, "quantiles")
     if (level or quantiles) and h is None:
         raise ValueError("level and quantiles need h (they describe the forecast)")
     prep = frames.group(df, id_col, time_col, target_col)
@@ -469,7 +469,7 @@ def forecast_series_op(ids, h: int, level, quantiles, tz, progress: bool) -> Op:
     if isinstance(ids, (str, bytes)):
         ids = [ids]
     ids = list(ids)
-    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles)
+    level, quantiles = frames.clean_levels(level), frames.clean_levels(quantiles, "quantiles")
     items, ds = [], []
     with progress_bar(progress, len(ids), "forecast") as bar:
         for uid in ids:

@@ -4,7 +4,9 @@ No I/O here."""
 
 from __future__ import annotations
 
+import numbers
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -301,11 +303,23 @@ def label(x: float) -> str:
     return f"{x:g}"
 
 
-def clean_levels(level) -> list[float] | None:
+def clean_levels(level, name: str = "level") -> list[float] | None:
+    """A level (or quantile) or a list of them as sorted floats. A string is refused, not read
+    character by character (`level="95"` was taken as the levels 9 and 5), and so are
+    booleans and anything else that is not a real number."""
     if level is None:
         return None
-    if isinstance(level, (int, float)):
+    if isinstance(level, numbers.Real) and not isinstance(level, bool):
         level = [level]
+    example = "level=95 or level=[80, 95]" if name == "level" else "quantiles=[0.1, 0.9]"
+    if isinstance(level, (str, bytes)) or not isinstance(level, Iterable):
+        raise TypeError(f"{name} must be a number or a list of numbers, got {level!r}; "
+                        f"pass {example}")
+    level = list(level)
+    for v in level:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be a number or a list of numbers, got {v!r} in "
+                            f"{level!r}; pass {example}")
     out = sorted({float(v) for v in level})
     return out or None
 

@@ -13,20 +13,30 @@ from service.strict_json import StrictJsonRoute
 router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON object: 422
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=schemas.Health,
-                  tags=["operations"], summary="Liveness")  # (HEAD: load balancers' probes)
+# (HEAD for load balancers' probes, kept out of the schema: one operation per path there)
+@router.head("/healthz", include_in_schema=False)
+@router.get("/healthz", response_model=schemas.Health, tags=["operations"], summary="Liveness")
 async def healthz():
     """Liveness: the process answers (weights may still be loading)."""
     return {"status": "ok"}
 
 
-@router.api_route("/readyz", methods=["GET", "HEAD"], tags=["operations"], summary="Readiness",
-                  responses={503: {"description": "the model is not loaded yet"}})
+@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", tags=["operations"], summary="Readiness",
+            responses={503: {"description": "the model is not loaded yet, or the write-ahead "
+                                            "log failed and every change is refused"}})
 async def readyz(request: Request):
-    """Readiness: 200 once the weights are loaded, 503 before."""
+    """Readiness: 200 once the weights are loaded; 503 before, and after the write-ahead log
+    failed (a full disk: every change is refused until a restart, while forecasts still work)."""
     e = getattr(request.app.state, "engine", None)
     if e is None:
         return JSONResponse({"status": "loading", "detail": "the model is not loaded yet"},
+                            status_code=503)
+    store = getattr(request.app.state, "store", None)
+    failure = store.log_failure() if store is not None else None
+    if failure is not None:
+        return JSONResponse({"status": "failing", "detail": f"the write-ahead log failed "
+                             f"({failure}); changes are refused until the service is restarted"},
                             status_code=503)
     return {"status": "ready", "model": e.name, "backend": e.backend, "device": str(e.device)}
 

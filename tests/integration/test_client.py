@@ -319,6 +319,33 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 
 
+def test_levels_and_quantiles_must_be_numbers_not_strings():
+    """`level="95"` was split into the levels 9 and 5 and answered with 9% and 5% intervals:
+    a string (or a boolean, or a list holding one) is a TypeError naming the argument, and
+    nothing is sent; numbers, NumPy numbers and lists of them are taken."""
+    for kwargs, says in (({"level": "95"}, "level must be a number"),
+                         ({"level": ["80", 95]}, "level must be"),
+                         ({"level": True}, "level must be"),
+                         ({"quantiles": "0.5"}, "quantiles must be"),
+                         ({"quantiles": [0.1, None]}, "quantiles must be")):
+        t = scripted(OK_FORECAST)
+        with pytest.raises(TypeError, match=says):
+            mock_client(t).forecast(SMALL, 2, **kwargs)
+        assert t.seen == []
+        t = scripted(OK_APPEND)
+        with pytest.raises(TypeError, match=says):
+            mock_client(t).append(SMALL, h=2, **kwargs)
+        with pytest.raises(TypeError, match=says):
+            mock_client(t).forecast_series(["a"], 2, **kwargs)
+        assert t.seen == []
+    t = scripted((200, {"model": "m", "horizon": 2, "forecasts": [
+        {"id": "a", "mean": [1.0, 2.0], "intervals": [
+            {"level": 95.0, "lo": [0.0, 1.0], "hi": [2.0, 3.0]}]}]}))
+    fc = mock_client(t).forecast(SMALL, 2, level=np.int64(95))
+    assert json.loads(t.seen[0].content)["level"] == [95.0]
+    assert list(fc.columns[-2:]) == ["Rimer-lo-95", "Rimer-hi-95"]
+
+
 def test_progress_bars_only_on_a_terminal(capsys):
     """A review: `rimer append` piped into a log wrote '0%' bars for a quick success."""
     from rimer_client import _core

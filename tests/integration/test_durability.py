@@ -17,6 +17,7 @@ import torch
 
 from model import checkpoint
 from service import snapshots as snapshot_module
+from service import store as store_module
 from service.engine import Engine, EngineError
 from service.metrics import Metrics
 from service.settings import parse
@@ -191,16 +192,84 @@ def test_corrupt_snapshot_is_an_error(loaded, tmp_path, damage):
         open_store(tmp_path, new_engine(loaded))
 
 
+def test_failing_snapshots_leave_no_empty_segments_and_log_one_line(loaded, tmp_path,
+                                                                    monkeypatch, caplog):
+    """Snapshots that keep failing (a full disk) rotated the log every try, leaving an empty
+    segment each time and a traceback in the log: now the empty segment is the next one, the
+    failure is one line, and once a snapshot succeeds recovery is exact."""
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "write_snapshot", full)
+    with caplog.at_level(logging.ERROR, logger="rimer.store"):
+        for _ in range(4):
+            store._snapshot_quietly()
+    assert len(segments(tmp_path)) == 2  # the first (one record) and one empty, not five
+    failures = [r for r in caplog.records if "snapshot failed" in r.getMessage()]
+    assert len(failures) == 4 and not any(r.exc_info for r in failures)
+    assert "No space left on device" in failures[0].getMessage()
+    engine.append("a", series(8, 2), None)
+    monkeypatch.undo()
+    assert store.snapshot() is not None
+    engine.append("b", series(33, 3), None)
+    before = forecasts(engine, ["a", "b"])
+    store.close(snapshot=False)
+    again = new_engine(loaded)
+    store2 = open_store(tmp_path, again)
+    try:
+        assert forecasts(again, ["a", "b"]) == before
+    finally:
+        store2.close()
+
+
 def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path, monkeypatch):
+    """The snapshot's own check, for a directory from before MODEL.json (moved aside here)."""
     engine = new_engine(loaded)
     store = open_store(tmp_path, engine)
     engine.append("a", series(40, 1), None)
     store.close()
+    (tmp_path / "MODEL.json").unlink()
     other = new_engine(loaded, manifest={"name": "retrained", "sha256": {"model.safetensors": "0"}})
     with pytest.raises(StoreError, match=rf"written by model '{DEFAULT_NAME}'.*loaded 'retrained'"):
         open_store(tmp_path, other)
+    assert not (tmp_path / "MODEL.json").exists()  # (a refused start names no model)
     monkeypatch.setattr(snapshot_module, "STATE_VERSION", 99)
+    monkeypatch.setattr(store_module, "STATE_VERSION", 99)
     with pytest.raises(StoreError, match=r"STATE_VERSION 2, this build uses 99"):
+        open_store(tmp_path, new_engine(loaded))
+
+
+def test_another_model_is_refused_before_the_first_snapshot_too(loaded, tmp_path, monkeypatch):
+    """A directory that crashed before its first snapshot holds only log records, which carry
+    no model: a restart with other weights replayed them under it without a word, while the
+    same directory stopped cleanly (with a snapshot) refused them. MODEL.json makes both refuse,
+    naming the file and both models; the right model still recovers everything."""
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    before = forecasts(engine, ["a"])
+    store.close(snapshot=False)  # (as a kill -9 before the first snapshot)
+    assert not list(tmp_path.glob("snapshot-*")) and (tmp_path / "MODEL.json").stat().st_mode & 0o077 == 0
+    other = new_engine(loaded, manifest={"name": "retrained", "sha256": {"model.safetensors": "0"}})
+    with pytest.raises(StoreError, match=r"MODEL\.json: the directory's series belong to model "
+                                         rf"'{DEFAULT_NAME}'.*loaded 'retrained'"):
+        open_store(tmp_path, other)
+    monkeypatch.setattr(store_module, "STATE_VERSION", 99)
+    with pytest.raises(StoreError, match=r"MODEL\.json: .*STATE_VERSION 2, this build uses 99"):
+        open_store(tmp_path, new_engine(loaded))
+    monkeypatch.undo()
+    again = new_engine(loaded)
+    store2 = open_store(tmp_path, again)
+    try:
+        assert forecasts(again, ["a"]) == before
+    finally:
+        store2.close()
+    (tmp_path / "MODEL.json").write_text("{not json")
+    with pytest.raises(StoreError, match=r"MODEL\.json cannot be read"):
         open_store(tmp_path, new_engine(loaded))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -127,6 +129,41 @@ def test_readyz_503_until_the_weights_are_loaded():
         assert r.json() == {"status": "ready", "model": DEFAULT_NAME, "backend": "onnx",
                             "device": "cpu"}
         assert after.get("/healthz").json() == {"status": "ok"}
+
+
+def test_a_failed_log_makes_readiness_503_and_sets_its_gauge(tmp_path, caplog):
+    """With the disk full (/dev/full in place of the log's file) every change is refused until a
+    restart: /readyz says so with a 503 and `rimer_wal_failed` is 1, while forecasts and
+    /healthz still answer, and the clean stop says why it wrote no snapshot."""
+    with make_client(data_dir=str(tmp_path / "data"), snapshot_interval_s=0) as c:
+        assert c.post("/series/a/append", json={"values": ramp(40)}).status_code == 200
+        assert c.get("/readyz").status_code == 200
+        assert value(c.get("/metrics").text, "rimer_wal_failed") == 0
+        wal = c.app.state.store.wal
+        os.close(wal._fd)
+        wal._fd = os.open("/dev/full", os.O_WRONLY)
+        r = c.post("/series/a/append", json={"values": [1.0]})
+        assert r.status_code == 503 and "write-ahead log failed" in r.json()["detail"]
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failing"
+        assert "No space left" in r.json()["detail"] and "restarted" in r.json()["detail"]
+        assert c.head("/readyz").status_code == 503
+        assert value(c.get("/metrics").text, "rimer_wal_failed") == 1
+        assert c.get("/series/a/forecast", params={"horizon": 4}).status_code == 200
+        assert c.get("/series/a").json()["length"] == 40  # (the refused point is not there)
+        assert c.get("/healthz").status_code == 200
+    assert "no shutdown snapshot: the write-ahead log failed" in caplog.text
+
+
+def test_probes_have_one_operation_each_in_the_schema(client):
+    """GET and HEAD of a probe were one route with two methods: the same operation id twice
+    (FastAPI warned at every start, and OpenAPI generators choke on it)."""
+    paths = client.get("/openapi.json").json()["paths"]
+    for probe in ("/healthz", "/readyz"):
+        assert list(paths[probe]) == ["get"]
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200
 
 
 # ---- API keys ------------------------------------------------------------------------------
