@@ -27,7 +27,8 @@ from service.deps import check_answer, check_horizon
 from service.errors import ServiceError, shown
 from service.settings import Settings
 
-ALLOWED = ("ids", "offsets", "values", "timestamps", "freq", "horizon", "level", "quantiles")
+ALLOWED = ("ids", "offsets", "values", "timestamps", "freq", "horizon", "level", "quantiles",
+           "max_gap_points")
 PER_ITEM_ONLY = ("anomaly_level",)
 _ID = schemas.SERIES_ID_PATTERN[1:-1]  # (without ^ and $: fullmatch below)
 _ONE_ID = re.compile(_ID)
@@ -50,6 +51,7 @@ class Columns:
     horizon: int | None
     level: list[float] | None
     quantiles: list[float] | None
+    gap_budget: int  # points gaps may add (the request's max_gap_points, within the server's)
 
     @property
     def bounds(self) -> list[int]:
@@ -185,8 +187,16 @@ def parse(body: dict, settings: Settings) -> Columns:
             raise _fail(schemas.error_message(first), field_path(first)) from None
         dist = {"level": checked.level, "quantiles": checked.quantiles}
     check_answer(settings, len(ids), horizon, dist.get("level"), dist.get("quantiles"))
+    budget = body.get("max_gap_points")
+    if budget is not None and (type(budget) is not int or budget < 0):
+        raise _fail("a whole number of points, at least 0", "max_gap_points")
     return Columns(ids, off, values, raw, nulls, timestamps, freq, horizon,
-                   dist.get("level"), dist.get("quantiles"))
+                   dist.get("level"), dist.get("quantiles"), gap_budget(settings, budget))
+
+
+def gap_budget(settings: Settings, asked: int | None) -> int:
+    """Points gaps may add to one request: the request's `max_gap_points`, at most the server's."""
+    return settings.max_gap_points if asked is None else min(asked, settings.max_gap_points)
 
 
 def field_of(field: str | None, i: int, start: int) -> str | None:

@@ -100,6 +100,10 @@ LEVEL_RULE = ("prediction intervals at these coverage levels (percent, in (0, 10
 QUANTILES_RULE = "these quantiles (in (0, 1); at most 10) of each forecast point"
 ANOMALY_RULE = ("flag the new points outside the series' calibrated interval at this level "
                 "(percent) of the forecast made before them; off when left out")
+MAX_GAP_RULE = ("at most this many points may be filled into gaps between timestamps in this "
+                "request (at most the server's --max-gap-points, its default); 0: a gap is "
+                "refused (422 naming the timestamp after it) instead of filled, so nothing is "
+                "appended that was not sent (send null for a point whose value is unknown)")
 
 
 class Interval(BaseModel):
@@ -175,6 +179,7 @@ class AppendRequest(Distribution):
     horizon: int | None = Field(None, ge=1, strict=True,
                                 description="also return a forecast of this many points")
     anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
+    max_gap_points: int | None = Field(None, ge=0, strict=True, description=MAX_GAP_RULE)
 
 
 class Forecast(BaseModel):
@@ -206,6 +211,7 @@ class BulkAppendRequest(Distribution):
     horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
                                 "forecast of this many points")
     anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
+    max_gap_points: int | None = Field(None, ge=0, strict=True, description=MAX_GAP_RULE)
 
 
 class BulkAppendResponse(BaseModel):
@@ -249,6 +255,7 @@ class ColumnarAppendRequest(Distribution):
     freq: Freq | None = Field(None, description=FREQ_RULE + " (for every new series of the request)")
     horizon: int | None = Field(None, ge=1, strict=True, description="also return each series' "
                                 "forecast of this many points")
+    max_gap_points: int | None = Field(None, ge=0, strict=True, description=MAX_GAP_RULE)
 
     @model_validator(mode="wrap")
     @classmethod

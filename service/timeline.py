@@ -355,8 +355,10 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
         if filled + missing > gap_budget:
             raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
                                      "missing points) passes the limit on points that gaps "
-                                     f"may add to one request ({gap_budget - filled} left "
-                                     "of --max-gap-points); send points closer together",
+                                     f"may add to one request ({gap_budget - filled} left of "
+                                     "the request's max_gap_points, or of the server's "
+                                     "--max-gap-points); send the missing points (null where a "
+                                     "value is unknown), or points closer together",
                                 name(f"timestamps[{i}]"))
         filled += missing
         gaps.append(missing)

@@ -363,6 +363,8 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
             body["timestamps"] = stamps
             if fsec is not None:
                 body["freq"] = fsec
+            if missing != "ffill":  # (a gap after the series' last point: refused, not filled)
+                body["max_gap_points"] = 0
         body.update({"horizon": h} if h is not None else {}, **extra)
         return Call("POST", "/series/append", body=body, resend_safe=send_stamps,
                     landed=late_first_timestamp() if send_stamps else None,

@@ -176,7 +176,9 @@ class Client(_Base):
         seconds) fixes a new series' frequency, else the server infers it. Sent timestamps
         must be fixed steps: a calendar step ('B') or days across a daylight-saving change is
         a ValueError, and so are rows missing from the frame's grid unless missing='ffill'
-        (the server then fills them). Without
+        (the server then fills them); so is a gap between a series' last point on the server
+        and its first row here, which the server refuses (`max_gap_points: 0`: a
+        ValidationError naming the row) unless missing='ffill'. Without
         timestamps the values take the series' next points, and the append is not retried once
         it may have reached the server.
 

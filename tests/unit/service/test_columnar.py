@@ -191,6 +191,21 @@ def test_a_refused_columnar_append_changes_nothing(loaded):
         assert c.get("/series/a/forecast", params={"horizon": 4}).json() == before
 
 
+def test_a_too_short_series_for_the_horizon_is_named_alike_in_both_forms(loaded):
+    """The body's `horizon` is the field in both forms (an item has no horizon of its own: the
+    per-item form named `series[1].horizon`), the message says which series; nothing changes."""
+    with client_for(loaded, LIMITS) as c:
+        assert post(c, {"ids": ["a"], "offsets": [0], "values": series(40, 1)}).status_code == 200
+        per_item = post(c, {"series": [{"id": "a", "values": [1.0]}, {"id": "short", "values":
+                                                                   [1.0, 2.0]}], "horizon": 2})
+        col = post(c, {"ids": ["a", "short"], "offsets": [0, 1], "values": [1.0, 1.0, 2.0],
+                       "horizon": 2})
+        for r, which in ((per_item, "series[1]"), (col, "ids[1]")):
+            assert r.status_code == 422 and r.json()["field"] == "horizon", r.text
+            assert r.json()["detail"].startswith(f"horizon: for {which} ('short'), "), r.text
+        assert c.get("/series").json()["series"] == [{"id": "a", "length": 40}]
+
+
 def test_columnar_timestamps_take_the_per_item_rules(loaded):
     hours = [f"2024-05-01T{h:02d}:00:00Z" for h in range(24)]
     with client_for(loaded, Settings(), 10) as c:

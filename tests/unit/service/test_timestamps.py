@@ -486,6 +486,38 @@ def test_bulk_append_with_timestamps(client):
     assert_error(client.get("/series/c"), 404, "id")
 
 
+def test_max_gap_points_lowers_the_limit_per_request_in_every_form(client):
+    """`max_gap_points` 0 refuses a gap (in the request, or after the series' last point)
+    instead of filling it, naming the timestamp after it, in all three forms, and nothing is
+    appended; 1 allows a gap of one point; above the server's --max-gap-points (50) the
+    server's limit holds; a bad value is a 422 naming the field. Without it, gaps are filled."""
+    assert post(client, "g", [1.0] * 40, [iso(k) for k in range(40)]).status_code == 200
+    hours = {"series": [{"id": "g", "values": [5.0], "timestamps": [iso(42)]}]}
+    bodies = [  # (one point after a gap of two, in each form)
+        ("/series/g/append", {"values": [5.0], "timestamps": [iso(42)]}, "timestamps[0]"),
+        ("/series/append", hours, "series[0].timestamps[0]"),
+        ("/series/append", {"ids": ["g"], "offsets": [0], "values": [5.0], "timestamps": [iso(42)]},
+         "timestamps[0]"),
+    ]
+    for path, body, field in bodies:
+        for limit in (0, 1):
+            r = client.post(path, json={**body, "max_gap_points": limit})
+            assert_error(r, 422, field)
+            assert "max_gap_points" in r.json()["detail"] and "null" in r.json()["detail"]
+        assert client.get("/series/g").json()["length"] == 40
+        for bad in (-1, 1.5, "0", True):
+            r = client.post(path, json={**body, "max_gap_points": bad})
+            assert r.status_code == 422 and r.json()["field"].endswith("max_gap_points"), r.text
+    r = client.post("/series/g/append", json={"values": [6.0, 7.0], "timestamps": [iso(40), iso(42)],
+                                              "max_gap_points": 1})  # a gap of one inside
+    assert r.status_code == 200 and r.json()["length"] == 43, r.text
+    far = {"values": [1.0], "timestamps": [iso(42 + 60)], "max_gap_points": 10**6}
+    assert_error(client.post("/series/g/append", json=far), 422, "timestamps[0]")  # 59 > 50
+    r = client.post("/series/append", json={"ids": ["g"], "offsets": [0], "values": [8.0],
+                                            "timestamps": [iso(45)]})  # (the default: filled)
+    assert r.status_code == 200 and r.json()["lengths"] == [46], r.text
+
+
 def test_business_day_series_over_http_in_both_bulk_forms(client):
     """A series of weekdays created with freq '1b' keeps one point per row; the same rows as a
     daily series get their weekends filled. Forecast timestamps skip weekends; GET names the
