@@ -7,6 +7,11 @@ their connections for ever, and 20,600 half-sent requests used up the file descr
 every connection must deliver each request's line and headers within `header_timeout_s` of
 its opening (or of the previous response); past it, it is answered 408 and closed.
 
+Nor were the headers bounded in size: 200 kB of one header line was read whole (and 50 MB
+would have been). Here a request's line and headers past `MAX_HEADER_BYTES` are answered 431
+and the connection closed, and a request that is not HTTP at all gets the API's JSON error
+(uvicorn's own 400 is plain text).
+
 Past `--max-connections` (uvicorn's `limit_concurrency`: open connections plus requests in
 flight) uvicorn answers 503 in plain text to every request; 2,100 silent connections then made
 /healthz and /readyz fail too, and a liveness probe would restart a server that was only busy.
@@ -34,9 +39,21 @@ async def busy(scope, receive, send) -> None:
                             (b"content-length", str(len(BUSY)).encode()), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": BUSY, "more_body": False})
 
-TOO_SLOW = json.dumps({"detail": "the request's headers did not arrive in time", "field": None}).encode()
-RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(TOO_SLOW)).encode() + b"\r\n\r\n" + TOO_SLOW)
+MAX_HEADER_BYTES = 64 * 1024  # a request's line and headers (nginx's default is 8-32 kB)
+
+
+def _closing_answer(status: bytes, detail: str) -> bytes:
+    """A whole response (JSON error, connection closed) written before any app runs."""
+    body = json.dumps({"detail": detail, "field": None}).encode()
+    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+RESPONSE = _closing_answer(b"408 Request Timeout", "the request's headers did not arrive in time")
+TOO_LARGE = _closing_answer(b"431 Request Header Fields Too Large",
+                            f"the request's line and headers are over {MAX_HEADER_BYTES} bytes")
+NOT_HTTP = _closing_answer(b"400 Bad Request", "the request is not HTTP/1.1 that can be read (its "
+                           "request line or headers do not parse)")
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -45,7 +62,27 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._deadline = None
+        self._header_bytes = 0
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Still waiting for the headers after this chunk (the deadline is armed exactly then):
+        # all of it was request line and headers. A chunk that completed them is not counted.
+        if self._deadline is None:
+            self._header_bytes = 0
+            return
+        self._header_bytes += len(data)
+        if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            log.warning("a request's headers passed %d bytes: answered 431", MAX_HEADER_BYTES)
+            self._disarm()
+            self.transport.write(TOO_LARGE)
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes that do not parse as HTTP, as the API's JSON error."""
+        self.transport.write(NOT_HTTP)
+        self.transport.close()
 
     def _arm(self) -> None:
         self._disarm()
