@@ -169,11 +169,23 @@ def infer_freq(stamps: Sequence[Stamp], field: str = "timestamps") -> int:
                                  f"than the largest frequency, 366 days", field)
     for i, d in enumerate(diffs, start=1):
         if d % step:
+            if all(_MONTH_US[0] <= x <= _MONTH_US[1] for x in diffs[:12]) or all(
+                    _QUARTER_US[0] <= x <= _QUARTER_US[1] for x in diffs[:12]):
+                raise TimelineError(422, f"timestamps[{i}] is {d / US / 86400:g} days after the "
+                                         "one before it: steps of calendar months (or quarters) "
+                                         "are not one fixed length, and a series' timestamps "
+                                         "take fixed steps (or business days, `freq: \"1b\"`); "
+                                         "send monthly (or quarterly) points without timestamps (each takes "
+                                         "the series' next place)", _join(field, i))
             raise TimelineError(422, f"timestamps[{i}] is {d / US:g} s after the one before it, "
                                      f"not a multiple of the inferred frequency {step // US} s "
                                      "(the smallest step); give `freq` if that is not the "
                                      "frequency", _join(field, i))
     return step // US
+
+
+_MONTH_US = (28 * _DAY_US, 31 * _DAY_US)  # (the steps between month starts)
+_QUARTER_US = (89 * _DAY_US, 92 * _DAY_US)
 
 
 def _join(field: str, i: int) -> str:

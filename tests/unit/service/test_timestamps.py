@@ -92,6 +92,15 @@ def test_infer_freq():
     refused(422, "timestamps", timeline.infer_freq, stamps(0))
     half = [parse_timestamp("2024-05-01T00:00:00"), parse_timestamp("2024-05-01T00:00:00.5")]
     refused(422, "timestamps", timeline.infer_freq, half)
+    # Month (and quarter) starts are not one step: the message says so, not "give freq" (no
+    # freq is a month); other uneven steps keep the generic one.
+    months = [parse_timestamp(f"2024-{m:02d}-01") for m in range(1, 7)]
+    err = refused(422, "timestamps[1]", timeline.infer_freq, months)
+    assert "calendar months" in err.message and "without timestamps" in err.message
+    quarters = [parse_timestamp(f"2024-{m:02d}-01") for m in (1, 4, 7, 10)]
+    assert "calendar months (or quarters)" in refused(422, "timestamps[3]", timeline.infer_freq,
+                                                      quarters).message
+    assert "give `freq`" in refused(422, "timestamps[2]", timeline.infer_freq, stamps(0, 2, 5)).message
 
 
 def test_new_series_frequency_given_or_inferred():
