@@ -1,12 +1,15 @@
 """The same benchmark in two checkouts, alternating, for a before/after comparison of a change.
 
-    python -m bench.ab_checkouts --before /path/to/old/checkout [--rounds 3]
+    python -m bench.ab_checkouts --before /path/to/old/checkout [--rounds 4]
         [--out bench/results/ab_append_cost.json] -- <bench module and its arguments>
 
 Runs `python -m <module> ... --out F` in the old checkout and in this one, alternately for
 `--rounds` rounds (so load on the machine hits both alike), and reports for every number in
-the results the median over rounds, after over before. For example, after a refactoring:
-`-- bench.append_cost --lengths 1000 100000 --reps 200 --backend torch`.
+the results the median over rounds, after over before. The order within a round alternates
+too (before first in even rounds, after first in odd ones): on this machine the first run of
+a pair was often the faster (bench/RESULTS.md, stop 43), so a fixed order favours one side.
+Use an even number of rounds. Every round's numbers are kept in the JSON (`runs`). For
+example, after a refactoring: `-- bench.append_cost --lengths 1000 100000 --reps 200 --backend torch`.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def run(checkout: Path, command: list[str], out: Path, label: tuple[str, ...]) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", required=True, type=Path, help="the old checkout")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--keys", default="_us", help="report the numbers whose path contains this")
     ap.add_argument("--label", default="", help="comma-separated fields that name the entries "
                     "of lists (bench.http: case,concurrency,batch_window_ms)")
@@ -59,8 +62,9 @@ def main() -> None:
     args = ap.parse_args()
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory() as tmp:
+        pair = [("before", args.before.resolve()), ("after", ROOT)]
         for r in range(args.rounds):
-            for name, checkout in (("before", args.before.resolve()), ("after", ROOT)):
+            for name, checkout in (pair if r % 2 == 0 else pair[::-1]):  # (ABBA: see above)
                 runs[name].append(run(checkout, args.command, Path(tmp) / f"{name}{r}.json",
                                       tuple(f for f in args.label.split(",") if f)))
     keys = [k for k in runs["after"][0] if args.keys in k and all(k in x for x in runs["before"])]
@@ -73,8 +77,11 @@ def main() -> None:
         rows.append({"number": k, "before": b, "after": a, "ratio": a / b if b else None})
         print(f"{k:<{width}} {b:>10.1f} {a:>10.1f} {a / b if b else float('nan'):>12.3f}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": args.command, "before": str(args.before),
-                                          "rounds": args.rounds, "rows": rows}, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps({
+        "command": args.command, "before": str(args.before), "rounds": args.rounds,
+        "order": "ABBA (before first in even rounds)", "rows": rows,
+        "runs": {name: [{k: x[k] for k in keys} for x in got] for name, got in runs.items()},
+    }, indent=2) + "\n")
 
 
 if __name__ == "__main__":
