@@ -141,7 +141,7 @@ def widen_by_horizon(mean: torch.Tensor, quantiles: torch.Tensor, p: int, spread
     along Q after, so that the levels stay in order."""
     centre = mean.double()[:, None]
     offsets = quantiles.double() - centre
-    pieces = [offsets[..., :p]]  # the first patch: as `Rimer.next_quantiles` drew it
+    pieces = [offsets[..., :p]]  # the first patch: the head's own horizon, as predicted
     weight = None  # [B, Q, 1]: c of the formula, per row and quantile (None: no carry)
     if carry > 0:
         first, last = offsets[..., :1] ** 2, offsets[..., p - 1:p] ** 2

@@ -234,8 +234,6 @@ class Rimer(nn.Module):
             # drawn, by its place in a rollout (the head predicts one patch ahead from what it is
             # fed; later patches are fed forecasts, not data): fitted on validation series
             # (training/spread.py), the last entry for every later patch. Ones: as predicted.
-            # Entry 0 is the next patch's own (`one_patch_ahead`): every one-patch-ahead
-            # quantile, the first forecast patch's and those the online calibration scores.
             self.register_buffer("horizon_spread", torch.ones(HORIZON_SPREAD_PATCHES))
             # How much of the spread reached by the end of one forecast patch the next carries
             # on (model/calibration.py widen_by_horizon; fitted with the spread). 0: none.
@@ -391,7 +389,6 @@ class Rimer(nn.Module):
                 # last patch's quantiles are checked by the next call: from the state's offsets)
                 before = (quants[:, :-1] if quants is not None
                           else quantile_values(preds[:, :-1], shaped[:, :-1], cfg.quantiles))
-                before = self.one_patch_ahead(before, preds[:, :-1])
                 calib = self._calibrate(state, patches, before, stats, valid)
         if valid is None and t > 0:  # every patch real (rollouts, uniform appends): no gathers
             last_pred = preds[:, -1].double() * sd[:, -1] + mean[:, -1]
@@ -608,23 +605,13 @@ class Rimer(nn.Module):
 
     def next_quantiles(self, state: RimerState) -> torch.Tensor:
         """Quantiles [B, Q, P] (data units) of the next patch: what the quantile head said at the
-        last step (the state keeps its offsets), around the state's forecast of that patch,
-        drawn `one_patch_ahead`."""
+        last step (the state keeps its offsets), around the state's forecast of that patch."""
         mean, var = state.norm[:, 0:1], state.norm[:, 1:2]
         sd = normalisation.scale(var, self.cfg.norm_eps)
         centre = ((state.next_patch.double() - mean) / sd).float()
         offsets = state.quantile_offsets.view(-1, len(self.cfg.quantiles), self.cfg.patch_len)
-        q = self.one_patch_ahead(quantile_values(centre, offsets, self.cfg.quantiles), centre)
+        q = quantile_values(centre, offsets, self.cfg.quantiles)
         return (q.double() * sd[:, None] + mean[:, None]).float()
-
-    def one_patch_ahead(self, quantiles: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
-        """One-patch-ahead quantiles [..., Q, P] drawn `horizon_spread[0]` times as far from
-        their forecast `centre` [..., P] as the head says: fitted on validation series
-        (training/spread.py); 1 (weights fitted before it) leaves every bit as it was. No host
-        sync: both are computed and one is taken."""
-        s0 = self.horizon_spread[0]
-        c = centre[..., None, :]
-        return torch.where(s0 == 1, quantiles, (c + s0 * (quantiles - c)).to(quantiles.dtype))
 
     def _rollout(self, state: RimerState, horizon: int, advance, quantiles: bool = False):
         p = self.cfg.patch_len

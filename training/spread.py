@@ -8,16 +8,13 @@ uncertainty of the forecasts fed in is not in them), and each restarts from one 
 uncertainty at its first point. The model therefore draws the k-th forecast patch's quantiles
 `horizon_spread[k]` times as far from its mean as predicted, joined in quadrature with weight
 `horizon_carry` to the offsets the previous patch reached at its end
-(model/calibration.py `widen_by_horizon`). Here, first, the first patch's factor
-`horizon_spread[0]` (`Rimer.one_patch_ahead`: every one-patch-ahead quantile, those the online
-calibration scores included) is the one that gives the validation series' static 80% and 95%
-intervals their nominal coverage on average over the first forecast patch's points
-(bisection: the head's own intervals covered 86% and 97% of them). Then, with the first patch
-so drawn, for each carry of a grid, the spread is (1 + k) ** beta with the one exponent that
-gives those intervals their nominal coverage on average over every point after the first
-patch (bisection); the carry kept is the one whose intervals, so calibrated, score best (the
-geometric mean over series of the mean interval score at 80% and 95%, every point after the
-first patch). Validation series only: the benchmark's are never read.
+(model/calibration.py `widen_by_horizon`). Here, for each carry of a grid, the spread is
+(1 + k) ** beta with the one exponent that gives the validation series' static 80% and 95%
+intervals their nominal coverage on average over every point after the first patch (bisection);
+the carry kept is the one whose intervals, so calibrated, score best (the geometric mean over series
+of the mean interval score at 80% and 95%, every point after the first patch). The first patch
+stays as predicted (the head's own horizon, which the online calibration also scores).
+Validation series only: the benchmark's are never read.
 """
 
 from __future__ import annotations
@@ -92,38 +89,6 @@ def rollouts(model: Rimer, tasks: list[protocol.Task]) -> Rollouts:
     return Rollouts(torch.cat(means), torch.cat(qs), torch.cat(truths), torch.cat(which))
 
 
-def first_patch_drawn(runs: Rollouts, p: int, factor: float) -> Rollouts:
-    """The rollouts with their first patch's quantiles `factor` times as far from its mean (as
-    `Rimer.one_patch_ahead` draws them with `horizon_spread[0] = factor`)."""
-    q = runs.quantiles.clone()
-    centre = runs.mean[:, None, :p]
-    q[..., :p] = centre + factor * (q[..., :p] - centre)
-    return Rollouts(runs.mean, q, runs.truth, runs.task)
-
-
-def first_patch_gap(model: Rimer, runs: Rollouts, factor: float) -> float:
-    """Mean coverage minus nominal over `LEVELS` of the first patch's scored points, its
-    quantiles drawn `factor` times as far from the mean."""
-    p = model.cfg.patch_len
-    drawn = first_patch_drawn(runs, p, factor)
-    first = torch.isfinite(runs.truth) & (torch.arange(runs.truth.shape[1]) < p)[None]
-    gap = 0.0
-    for lv in LEVELS:
-        b = bounds(model, drawn.quantiles, lv).double()
-        inside = (runs.truth >= b[:, 0]) & (runs.truth <= b[:, 1])
-        gap += float(inside[first].double().mean()) - lv / 100
-    return gap / len(LEVELS)
-
-
-def fit_first_patch(model: Rimer, runs: Rollouts) -> float:
-    """`horizon_spread[0]`: the factor giving the first patch nominal coverage (bisection)."""
-    lo, hi = 1 / 16, 16.0  # (coverage grows with the factor)
-    for _ in range(30):
-        mid = (lo * hi) ** 0.5
-        lo, hi = (mid, hi) if first_patch_gap(model, runs, mid) < 0 else (lo, mid)
-    return (lo * hi) ** 0.5
-
-
 def scores(model: Rimer, runs: Rollouts, spread: torch.Tensor, carry: float
            ) -> tuple[float, float]:
     """(mean coverage minus nominal over `LEVELS`, the geometric mean over tasks of the mean
@@ -148,10 +113,10 @@ def scores(model: Rimer, runs: Rollouts, spread: torch.Tensor, carry: float
     return gap / len(LEVELS), float(torch.exp(torch.log(per_task[keep] / count[keep]).mean()))
 
 
-def spread_of(beta: float, n: int, first: float = 1.0) -> torch.Tensor:
-    """(1 + k) ** beta for every patch after the first, `first` for the first."""
+def spread_of(beta: float, n: int) -> torch.Tensor:
+    """(1 + k) ** beta for every patch after the first, 1 for the first."""
     k = torch.arange(n, dtype=torch.float64)
-    return torch.where(k == 0, first, (1 + k) ** beta)
+    return torch.where(k == 0, 1.0, (1 + k) ** beta)
 
 
 def fit(model: Rimer, tasks: list[protocol.Task]) -> tuple[list[float], float, list[dict]]:
@@ -159,12 +124,6 @@ def fit(model: Rimer, tasks: list[protocol.Task]) -> tuple[list[float], float, l
     One exponent for every patch after the first: a factor per patch fitted alone would follow
     whichever series happen to have that many patches of horizon."""
     runs = rollouts(model, tasks)
-    p = model.cfg.patch_len
-    first = fit_first_patch(model, runs)
-    print(json.dumps({"first_patch": round(first, 4), "coverage_gap_before":
-                      round(first_patch_gap(model, runs, 1.0), 4), "coverage_gap":
-                      round(first_patch_gap(model, runs, first), 4)}), file=sys.stderr, flush=True)
-    runs = first_patch_drawn(runs, p, first)
     n = len(model.horizon_spread)
     grid = []
     for carry in CARRIES:
@@ -178,7 +137,7 @@ def fit(model: Rimer, tasks: list[protocol.Task]) -> tuple[list[float], float, l
                      "interval_score": round(score, 4)})
         print(json.dumps(grid[-1]), file=sys.stderr, flush=True)
     best = min(grid, key=lambda g: g["interval_score"])
-    return spread_of(best["beta"], n, first).tolist(), best["carry"], grid
+    return spread_of(best["beta"], n).tolist(), best["carry"], grid
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -193,8 +152,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         model.horizon_spread.copy_(torch.tensor(spread))
         model.horizon_carry.fill_(carry)
     manifest = {**manifest, "horizon_spread": {
-        "values": [round(v, 4) for v in spread[:8]] + ["..."], "first_patch": round(spread[0], 4),
-        "carry": carry, "grid": grid,
+        "values": [round(v, 4) for v in spread[:8]] + ["..."], "carry": carry, "grid": grid,
         "fitted_by": "python -m training.spread " + " ".join(argv or sys.argv[1:]),
         "on": f"{len(tasks)} validation series of the corpus (never the benchmark's)"}}
     manifest.pop("sha256", None)
