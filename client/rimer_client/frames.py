@@ -38,6 +38,26 @@ class Prepared:
         return len(self.series)
 
 
+def _is_number(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
+def numeric_target(col: pd.Series, name: str) -> np.ndarray:
+    """The target column as float64 (NaN where missing). Numbers only: strings ('1.5') and
+    booleans were converted without a word, where the server takes no guessed types."""
+    how = "convert it first (pd.to_numeric, or .astype(float))"
+    if pd.api.types.is_bool_dtype(col) or not (pd.api.types.is_numeric_dtype(col)
+                                                or col.dtype == object):
+        raise ValueError(f"{name!r} must be numeric, not {col.dtype}; {how}")
+    if col.dtype == object:
+        ok = np.fromiter(map(_is_number, col), bool, len(col))
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"{name!r} holds {col.iloc[i]!r} (at index {col.index[i]!r}), not a "
+                             f"number; {how}")
+    return col.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
 def group(df: pd.DataFrame, id_col: str, time_col: str, target_col: str) -> Prepared:
     """The frame's series in id order, each sorted by time (stable)."""
     for col in (id_col, target_col):
@@ -48,10 +68,7 @@ def group(df: pd.DataFrame, id_col: str, time_col: str, target_col: str) -> Prep
         raise ValueError("the frame has no rows")
     if df[id_col].isna().any():
         raise ValueError(f"{id_col!r} has missing ids")
-    try:
-        y = df[target_col].to_numpy(dtype=np.float64, na_value=np.nan)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{target_col!r} must be numeric: {exc}") from None
+    y = numeric_target(df[target_col], target_col)
     kind, tz, ds_all = "none", None, None
     if has_time:
         ds_col = df[time_col]

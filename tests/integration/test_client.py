@@ -348,6 +348,26 @@ def test_levels_and_quantiles_must_be_numbers_not_strings():
     assert list(fc.columns[-2:]) == ["Rimer-lo-95", "Rimer-hi-95"]
 
 
+def test_the_target_must_hold_numbers_not_strings_or_booleans():
+    """y of strings ('1.5') or booleans was converted without a word (the server guesses no
+    types): a ValueError naming the column and the first such value, nothing sent; numbers of
+    any numeric dtype, and an object column of numbers and missing values, are taken."""
+    base = SMALL.head(3)
+    for y, says in ((["1.5", "2", "3"], "holds '1.5'"), ([True, False, True], "not bool"),
+                    ([1.0, "x", None], "holds 'x'"),
+                    (pd.Series(["1", "2", "3"], dtype="string"), "not string")):
+        t = scripted(OK_APPEND, OK_FORECAST)
+        with pytest.raises(ValueError, match=f"'y' (must be numeric, )?{says}"):
+            mock_client(t).append(base.assign(y=y))
+        with pytest.raises(ValueError, match="'y'"):
+            mock_client(t).forecast(base.assign(y=y), 2)
+        assert t.seen == []
+    t = scripted(OK_APPEND, OK_APPEND)
+    mock_client(t).append(base.assign(y=pd.Series([1.0, None, 3], dtype=object)), missing="ffill")
+    mock_client(t).append(base.assign(y=np.array([1, 2, 3], dtype=np.int32)))
+    assert [json.loads(r.content)["values"] for r in t.seen] == [[1.0, None, 3.0], [1.0, 2.0, 3.0]]
+
+
 def test_progress_bars_only_on_a_terminal(capsys):
     """A review: `rimer append` piped into a log wrote '0%' bars for a quick success."""
     from rimer_client import _core
