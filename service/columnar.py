@@ -59,6 +59,14 @@ class Columns:
         return [*self.offsets.tolist(), len(self.values)]
 
 
+def all_series_ids(ids: list[str]) -> bool:
+    """Whether every string of `ids` is a series id: one regular expression over them all,
+    joined by newlines (none may hold one: an id holding a newline would pass as two, so the
+    newlines are counted too)."""
+    joined = "\n".join(ids)
+    return joined.count("\n") == len(ids) - 1 and _IDS.fullmatch(joined) is not None
+
+
 def _fail(message: str, field: str, status: int = 422) -> ServiceError:
     return ServiceError(status, f"{field}: {message}", field)
 
@@ -96,8 +104,7 @@ def parse(body: dict, settings: Settings) -> Columns:
     if set(map(type, ids)) != {str}:
         i = _first(ids, lambda v: type(v) is str)
         raise _fail("a series id is a string", f"ids[{i}]")
-    joined = "\n".join(ids)  # (an id holding a newline would pass as two: counted too)
-    if joined.count("\n") != len(ids) - 1 or _IDS.fullmatch(joined) is None:
+    if not all_series_ids(ids):
         i = _first(ids, _ONE_ID.fullmatch)
         raise _fail(f"{shown(ids[i])!r} is not a series id ({schemas.SERIES_ID_RULE})", f"ids[{i}]")
 

@@ -65,22 +65,51 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._arm()
 
+    # The bound is kept two ways: the parsed line and headers are counted as the parser hands
+    # them over (whatever chunks they came in: counting chunks alone let a chunk that also
+    # completed the headers through unseen, up to ~128 kB), and so are the chunks of headers
+    # still arriving (a header line that never ends is never handed over).
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_bytes, self._too_large = 0, False
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # (": " and the line's end)
+        super().on_header(name, value)
+
+    def _count(self, size: int) -> None:
+        self._parsed_bytes += size
+        if self._parsed_bytes > MAX_HEADER_BYTES:
+            self._too_large = True
+            raise ValueError("headers too large")  # (the parser stops: send_400_response)
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         # Still waiting for the headers after this chunk (the deadline is armed exactly then):
-        # all of it was request line and headers. A chunk that completed them is not counted.
+        # all of it was request line and headers.
         if self._deadline is None:
             self._header_bytes = 0
             return
         self._header_bytes += len(data)
         if self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
-            log.warning("a request's headers passed %d bytes: answered 431", MAX_HEADER_BYTES)
-            self._disarm()
-            self.transport.write(TOO_LARGE)
-            self.transport.close()
+            self._refuse_large()
+
+    def _refuse_large(self) -> None:
+        log.warning("a request's headers passed %d bytes: answered 431", MAX_HEADER_BYTES)
+        self._disarm()
+        self.transport.write(TOO_LARGE)
+        self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to bytes that do not parse as HTTP, as the API's JSON error."""
+        """uvicorn's answer to bytes that do not parse as HTTP (or whose headers `_count`
+        stopped), as the API's JSON error."""
+        if getattr(self, "_too_large", False):
+            self._refuse_large()
+            return
         self.transport.write(NOT_HTTP)
         self.transport.close()
 

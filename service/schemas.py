@@ -213,6 +213,15 @@ class BulkAppendRequest(Distribution):
     anomaly_level: Level | None = Field(None, description=ANOMALY_RULE)
     max_gap_points: int | None = Field(None, ge=0, strict=True, description=MAX_GAP_RULE)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _plain_ingest(cls, value, handler):
+        """A plain bulk ingest (ids and numbers only) is checked in bulk, not item by item:
+        service.bulk_ingest; anything else as the fields say."""
+        from service import bulk_ingest  # (it reads this module's rules)
+
+        return bulk_ingest.recognise(value) or handler(value)
+
 
 class BulkAppendResponse(BaseModel):
     series: list[AppendResponse]

@@ -379,8 +379,9 @@ class Store:
             if snapshot and self.wal.broken is None:
                 try:
                     self.snapshot()
-                except Exception:
-                    log.exception("the shutdown snapshot failed; the log keeps every change")
+                except Exception as exc:  # (a full disk in one line, as the periodic ones)
+                    log.error("the shutdown snapshot failed (%s); the log keeps every change",
+                              exc, exc_info=not isinstance(exc, OSError))
             elif snapshot:
                 log.warning("no shutdown snapshot: the write-ahead log failed (%s); the next start "
                             "replays the log up to its last whole record", self.wal.broken)

@@ -167,16 +167,12 @@ def infer_freq(stamps: Sequence[Stamp], field: str = "timestamps") -> int:
     if step // US > MAX_FREQ_S:
         raise TimelineError(422, f"the smallest step between timestamps, {step // US} s, is more "
                                  f"than the largest frequency, 366 days", field)
+    calendar = calendar_steps(stamps)
+    if calendar:  # (two month starts are 31 days apart, and the next would be off that grid)
+        raise TimelineError(422, f"these timestamps are {calendar} (the same day of each, or "
+                                 f"each one's last): {CALENDAR_ADVICE}", _join(field, 1))
     for i, d in enumerate(diffs, start=1):
         if d % step:
-            if all(_MONTH_US[0] <= x <= _MONTH_US[1] for x in diffs[:12]) or all(
-                    _QUARTER_US[0] <= x <= _QUARTER_US[1] for x in diffs[:12]):
-                raise TimelineError(422, f"timestamps[{i}] is {d / US / 86400:g} days after the "
-                                         "one before it: steps of calendar months (or quarters) "
-                                         "are not one fixed length, and a series' timestamps "
-                                         "take fixed steps (or business days, `freq: \"1b\"`); "
-                                         "send monthly (or quarterly) points without timestamps (each takes "
-                                         "the series' next place)", _join(field, i))
             raise TimelineError(422, f"timestamps[{i}] is {d / US:g} s after the one before it, "
                                      f"not a multiple of the inferred frequency {step // US} s "
                                      "(the smallest step); give `freq` if that is not the "
@@ -184,8 +180,33 @@ def infer_freq(stamps: Sequence[Stamp], field: str = "timestamps") -> int:
     return step // US
 
 
-_MONTH_US = (28 * _DAY_US, 31 * _DAY_US)  # (the steps between month starts)
-_QUARTER_US = (89 * _DAY_US, 92 * _DAY_US)
+CALENDAR_ADVICE = ("steps of calendar months, quarters or years are not one fixed length, and a "
+                   "series' timestamps take fixed steps (or business days, `freq: \"1b\"`); send "
+                   "such points without timestamps (each takes the series' next place)")
+_CALENDAR = (("calendar months", 28, 31, 1), ("calendar quarters", 89, 92, 3),
+             ("calendar years", 365, 366, 12))
+_CALENDAR_WORDS = "calendar months, quarters or years"
+
+
+def calendar_steps(stamps: Sequence[Stamp]) -> str | None:
+    """'calendar months' (quarters, years) where every step is that calendar length and every
+    timestamp falls on the same day of its month at the same time, or on its month's last day:
+    steps no fixed frequency keeps to. None otherwise (a fixed 30 days, weeks, ...)."""
+    if len(stamps) < 2:
+        return None
+    local = [_EPOCH + timedelta(microseconds=s.us + s.offset_s * US) for s in stamps]
+    if len({t.time() for t in local}) != 1:
+        return None
+    days = {t.day for t in local}
+    month_ends = all((t + timedelta(days=1)).day == 1 for t in local)
+    if len(days) != 1 and not month_ends:
+        return None
+    diffs = [(b - a).days for a, b in zip(local, local[1:])]
+    months = [(b.year - a.year) * 12 + b.month - a.month for a, b in zip(local, local[1:])]
+    for name, lo, hi, k in _CALENDAR:
+        if all(lo <= d <= hi for d in diffs) and all(m == k for m in months):
+            return name
+    return None
 
 
 def _join(field: str, i: int) -> str:
@@ -356,6 +377,9 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
                      f"{format_timestamp(anchor, anchor_off)}" if step == BUSINESS_DAYS else
                      f"{format_timestamp(anchor, anchor_off)} plus a whole number of steps of "
                      f"{step} s")
+            if step != BUSINESS_DAYS and any(lo * _DAY_S <= step <= hi * _DAY_S
+                                             for _, lo, hi, _ in _CALENDAR):
+                where += f" (if these are {_CALENDAR_WORDS}: {CALENDAR_ADVICE})"
             if s.offset_s != anchor_off and not (s.us - anchor) % (3600 * US):
                 where += (f". Its UTC offset ({_show_offset(s.offset_s)}) is not the grid's "
                           f"({_show_offset(anchor_off)}): local times across a daylight-saving "
@@ -366,7 +390,8 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
         missing = 0 if prev is None else steps_between(prev, s.us, step, s.offset_s) - 1
         if filled + missing > gap_budget:
             raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
-                                     "missing points) passes the limit on points that gaps "
+                                     f"missing point{'s' if missing != 1 else ''}) passes the limit on points "
+                                     "that gaps "
                                      f"may add to one request ({gap_budget - filled} left of "
                                      "the request's max_gap_points, or of the server's "
                                      "--max-gap-points); send the missing points (null where a "

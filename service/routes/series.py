@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service import columnar, distribution, plot, schemas, timeline
+from service.bulk_ingest import BulkIngest
 from service.deps import (
     KnownQuery,
     LevelQuery,
@@ -90,6 +91,11 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
     faster form for many series), answered in the form asked."""
     if isinstance(body, schemas.ColumnarBody):
         return await columnar_append(body.raw, request)
+    if isinstance(body, BulkIngest):
+        answer = await plain_ingest(body, request)
+        if answer is not None:
+            return answer
+        body = body.as_request()  # (a series with a frequency: the per-item rules below)
     settings, metrics = request.app.state.settings, request.app.state.metrics
     points = check_many(settings, body)
     e = engine_of(request)
@@ -182,6 +188,39 @@ async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examp
     if forecast:
         metrics.points_forecast.labels("append").inc(forecast)
     return json_response({"series": out})
+
+
+class _NotPlain(Exception):
+    """A series of a plain bulk ingest has a frequency (its points take grid timestamps)."""
+
+
+async def plain_ingest(body: BulkIngest, request: Request):
+    """The per-item form's plain bulk ingest (service/bulk_ingest.py) as the per-item path
+    applies it when every item is plain: the same limits, records and answer, without an
+    object per item. None where a series has a frequency (found under the series' locks):
+    the caller takes the per-item path then."""
+    settings, metrics = request.app.state.settings, request.app.state.metrics
+    ids, points = body.ids, len(body.floats)
+    if len(ids) > settings.max_series_per_request:
+        raise ServiceError(413, f"{len(ids)} series in one request; the limit is "
+                                f"{settings.max_series_per_request}", "series")
+    check_points(settings, points, "series")
+    e = engine_of(request)
+    executor = executor_of(request)
+
+    async def work():
+        if any(m is not None and m.get("freq") is not None for m in map(e.meta.get, ids)):
+            raise _NotPlain
+        lengths, _ = await executor.call("bulk_append", points, len(ids), e.append_columns, ids,
+                                         body.bounds, body.values, body.metas(), None, "series")
+        return lengths
+
+    try:
+        lengths = await request.app.state.series_locks.run(ids, work)
+    except _NotPlain:
+        return None
+    metrics.points_appended.inc(points)
+    return json_response({"series": [{"id": i, "length": n} for i, n in zip(ids, lengths)]})
 
 
 def plan_columns(e: Engine, cols: columnar.Columns, gap_budget: int

@@ -213,6 +213,13 @@ def test_failing_snapshots_leave_no_empty_segments_and_log_one_line(loaded, tmp_
     assert len(failures) == 4 and not any(r.exc_info for r in failures)
     assert "No space left on device" in failures[0].getMessage()
     engine.append("a", series(8, 2), None)
+    caplog.clear()
+    store2_probe = open_store(tmp_path / "probe", new_engine(loaded))  # (a clean stop, disk full)
+    store2_probe.engine.append("p", series(8, 1), None)
+    with caplog.at_level(logging.ERROR, logger="rimer.store"):
+        store2_probe.close()
+    shutdown = [r for r in caplog.records if "shutdown snapshot failed" in r.getMessage()]
+    assert len(shutdown) == 1 and not shutdown[0].exc_info
     monkeypatch.undo()
     assert store.snapshot() is not None
     engine.append("b", series(33, 3), None)

@@ -169,6 +169,27 @@ def _exchange(port: int, data: bytes, wait: float = 10.0) -> bytes:
         return out
 
 
+def _exchange_in(port: int, data: bytes, pieces: int) -> bytes:
+    """`_exchange`, the bytes sent in `pieces` writes 20 ms apart."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        step = -(-len(data) // pieces)
+        try:
+            for at in range(0, len(data), step):
+                s.sendall(data[at:at + step])
+                time.sleep(0.02)
+        except OSError:
+            pass  # (refused while sending)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
 def test_oversized_headers_431_and_unparsable_requests_json_400(server):
     """A request's line and headers are bounded (64 kB: 200 kB of one header line was read
     whole), answered 431 in the API's JSON and closed, even while still arriving; bytes that are
@@ -179,6 +200,13 @@ def test_oversized_headers_431_and_unparsable_requests_json_400(server):
     big = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-pad: " + b"v" * (MAX_HEADER_BYTES + 100)
     out = _exchange(server.port, big)  # (no end of headers: refused while they arrive)
     assert out.startswith(b"HTTP/1.1 431") and b"application/json" in out and b"65536 bytes" in out
+    for size, pieces in ((70_000, 1), (120_000, 1), (70_000, 9)):  # complete headers too
+        whole = (b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"v" * size + b"\r\n\r\n")
+        out = _exchange_in(server.port, whole, pieces)
+        assert out.startswith(b"HTTP/1.1 431") and b"65536 bytes" in out, (size, pieces, out[:80])
+    many = b"GET /healthz HTTP/1.1\r\nhost: x\r\n" + b"".join(
+        b"x-h%d: %s\r\n" % (i, b"v" * 1000) for i in range(70)) + b"\r\n"
+    assert _exchange(server.port, many).startswith(b"HTTP/1.1 431")
     out = _exchange(server.port, b"BLAH BLAH\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and b'"field": null' in out and b"not HTTP" in out
     near = (b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: "

@@ -94,13 +94,25 @@ def test_infer_freq():
     refused(422, "timestamps", timeline.infer_freq, half)
     # Month (and quarter) starts are not one step: the message says so, not "give freq" (no
     # freq is a month); other uneven steps keep the generic one.
-    months = [parse_timestamp(f"2024-{m:02d}-01") for m in range(1, 7)]
-    err = refused(422, "timestamps[1]", timeline.infer_freq, months)
-    assert "calendar months" in err.message and "without timestamps" in err.message
-    quarters = [parse_timestamp(f"2024-{m:02d}-01") for m in (1, 4, 7, 10)]
-    assert "calendar months (or quarters)" in refused(422, "timestamps[3]", timeline.infer_freq,
-                                                      quarters).message
+    # (two of them already: the next month start would be off a 31-day grid for ever)
+    for calendar, texts in (
+            ("calendar months", [f"2024-{m:02d}-01" for m in range(1, 7)]),
+            ("calendar months", ["2024-01-01", "2024-02-01"]),
+            ("calendar months", ["2024-01-31", "2024-02-29", "2024-03-31"]),  # month ends
+            ("calendar months", ["2024-01-15T06:00:00+02:00", "2024-02-15T06:00:00+02:00"]),
+            ("calendar quarters", ["2024-01-01", "2024-04-01", "2024-07-01"]),
+            ("calendar years", ["2023-01-01", "2024-01-01", "2025-01-01"])):
+        err = refused(422, "timestamps[1]", timeline.infer_freq, [parse_timestamp(t) for t in texts])
+        assert f"are {calendar}" in err.message and "without timestamps" in err.message, err.message
+    for fixed in (["2024-01-01", "2024-01-31", "2024-03-01"],  # a fixed 30 days
+                  ["2024-01-01", "2024-01-29", "2024-02-26"],  # four weeks
+                  ["2024-01-01T00:00:00", "2024-02-01T01:00:00"]):  # (another time of day)
+        assert timeline.calendar_steps([parse_timestamp(t) for t in fixed]) is None, fixed
     assert "give `freq`" in refused(422, "timestamps[2]", timeline.infer_freq, stamps(0, 2, 5)).message
+    # A series kept at a month's length (its freq given) gets the advice with an off-grid point.
+    p = plan_append(None, False, [1.0], [parse_timestamp("2024-01-01")], freq=31 * 86400)
+    err = refused(422, "timestamps[0]", plan_append, p.meta, True, [2.0], ["2024-03-01"])
+    assert "calendar months, quarters or years" in err.message
 
 
 def test_new_series_frequency_given_or_inferred():
