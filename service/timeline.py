@@ -390,8 +390,8 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
         missing = 0 if prev is None else steps_between(prev, s.us, step, s.offset_s) - 1
         if filled + missing > gap_budget:
             raise TimelineError(422, f"filling the gap before timestamps[{i}] ({missing} "
-                                     f"missing point{'s' if missing != 1 else ''}) passes the limit on points "
-                                     "that gaps "
+                                     f"missing point{'s' if missing != 1 else ''}) passes the limit on "
+                                     "points that gaps "
                                      f"may add to one request ({gap_budget - filled} left of "
                                      "the request's max_gap_points, or of the server's "
                                      "--max-gap-points); send the missing points (null where a "
