@@ -183,30 +183,28 @@ def infer_freq(stamps: Sequence[Stamp], field: str = "timestamps") -> int:
 CALENDAR_ADVICE = ("steps of calendar months, quarters or years are not one fixed length, and a "
                    "series' timestamps take fixed steps (or business days, `freq: \"1b\"`); send "
                    "such points without timestamps (each takes the series' next place)")
-_CALENDAR = (("calendar months", 28, 31, 1), ("calendar quarters", 89, 92, 3),
-             ("calendar years", 365, 366, 12))
 _CALENDAR_WORDS = "calendar months, quarters or years"
 
 
 def calendar_steps(stamps: Sequence[Stamp]) -> str | None:
-    """'calendar months' (quarters, years) where every step is that calendar length and every
-    timestamp falls on the same day of its month at the same time, or on its month's last day:
-    steps no fixed frequency keeps to. None otherwise (a fixed 30 days, weeks, ...)."""
+    """'calendar months' ('quarters', 'years') where every timestamp falls at the same time on
+    the same day of its month (or on its month's last day) and each is whole months after the
+    one before: steps no fixed frequency keeps to (two month starts are 31 days apart, and the
+    next is not 31 days on). None otherwise (a fixed 30 days, four weeks, ...)."""
     if len(stamps) < 2:
         return None
     local = [_EPOCH + timedelta(microseconds=s.us + s.offset_s * US) for s in stamps]
     if len({t.time() for t in local}) != 1:
         return None
-    days = {t.day for t in local}
-    month_ends = all((t + timedelta(days=1)).day == 1 for t in local)
-    if len(days) != 1 and not month_ends:
+    if len({t.day for t in local}) != 1 and not all((t + timedelta(days=1)).day == 1
+                                                     for t in local):
         return None
-    diffs = [(b - a).days for a, b in zip(local, local[1:])]
     months = [(b.year - a.year) * 12 + b.month - a.month for a, b in zip(local, local[1:])]
-    for name, lo, hi, k in _CALENDAR:
-        if all(lo <= d <= hi for d in diffs) and all(m == k for m in months):
-            return name
-    return None
+    if min(months) < 1:
+        return None
+    if all(m % 12 == 0 for m in months):
+        return "calendar years"
+    return "calendar quarters" if all(m % 3 == 0 for m in months) else "calendar months"
 
 
 def _join(field: str, i: int) -> str:
@@ -377,8 +375,7 @@ def _place_on_grid(meta: dict, old_freq: int | str | None, stamps: list[Stamp],
                      f"{format_timestamp(anchor, anchor_off)}" if step == BUSINESS_DAYS else
                      f"{format_timestamp(anchor, anchor_off)} plus a whole number of steps of "
                      f"{step} s")
-            if step != BUSINESS_DAYS and any(lo * _DAY_S <= step <= hi * _DAY_S
-                                             for _, lo, hi, _ in _CALENDAR):
+            if step != BUSINESS_DAYS and 28 * _DAY_S <= step <= 366 * _DAY_S:
                 where += f" (if these are {_CALENDAR_WORDS}: {CALENDAR_ADVICE})"
             if s.offset_s != anchor_off and not (s.us - anchor) % (3600 * US):
                 where += (f". Its UTC offset ({_show_offset(s.offset_s)}) is not the grid's "

@@ -218,3 +218,30 @@ def test_oversized_headers_431_and_unparsable_requests_json_400(server):
     out = _exchange(server.port, post)
     assert out.startswith(b"HTTP/1.1 200") and b'"length":2' in out.replace(b" ", b""), out[:300]
     assert server.client.get("/healthz").status_code == 200
+
+
+def test_a_client_gone_mid_body_is_no_server_error(server):
+    """A client that sends part of its body and closes the connection was logged as an ASGI
+    exception with a traceback and counted as a 500 (alerts on 5xx fired): now a 400 in the
+    metrics and one line of log, and the server goes on."""
+    import socket
+
+    from tests.helpers import value
+
+    def fives() -> float:
+        text = server.client.get("/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("rimer_http_requests_total{") and 'status="500"' in line)
+
+    before = fives()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(b"POST /series/gone/append HTTP/1.1\r\nhost: x\r\ncontent-type: "
+                  b"application/json\r\ncontent-length: 100\r\n\r\n{\"values\": [1.0,")
+        time.sleep(0.3)
+    time.sleep(0.5)
+    assert fives() == before
+    text = server.client.get("/metrics").text
+    assert value(text, "rimer_http_requests_total", method="POST",
+                 route="/series/{series_id}/append", status="400") >= 1
+    assert server.client.get("/healthz").status_code == 200
+    assert server.client.get("/series/gone").status_code == 404

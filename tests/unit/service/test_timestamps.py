@@ -101,7 +101,11 @@ def test_infer_freq():
             ("calendar months", ["2024-01-31", "2024-02-29", "2024-03-31"]),  # month ends
             ("calendar months", ["2024-01-15T06:00:00+02:00", "2024-02-15T06:00:00+02:00"]),
             ("calendar quarters", ["2024-01-01", "2024-04-01", "2024-07-01"]),
-            ("calendar years", ["2023-01-01", "2024-01-01", "2025-01-01"])):
+            ("calendar years", ["2023-01-01", "2024-01-01", "2025-01-01"]),
+            ("calendar months", ["2024-01-01", "2024-03-01"]),  # every two months
+            ("calendar months", ["2024-01-01", "2024-02-01", "2024-04-01"]),  # with a gap
+            ("calendar quarters", ["2024-01-01", "2024-07-01"]),
+            ("calendar years", ["2023-01-01", "2025-01-01", "2026-01-01"])):
         err = refused(422, "timestamps[1]", timeline.infer_freq, [parse_timestamp(t) for t in texts])
         assert f"are {calendar}" in err.message and "without timestamps" in err.message, err.message
     for fixed in (["2024-01-01", "2024-01-31", "2024-03-01"],  # a fixed 30 days
