@@ -10,7 +10,7 @@ its opening (or of the previous response); past it, it is answered 408 and close
 Nor were the headers bounded in size: 200 kB of one header line was read whole (and 50 MB
 would have been). Here a request's line and headers past `MAX_HEADER_BYTES` are answered 431
 and the connection closed, and a request that is not HTTP at all gets the API's JSON error
-(uvicorn's own 400 is plain text).
+(uvicorn's own 400 is plain text), and one with a method no server knows a JSON 501.
 
 Past `--max-connections` (uvicorn's `limit_concurrency`: open connections plus requests in
 flight) uvicorn answers 503 in plain text to every request; 2,100 silent connections then made
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -54,10 +55,36 @@ TOO_LARGE = _closing_answer(b"431 Request Header Fields Too Large",
                             f"the request's line and headers are over {MAX_HEADER_BYTES} bytes")
 NOT_HTTP = _closing_answer(b"400 Bad Request", "the request is not HTTP/1.1 that can be read (its "
                            "request line or headers do not parse)")
+UNKNOWN_METHOD = _closing_answer(b"501 Not Implemented", "the request's method is not one this "
+                                 "server implements (the API's are GET, HEAD, POST, PUT, DELETE "
+                                 "and OPTIONS)")
+
+
+REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} [^ \r\n]+ HTTP/1\.[01]\r?\n")
+
+
+class _Parser(httptools.HttpRequestParser):
+    """httptools' parser, noting an unknown method: uvicorn answers every parse error alike, but
+    a method the server does not know is a 501, not a malformed request (RFC 9110, 9.1)."""
+
+    unknown_method = False
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            super().feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            # (only where the rest is a request line: "BLAH BLAH" is no HTTP at all)
+            self.unknown_method = REQUEST_LINE.match(data) is not None
+            raise
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
     header_timeout_s = 10.0  # set per server by `with_header_timeout`
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = _Parser(self)  # (as uvicorn makes its own, with the same leniency)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -110,7 +137,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         if getattr(self, "_too_large", False):
             self._refuse_large()
             return
-        self.transport.write(NOT_HTTP)
+        self.transport.write(UNKNOWN_METHOD if self.parser.unknown_method else NOT_HTTP)
         self.transport.close()
 
     def _arm(self) -> None:

@@ -55,8 +55,14 @@ def plan_append(e: Engine, series_id: str, item, budget: int, prefix: str,
     else:
         meta = e.meta.get(series_id)
         exists = meta is not None or series_exists(e, series_id)
-    planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
-                                   budget, prefix)
+    try:
+        planned = timeline.plan_append(meta, exists, item.values, item.timestamps, item.freq,
+                                       budget, prefix)
+    except timeline.TimelineError as exc:
+        if prefix:  # (an item of a per-item bulk body: the message says which series, as the
+            # columnar form's does; the field already names the item)
+            exc.message = f"{prefix} ({shown(series_id)!r}): {exc.message}"
+        raise
     chain[series_id] = planned.meta
     return planned
 

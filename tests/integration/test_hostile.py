@@ -190,7 +190,7 @@ def _exchange_in(port: int, data: bytes, pieces: int) -> bytes:
         return out
 
 
-def test_oversized_headers_431_and_unparsable_requests_json_400(server):
+def test_oversized_headers_431_unparsable_requests_json_400_unknown_methods_501(server):
     """A request's line and headers are bounded (64 kB: 200 kB of one header line was read
     whole), answered 431 in the API's JSON and closed, even while still arriving; bytes that are
     not HTTP get a JSON 400, not uvicorn's plain text; headers near the bound, and a large body
@@ -209,6 +209,12 @@ def test_oversized_headers_431_and_unparsable_requests_json_400(server):
     assert _exchange(server.port, many).startswith(b"HTTP/1.1 431")
     out = _exchange(server.port, b"BLAH BLAH\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and b'"field": null' in out and b"not HTTP" in out
+    # A method no server knows is a 501 (RFC 9110, 9.1), not a malformed request; one HTTP
+    # defines but the route does not serve, a 405 naming what it does.
+    out = _exchange(server.port, b"FROB /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 501") and b"application/json" in out and b"method" in out, out
+    out = _exchange(server.port, b"PATCH /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 405") and b"allow: get, head" in out.lower(), out
     near = (b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-pad: "
             + b"v" * (MAX_HEADER_BYTES - 200) + b"\r\n\r\n")
     assert _exchange(server.port, near).startswith(b"HTTP/1.1 200")

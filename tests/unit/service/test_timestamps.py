@@ -501,7 +501,9 @@ def test_bulk_append_with_timestamps(client):
                       {"id": "a", "values": [1.0], "timestamps": [iso(38)]}]}
     assert_error(client.post("/series/append", json=bad), 409, "series[1].timestamps[0]")
     bad["series"][1] = {"id": "c", "values": [None]}
-    assert_error(client.post("/series/append", json=bad), 422, "series[1].values[0]")
+    r = client.post("/series/append", json=bad)
+    assert_error(r, 422, "series[1].values[0]")  # the message says which series, too
+    assert r.json()["detail"].startswith("series[1] ('c'): values[0] is null"), r.text
     bad["series"][1] = {"id": "a", "values": [1.0, 2.0], "timestamps": [iso(39), "soon"]}
     assert_error(client.post("/series/append", json=bad), 422, "series[1].timestamps[1]")
     gaps = {"series": [{"id": "a", "values": [1.0], "timestamps": [iso(39 + 30)]},
