@@ -88,6 +88,8 @@ from service.wal import (  # noqa: F401 (HEADER_SIZE, StoreError: re-exported fo
     WriteAheadLog,
     _fsync_dir,
     read_segment,
+    rewrite_empty,
+    segment_header,
     wal_path,
 )
 
@@ -221,6 +223,7 @@ class Store:
         # 1,000 series: 3.64 s against 7.99 s one at a time, bench/results/recovery.json).
         batched = self.engine.batch_invariant
         pending: list[tuple[Path, Record]] = []
+        reuse = None  # the last segment, when it is only this build's header: the log's next
         for number in live:
             path = wal_path(d, number)
             last = number == live[-1]
@@ -240,15 +243,20 @@ class Store:
                     self._replay(path, record)
                 seq, replayed = record.seq, replayed + 1
             self._replay_batch(pending)  # (a batch ends with its segment)
+            if last and not records and cut is None and path.read_bytes() == segment_header(number):
+                reuse = number
             if cut is not None:
-                if segment == -1:
+                if segment == -1 and last:
                     path.unlink()
+                elif segment == -1:
+                    rewrite_empty(path, number)
                 else:
                     with open(path, "r+b") as f:
                         f.truncate(cut)
                         os.fsync(f.fileno())
         remaining = [int(m[1]) for p in d.iterdir() if (m := WAL_NAME.match(p.name))]
-        self.wal = WriteAheadLog(d, max([wal_from - 1, *remaining]) + 1, seq, self.fsync, self.metrics)
+        segment = reuse if reuse is not None else max([wal_from - 1, *remaining]) + 1
+        self.wal = WriteAheadLog(d, segment, seq, self.fsync, self.metrics, reuse=reuse is not None)
         seconds = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.recovery_seconds.set(seconds)
@@ -356,13 +364,15 @@ class Store:
             pass  # logged when it broke; appends report it
 
     def _snapshot_quietly(self) -> None:
+        if self.wal is not None and self.wal.broken is not None:
+            return  # (no snapshot can cut a failed log: said once when it failed, and by /readyz)
         try:
             self.snapshot()
         except Exception as exc:
             # (a full or failing disk in one line; anything else with its traceback)
             log.error("snapshot failed (%s); the log keeps every change, and the next try is in "
                       "%.0f s", exc, self.snapshot_interval_s,
-                      exc_info=not isinstance(exc, OSError))
+                      exc_info=not isinstance(exc, (OSError, EngineError)))
             if self.metrics is not None:
                 self.metrics.snapshot_failures.inc()
 

@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,16 +222,33 @@ def _decode_payload(payload: bytes, version: int = WAL_VERSION) -> Record:
     raise ValueError("malformed payload")
 
 
+def segment_header(segment: int) -> bytes:
+    header = HEADER.pack(MAGIC, WAL_VERSION, segment)
+    return header + struct.pack("<I", zlib.crc32(header))
+
+
+def rewrite_empty(path: Path, segment: int) -> None:
+    """A segment whose header was torn, made a whole empty one (so that the segments' numbers
+    stay consecutive for the next start)."""
+    with open(path, "wb") as f:
+        f.write(segment_header(segment))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]:
     """(segment number, records, end of the good records if a torn tail should be cut off).
 
     Only in the last segment (`last`) may the final record be torn: incomplete, or complete but
     failing its CRC with nothing after it. Anything else that does not check is an error."""
     data = path.read_bytes()
-    if len(data) < HEADER_SIZE:
-        if last:
-            return -1, [], 0  # the header itself was torn: the segment holds nothing
-        raise StoreError(f"{path}: truncated header ({len(data)} bytes)")
+    if len(data) < HEADER_SIZE:  # the header itself was torn (a crash or a full disk while the
+        # segment was made): it holds no records, wherever it is (the sequence numbers of the
+        # segments after it still show any record missing)
+        if not last:
+            log.warning("%s: an empty segment whose header was never written (%d bytes); "
+                        "it holds no records", path, len(data))
+        return -1, [], 0
     magic, version, segment = HEADER.unpack_from(data)
     (crc,) = struct.unpack_from("<I", data, HEADER.size)
     if magic != MAGIC or crc != zlib.crc32(data[:HEADER.size]):
@@ -271,22 +288,44 @@ def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]
 class WriteAheadLog:
     """The journal the engine writes to (service.engine.Journal)."""
 
-    def __init__(self, directory: Path, segment: int, seq: int, fsync: str, metrics=None):
+    def __init__(self, directory: Path, segment: int, seq: int, fsync: str, metrics=None,
+                 reuse: bool = False):
+        """The log written from `segment` on: a new one, or with `reuse` that existing segment,
+        still without records (a restart with nothing to replay adds no empty segment)."""
         self.directory, self.fsync_policy, self.metrics = directory, fsync, metrics
         self.lock = threading.RLock()  # a record's write and its state change
         self._sync_lock = threading.RLock()  # taken before `lock`, never after
         self.seq = self._synced = seq  # last sequence number written; last one made durable
         self.broken: str | None = None
-        self.segment, self._fd = segment, self._create(segment)
+        self.segment = segment
+        self._fd = (os.open(wal_path(directory, segment), os.O_WRONLY | os.O_APPEND) if reuse
+                    else self._create(segment))
         self._segment_from = seq  # the last record before this segment's first
 
     def _create(self, segment: int) -> int:
+        """The new segment's descriptor, its header written and fsynced; or an OSError and no
+        file: a segment whose header could not be written (a full disk) is removed, and one left
+        by an earlier such try (shorter than a header: no records) is replaced."""
         path = wal_path(self.directory, segment)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        header = HEADER.pack(MAGIC, WAL_VERSION, segment)
-        os.write(fd, header + struct.pack("<I", zlib.crc32(header)))
-        os.fsync(fd)
-        _fsync_dir(self.directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            if path.stat().st_size >= HEADER_SIZE:
+                raise
+            path.unlink()
+            fd = os.open(path, flags, 0o600)
+        try:
+            data = segment_header(segment)
+            if os.write(fd, data) != len(data):
+                raise OSError(f"short write of {path.name}'s header")
+            os.fsync(fd)
+            _fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            with suppress(OSError):
+                path.unlink()
+            raise
         return fd
 
     @contextmanager
@@ -395,10 +434,13 @@ class WriteAheadLog:
             self.flush()
             if self.seq == self._segment_from:
                 return self.segment, self.seq
-            os.close(self._fd)
-            self.segment += 1
-            self._fd = self._create(self.segment)
-            self._segment_from = self.seq
+            # The next segment first: if it cannot be made, the log goes on in this one (closing
+            # this one first left a closed descriptor that later writes reached, whatever file
+            # or socket the number was reused for).
+            fd = self._create(self.segment + 1)
+            with suppress(OSError):  # (its records are fsynced above)
+                os.close(self._fd)
+            self.segment, self._fd, self._segment_from = self.segment + 1, fd, self.seq
             return self.segment, self.seq
 
     def close(self) -> None:

@@ -233,6 +233,116 @@ def test_failing_snapshots_leave_no_empty_segments_and_log_one_line(loaded, tmp_
         store2.close()
 
 
+def test_a_failed_rotation_keeps_the_log_on_its_segment(loaded, tmp_path, monkeypatch, caplog):
+    """A snapshot whose next log segment could not be made (a full disk, a read-only directory)
+    closed the current segment first: later records went to a closed descriptor, whatever file
+    or socket had reused its number. Now the log goes on in its segment, the half-made one is
+    removed, the failure is one line, and every later change recovers."""
+    from service import wal as wal_module
+
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    [first] = segments(tmp_path)
+
+    def full(directory):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wal_module, "_fsync_dir", full)  # (after the new segment's header)
+    with caplog.at_level(logging.ERROR, logger="rimer.store"):
+        store._snapshot_quietly()
+    [failure] = [r for r in caplog.records if "snapshot failed" in r.getMessage()]
+    assert not failure.exc_info and segments(tmp_path) == [first]  # the new one removed
+    size = first.stat().st_size
+    engine.append("a", series(8, 2), None)  # written to the log's own segment, and synced
+    engine.append("b", series(33, 3), None)
+    assert first.stat().st_size > size and store.wal.broken is None
+    monkeypatch.undo()
+    (tmp_path / wal_module.wal_path(tmp_path, store.wal.segment + 1).name).write_bytes(b"RIM")
+    assert store.snapshot() is not None  # (a header-torn leftover of the next number replaced)
+    engine.append("b", series(5, 4), None)
+    before = forecasts(engine, ["a", "b"])
+    store.close(snapshot=False)
+    again = new_engine(loaded)
+    store2 = open_store(tmp_path, again)
+    try:
+        assert forecasts(again, ["a", "b"]) == before
+    finally:
+        store2.close()
+
+
+def test_segments_with_torn_headers_hold_nothing_wherever_they_are(loaded, tmp_path, caplog):
+    """A segment shorter than its header (a crash or a full disk while it was made) holds no
+    records. One at the end was dropped at start-up; several (failing snapshot tries of an
+    earlier build) refused the start: now each is an empty segment, the last removed, the others
+    made whole so that the numbers stay consecutive, and the next starts recover too."""
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    before = forecasts(engine, ["a"])
+    store.close(snapshot=False)
+    [wal] = segments(tmp_path)
+    number = int(wal.name[4:20])
+    for k, junk in ((1, b""), (2, b"RIMERWAL\x04"), (3, b"")):
+        wal.with_name(f"wal-{number + k:016d}.log").write_bytes(junk)
+    for _ in range(2):  # (and again: nothing left that a start refuses)
+        again = new_engine(loaded)
+        with caplog.at_level(logging.WARNING, logger="rimer.store"):
+            store2 = open_store(tmp_path, again)
+        try:
+            assert forecasts(again, ["a"]) == before
+            again.append("a", series(3, 2), None)
+            before = forecasts(again, ["a"])
+        finally:
+            store2.close(snapshot=False)
+    assert any("header was never written" in r.getMessage() for r in caplog.records)
+    assert all(p.stat().st_size >= HEADER_SIZE for p in segments(tmp_path))
+
+
+def test_restarts_without_changes_add_no_empty_segments(loaded, tmp_path):
+    """A clean stop leaves one snapshot and an empty log segment (a backup is those and
+    MODEL.json); each restart without changes added one more empty segment: now a start whose
+    last segment holds no records writes on in it."""
+    engine = new_engine(loaded)
+    store = open_store(tmp_path, engine)
+    engine.append("a", series(40, 1), None)
+    store.close()
+    [only] = segments(tmp_path)
+    for _ in range(3):
+        again = new_engine(loaded)
+        open_store(tmp_path, again).close()
+        assert segments(tmp_path) == [only] and only.stat().st_size == HEADER_SIZE
+    again = new_engine(loaded)
+    store = open_store(tmp_path, again)
+    again.append("a", series(7, 2), None)  # (into the reused segment)
+    before = forecasts(again, ["a"])
+    store.close(snapshot=False)
+    assert segments(tmp_path) == [only] and only.stat().st_size > HEADER_SIZE
+    third = new_engine(loaded)
+    store = open_store(tmp_path, third)
+    try:
+        assert forecasts(third, ["a"]) == before
+    finally:
+        store.close()
+
+
+def test_no_snapshot_tries_once_the_log_failed(loaded, tmp_path, caplog):
+    """Once the log failed (changes refused until a restart), every periodic snapshot logged a
+    traceback of the refusal and counted a failure, for ever: now they wait for the restart."""
+    engine = new_engine(loaded)
+    store = Store(tmp_path, engine, snapshot_interval_s=0)
+    store.metrics = metrics = Metrics(lambda: engine, lambda: store)
+    store.open()
+    engine.append("a", series(40, 1), None)
+    store.wal.fail("fsync: test")
+    with caplog.at_level(logging.ERROR, logger="rimer.store"):
+        for _ in range(3):
+            store._snapshot_quietly()
+    assert not [r for r in caplog.records if "snapshot failed" in r.getMessage() or r.exc_info]
+    assert value(metrics.exposition()[0].decode(), "rimer_snapshot_failures_total") == 0
+    store.close()
+
+
 def test_snapshot_of_another_model_or_state_version_is_refused(loaded, tmp_path, monkeypatch):
     """The snapshot's own check, for a directory from before MODEL.json (moved aside here)."""
     engine = new_engine(loaded)
