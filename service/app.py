@@ -4,6 +4,7 @@ they share in service/deps.py, start-up in service/lifespan.py. No model code he
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from service import docs, errors, lifespan
 from service.auth import ApiKeyAuth, load_keys
@@ -64,4 +65,18 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         # `include_router`): the 405 answer's Allow list and the metrics' route templates walk
         # `app.routes`, and see routes only.
         app.router.routes.extend(router.routes)
+    add_head_routes(app)
     return app
+
+
+def add_head_routes(app: FastAPI) -> None:
+    """HEAD beside every GET route that has none (RFC 9110, 9.1: a server supports GET and HEAD;
+    `curl -I /series/x` was a 405): the same endpoint and checks, kept out of the schema (one
+    operation per path there), answered without the body (uvicorn sends none to a HEAD)."""
+    routes = [r for r in app.router.routes if isinstance(r, APIRoute)]
+    have = {(r.path, m) for r in routes for m in r.methods}
+    for r in routes:
+        if "GET" in r.methods and (r.path, "HEAD") not in have:
+            app.router.add_api_route(r.path, r.endpoint, methods=["HEAD"], name=f"{r.name}_head",
+                                     dependencies=r.dependencies, response_class=r.response_class,
+                                     include_in_schema=False, route_class_override=type(r))

@@ -56,8 +56,8 @@ TOO_LARGE = _closing_answer(b"431 Request Header Fields Too Large",
 NOT_HTTP = _closing_answer(b"400 Bad Request", "the request is not HTTP/1.1 that can be read (its "
                            "request line or headers do not parse)")
 UNKNOWN_METHOD = _closing_answer(b"501 Not Implemented", "the request's method is not one this "
-                                 "server implements (the API's are GET, HEAD, POST, PUT, DELETE "
-                                 "and OPTIONS)")
+                                 "server implements (the API's are GET, HEAD, POST, PUT and "
+                                 "DELETE)")
 
 
 REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32} [^ \r\n]+ HTTP/1\.[01]\r?\n")

@@ -110,8 +110,11 @@ def parse(body: bytes):
     except RecursionError:
         raise ServiceError(422, "the body's JSON nests arrays and objects too deeply; the API's "
                                 "requests nest a few levels", "body") from None
-    except ValueError as exc:  # (Python refuses to read integers of over 4,300 digits)
-        raise ServiceError(422, f"the body holds a number that cannot be read: {exc}", "body") from None
+    except ValueError as exc:  # (Python refuses to read integers of over 4,300 digits; its
+        # message names an interpreter setting, nothing a client can change)
+        what = ("a number of more than 4,300 digits; the API's numbers fit in a float64"
+                if "digits" in str(exc) else "a value that cannot be read")
+        raise ServiceError(422, f"the body holds {what}", "body") from None
 
 
 class _Repeated(dict):

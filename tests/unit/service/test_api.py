@@ -363,8 +363,8 @@ def test_a_key_given_twice_is_a_422_naming_it(client, body, key):
 
 
 @pytest.mark.parametrize("body, status, field, says", [
-    (b'{"values": [1' + b"0" * 5000 + b"]}", 422, "body", "4300"),  # (Python reads at most 4,300 digits)
-    (b'{"values": [1.0], "horizon": 1' + b"0" * 5000 + b"}", 422, "body", "4300"),
+    (b'{"values": [1' + b"0" * 5000 + b"]}", 422, "body", "4,300 digits"),  # (Python's limit)
+    (b'{"values": [1.0], "horizon": 1' + b"0" * 5000 + b"}", 422, "body", "4,300 digits"),
     (b'{"values": [\xff\xfe]}', 422, "body", "UTF-8"),
     (b"[" * 100_000 + b"]" * 100_000, 422, "body", "nests"),
 ])
@@ -373,6 +373,7 @@ def test_bodies_no_parser_reads_are_a_422_not_a_500(client, body, status, field,
         r = client.post(path, content=body, headers={"content-type": "application/json"})
         assert r.status_code == status and r.json()["field"] == field, (path, r.text[:300])
         assert says in r.json()["detail"], r.json()
+        assert "sys." not in r.json()["detail"], r.json()  # (no interpreter settings: a client has none)
     assert client.get("/series/big").status_code == 404
 
 
@@ -387,8 +388,24 @@ def test_a_compressed_body_is_a_415_naming_the_encoding(client):
 
 def test_405_allows_every_method_of_the_path(client):
     r = client.options("/series/abc")
-    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET"
+    assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, HEAD"
     assert client.put("/forecast").headers["allow"] == "POST"
+
+
+def test_head_beside_every_get(client):
+    """RFC 9110 9.1: a server supports GET and HEAD (`curl -I /series/x` was a 405): HEAD is
+    GET's status and headers, with no body, its checks included; none in the schema."""
+    assert client.post("/series/h/append", json={"values": ramp(40)}).status_code == 200
+    for path in ("/series/h", "/metrics", "/healthz", "/series/h/forecast?horizon=3"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200 and head.content == b"", (path, head)
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    assert client.head("/series/nope").status_code == 404
+    assert client.head("/series/h/forecast?horizon=0").status_code == 422
+    assert client.head("/series/h/forecast?bogus=1").status_code == 422
+    assert client.head("/forecast").status_code == 405  # (a POST route: no GET, no HEAD)
+    schema = client.get("/openapi.json").json()["paths"]
+    assert not any("head" in ops for ops in schema.values())
 
 
 def test_an_answer_past_max_answer_values_is_a_413_naming_horizon():
