@@ -54,12 +54,14 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     field = field_path(first)
     message = schemas.error_message(first)
     content_type = request.headers.get("content-type", "")
-    if field == "body" and content_type and "json" not in content_type.lower():
-        # (FastAPI reads a body as JSON only when it is declared so, or not declared.)
-        message = f"the body must be JSON, sent as application/json; got {shown(content_type, 100)!r}"
-    detail = f"{field}: {message}" if field else message
     listed = [{"field": field_path(e), "message": schemas.error_message(e)}
               for e in errors[:MAX_ERRORS_LISTED]]
+    if field == "body" and "json" not in content_type.lower():
+        # (FastAPI reads a body as JSON only when it is declared so: the list says it too)
+        got = f"got {shown(content_type, 100)!r}" if content_type else "no content-type was given"
+        message = f"the body must be JSON, sent as application/json; {got}"
+        listed[:1] = [{"field": "body", "message": message}]
+    detail = f"{field}: {message}" if field else message
     return JSONResponse({"detail": detail, "field": field or None, "errors": listed},
                         status_code=422)
 

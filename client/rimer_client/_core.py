@@ -48,6 +48,7 @@ class Call:
     series_ids: list | None = None  # the frame's ids of `series[i]`, for errors
     headers: dict | None = None  # extra headers (X-Rimer-Series: a cluster proxy's routing key)
     offsets: list[int] | None = None  # a columnar body's offsets: `values[k]` -> its series
+    series_id: object = None  # the one series a call is about (GET/DELETE /series/{id}), for errors
 
     def encoded(self) -> bytes | None:
         if self.body is None:
@@ -162,7 +163,7 @@ class Attempts:
             wait = self.policy.wait(self.attempt, retry_after(response.headers))
             self.attempt += 1
             return wait
-        raise error_for(status, body, self.call.series_ids, self.call.offsets)
+        raise error_for(status, body, self.call.series_ids, self.call.offsets, self.call.series_id)
 
 
 Op = Generator[Call, Answer, object]
@@ -454,14 +455,15 @@ def path_id(series_id) -> str:
 
 
 def describe_call(series_id) -> Call:
-    return Call("GET", f"/series/{path_id(series_id)}")
+    return Call("GET", f"/series/{path_id(series_id)}", series_id=series_id)
 
 
 def series_forecast_call(series_id, h: int, level, quantiles) -> Call:
     params: list[tuple[str, object]] = [("horizon", int(h))]
     params += [("level", frames.label(v)) for v in level or ()]
     params += [("quantiles", frames.label(v)) for v in quantiles or ()]
-    return Call("GET", f"/series/{path_id(series_id)}/forecast", params=params)
+    return Call("GET", f"/series/{path_id(series_id)}/forecast", params=params,
+                series_id=series_id)
 
 
 def forecast_series_op(ids, h: int, level, quantiles, tz, progress: bool) -> Op:
@@ -508,6 +510,6 @@ def one(call: Call, key: str | None = None) -> Op:
 def delete_op(series_id) -> Op:
     """DELETE /series/{id}; a resend answered 404 after an earlier try may have landed counts as
     deleted."""
-    yield Call("DELETE", f"/series/{path_id(series_id)}",
+    yield Call("DELETE", f"/series/{path_id(series_id)}", series_id=series_id,
                landed=lambda status, field: status == 404 and field == "id")
     return None

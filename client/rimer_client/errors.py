@@ -64,17 +64,17 @@ _FLAT_FIELD = re.compile(r"^(?:values|timestamps)\[(\d+)\]$")
 
 
 def error_for(status: int, body, series_ids: list | None = None,
-              offsets: list[int] | None = None) -> RimerError:
+              offsets: list[int] | None = None, series_id=None) -> RimerError:
     """The exception for an error answer; `series_ids` maps a batch's `series[i]` (or a columnar
     body's `ids[i]`) to its id, and with a columnar body's `offsets`, `values[k]` and
-    `timestamps[k]` to the series whose run holds point k."""
+    `timestamps[k]` to the series whose run holds point k; `series_id` is the series of a call
+    about one (GET or DELETE /series/{id})."""
     if isinstance(body, dict):
         detail = str(body.get("detail") or f"HTTP {status}")
         field = body.get("field")
         errors = body.get("errors") if isinstance(body.get("errors"), list) else None
     else:
         detail, field, errors = (str(body) if body else f"HTTP {status}"), None, None
-    series_id = None
     if series_ids is not None and isinstance(field, str):
         m = _BATCH_FIELD.match(field)
         flat = _FLAT_FIELD.match(field) if offsets else None

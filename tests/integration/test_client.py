@@ -233,8 +233,9 @@ def test_server_errors_are_typed_and_name_the_field_and_series(default_server):
             rimer.forecast(short, 4)
         assert err.value.series_id == "tiny" and "32 points" in err.value.detail
         with pytest.raises(NotFound) as err:
-            rimer.describe(f"nope-{uuid.uuid4().hex}")
+            rimer.describe(nope := f"nope-{uuid.uuid4().hex}")
         assert err.value.status == 404 and err.value.field == "id"
+        assert err.value.series_id == nope and repr(nope) in str(err.value)  # (it was None)
 
 
 # ---- retries ---------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ def test_a_body_not_sent_as_json_names_its_content_type(client):
                         headers={"content-type": content_type})
         assert_error(r, 422, "body")
         assert "application/json" in r.json()["detail"] and content_type in r.json()["detail"]
+        assert r.json()["errors"][0]["message"] in r.json()["detail"]  # (the list agrees)
+    r = client.post("/series/a/append", content='{"values": [1.0]}')  # (no content-type at all)
+    assert_error(r, 422, "body")
+    assert "application/json; no content-type was given" in r.json()["detail"], r.text
     r = client.post("/series/a/append", content='{"values": [1.0]',
                     headers={"content-type": "application/json"})
     assert_error(r, 422, "body")
