@@ -59,6 +59,18 @@ def segments(directory: Path) -> list[Path]:
     return sorted(directory.glob("wal-*.log"))
 
 
+def assert_recovers(loaded, directory: Path, store: Store, before: dict) -> None:
+    """`store` closed as a crash leaves it (no last snapshot) and started again: every series
+    of `before` forecasts as it did."""
+    store.close(snapshot=False)
+    again = new_engine(loaded)
+    reopened = open_store(directory, again)
+    try:
+        assert forecasts(again, list(before)) == before
+    finally:
+        reopened.close()
+
+
 def test_snapshot_then_log_recovers_exactly(loaded, tmp_path):
     rng, ids = random.Random(1), [f"s{i}" for i in range(5)]
     engine = new_engine(loaded)
@@ -223,14 +235,7 @@ def test_failing_snapshots_leave_no_empty_segments_and_log_one_line(loaded, tmp_
     monkeypatch.undo()
     assert store.snapshot() is not None
     engine.append("b", series(33, 3), None)
-    before = forecasts(engine, ["a", "b"])
-    store.close(snapshot=False)
-    again = new_engine(loaded)
-    store2 = open_store(tmp_path, again)
-    try:
-        assert forecasts(again, ["a", "b"]) == before
-    finally:
-        store2.close()
+    assert_recovers(loaded, tmp_path, store, forecasts(engine, ["a", "b"]))
 
 
 def test_a_failed_rotation_keeps_the_log_on_its_segment(loaded, tmp_path, monkeypatch, caplog):
@@ -261,14 +266,7 @@ def test_a_failed_rotation_keeps_the_log_on_its_segment(loaded, tmp_path, monkey
     (tmp_path / wal_module.wal_path(tmp_path, store.wal.segment + 1).name).write_bytes(b"RIM")
     assert store.snapshot() is not None  # (a header-torn leftover of the next number replaced)
     engine.append("b", series(5, 4), None)
-    before = forecasts(engine, ["a", "b"])
-    store.close(snapshot=False)
-    again = new_engine(loaded)
-    store2 = open_store(tmp_path, again)
-    try:
-        assert forecasts(again, ["a", "b"]) == before
-    finally:
-        store2.close()
+    assert_recovers(loaded, tmp_path, store, forecasts(engine, ["a", "b"]))
 
 
 def test_segments_with_torn_headers_hold_nothing_wherever_they_are(loaded, tmp_path, caplog):
@@ -314,16 +312,9 @@ def test_restarts_without_changes_add_no_empty_segments(loaded, tmp_path):
         assert segments(tmp_path) == [only] and only.stat().st_size == HEADER_SIZE
     again = new_engine(loaded)
     store = open_store(tmp_path, again)
-    again.append("a", series(7, 2), None)  # (into the reused segment)
-    before = forecasts(again, ["a"])
-    store.close(snapshot=False)
-    assert segments(tmp_path) == [only] and only.stat().st_size > HEADER_SIZE
-    third = new_engine(loaded)
-    store = open_store(tmp_path, third)
-    try:
-        assert forecasts(third, ["a"]) == before
-    finally:
-        store.close()
+    again.append("a", series(7, 2), None)
+    assert segments(tmp_path) == [only] and only.stat().st_size > HEADER_SIZE  # (written there)
+    assert_recovers(loaded, tmp_path, store, forecasts(again, ["a"]))
 
 
 def test_no_snapshot_tries_once_the_log_failed(loaded, tmp_path, caplog):
