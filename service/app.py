@@ -3,6 +3,8 @@ they share in service/deps.py, start-up in service/lifespan.py. No model code he
 
 from __future__ import annotations
 
+import copy
+
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
@@ -77,6 +79,7 @@ def add_head_routes(app: FastAPI) -> None:
     have = {(r.path, m) for r in routes for m in r.methods}
     for r in routes:
         if "GET" in r.methods and (r.path, "HEAD") not in have:
-            app.router.add_api_route(r.path, r.endpoint, methods=["HEAD"], name=f"{r.name}_head",
-                                     dependencies=r.dependencies, response_class=r.response_class,
-                                     include_in_schema=False, route_class_override=type(r))
+            head = copy.copy(r)  # (the route whole: its response model and settings, so that
+            # the headers, content-length included, are GET's)
+            head.methods, head.name, head.include_in_schema = {"HEAD"}, f"{r.name}_head", False
+            app.router.routes.append(head)

@@ -245,9 +245,8 @@ def read_segment(path: Path, last: bool) -> tuple[int, list[Record], int | None]
     if len(data) < HEADER_SIZE:  # the header itself was torn (a crash or a full disk while the
         # segment was made): it holds no records, wherever it is (the sequence numbers of the
         # segments after it still show any record missing)
-        if not last:
-            log.warning("%s: an empty segment whose header was never written (%d bytes); "
-                        "it holds no records", path, len(data))
+        log.warning("%s: an empty segment whose header was never written (%d bytes); it holds "
+                    "no records", path, len(data))
         return -1, [], 0
     magic, version, segment = HEADER.unpack_from(data)
     (crc,) = struct.unpack_from("<I", data, HEADER.size)

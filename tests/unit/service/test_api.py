@@ -400,10 +400,14 @@ def test_head_beside_every_get(client):
     """RFC 9110 9.1: a server supports GET and HEAD (`curl -I /series/x` was a 405): HEAD is
     GET's status and headers, with no body, its checks included; none in the schema."""
     assert client.post("/series/h/append", json={"values": ramp(40)}).status_code == 200
-    for path in ("/series/h", "/metrics", "/healthz", "/series/h/forecast?horizon=3"):
+    for path in ("/series/h", "/metrics", "/healthz", "/series/h/forecast?horizon=3", "/models",
+                 "/series/h/forecast?horizon=3&level=80&quantiles=0.5"):
         get, head = client.get(path), client.head(path)
         assert head.status_code == get.status_code == 200 and head.content == b"", (path, head)
-        assert head.headers["content-type"] == get.headers["content-type"], path
+        for name in ("content-type", "content-length"):  # (the response model's too: a
+            # forecast's HEAD once counted `"timestamps": null`, which GET leaves out)
+            if path != "/metrics" or name != "content-length":  # (its counters move between)
+                assert head.headers[name] == get.headers[name], (path, name)
     assert client.head("/series/nope").status_code == 404
     assert client.head("/series/h/forecast?horizon=0").status_code == 422
     assert client.head("/series/h/forecast?bogus=1").status_code == 422
