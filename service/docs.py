@@ -27,16 +27,34 @@ WHEN = {
     404: "the series is unknown",
     409: "the request conflicts with the series or the service: a timestamp not after the "
          "series' last one, the most series the service holds, or a model that cannot stream",
-    413: "the body, or its series or values, over the service's limits",
+    413: "the body, or its series or values, over the service's limits, or an answer over "
+         "`--max-answer-values` (series x horizon x values per point)",
+    415: "a compressed body (`content-encoding`): send it uncompressed",
     422: "a field is invalid: `field` names it (`series[2].values[5]`)",
     503: "the model is still loading (see GET /readyz), or the write-ahead log cannot be written",
+}
+# One body each code really sends (as the service words them), shown in /docs.
+EXAMPLE = {
+    401: {"detail": "an API key is required: send 'Authorization: Bearer <key>' or "
+                    "'X-API-Key: <key>'", "field": "authorization"},
+    404: {"detail": "unknown series 'nope'", "field": "id"},
+    409: {"detail": "timestamps[0] (2024-01-01T00:30:00Z) is before the series' last timestamp "
+                    "(2024-01-01T01:00:00Z): points are appended in time order, each once",
+          "field": "timestamps[0]"},
+    413: {"detail": "101 values in one request; the limit is 100", "field": "values"},
+    415: {"detail": "content-encoding 'gzip' is not accepted; send the body uncompressed",
+          "field": "content-encoding"},
+    422: {"detail": "values[1]: Input should be a finite number", "field": "values[1]",
+          "errors": [{"field": "values[1]", "message": "Input should be a finite number"}]},
+    503: {"detail": "the model is not loaded yet; see GET /readyz", "field": None},
 }
 
 
 def errors(*codes: int) -> dict:
     """The `responses` of a route: each 4xx/5xx it may answer, with the body it really sends."""
     return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody,
-                   "description": WHEN[code]} for code in codes}
+                   "description": WHEN[code],
+                   "content": {"application/json": {"example": EXAMPLE[code]}}} for code in codes}
 
 
 def _history(n: int) -> list[float]:

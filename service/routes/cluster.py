@@ -61,6 +61,9 @@ async def series_export(request: Request, series_id: str = SeriesId):
 
 @router.put("/series/{series_id}/import", dependencies=KnownQuery, tags=["cluster"],
             summary="Import a series' state",
+            openapi_extra={"requestBody": {  # (read raw, not by a model: described here)
+                "required": True, "description": "the record `GET /series/{id}/export` answered",
+                "content": {RECORD_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
             status_code=201, response_model=ImportResult,
             responses={200: {"model": ImportResult,
                              "description": "held already with exactly this state: nothing changed"},

@@ -17,7 +17,7 @@ router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON o
 
 @router.post("/forecast", response_model=schemas.ForecastResponse,
              response_model_exclude_none=True, dependencies=KnownQuery, tags=["forecasts"],
-             summary="Forecast whole histories", responses=errors(401, 413, 422, 503))
+             summary="Forecast whole histories", responses=errors(401, 413, 415, 422, 503))
 async def forecast(body: Annotated[schemas.ForecastRequest, Body(openapi_examples=FORECAST_EXAMPLES)],
                    request: Request):
     """Forecast `horizon` points after each series' history (at least one patch of points

@@ -87,7 +87,7 @@ def flagged(request: Request, before, values: list[float], level: float | None) 
 @router.post("/series/append",
              response_model=schemas.BulkAppendResponse | schemas.ColumnarAppendResponse,
              response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
-             summary="Append to many series", responses=errors(401, 409, 413, 422, 503))
+             summary="Append to many series", responses=errors(401, 409, 413, 415, 422, 503))
 async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examples=BULK_EXAMPLES)],
                       request: Request):
     """Append to many series at once (created on their first append), and forecast each when
@@ -361,7 +361,7 @@ async def series_list(request: Request, limit: int = Query(100, ge=1, le=1000),
 
 @router.post("/series/{series_id}/append", response_model=schemas.AppendResponse,
              response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
-             summary="Append to a series", responses=errors(401, 409, 413, 422, 503))
+             summary="Append to a series", responses=errors(401, 409, 413, 415, 422, 503))
 async def append(body: Annotated[schemas.AppendRequest, Body(openapi_examples=APPEND_EXAMPLES)],
                  request: Request, series_id: str = SeriesId):
     """Append points to a streaming series (created on its first append) in O(new points),
@@ -403,7 +403,7 @@ async def append(body: Annotated[schemas.AppendRequest, Body(openapi_examples=AP
 
 @router.get("/series/{series_id}/forecast", response_model=schemas.SeriesForecastResponse,
             response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
-            summary="Forecast a series", responses=errors(401, 404, 409, 422, 503))
+            summary="Forecast a series", responses=errors(401, 404, 409, 413, 422, 503))
 async def series_forecast(request: Request, series_id: str = SeriesId,
                           horizon: int = Query(96, ge=1),
                           level: list[float] | None = LevelQuery,

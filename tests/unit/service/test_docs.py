@@ -11,10 +11,10 @@ from service.app import create_app
 from service.settings import Settings
 
 ROUTES_4XX = {  # what each route can answer besides 2xx, by the code that refuses
-    ("post", "/forecast"): {401, 413, 422, 503},
-    ("post", "/series/append"): {401, 409, 413, 422, 503},
-    ("post", "/series/{series_id}/append"): {401, 409, 413, 422, 503},
-    ("get", "/series/{series_id}/forecast"): {401, 404, 409, 422, 503},
+    ("post", "/forecast"): {401, 413, 415, 422, 503},
+    ("post", "/series/append"): {401, 409, 413, 415, 422, 503},
+    ("post", "/series/{series_id}/append"): {401, 409, 413, 415, 422, 503},
+    ("get", "/series/{series_id}/forecast"): {401, 404, 409, 413, 422, 503},
     ("get", "/series/{series_id}/plot"): {401, 404, 409, 422, 503},
     ("get", "/series/{series_id}"): {401, 404, 422, 503},
     ("delete", "/series/{series_id}"): {401, 404, 422, 503},
@@ -63,8 +63,11 @@ def test_every_route_is_documented_with_its_real_error_body(client):
             assert codes == ROUTES_4XX[(method, path)], (method, path, codes)
             assert "422" in op["responses"] and "HTTPValidationError" not in str(op["responses"])
             for code in codes:
-                ref = op["responses"][str(code)]["content"]["application/json"]["schema"]["$ref"]
-                assert ref.endswith("ValidationErrorBody" if code == 422 else "ErrorBody")
+                shown = op["responses"][str(code)]["content"]["application/json"]
+                assert shown["schema"]["$ref"].endswith("ValidationErrorBody" if code == 422
+                                                        else "ErrorBody")
+                assert "detail" in shown["example"], (method, path, code)  # (a null field
+                # is left out of the schema's JSON by FastAPI)
     assert set(ROUTES_4XX) <= seen
     body = spec["components"]["schemas"]["ErrorBody"]["properties"]
     assert set(body) == {"detail", "field"}
@@ -85,6 +88,25 @@ def test_the_request_examples_are_accepted(client):
                 assert r.status_code == 200, (path, name, r.text)
                 tried += 1
     assert tried >= 5
+
+
+def test_the_documented_error_examples_are_what_the_service_sends(client):
+    """The examples /docs shows for a 404, a 415 and a 422 are the service's own answers to
+    such requests, word for word; the import's raw body is described too."""
+    import gzip
+
+    from service.docs import EXAMPLE
+
+    assert client.get("/series/nope").json() == EXAMPLE[404]
+    r = client.post("/series/ex/append", content=gzip.compress(b'{"values": [1]}'),
+                    headers={"content-type": "application/json", "content-encoding": "gzip"})
+    assert r.status_code == 415 and r.json() == EXAMPLE[415]
+    r = client.post("/series/ex/append", content=b'{"values": [1.0, NaN]}',
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json() == EXAMPLE[422]
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/series/{series_id}/import"]["put"]["requestBody"]
+    assert body["required"] and "application/vnd.rimer.series-record" in body["content"]
 
 
 def test_the_refusals_match_the_documented_body(client):
