@@ -169,11 +169,11 @@ printf '%s\\n' "$@" > "$PIP_ARGS_OUT"
 
 @pytest.mark.parametrize("kind", ["cpu", "gpu"])
 @pytest.mark.parametrize("case", ["defaults", "mirror", "wheels", "offline"])
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("env") is None,
+                    reason="needs bash and env")
 def test_build_args_choose_the_index_and_the_local_wheels(kind, case, tmp_path):
     """The pip RUN line, run in a shell with a stand-in pip, passes the index, the extra index,
     --find-links (only with wheels there) and --no-index as the build arguments say."""
-    if shutil.which("bash") is None or shutil.which("env") is None:
-        pytest.skip("needs bash and env")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool in ("pip", "python"):
@@ -423,9 +423,8 @@ SCRIPTS = [DOCKER / "smoke.sh", DOCKER / "standins" / "build.sh", DOCKER / "stan
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_scripts_pass_bash_n(script):
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
     done = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert os.access(script, os.X_OK), f"{script.name} is not executable"

@@ -22,6 +22,7 @@ from service.engine import Engine, EngineError
 from service.metrics import Metrics
 from service.settings import parse
 from service.store import HEADER_SIZE, Store, StoreError
+from service.wal import WAL_NAME, wal_path
 from tests.conftest import DEFAULT_NAME, DEFAULT_WEIGHTS, ROOT, Server
 from tests.helpers import series, value
 
@@ -263,7 +264,7 @@ def test_a_failed_rotation_keeps_the_log_on_its_segment(loaded, tmp_path, monkey
     engine.append("b", series(33, 3), None)
     assert first.stat().st_size > size and store.wal.broken is None
     monkeypatch.undo()
-    (tmp_path / wal_module.wal_path(tmp_path, store.wal.segment + 1).name).write_bytes(b"RIM")
+    wal_path(tmp_path, store.wal.segment + 1).write_bytes(b"RIM")
     assert store.snapshot() is not None  # (a header-torn leftover of the next number replaced)
     engine.append("b", series(5, 4), None)
     assert_recovers(loaded, tmp_path, store, forecasts(engine, ["a", "b"]))
@@ -280,9 +281,9 @@ def test_segments_with_torn_headers_hold_nothing_wherever_they_are(loaded, tmp_p
     before = forecasts(engine, ["a"])
     store.close(snapshot=False)
     [wal] = segments(tmp_path)
-    number = int(wal.name[4:20])
+    number = int(WAL_NAME.match(wal.name)[1])
     for k, junk in ((1, b""), (2, b"RIMERWAL\x04"), (3, b"")):
-        wal.with_name(f"wal-{number + k:016d}.log").write_bytes(junk)
+        wal_path(tmp_path, number + k).write_bytes(junk)
     for _ in range(2):  # (and again: nothing left that a start refuses)
         again = new_engine(loaded)
         with caplog.at_level(logging.WARNING, logger="rimer.store"):
