@@ -13,7 +13,7 @@ Files in the data directory (series ids live inside files, never in file names):
   version 3) `u32 n | n bytes` of the series record (service/snapshots.py: a one-series snapshot,
   checked again at replay); for a column record (format version 4: a columnar bulk append's
   appends, kind 4 with an empty id, written, torn and replayed as one) the appends' ids, lengths,
-  values and metadata as arrays (service/wal.py `encode_appends`), numbered from its sequence
+  values and metadata as arrays (service/wal_records.py `encode_appends`), numbered from its sequence
   number on. Format version 1 (read, no longer written) had no metadata, 2 no state records, 3
   no column records. Sequence numbers
   run on across segments without gaps, so a missing record or segment is detected.

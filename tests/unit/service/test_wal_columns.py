@@ -1,4 +1,4 @@
-"""The write-ahead log's column record (format version 4, service/wal.py `encode_appends`): a
+"""The write-ahead log's column record (format version 4, service/wal_records.py `encode_appends`): a
 columnar bulk append's appends in one record that reads back as the very records the per-item
 form logs (ids, lengths, values, metadata and its types), is torn as a whole, and leaves older
 segments readable."""
