@@ -13,7 +13,7 @@ from service.auth import ApiKeyAuth, load_keys
 from service.engine import Engine
 from service.limits import BodySizeLimit
 from service.metrics import Metrics, RequestMetrics
-from service.routes import cluster, forecast, ops, series
+from service.routes import bulk, cluster, forecast, ops, series
 from service.series_locks import SeriesLocks
 from service.settings import Settings
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.add_middleware(ReplicaHeader, name=settings.replica_name)
     errors.install(app)
     docs.install(app)
-    for router in (ops.router, forecast.router, series.router, cluster.router):
+    for router in (ops.router, forecast.router, bulk.router, series.router, cluster.router):
         # Their routes themselves, not FastAPI's lazy wrapper of an included router (0.165's
         # `include_router`): the 405 answer's Allow list and the metrics' route templates walk
         # `app.routes`, and see routes only.
