@@ -48,13 +48,33 @@ EXAMPLE = {
           "errors": [{"field": "values[1]", "message": "Input should be a finite number"}]},
     503: {"detail": "the model is not loaded yet; see GET /readyz", "field": None},
 }
+# `POST /series/append`'s 422 in each of its forms (a NaN as the second point), as sent.
+BULK_422 = {
+    "per item": {"detail": "series[0].values[1]: Input should be a finite number",
+                 "field": "series[0].values[1]",
+                 "errors": [{"field": "series[0].values[1]",
+                             "message": "Input should be a finite number"}]},
+    "columnar": {"detail": "values[1]: must be finite (a missing point is null)",
+                 "field": "values[1]",
+                 "errors": [{"field": "values[1]",
+                             "message": "must be finite (a missing point is null)"}]},
+}
 
 
-def errors(*codes: int) -> dict:
-    """The `responses` of a route: each 4xx/5xx it may answer, with the body it really sends."""
+def errors(*codes: int, named: dict[int, dict[str, dict]] | None = None) -> dict:
+    """The `responses` of a route: each 4xx/5xx it may answer, with the body it really sends
+    (`named`: a code's bodies by name, where the route's forms word it differently)."""
+    named = named or {}
+
+    def shown(code: int) -> dict:
+        if code in named:
+            return {"examples": {name: {"summary": name, "value": body}
+                                 for name, body in named[code].items()}}
+        return {"example": EXAMPLE[code]}
+
     return {code: {"model": ValidationErrorBody if code == 422 else ErrorBody,
                    "description": WHEN[code],
-                   "content": {"application/json": {"example": EXAMPLE[code]}}} for code in codes}
+                   "content": {"application/json": shown(code)}} for code in codes}
 
 
 def _history(n: int) -> list[float]:

@@ -2,7 +2,8 @@
 
 `ServiceError(status, message, field)` is what the engine (`EngineError`), the timeline rules
 (`TimelineError`) and the routes raise; FastAPI's own validation and HTTP errors are answered in
-the same shape: `{"detail": "...", "field": "..." | null}`, plus `errors` for validation."""
+the same shape: `{"detail": "...", "field": "..." | null}`, plus `errors` in every 422 (the
+problems found: pydantic's checks list up to 20, the service's own stop at the first)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,13 @@ def field_path(error: dict) -> str:
 
 
 async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-    return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+    body = {"detail": exc.message, "field": exc.field}
+    if exc.status == 422:  # (every 422 lists its problems, as a validation answer does: these
+        # checks stop at the first, so one)
+        prefix = f"{exc.field}: " if exc.field else ""
+        message = exc.message[len(prefix):] if prefix and exc.message.startswith(prefix) else exc.message
+        body["errors"] = [{"field": exc.field or "body", "message": message}]
+    return JSONResponse(body, status_code=exc.status)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -10,9 +10,10 @@ class RimerError(Exception):
     """An answer the server refused (or no answer at all: `status` None).
 
     `detail` is the server's message, `field` the request field it names (`series[0].values[40]`,
-    `horizon`, `id`, ...; None when it names none), `errors` every problem of a validation error
-    (`[{"field", "message"}]`), and `series_id` the series that field points at, when the client
-    can tell (the unique_id of the frame's row for `series[i]...` fields of a batch)."""
+    `horizon`, `id`, ...; None when it names none), `errors` the problems a 422 lists
+    (`[{"field", "message"}]`: up to 20 from the server's schema checks, else the first), and
+    `series_id` the series that field points at, when the client can tell (the unique_id of the
+    frame's row for `series[i]...` fields of a batch)."""
 
     def __init__(self, status: int | None, detail: str, field: str | None = None,
                  errors: list[dict] | None = None, series_id=None):

@@ -24,7 +24,7 @@ from service.deps import (
     executor_of,
     require_quantiles,
 )
-from service.docs import BULK_EXAMPLES, errors
+from service.docs import BULK_422, BULK_EXAMPLES, errors
 from service.engine import Engine, Op
 from service.errors import ServiceError, shown
 from service.responses import json_response, shaped, with_stamps
@@ -37,7 +37,8 @@ router = APIRouter(route_class=StrictJsonRoute)  # a key given twice in a JSON o
 @router.post("/series/append",
              response_model=schemas.BulkAppendResponse | schemas.ColumnarAppendResponse,
              response_model_exclude_none=True, dependencies=KnownQuery, tags=["series"],
-             summary="Append to many series", responses=errors(401, 409, 413, 415, 422, 503))
+             summary="Append to many series",
+             responses=errors(401, 409, 413, 415, 422, 503, named={422: BULK_422}))
 async def bulk_append(body: Annotated[schemas.BulkAppendBody, Body(openapi_examples=BULK_EXAMPLES)],
                       request: Request):
     """Append to many series at once (created on their first append), and forecast each when

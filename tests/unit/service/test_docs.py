@@ -66,8 +66,10 @@ def test_every_route_is_documented_with_its_real_error_body(client):
                 shown = op["responses"][str(code)]["content"]["application/json"]
                 assert shown["schema"]["$ref"].endswith("ValidationErrorBody" if code == 422
                                                         else "ErrorBody")
-                assert "detail" in shown["example"], (method, path, code)  # (a null field
-                # is left out of the schema's JSON by FastAPI)
+                bodies = ([shown["example"]] if "example" in shown
+                          else [e["value"] for e in shown["examples"].values()])
+                assert bodies and all("detail" in b for b in bodies), (method, path, code)
+                # (a null field is left out of the schema's JSON by FastAPI)
     assert set(ROUTES_4XX) <= seen
     body = spec["components"]["schemas"]["ErrorBody"]["properties"]
     assert set(body) == {"detail", "field"}
@@ -104,6 +106,14 @@ def test_the_documented_error_examples_are_what_the_service_sends(client):
     r = client.post("/series/ex/append", content=b'{"values": [1.0, NaN]}',
                     headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json() == EXAMPLE[422]
+    # /series/append words it in each form's way: both shown, each as sent
+    spec = client.get("/openapi.json").json()
+    shown = spec["paths"]["/series/append"]["post"]["responses"]["422"]["content"]
+    bulk = {name: e["value"] for name, e in shown["application/json"]["examples"].items()}
+    for name, body in (("per item", b'{"series": [{"id": "ex2", "values": [1.0, NaN]}]}'),
+                       ("columnar", b'{"ids": ["ex2"], "offsets": [0], "values": [1.0, NaN]}')):
+        r = client.post("/series/append", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json() == bulk[name], name
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/series/{series_id}/import"]["put"]["requestBody"]
     assert body["required"] and "application/vnd.rimer.series-record" in body["content"]
@@ -118,6 +128,13 @@ def test_the_refusals_match_the_documented_body(client):
     assert all(set(e) == {"field", "message"} for e in body["errors"])
     missing = client.get("/series/no-such-series")
     assert missing.status_code == 404 and set(missing.json()) == {"detail", "field"}
+    # the service's own checks (here the columnar form's) list their problem in `errors` too
+    columnar = client.post("/series/append", json={"ids": ["a", "b"], "offsets": [0, 1],
+                                                   "values": ["x", "y"]})
+    assert columnar.status_code == 422
+    assert columnar.json()["errors"] == [{"field": "values[0]",
+                                          "message": "a value is a number or null"}]
+    assert columnar.json()["detail"] == "values[0]: a value is a number or null"
 
 
 def test_plot_is_a_png_of_the_series_forecast(client):
