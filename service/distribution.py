@@ -70,5 +70,8 @@ def outside(fc: Forecast, values: list[float], level: float) -> list[dict]:
         return []
     [band] = intervals(Forecast(fc[:n], fc.quantiles[:, :n], fc.calib, fc.levels), [level])
     lo, hi, y = np.asarray(band["lo"]), np.asarray(band["hi"]), np.asarray(values[:n], dtype=float)
+    # Compared as the model holds them, in float32: a series flat at 123456789 (held as
+    # 123456792) has a zero-width interval there, which the exact value would fall outside.
+    seen = y.astype(np.float32).astype(float)
     return [{"index": int(i), "value": float(y[i]), "lo": float(lo[i]), "hi": float(hi[i])}
-            for i in np.flatnonzero((y < lo) | (y > hi))]
+            for i in np.flatnonzero((seen < lo) | (seen > hi))]

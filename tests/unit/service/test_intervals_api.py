@@ -77,6 +77,18 @@ def test_streamed_intervals_equal_stateless_ones(client):
         assert close(a["quantiles"][0]["values"], b["quantiles"][0]["values"])
 
 
+def test_a_flat_series_continuing_at_its_value_is_no_anomaly(client):
+    """A constant float32 cannot hold exactly (held as 123456792) gives a zero-width interval
+    at the rounded value: the point itself, compared as the model holds it, is inside."""
+    for sid, x in (("flat-big", 123456789.0), ("flat-odd", 16777217.0), ("flat-small", 3.3)):
+        assert client.post(f"/series/{sid}/append", json={"values": [x] * (2 * P)}).status_code == 200
+        again = client.post(f"/series/{sid}/append", json={"values": [x], "anomaly_level": 99})
+        assert again.status_code == 200 and again.json()["anomalies"] == [], (sid, again.json())
+    moved = client.post("/series/flat-big/append", json={"values": [123456789.0 + 1e4],
+                                                          "anomaly_level": 99})
+    assert [a["index"] for a in moved.json()["anomalies"]] == [0]
+
+
 def test_anomalies_flag_points_outside_the_calibrated_interval(client):
     client.post("/series/an/append", json={"values": history(4 * P, seed=5)})
     normal = client.post("/series/an/append", json={"values": [history(4 * P + 1, 5)[-1]],
