@@ -134,6 +134,8 @@ async def series_plot(request: Request, series_id: str = SeriesId,
     executor = executor_of(request)
 
     async def work():
+        timeline.forecast_timestamps(e.meta.get(series_id), horizon)  # (the forecast route's 422
+        # past the year 9999: no picture of a forecast it refuses)
         [(length, mean)] = await executor.ops([Op(series_id, None, horizon)], "series_forecast",
                                               (e.forecast_series, series_id, horizon))
         recent = await run_in_threadpool(e.recent_points, series_id)

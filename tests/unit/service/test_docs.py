@@ -166,6 +166,15 @@ def test_a_plot_of_a_series_with_timestamps_has_its_times_on_the_x_axis(client):
     past, future = timeline.plot_times(meta, 3, 2)
     assert [t.isoformat() for t in past] == stamps[-3:]
     assert [t.isoformat() for t in future] == ["2024-05-05T04:00:00+02:00", "2024-05-05T05:00:00+02:00"]
+    # a forecast the forecast route refuses (past the year 9999) is refused here alike
+    late = [f"9999-12-29T{h:02d}:00:00Z" for h in range(24)] + [f"9999-12-30T{h:02d}:00:00Z"
+                                                                for h in range(9)]
+    assert client.post("/series/late/append", json={"values": [1.0] * 33,
+                                                     "timestamps": late}).status_code == 200
+    for path in ("/series/late/forecast?horizon=30", "/series/late/plot?horizon=30"):
+        r = client.get(path)
+        assert r.status_code == 422 and r.json()["field"] == "horizon", (path, r.text)
+    assert client.get("/series/late/plot?horizon=10").status_code == 200
     assert timeline.plot_times({"t": meta["t"], "freq": None}, 3, 2) is None
 
 
