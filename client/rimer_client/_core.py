@@ -258,7 +258,14 @@ def forecast_op(cfg, df: pd.DataFrame, h: int, level, quantiles, freq, id_col: s
         for i, item in zip(idx, answer.body["forecasts"]):
             items[i] = item
     ds = [frames.future(s, prep.kind, h) for s in series]
-    return frames.frame([s.uid for s in series], ds, items, level, quantiles)
+    return named(frames.frame([s.uid for s in series], ds, items, level, quantiles), id_col, time_col)
+
+
+def named(out: pd.DataFrame, id_col: str, time_col: str) -> pd.DataFrame:
+    """The answer's id and time columns under the caller's names (`id_col`, `time_col`), as
+    Nixtla's libraries answer; `unique_id` and `ds` by default."""
+    renames = {k: v for k, v in (("unique_id", id_col), ("ds", time_col)) if k != v and k in out}
+    return out.rename(columns=renames) if renames else out
 
 
 def check_missing(missing) -> None:
@@ -399,8 +406,9 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
                 results[items[k][0]] = item
     uids = [s.uid for s in series]
     if h is None:
-        return pd.DataFrame({"unique_id": uids,
-                             "length": [results[i]["length"] for i in range(len(series))]})
+        return named(pd.DataFrame({"unique_id": uids,
+                                   "length": [results[i]["length"] for i in range(len(series))]}),
+                     id_col, time_col)
     fc = [results[i]["forecast"] for i in range(len(series))]
     ds = []
     for i, s in enumerate(series):
@@ -411,7 +419,7 @@ def append_op(cfg, df: pd.DataFrame, h, level, quantiles, freq, id_col: str, tim
             ds.append(frames.future(s, "int", h))
         else:  # positions in the stream
             ds.append(frames.future(s, "none", h, start_position=results[i]["length"]))
-    return frames.frame(uids, ds, fc, level, quantiles)
+    return named(frames.frame(uids, ds, fc, level, quantiles), id_col, time_col)
 
 
 ROUTE_HEADER = "X-Rimer-Series"  # the key a cluster's proxy hashes a bulk append on

@@ -360,6 +360,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         if argv and argv[0] in PROJECT_MODULES:  # passed on whole, --help included
             return run_module(argv[0], argv[1:])
@@ -382,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, RimerError):
             where = f" [series {exc.series_id!r}]" if exc.series_id is not None else ""
             field = f" (field {exc.field})" if exc.field else ""
-            said = f"the server answered {exc.status}" if exc.status else "no answer from the server"
+            local = args is not None and hasattr(args, "url") and not args.url  # (the model
+            # in-process: its own server, not one the user named)
+            said = (f"refused ({exc.status})" if local else
+                    f"the server answered {exc.status}" if exc.status else "no answer from the server")
             print(f"{PROG}: error: {said}: {exc.detail}{field}{where}", file=sys.stderr)
             return 1
         raise

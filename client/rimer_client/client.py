@@ -149,8 +149,9 @@ class Client(_Base):
         """Forecast every series of a long frame (one row per series and time) `h` steps ahead.
 
         Returns a frame in Nixtla's shape, one row per series and future step: `unique_id`,
-        `ds` (the next `h` times of each series at its frequency: `freq` when given, else
-        inferred by pandas, else its smallest step; integer times continue as integers),
+        `ds` (under the names `id_col` and `time_col` give; the next `h` times of each series
+        at its frequency: `freq` when given, else inferred by pandas, else its smallest step;
+        integer times continue as integers),
         `Rimer` (the mean), `Rimer-lo-<level>` / `Rimer-hi-<level>` per `level` (percent, e.g.
         `[80, 95]`) and `Rimer-q-<q>` per quantile (e.g. `[0.1, 0.9]`).
 
@@ -182,7 +183,8 @@ class Client(_Base):
         timestamps the values take the series' next points, and the append is not retried once
         it may have reached the server.
 
-        Returns a frame of `unique_id`, `length` (each series' length after the append), or
+        Returns a frame of `unique_id` (named `id_col`), `length` (each series' length after
+        the append), or
         with `h` the forecast after it in forecast()'s shape (`ds`: the server's forecast
         timestamps; for integer times, integers continuing the frame's; without a time column,
         positions in the stream).

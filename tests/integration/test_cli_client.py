@@ -59,6 +59,8 @@ def test_forecast_in_process_wide_and_long_csv(tmp_path, default_server):
     """`rimer forecast` without --url runs the shipped model in-process; its CSV matches the
     client's forecast of the same series from a real server."""
     expected = {"wide": wide_csv(tmp_path / "wide.csv"), "long": long_csv(tmp_path / "long.csv")}
+    expected["long"].groupby("unique_id").head(20).to_csv(tmp_path / "short.csv", index=False)
+    short = rimer("forecast", str(tmp_path / "short.csv"), "--h", "3", "--no-progress")
     runs = {kind: rimer("forecast", str(tmp_path / f"{kind}.csv"), "--h", "5", "--level", "80",
                         "95", "--out", str(tmp_path / f"{kind}-fc.csv"), "--plot",
                         str(tmp_path / f"{kind}.png"), "--no-progress")
@@ -82,6 +84,9 @@ def test_forecast_in_process_wide_and_long_csv(tmp_path, default_server):
         np.testing.assert_allclose(got.drop(columns=["unique_id", "ds"]).to_numpy(),
                                    served.drop(columns=["unique_id", "ds"]).to_numpy(), rtol=1e-5)
         assert (tmp_path / f"{kind}.png").read_bytes()[:4] == b"\x89PNG"
+    # refused in-process (20 points: under one patch): exit 1, no server named
+    _, err = short.communicate(timeout=300)
+    assert short.returncode == 1 and "refused (422)" in err and "server" not in err.split("error:")[-1]
 
 
 def test_forecast_against_a_live_server_writes_a_csv_and_a_png(tmp_path, default_server):
@@ -126,7 +131,7 @@ def test_append_models_and_errors_against_a_server(tmp_path, default_server, cap
                      "--time-col", "at", "--target-col", "kwh", "--format", "long",
                      "--no-progress"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == ["unique_id,length", f"{prefix}-a,40", f"{prefix}-b,40"]
+    assert out == ["meter,length", f"{prefix}-a,40", f"{prefix}-b,40"]  # (--id-col's name)
     assert Client(url).describe(f"{prefix}-a")["last_timestamp"] == "2024-01-02T15:00:00Z"
     # the same rows again: late, a 409 naming the field, exit status 1
     assert cli.main(["append", str(tmp_path / "rows.csv"), "--url", url, "--id-col", "meter",

@@ -320,6 +320,14 @@ def test_append_refuses_timestamps_a_stream_would_take_wrongly_before_sending():
     assert [b.get("max_gap_points") for b in sent] == [0, 0, 0, None, 0, None]
     with pytest.raises(ValueError, match="missing must be"):
         mock_client(scripted(OK_APPEND)).append(SMALL, missing="bogus")
+    # hours (and quarter hours) in a zone across either change are fixed steps in absolute time:
+    # sent, in UTC
+    for start, freq, n in (("2024-03-30", "h", 60), ("2024-10-26", "15min", 300)):
+        local = pd.date_range(start, periods=n, freq=freq, tz="Europe/Berlin")
+        t = scripted(OK_APPEND)
+        mock_client(t).append(pd.DataFrame({"unique_id": "tz", "ds": local, "y": wave(n)}))
+        stamps = json.loads(t.seen[0].content)["timestamps"]
+        assert len(stamps) == n and pd.DatetimeIndex(stamps).equals(local.tz_convert("UTC"))
 
 
 def test_levels_and_quantiles_must_be_numbers_not_strings():
@@ -560,3 +568,16 @@ def test_forecast_requests_stay_within_the_servers_answer_bound():
     n = _core.series_per_answer(cfg, 2048, [80, 95], [0.5])
     assert n * 2048 * 6 <= Settings().max_answer_values < (n + 1) * 2048 * 6
     assert _core.series_per_answer(cfg, 10**9, None, None) == 1  # (one series: the server says why)
+
+
+def test_the_answer_keeps_the_callers_column_names():
+    """forecast() and append() answer with the id and time columns under `id_col` and
+    `time_col`, as Nixtla's libraries do (they were always `unique_id` and `ds`)."""
+    custom = SMALL.rename(columns={"unique_id": "id", "ds": "t", "y": "v"})
+    names = {"id_col": "id", "time_col": "t", "target_col": "v"}
+    fc = mock_client(scripted(OK_FORECAST)).forecast(custom, 2, **names)
+    assert list(fc.columns) == ["id", "t", "Rimer"] and list(fc["id"]) == ["a", "a"]
+    lengths = mock_client(scripted(OK_APPEND)).append(custom, **names)
+    assert list(lengths.columns) == ["id", "length"] and lengths["length"].tolist() == [3]
+    assert list(mock_client(scripted(OK_FORECAST)).forecast(SMALL, 2).columns) == [
+        "unique_id", "ds", "Rimer"]
