@@ -66,6 +66,12 @@ def check_plain_ints(request: Request, *names: str) -> None:
                 raise ServiceError(422, f"{name} has {len(raw)} digits, far above its limit", name)
 
 
+def default_capped(settings: Settings, horizon: int, given: bool) -> int:
+    """The horizon a client gave, or the default it did not choose (96) capped at
+    `--max-horizon`: a lower limit refuses what clients ask for, not its own default."""
+    return horizon if given else min(horizon, settings.max_horizon)
+
+
 def check_horizon(settings: Settings, horizon: int | None, field: str = "horizon") -> None:
     if horizon is not None and horizon > settings.max_horizon:
         echo = f" {horizon}" if horizon < 10**12 else ""  # (not a 4,000-digit echo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -161,6 +162,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     args = ap.parse_args(argv)
     for f in fields(Settings):
         values[f.name] = type(f.default)(getattr(args, f.name))
+        if isinstance(values[f.name], float) and not math.isfinite(values[f.name]):
+            # (a NaN timeout passed every range check below, then broke each connection)
+            ap.error(f"--{f.name.replace('_', '-')} must be a finite number, "
+                     f"got {getattr(args, f.name)!r}")
     if values["device"] not in ("cpu", "cuda", "auto"):
         ap.error("--device must be cpu, cuda or auto")
     if values["backend"] not in ("torch", "triton", "onnx", "auto"):

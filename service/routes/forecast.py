@@ -7,7 +7,15 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 
 from service import schemas, timeline
-from service.deps import KnownQuery, check_many, check_points, engine_of, executor_of, require_quantiles
+from service.deps import (
+    KnownQuery,
+    check_many,
+    check_points,
+    default_capped,
+    engine_of,
+    executor_of,
+    require_quantiles,
+)
 from service.docs import FORECAST_EXAMPLES, errors
 from service.responses import json_response, shaped, with_stamps
 from service.strict_json import StrictJsonRoute
@@ -24,6 +32,7 @@ async def forecast(body: Annotated[schemas.ForecastRequest, Body(openapi_example
     each), with prediction intervals (`level`) and quantiles when asked. Nothing is kept:
     for a series that grows, append to a streaming series instead."""
     settings = request.app.state.settings
+    body.horizon = default_capped(settings, body.horizon, "horizon" in body.model_fields_set)
     check_many(settings, body)
     require_quantiles(engine_of(request), level=body.level, quantiles=body.quantiles)
     executor = executor_of(request)

@@ -22,6 +22,7 @@ from service.deps import (
     check_horizon,
     check_plain_ints,
     check_points,
+    default_capped,
     distribution_query,
     engine_of,
     executor_of,
@@ -99,6 +100,7 @@ async def series_forecast(request: Request, series_id: str = SeriesId,
                           quantiles: list[float] | None = QuantilesQuery):
     """Forecast `horizon` points after the series' last point, from its held state."""
     check_plain_ints(request, "horizon")
+    horizon = default_capped(request.app.state.settings, horizon, "horizon" in request.query_params)
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
     dist = distribution_query(e, level=level, quantiles=quantiles)
@@ -127,6 +129,7 @@ async def series_plot(request: Request, series_id: str = SeriesId,
     forecast of `horizon` points and its intervals at `level` (80 and 95 by default, on models
     with quantiles), as a PNG."""
     check_plain_ints(request, "horizon")
+    horizon = default_capped(request.app.state.settings, horizon, "horizon" in request.query_params)
     check_horizon(request.app.state.settings, horizon)
     e = engine_of(request)
     dist = distribution_query(e, level=level)

@@ -505,3 +505,18 @@ def test_a_level_or_quantile_asked_twice_is_refused_naming_it(client):
     ok = client.post("/forecast", json={"series": [{"id": "s", "values": values}], "horizon": 4,
                                         "level": [80, 95]})
     assert ok.status_code == 200 and len(ok.json()["forecasts"][0]["intervals"]) == 2
+
+
+def test_the_default_horizon_is_capped_at_a_lower_max_horizon():
+    """96 is a default nobody asked for: under `--max-horizon 10` a forecast without a horizon
+    gives 10 points (it was a 422 about 'horizon 96'); one asking for 96 is still refused."""
+    engine = Engine.load(str(DEFAULT_WEIGHTS), "cpu", max_series=3)
+    with TestClient(create_app(Settings(max_horizon=10), engine)) as c:
+        assert c.post("/series/capped/append", json={"values": ramp(64)}).status_code == 200
+        assert len(c.get("/series/capped/forecast").json()["mean"]) == 10
+        assert c.get("/series/capped/plot").status_code == 200
+        stateless = c.post("/forecast", json={"series": [{"id": "s", "values": ramp(64)}]})
+        assert stateless.status_code == 200 and stateless.json()["horizon"] == 10
+        assert_error(c.get("/series/capped/forecast?horizon=96"), 422, "horizon")
+        assert_error(c.post("/forecast", json={"series": [{"id": "s", "values": ramp(64)}],
+                                               "horizon": 96}), 422, "horizon")

@@ -253,6 +253,10 @@ def test_keys_from_env_file_and_flags(tmp_path, monkeypatch):
     ("--port", "-1"), ("--port", "99999"), ("--torch-threads", "-1"), ("--max-horizon", "0"),
     ("--max-series-per-request", "0"), ("--max-points-per-request", "0"),
     ("--max-body-bytes", "0"), ("--body-timeout-s", "0"), ("--gil-switch-us", "-1"),
+    # not a number at all (passed every range check: a NaN timeout broke each connection, a
+    # NaN switch interval aborted the interpreter)
+    ("--gil-switch-us", "nan"), ("--header-timeout-s", "nan"), ("--body-timeout-s", "nan"),
+    ("--snapshot-interval-s", "nan"), ("--idle-expiry-s", "inf"), ("--batch-window-ms", "-inf"),
 ])
 def test_unusable_settings_are_refused(flag, value, capsys):
     """A value that would listen elsewhere than asked, fail later, or refuse every request."""
