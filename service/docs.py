@@ -44,16 +44,17 @@ EXAMPLE = {
     413: {"detail": "101 values in one request; the limit is 100", "field": "values"},
     415: {"detail": "content-encoding 'gzip' is not accepted; send the body uncompressed",
           "field": "content-encoding"},
-    422: {"detail": "values[1]: Input should be a finite number", "field": "values[1]",
-          "errors": [{"field": "values[1]", "message": "Input should be a finite number"}]},
+    422: {"detail": "values[1]: must be finite (a missing point is null)", "field": "values[1]",
+          "errors": [{"field": "values[1]", "message": "must be finite (a missing point is null)"}]},
     503: {"detail": "the model is not loaded yet; see GET /readyz", "field": None},
 }
-# `POST /series/append`'s 422 in each of its forms (a NaN as the second point), as sent.
+# `POST /series/append`'s 422 in each of its forms (a NaN as the second point), as sent
+# (the same words; the field differs).
 BULK_422 = {
-    "per item": {"detail": "series[0].values[1]: Input should be a finite number",
+    "per item": {"detail": "series[0].values[1]: must be finite (a missing point is null)",
                  "field": "series[0].values[1]",
                  "errors": [{"field": "series[0].values[1]",
-                             "message": "Input should be a finite number"}]},
+                             "message": "must be finite (a missing point is null)"}]},
     "columnar": {"detail": "values[1]: must be finite (a missing point is null)",
                  "field": "values[1]",
                  "errors": [{"field": "values[1]",

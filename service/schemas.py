@@ -75,11 +75,21 @@ def error_message(error: dict) -> str:
         return plain_digits(loc[1])
     ctx = error.get("ctx") or {}
     limit = ctx.get("le", ctx.get("ge"))
-    if (error.get("type") in ("less_than_equal", "greater_than_equal")
-            and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE)):
-        return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points "
-                f"in float32); got {_echo(error.get('input'))}")
+    kind, given = error.get("type"), error.get("input")
+    if kind in ("less_than_equal", "greater_than_equal") and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE):
+        return _too_large(given)
+    if len(loc) >= 2 and loc[-2] == "values" and isinstance(loc[-1], int):  # (a point: worded as
+        # the columnar form's checks word it, service/columnar.py)
+        if kind == "finite_number":
+            return "must be finite (a missing point is null)"
+        if kind in ("float_type", "float_parsing"):
+            return _too_large(given) if type(given) is int else "a value is a number or null"
     return str(error.get("msg"))
+
+
+def _too_large(given) -> str:
+    return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points in "
+            f"float32); got {_echo(given)}")
 # Lists are validated `fail_fast`: the first bad element is reported, not one error object per bad
 # element (a 12 MB body of a million bad values cost gigabytes that way).
 Values = list[Value | None]

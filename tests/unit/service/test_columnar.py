@@ -337,3 +337,29 @@ def test_a_group_stepping_again_steps_on_its_batch_as_the_gather_would(monkeypat
     same_states(engines[False], engines[True], ids)
     for sid in ids:
         assert engines[False].forecast_series(sid, 7) == engines[True].forecast_series(sid, 7)
+
+
+@pytest.mark.parametrize("bad", [b'"x"', b"true", b"[2]", b"NaN", b"-Infinity", b"9" * 400, b"1e31"])
+def test_every_form_words_a_bad_point_alike(loaded, bad):
+    """A bad point is refused with the same words by the single append, the per-item bulk form,
+    the columnar form and POST /forecast (they were pydantic's in three and the columnar
+    checks' own in one: 'Input should be a valid number' against 'a value is a number or
+    null', and a 400-digit integer named by its size in one form only)."""
+    point = b"[1.0, " + bad + b"]"
+    bodies = {"/series/w/append": (b'{"values": ' + point + b"}", "values[1]"),
+              "/series/append": (b'{"series": [{"id": "w", "values": ' + point + b"}]}",
+                                 "series[0].values[1]"),
+              "columnar": (b'{"ids": ["w"], "offsets": [0], "values": ' + point + b"}", "values[1]"),
+              "/forecast": (b'{"series": [{"id": "w", "values": ' + point + b"}]}",
+                            "series[0].values[1]")}
+    said = set()
+    with client_for(loaded, LIMITS) as client:
+        for path, (body, field) in bodies.items():
+            r = client.post("/series/append" if path == "columnar" else path, content=body,
+                            headers={"content-type": "application/json"})
+            assert r.status_code == 422 and r.json()["field"] == field, (path, r.text)
+            [listed] = r.json()["errors"]
+            assert listed["field"] == field and r.json()["detail"] == f"{field}: {listed['message']}"
+            said.add(listed["message"])
+        assert client.get("/series/w").status_code == 404  # (nothing applied)
+    assert len(said) == 1, said
