@@ -183,12 +183,10 @@ def cmd_forecast(args) -> int:
                              freq=parse_freq(args.freq), id_col=args.id_col,
                              time_col=args.time_col, target_col=args.target_col,
                              missing=args.missing, progress=args.progress)
-    fc = fc.rename(columns={"unique_id": args.id_col, "ds": args.time_col})
-    write_output(fc, args)
+    write_output(fc, args)  # (its columns already under --id-col and --time-col)
     if args.plot:
         from rimer_client.plotting import plot
-        plot(df, fc.rename(columns={args.id_col: "unique_id", args.time_col: "ds"}),
-             path=args.plot, max_series=args.plot_series, id_col=args.id_col,
+        plot(df, fc, path=args.plot, max_series=args.plot_series, id_col=args.id_col,
              time_col=args.time_col, target_col=args.target_col)
         if args.progress:
             print(f"{PROG}: plotted to {args.plot}", file=sys.stderr)

@@ -27,8 +27,12 @@ def plot(df: pd.DataFrame | None, fc: pd.DataFrame, ids=None, path=None, *, max_
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - depends on the install
         raise ImportError("plotting needs matplotlib: pip install 'rimer-client[plot]'") from None
+    # (a forecast names its id and time columns as `id_col` and `time_col`, forecast_series()'s
+    # as `unique_id` and `ds`)
+    fid = id_col if id_col in fc.columns else "unique_id"
+    fds = time_col if time_col in fc.columns else "ds"
     if ids is None:
-        ids = list(pd.unique(fc["unique_id"]))[:max_series]
+        ids = list(pd.unique(fc[fid]))[:max_series]
     elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
         ids = [ids]
     ids = list(ids)
@@ -42,7 +46,7 @@ def plot(df: pd.DataFrame | None, fc: pd.DataFrame, ids=None, path=None, *, max_
     FigureCanvasAgg(fig)
     for n, uid in enumerate(ids):
         ax = fig.add_subplot(rows, cols, n + 1)
-        f = fc[fc["unique_id"] == uid]
+        f = fc[fc[fid] == uid]
         if f.empty:
             raise ValueError(f"no forecast for series {uid!r}")
         if df is not None:
@@ -55,11 +59,11 @@ def plot(df: pd.DataFrame | None, fc: pd.DataFrame, ids=None, path=None, *, max_
             ax.plot(x, h[target_col], color="black", lw=1, label="history")
         for i, lv in enumerate(levels):
             tag = f"{lv:g}"
-            ax.fill_between(f["ds"], f[f"{alias}-lo-{tag}"], f[f"{alias}-hi-{tag}"],
+            ax.fill_between(f[fds], f[f"{alias}-lo-{tag}"], f[f"{alias}-hi-{tag}"],
                             color="tab:blue", alpha=0.15 + 0.2 * i / max(1, len(levels)),
                             lw=0, label=f"{tag}% interval")
-        ax.plot(f["ds"], f[alias], color="tab:blue", lw=1.5, label=alias)
-        if pd.api.types.is_datetime64_any_dtype(f["ds"]):  # (dates' full labels overlapped)
+        ax.plot(f[fds], f[alias], color="tab:blue", lw=1.5, label=alias)
+        if pd.api.types.is_datetime64_any_dtype(f[fds]):  # (dates' full labels overlapped)
             locator = AutoDateLocator()
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -550,6 +550,11 @@ def test_plot_writes_a_png(tmp_path):
                                   "Rimer": 1.0}), path=tmp_path / "one.png")
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert 2 <= len(labels) and sum(map(len, labels)) <= 50, labels
+    # a forecast under the caller's column names (forecast(..., id_col=, time_col=)) plots too
+    names = {"unique_id": "id", "ds": "t", "y": "v"}
+    fig = plot(df.rename(columns=names), fc.rename(columns=names), ids=["a"], id_col="id",
+               time_col="t", target_col="v")
+    assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 2  # (history and forecast)
 
 
 def test_forecast_requests_stay_within_the_servers_answer_bound():
