@@ -117,7 +117,7 @@ def parse(body: dict, settings: Settings) -> Columns:
     kinds = set(map(type, raw))
     if not kinds <= {float, int, _NONE}:
         i = _first(raw, lambda v: type(v) in (float, int, _NONE))
-        raise _fail("a value is a number or null", f"values[{i}]")
+        raise _fail(schemas.NOT_A_POINT, f"values[{i}]")
     try:
         values = np.array(raw, dtype=np.float64)  # (null: NaN)
     except OverflowError:  # an integer past float64
@@ -128,9 +128,8 @@ def parse(body: dict, settings: Settings) -> Columns:
             if v is None:
                 nulls = True
             elif v != v or not -schemas.MAX_ABS_VALUE <= v <= schemas.MAX_ABS_VALUE:
-                why = ("must be finite (a missing point is null)" if v != v or abs(v) == float("inf")
-                       else schemas.error_message({"type": "less_than_equal", "input": v,
-                                                   "ctx": {"le": schemas.MAX_ABS_VALUE}}))
+                why = (schemas.NOT_FINITE if v != v or abs(v) == float("inf")
+                       else schemas.too_large(v))
                 raise _fail(why, f"values[{i}]")
     else:
         nulls = False

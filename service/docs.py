@@ -33,6 +33,15 @@ WHEN = {
     422: "a field is invalid: `field` names it (`series[2].values[5]`)",
     503: "the model is still loading (see GET /readyz), or the write-ahead log cannot be written",
 }
+
+
+def _invalid(field: str) -> dict:
+    """A 422's body for a NaN as the point `field` (service/errors.py's shape)."""
+    message = "must be finite (a missing point is null)"
+    return {"detail": f"{field}: {message}", "field": field,
+            "errors": [{"field": field, "message": message}]}
+
+
 # One body each code really sends (as the service words them), shown in /docs.
 EXAMPLE = {
     401: {"detail": "an API key is required: send 'Authorization: Bearer <key>' or "
@@ -44,22 +53,12 @@ EXAMPLE = {
     413: {"detail": "101 values in one request; the limit is 100", "field": "values"},
     415: {"detail": "content-encoding 'gzip' is not accepted; send the body uncompressed",
           "field": "content-encoding"},
-    422: {"detail": "values[1]: must be finite (a missing point is null)", "field": "values[1]",
-          "errors": [{"field": "values[1]", "message": "must be finite (a missing point is null)"}]},
+    422: _invalid("values[1]"),
     503: {"detail": "the model is not loaded yet; see GET /readyz", "field": None},
 }
 # `POST /series/append`'s 422 in each of its forms (a NaN as the second point), as sent
 # (the same words; the field differs).
-BULK_422 = {
-    "per item": {"detail": "series[0].values[1]: must be finite (a missing point is null)",
-                 "field": "series[0].values[1]",
-                 "errors": [{"field": "series[0].values[1]",
-                             "message": "must be finite (a missing point is null)"}]},
-    "columnar": {"detail": "values[1]: must be finite (a missing point is null)",
-                 "field": "values[1]",
-                 "errors": [{"field": "values[1]",
-                             "message": "must be finite (a missing point is null)"}]},
-}
+BULK_422 = {"per item": _invalid("series[0].values[1]"), "columnar": _invalid("values[1]")}
 
 
 def errors(*codes: int, named: dict[int, dict[str, dict]] | None = None) -> dict:

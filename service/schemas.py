@@ -77,17 +77,21 @@ def error_message(error: dict) -> str:
     limit = ctx.get("le", ctx.get("ge"))
     kind, given = error.get("type"), error.get("input")
     if kind in ("less_than_equal", "greater_than_equal") and limit in (MAX_ABS_VALUE, -MAX_ABS_VALUE):
-        return _too_large(given)
+        return too_large(given)
     if len(loc) >= 2 and loc[-2] == "values" and isinstance(loc[-1], int):  # (a point: worded as
         # the columnar form's checks word it, service/columnar.py)
         if kind == "finite_number":
-            return "must be finite (a missing point is null)"
+            return NOT_FINITE
         if kind in ("float_type", "float_parsing"):
-            return _too_large(given) if type(given) is int else "a value is a number or null"
+            return too_large(given) if type(given) is int else NOT_A_POINT
     return str(error.get("msg"))
 
 
-def _too_large(given) -> str:
+NOT_A_POINT = "a value is a number or null"  # a point's refusals, in every form's words
+NOT_FINITE = "must be finite (a missing point is null)"
+
+
+def too_large(given) -> str:
     return (f"values must be at most {MAX_ABS_VALUE:g} in magnitude (the model holds points in "
             f"float32); got {_echo(given)}")
 # Lists are validated `fail_fast`: the first bad element is reported, not one error object per bad

@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, RimerError):
             where = f" [series {exc.series_id!r}]" if exc.series_id is not None else ""
             field = f" (field {exc.field})" if exc.field else ""
-            local = args is not None and hasattr(args, "url") and not args.url  # (the model
+            local = args is not None and not getattr(args, "url", True)  # (the model
             # in-process: its own server, not one the user named)
             said = (f"refused ({exc.status})" if local else
                     f"the server answered {exc.status}" if exc.status else "no answer from the server")
